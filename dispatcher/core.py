@@ -1,0 +1,180 @@
+"""The one execution core: both routes run every attempt through here.
+
+It applies the timeout, records state, emits the log events and asks the task's
+``RetryPolicy`` what to do after a failure. It never schedules anything itself: the
+route that called it carries out the returned ``Outcome`` (a timer inline, a
+re-publish with a countdown on Celery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic_core import to_jsonable_python
+
+from . import runtime
+from .errors import TaskTimeout
+from .events import emit, error_fields
+from .job import Job
+from .status import State, make_record
+
+log = logging.getLogger("dispatcher.core")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How an attempt ended; ``retry_delay`` is set when the route must try again."""
+
+    status: Literal["SUCCESS", "RETRY", "FAILURE"]
+    result: Any = None
+    error: BaseException | None = None
+    retry_delay: float | None = None
+
+
+def record(job: Job, status: State, **fields: Any) -> None:
+    """Save the job's record; a store outage is logged, never fatal to the job."""
+    try:
+        runtime.status_store().save(make_record(job, status, **fields))
+    except Exception as exc:
+        log.warning("could not record %s for task %s: %s", status, job.id, exc)
+
+
+def dispatched(job: Job, **extra: Any) -> None:
+    record(job, "PENDING")
+    emit("task.dispatched", job, **extra)
+
+
+class Attempt:
+    """The life of one run: started, then succeeded or failed (maybe to be retried)."""
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.started_at = time.time()
+        self._t0 = time.perf_counter()
+        record(job, "STARTED", started_at=self.started_at)
+        emit("task.started", job)
+
+    def _elapsed_ms(self) -> float:
+        return (time.perf_counter() - self._t0) * 1000
+
+    def succeeded(self, result: Any) -> Outcome:
+        try:
+            encoded = to_jsonable_python(result)
+        except Exception as exc:
+            return self.failed(TypeError(f"result cannot be stored as JSON: {exc}"))
+        duration = self._elapsed_ms()
+        record(
+            self.job,
+            "SUCCESS",
+            result=encoded,
+            started_at=self.started_at,
+            duration_ms=round(duration, 3),
+        )
+        emit("task.succeeded", self.job, duration_ms=duration)
+        return Outcome("SUCCESS", result=encoded)
+
+    def failed(self, error: BaseException, *, final: bool = False) -> Outcome:
+        job = self.job
+        duration = self._elapsed_ms()
+        decision = job.spec.retry.decide(job.attempt, error)
+        fields = {
+            "error": error_fields(error),
+            "started_at": self.started_at,
+            "duration_ms": round(duration, 3),
+        }
+        if decision.retry and not final:
+            record(job, "RETRY", retry_in=decision.delay, **fields)
+            emit(
+                "task.retrying",
+                job,
+                level=logging.WARNING,
+                duration_ms=duration,
+                error=error,
+                retry_in=round(decision.delay, 3),
+            )
+            return Outcome("RETRY", error=error, retry_delay=decision.delay)
+        tb = "".join(traceback.format_exception(error))
+        reason = "invalid_payload" if final else decision.reason
+        record(job, "FAILURE", traceback=tb, reason=reason, **fields)
+        emit(
+            "task.failed",
+            job,
+            level=logging.ERROR,
+            duration_ms=duration,
+            error=error,
+            reason=reason,
+        )
+        return Outcome("FAILURE", error=error)
+
+
+_timeout_pool: concurrent.futures.ThreadPoolExecutor | None = None
+
+
+def _pool_for_timeouts() -> concurrent.futures.ThreadPoolExecutor:
+    global _timeout_pool
+    if _timeout_pool is None:
+        _timeout_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="dispatch-timeout"
+        )
+    return _timeout_pool
+
+
+def run_sync(job: Job, values: dict[str, Any]) -> Outcome:
+    """Run a synchronous task function in this thread (the Celery worker's sync path).
+
+    With a ``timeout`` the call runs in a helper thread so the wait can be bounded;
+    Python cannot stop that thread, so a timed-out call finishes in the background.
+    """
+    attempt = Attempt(job)
+    fn, timeout = job.spec.fn, job.spec.timeout
+    try:
+        if timeout is None:
+            result = fn(**values)
+        else:
+            future = _pool_for_timeouts().submit(fn, **values)
+            try:
+                result = future.result(timeout=timeout)
+            except concurrent.futures.TimeoutError:
+                if future.done():
+                    raise
+                raise TaskTimeout(job.spec.name, timeout) from None
+    except Exception as exc:
+        return attempt.failed(exc)
+    return attempt.succeeded(result)
+
+
+async def run_async(
+    job: Job, values: dict[str, Any], pool: concurrent.futures.Executor | None = None
+) -> Outcome:
+    """Run any task function from an event loop: coroutines on the loop, sync ones in ``pool``."""
+    attempt = Attempt(job)
+    spec = job.spec
+    try:
+        if spec.is_async:
+            running: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(**values))
+        else:
+            loop = asyncio.get_running_loop()
+            running = loop.run_in_executor(pool, functools.partial(spec.fn, **values))
+        if spec.timeout is None:
+            result = await running
+        else:
+            done, _ = await asyncio.wait({running}, timeout=spec.timeout)
+            if not done:
+                running.cancel()
+                raise TaskTimeout(spec.name, spec.timeout)
+            result = running.result()
+    except Exception as exc:
+        return attempt.failed(exc)
+    return attempt.succeeded(result)
+
+
+def reject(job: Job, error: BaseException) -> Outcome:
+    """End a job that cannot even start (its payload does not decode): no retry."""
+    return Attempt(job).failed(error, final=True)

@@ -1,0 +1,81 @@
+"""``TaskHandle``: what ``dispatch()`` returns; the same on both routes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import runtime
+from .errors import TaskFailed
+from .spec import RouteName
+from .status import TERMINAL, State
+
+_FIRST_POLL = 0.01
+_MAX_POLL = 0.25
+
+
+def _outcome(record: dict[str, Any]) -> Any:
+    if record["status"] == "SUCCESS":
+        return record.get("result")
+    error = record.get("error") or {}
+    raise TaskFailed(record["task_id"], str(error.get("type")), str(error.get("message")))
+
+
+@dataclass(frozen=True, slots=True)
+class TaskHandle:
+    """A dispatched job: its ``id`` (also the Celery task id), task ``name``, ``route``, ``queue``."""
+
+    id: str
+    name: str
+    route: RouteName
+    queue: str | None = None
+
+    @classmethod
+    def lookup(cls, task_id: str) -> TaskHandle | None:
+        """The handle of a job known to the record store, or None."""
+        record = runtime.status_store().load(task_id)
+        if record is None:
+            return None
+        return cls(task_id, record["task_name"], record["route"], record.get("queue"))
+
+    def record(self) -> dict[str, Any] | None:
+        """The full job record: state, attempts, result or error, timings."""
+        return runtime.status_store().load(self.id)
+
+    def state(self) -> State:
+        """``PENDING | STARTED | RETRY | SUCCESS | FAILURE``."""
+        record = self.record()
+        return "PENDING" if record is None else record["status"]  # type: ignore[no-any-return]
+
+    def get(self, timeout: float | None = None) -> Any:
+        """Block until the job ends; its result, or ``TaskFailed`` with the task's error.
+
+        Raises ``TimeoutError`` when ``timeout`` seconds pass first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = _FIRST_POLL
+        while True:
+            record = self.record()
+            if record is not None and record["status"] in TERMINAL:
+                return _outcome(record)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {self.id} did not finish within {timeout}s")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            time.sleep(pause if remaining is None else max(0.0, min(pause, remaining)))
+            pause = min(pause * 1.5, _MAX_POLL)
+
+    async def wait(self, timeout: float | None = None) -> Any:
+        """``get`` for async code: polls without blocking the event loop."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = _FIRST_POLL
+        while True:
+            record = await asyncio.to_thread(self.record)
+            if record is not None and record["status"] in TERMINAL:
+                return _outcome(record)
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"task {self.id} did not finish within {timeout}s")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            await asyncio.sleep(pause if remaining is None else max(0.0, min(pause, remaining)))
+            pause = min(pause * 1.5, _MAX_POLL)

@@ -1,0 +1,42 @@
+"""One dispatched job: the task, where it goes, its arguments and its attempt number."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from .spec import RouteName, TaskSpec
+
+
+@dataclass(slots=True)
+class Job:
+    """A unit of work as both routes see it.
+
+    ``payload`` is the JSON-ready argument mapping that travels; ``values`` holds the
+    already-validated typed arguments when the job stays in the dispatching process.
+    """
+
+    id: str
+    spec: TaskSpec
+    route: RouteName
+    queue: str | None
+    priority: int
+    payload: dict[str, Any]
+    values: dict[str, Any] | None = None
+    attempt: int = 1
+    request_id: str | None = None
+    dispatched_at: float = field(default_factory=time.time)
+
+    def next_attempt(self) -> Job:
+        return replace(self, attempt=self.attempt + 1)
+
+    def meta(self) -> dict[str, Any]:
+        """What travels beside the arguments (a Celery message header)."""
+        return {
+            "attempt": self.attempt,
+            "request_id": self.request_id,
+            "dispatched_at": self.dispatched_at,
+            "priority": self.priority,
+            "queue": self.queue,
+        }

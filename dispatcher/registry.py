@@ -1,0 +1,68 @@
+"""The registry of tasks: only what is registered here can be dispatched or run."""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from .errors import TaskDefinitionError, UnknownTaskError
+
+if TYPE_CHECKING:
+    from .task import Task
+
+_lock = threading.Lock()
+_tasks: dict[str, Task[Any, Any]] = {}
+
+
+def _origin(task: Task[Any, Any]) -> tuple[str, str, str, int]:
+    fn = task.spec.fn
+    code = getattr(fn, "__code__", None)
+    return (
+        fn.__module__,
+        fn.__qualname__,
+        getattr(code, "co_filename", ""),
+        getattr(code, "co_firstlineno", 0),
+    )
+
+
+def register(task: Task[Any, Any]) -> None:
+    """Add ``task``; a second, different function under the same name is an error.
+
+    Re-running the same definition (a module imported again) replaces the entry.
+    """
+    name = task.spec.name
+    with _lock:
+        existing = _tasks.get(name)
+        if existing is not None and _origin(existing) != _origin(task):
+            module, qualname, filename, line = _origin(existing)
+            raise TaskDefinitionError(
+                f"duplicate task name {name!r}: already registered by "
+                f"{module}.{qualname} ({filename}:{line}); pass name=... to tell them apart"
+            )
+        _tasks[name] = task
+
+
+def unregister(name: str) -> None:
+    with _lock:
+        _tasks.pop(name, None)
+
+
+def get_task(name: str) -> Task[Any, Any]:
+    """The task registered as ``name``; ``UnknownTaskError`` otherwise."""
+    try:
+        return _tasks[name]
+    except KeyError:
+        raise UnknownTaskError(name) from None
+
+
+def all_tasks() -> list[Task[Any, Any]]:
+    with _lock:
+        return sorted(_tasks.values(), key=lambda t: t.spec.name)
+
+
+def import_task_modules(modules: Iterable[str]) -> None:
+    """Import each module so its ``@task`` functions register themselves."""
+    for module in modules:
+        importlib.import_module(module)

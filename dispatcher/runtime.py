@@ -1,0 +1,87 @@
+"""Process-wide services built lazily from the settings: status store, inline executor,
+Celery route. ``settings.configure()`` resets them."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+import redis
+
+from .settings import get_settings
+from .status import MemoryStatusStore, RedisStatusStore, StatusStore
+
+if TYPE_CHECKING:
+    from .celery_route import CeleryRoute
+    from .inline import InlineExecutor
+
+_lock = threading.RLock()
+_store: StatusStore | None = None
+_executor: InlineExecutor | None = None
+_celery: CeleryRoute | None = None
+_redis: redis.Redis | None = None
+
+
+def redis_client() -> redis.Redis | None:
+    """A client for the records Redis (result backend, else broker); None without one."""
+    global _redis
+    with _lock:
+        if _redis is None:
+            settings = get_settings()
+            url = settings.results_url
+            if url is None:
+                return None
+            _redis = redis.Redis.from_url(
+                url,
+                socket_timeout=settings.publish_timeout,
+                socket_connect_timeout=settings.publish_timeout,
+                health_check_interval=30,
+            )
+        return _redis
+
+
+def status_store() -> StatusStore:
+    global _store
+    with _lock:
+        if _store is None:
+            client = redis_client()
+            ttl = get_settings().result_ttl
+            _store = MemoryStatusStore() if client is None else RedisStatusStore(client, ttl)
+        return _store
+
+
+def inline_executor() -> InlineExecutor:
+    global _executor
+    with _lock:
+        if _executor is None:
+            from .inline import InlineExecutor
+
+            _executor = InlineExecutor(get_settings().inline_concurrency)
+        return _executor
+
+
+def celery_route() -> CeleryRoute:
+    global _celery
+    with _lock:
+        if _celery is None:
+            from .celery_route import CeleryRoute
+
+            _celery = CeleryRoute(get_settings())
+        return _celery
+
+
+def use_celery_route(route: CeleryRoute) -> None:
+    """Make ``route`` the process's Celery route (the worker shares its app this way)."""
+    global _celery
+    with _lock:
+        _celery = route
+
+
+def reset() -> None:
+    """Forget every built service; the next use rebuilds it from the current settings."""
+    global _store, _executor, _celery, _redis
+    with _lock:
+        executor, _executor = _executor, None
+        _store, _celery, _redis = None, None, None
+    if executor is not None:
+        executor.shutdown(grace=0)

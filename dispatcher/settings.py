@@ -1,0 +1,164 @@
+"""Typed configuration, read once from ``DISPATCH_*`` environment variables and ``.env``."""
+
+from __future__ import annotations
+
+import threading
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .spec import RouteName, parse_priority
+
+
+class RouteRule(BaseModel):
+    """One entry of ``DISPATCH_ROUTES``: match on name glob, priority and weight range.
+
+    Example: ``{"match": "reports.*", "min_weight": 5, "route": "celery", "queue": "heavy"}``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    match: str = "*"
+    priority: tuple[int, ...] | None = None
+    min_weight: int | None = Field(default=None, ge=1)
+    max_weight: int | None = Field(default=None, ge=1)
+    route: RouteName
+    queue: str | None = Field(default=None, min_length=1)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priorities(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        items = value if isinstance(value, list | tuple) else [value]
+        return tuple(parse_priority(v) for v in items)
+
+
+class DispatcherSettings(BaseSettings):
+    """All settings; each field ``foo`` is read from ``DISPATCH_FOO``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DISPATCH_",
+        env_file=".env",
+        extra="ignore",
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    broker_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("broker_url", "DISPATCH_BROKER_URL", "REDIS_URL"),
+        description="Redis URL of the Celery broker; unset: no Celery route (and `make run` "
+        "starts an embedded server).",
+    )
+    result_backend_url: str | None = Field(
+        default=None, description="Redis URL for job records; defaults to the broker URL."
+    )
+    task_modules: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated modules to import so their @task functions register.",
+    )
+    force_route: RouteName | None = Field(
+        default=None, description="Send every dispatch to this route (tests, local runs)."
+    )
+    routes: list[RouteRule] = Field(
+        default_factory=list, description="JSON list of routing rules; first match wins."
+    )
+    inline_max_weight: int = Field(
+        default=3, ge=1, description="Tasks with weight above this go to Celery by default."
+    )
+    inline_concurrency: int = Field(
+        default=4, ge=1, description="Inline jobs running at once in one process."
+    )
+    inline_hold_request: bool = Field(
+        default=False,
+        description="Run a request's inline jobs inside its request cycle, like plain "
+        "BackgroundTasks (TestClient returns after they finish).",
+    )
+    shutdown_grace: float = Field(
+        default=10.0, ge=0, description="Seconds the inline executor may drain at shutdown."
+    )
+    default_queue: str = Field(default="celery", min_length=1, description="Celery queue name.")
+    publish_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds a Celery publish may block before failing."
+    )
+    result_ttl: int = Field(default=86_400, ge=1, description="Seconds job records are kept.")
+    log_format: Literal["text", "json"] = Field(default="text", description="text or json.")
+    log_level: str = Field(default="INFO", description="Level of the `dispatcher` logger.")
+
+    @field_validator("task_modules", mode="before")
+    @classmethod
+    def _split_modules(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("broker_url", "result_backend_url", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+        return level
+
+    @model_validator(mode="after")
+    def _check_urls(self) -> DispatcherSettings:
+        for name in ("broker_url", "result_backend_url"):
+            url = getattr(self, name)
+            if url is not None and urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+                raise ValueError(f"{name} must be a redis://, rediss:// or unix:// URL")
+        return self
+
+    @property
+    def results_url(self) -> str | None:
+        """Where job records live: the result backend, else the broker."""
+        return self.result_backend_url or self.broker_url
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced, safe for logs and API answers."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+_lock = threading.Lock()
+_current: DispatcherSettings | None = None
+
+
+def get_settings() -> DispatcherSettings:
+    """The process-wide settings, read from the environment on first use."""
+    global _current
+    with _lock:
+        if _current is None:
+            _current = DispatcherSettings()
+        return _current
+
+
+def configure(settings: DispatcherSettings | None = None, **overrides: Any) -> DispatcherSettings:
+    """Replace the process-wide settings (tests, embedding) and reset what depends on them."""
+    global _current
+    base = settings if settings is not None else DispatcherSettings()
+    new = base.model_copy(update=overrides) if overrides else base
+    if overrides:
+        new = DispatcherSettings.model_validate(new.model_dump())
+    with _lock:
+        _current = new
+    from . import runtime  # late import: runtime depends on settings
+
+    runtime.reset()
+    return new

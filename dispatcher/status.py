@@ -1,0 +1,118 @@
+"""Job records: one record per job id, written at each state change by both routes.
+
+Records live in Redis when a broker (or result backend) is configured, so any API
+process can answer for any job; otherwise in this process's memory. The Redis key
+and the core fields follow Celery's result-backend layout (``celery-task-meta-<id>``,
+``status``, ``result``, ``traceback``, ``date_done``), so Celery's ``AsyncResult`` can
+read them too.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from datetime import UTC, datetime
+from typing import Any, Literal, Protocol
+
+import redis
+
+from .job import Job
+
+State = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"]
+TERMINAL: frozenset[str] = frozenset({"SUCCESS", "FAILURE"})
+KEY_PREFIX = "celery-task-meta-"
+
+
+def make_record(job: Job, status: State, **fields: Any) -> dict[str, Any]:
+    """The record for ``job`` in ``status``; ``fields`` adds result, error and timings."""
+    record: dict[str, Any] = {
+        "task_id": job.id,
+        "status": status,
+        "task_name": job.spec.name,
+        "route": job.route,
+        "queue": job.queue,
+        "priority": job.priority,
+        "attempt": job.attempt,
+        "max_attempts": job.spec.retry.max_attempts,
+        "request_id": job.request_id,
+        "dispatched_at": job.dispatched_at,
+        "result": None,
+        "error": None,
+        "traceback": None,
+        "children": [],
+        "date_done": None,
+    }
+    record.update(fields)
+    if status in TERMINAL:
+        record["date_done"] = datetime.now(UTC).isoformat()
+    error = record.get("error")
+    if status == "FAILURE" and isinstance(error, dict):
+        # Celery's JSON encoding of an exception, for AsyncResult readers.
+        record["result"] = {
+            "exc_type": error.get("type"),
+            "exc_message": [error.get("message")],
+            "exc_module": "builtins",
+        }
+    return record
+
+
+class StatusStore(Protocol):
+    """Where job records are kept."""
+
+    def save(self, record: dict[str, Any]) -> None: ...
+
+    def load(self, task_id: str) -> dict[str, Any] | None: ...
+
+    def delete(self, task_id: str) -> None: ...
+
+
+class MemoryStatusStore:
+    """In-process records, for a process without Redis; keeps the newest ``limit``."""
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def save(self, record: dict[str, Any]) -> None:
+        with self._lock:
+            self._records[record["task_id"]] = record
+            self._records.move_to_end(record["task_id"])
+            while len(self._records) > self._limit:
+                self._records.popitem(last=False)
+
+    def load(self, task_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            record = self._records.get(task_id)
+            return dict(record) if record is not None else None
+
+    def delete(self, task_id: str) -> None:
+        with self._lock:
+            self._records.pop(task_id, None)
+
+
+class RedisStatusStore:
+    """Records as JSON strings with a TTL, one ``SET`` per state change."""
+
+    def __init__(self, client: redis.Redis, ttl: int) -> None:
+        self._client = client
+        self._ttl = ttl
+
+    def save(self, record: dict[str, Any]) -> None:
+        self._client.set(KEY_PREFIX + record["task_id"], json.dumps(record), ex=self._ttl)
+
+    def load(self, task_id: str) -> dict[str, Any] | None:
+        raw = self._client.get(KEY_PREFIX + task_id)
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return value if isinstance(value, dict) else None
+
+    def delete(self, task_id: str) -> None:
+        self._client.delete(KEY_PREFIX + task_id)
+
+
+def now() -> float:
+    return time.time()

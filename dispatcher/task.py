@@ -1,0 +1,247 @@
+"""The ``@task`` decorator and ``Task``, the object it returns.
+
+A ``Task`` is still the function (calling it runs it directly, with its signature,
+docstring and types) and gains ``.dispatch``, ``.options`` and ``.dispatch_many``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import replace
+from typing import Any, Generic, ParamSpec, TypeVar, overload
+
+from . import runtime
+from .context import request_id_var
+from .errors import TaskDefinitionError, TaskValidationError
+from .handle import TaskHandle
+from .inline import dispatch_inline
+from .job import Job
+from .registry import register
+from .retry import RetryPolicy
+from .routing import RouteDecision, decide_route
+from .settings import DispatcherSettings, get_settings
+from .spec import CallOptions, PriorityName, RouteName, TaskSpec, parse_priority, parse_route
+from .validation import ArgumentValidator
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_OPTIONS = ("name", "weight", "priority", "queue", "route", "retry", "timeout")
+
+
+class Task(Generic[P, R]):
+    """A registered task function; see the module docstring."""
+
+    spec: TaskSpec
+    validator: ArgumentValidator
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        spec: TaskSpec,
+        validator: ArgumentValidator,
+        call_options: CallOptions | None = None,
+    ) -> None:
+        self.fn = fn
+        self.spec = spec
+        self.validator = validator
+        self.call_options = call_options or CallOptions()
+        functools.update_wrapper(self, fn)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now, as if undecorated (no routing, no retries)."""
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.spec.name} weight={self.spec.weight} priority={self.spec.priority}>"
+
+    def options(
+        self,
+        *,
+        route: RouteName | None = None,
+        priority: PriorityName | int | None = None,
+        queue: str | None = None,
+        countdown: float | None = None,
+    ) -> Task[P, R]:
+        """A copy of this task whose dispatches use these per-call overrides."""
+        errors = []
+        try:
+            parsed_route = None if route is None else parse_route(route)
+        except ValueError as exc:
+            errors.append({"field": "route", "message": str(exc)})
+        try:
+            parsed_priority = None if priority is None else parse_priority(priority)
+        except ValueError as exc:
+            errors.append({"field": "priority", "message": str(exc)})
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            errors.append({"field": "queue", "message": "must be a non-empty string"})
+        if countdown is not None and (
+            isinstance(countdown, bool) or not isinstance(countdown, int | float) or countdown < 0
+        ):
+            errors.append({"field": "countdown", "message": "must be a number of seconds >= 0"})
+        if errors:
+            raise TaskValidationError(self.spec.name, errors)
+        merged = replace(
+            self.call_options,
+            **{
+                k: v
+                for k, v in {
+                    "route": parsed_route,
+                    "priority": parsed_priority,
+                    "queue": queue,
+                    "countdown": countdown,
+                }.items()
+                if v is not None
+            },
+        )
+        return Task(self.fn, self.spec, self.validator, merged)
+
+    def route_for(self, settings: DispatcherSettings | None = None) -> RouteDecision:
+        """Where a dispatch of this task goes now, and why."""
+        return decide_route(self.spec, self.call_options, settings or get_settings())
+
+    def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        """Validate the arguments, route the job and schedule it; returns its handle.
+
+        Raises ``TaskValidationError`` (naming the field) before anything is scheduled,
+        and ``BrokerUnavailable`` when the Celery route cannot take the job.
+        """
+        return self._dispatch_validated(*self.validator.validate(args, kwargs))
+
+    def dispatch_many(
+        self, items: Iterable[tuple[Any, ...] | Mapping[str, Any]]
+    ) -> list[TaskHandle]:
+        """Dispatch one job per item (a tuple of positional or a dict of keyword arguments).
+
+        Every item is validated first, so one bad item schedules nothing.
+        """
+        validated = []
+        for index, item in enumerate(items):
+            try:
+                if isinstance(item, Mapping):
+                    validated.append(self.validator.validate((), item))
+                else:
+                    validated.append(self.validator.validate(tuple(item), {}))
+            except TaskValidationError as exc:
+                errors = [{**e, "field": f"[{index}].{e['field']}"} for e in exc.errors]
+                raise TaskValidationError(self.spec.name, errors) from None
+        return [self._dispatch_validated(values, payload) for values, payload in validated]
+
+    def _dispatch_validated(self, values: dict[str, Any], payload: dict[str, Any]) -> TaskHandle:
+        decision = decide_route(self.spec, self.call_options, get_settings())
+        job = Job(
+            id=str(uuid.uuid4()),
+            spec=self.spec,
+            route=decision.route,
+            queue=decision.queue,
+            priority=decision.priority,
+            payload=payload,
+            values=values,
+            request_id=request_id_var.get(),
+        )
+        countdown = self.call_options.countdown
+        if job.route == "celery":
+            runtime.celery_route().dispatch(job, countdown)
+        else:
+            dispatch_inline(job, countdown)
+        return TaskHandle(job.id, self.spec.name, job.route, job.queue)
+
+
+def _build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:
+    unknown = [key for key in options if key not in _OPTIONS]
+    if unknown:
+        key = unknown[0]
+        close = difflib.get_close_matches(key, _OPTIONS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise TaskDefinitionError(
+            f"@task got an unknown option {key!r}{hint} (known: {', '.join(_OPTIONS)})"
+        )
+    if not callable(fn):
+        raise TaskDefinitionError(f"@task decorates functions, got {fn!r}")
+    where = f"@task on {getattr(fn, '__qualname__', fn)!r}"
+    name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
+    if not isinstance(name, str) or not name.strip():
+        raise TaskDefinitionError(f"{where}: name must be a non-empty string")
+    if "<locals>" in name and "name" not in options:
+        raise TaskDefinitionError(
+            f"{where}: functions defined inside another function need an explicit name=..."
+        )
+    weight = options.get("weight", 1)
+    if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+        raise TaskDefinitionError(f"{where}: weight must be an int >= 1, got {weight!r}")
+    try:
+        priority = parse_priority(options.get("priority", "normal"))
+        route = None if options.get("route") is None else parse_route(options["route"])
+    except ValueError as exc:
+        raise TaskDefinitionError(f"{where}: {exc}") from None
+    queue = options.get("queue")
+    if queue is not None and (not isinstance(queue, str) or not queue.strip()):
+        raise TaskDefinitionError(f"{where}: queue must be a non-empty string")
+    retry = options.get("retry")
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise TaskDefinitionError(f"{where}: retry must be a RetryPolicy, got {retry!r}")
+    timeout = options.get("timeout")
+    if timeout is not None and (
+        isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
+    ):
+        raise TaskDefinitionError(f"{where}: timeout must be a number of seconds > 0")
+    return TaskSpec(
+        name=name,
+        fn=fn,
+        weight=weight,
+        priority=priority,
+        queue=queue,
+        route=route,
+        retry=retry if retry is not None else RetryPolicy.never(),
+        timeout=None if timeout is None else float(timeout),
+        is_async=inspect.iscoroutinefunction(fn),
+    )
+
+
+def _make_task(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
+    spec = _build_spec(fn, options)
+    task_obj = Task(fn, spec, ArgumentValidator(spec.name, fn))
+    register(task_obj)
+    return task_obj
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    weight: int = 1,
+    priority: PriorityName | int = "normal",
+    queue: str | None = None,
+    route: RouteName | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(fn: Any = None, /, **options: Any) -> Any:
+    """Declare a task: ``@task`` or ``@task(name=, weight=, priority=, queue=, route=,
+    retry=, timeout=)``. Invalid or unknown options raise ``TaskDefinitionError`` here."""
+    if fn is not None:
+        return _make_task(fn, options)
+    _build_spec(_probe, options)  # fail fast on bad options, even before a function
+
+    def decorate(inner: Callable[P, R]) -> Task[P, R]:
+        return _make_task(inner, options)
+
+    return decorate
+
+
+def _probe() -> None:
+    """Stand-in used to check decorator options before the function is known."""

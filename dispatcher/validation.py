@@ -1,0 +1,136 @@
+"""Dispatch-time argument checking against the task's signature, with pydantic.
+
+The caller's arguments are validated once, before anything is scheduled, and turned
+into a JSON-ready payload so a value that cannot travel is refused in the caller.
+The worker only decodes that payload back into typed values.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic_core import PydanticSerializationError
+
+from .errors import TaskDefinitionError, TaskValidationError
+
+_ALLOWED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _messages(task_name: str, error: ValidationError) -> TaskValidationError:
+    items = []
+    for item in error.errors(include_url=False):
+        loc = [str(part) for part in item["loc"]]
+        field = ".".join(loc) if loc else "(arguments)"
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unexpected argument"
+        items.append({"field": field, "message": message})
+    return TaskValidationError(task_name, items)
+
+
+class ArgumentValidator:
+    """Validates ``(*args, **kwargs)`` for one task and builds its JSON payload."""
+
+    def __init__(self, task_name: str, fn: Callable[..., Any]) -> None:
+        self.task_name = task_name
+        self._fn = fn
+        signature = inspect.signature(fn)
+        for param in signature.parameters.values():
+            if param.kind not in _ALLOWED_KINDS:
+                raise TaskDefinitionError(
+                    f"task {task_name!r}: parameter {param.name!r} is {param.kind.description}; "
+                    "task parameters must be named (no *args, **kwargs or positional-only) "
+                    "so they can be validated and sent as JSON"
+                )
+        self.parameters = list(signature.parameters.values())
+        self.positional = [
+            p.name for p in self.parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+        ]
+        self._model: type[BaseModel] | None = None
+
+    @property
+    def model(self) -> type[BaseModel]:
+        """The pydantic model of the arguments, built on first use (forward refs resolve late)."""
+        if self._model is None:
+            try:
+                hints = typing.get_type_hints(self._fn, include_extras=True)
+            except Exception as exc:  # an unresolvable annotation is a definition bug
+                raise TaskDefinitionError(
+                    f"task {self.task_name!r}: cannot resolve annotations: {exc}"
+                ) from exc
+            fields: dict[str, Any] = {}
+            for param in self.parameters:
+                annotation = hints.get(param.name, Any)
+                default = ... if param.default is inspect.Parameter.empty else param.default
+                fields[param.name] = (annotation, default)
+            self._model = create_model(  # type: ignore[call-overload]
+                f"{self.task_name}:arguments",
+                __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                **fields,
+            )
+        return self._model
+
+    def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """Map positional and keyword arguments onto parameter names, refusing clashes."""
+        if len(args) > len(self.positional):
+            raise TaskValidationError(
+                self.task_name,
+                [
+                    {
+                        "field": "(arguments)",
+                        "message": f"takes {len(self.positional)} positional arguments "
+                        f"but {len(args)} were given",
+                    }
+                ],
+            )
+        bound = dict(zip(self.positional, args, strict=False))
+        for key, value in kwargs.items():
+            if key in bound:
+                raise TaskValidationError(
+                    self.task_name, [{"field": key, "message": "given twice"}]
+                )
+            bound[key] = value
+        return bound
+
+    def validate(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Return ``(values, payload)``: typed values to call with, JSON-ready payload to send."""
+        model = self.model
+        try:
+            instance = model.model_validate(self.bind(args, kwargs))
+        except ValidationError as exc:
+            raise _messages(self.task_name, exc) from None
+        values = {name: getattr(instance, name) for name in model.model_fields}
+        try:
+            payload = instance.model_dump(mode="json")
+        except (PydanticSerializationError, ValueError, TypeError):
+            raise self._unserializable(instance) from None
+        return values, payload
+
+    def decode(self, payload: Mapping[str, Any]) -> dict[str, Any]:
+        """Turn a received JSON payload back into typed values (the worker side)."""
+        model = self.model
+        try:
+            instance = model.model_validate(dict(payload))
+        except ValidationError as exc:
+            raise _messages(self.task_name, exc) from None
+        return {name: getattr(instance, name) for name in model.model_fields}
+
+    def _unserializable(self, instance: BaseModel) -> TaskValidationError:
+        for name in type(instance).model_fields:
+            try:
+                instance.model_dump(mode="json", include={name})
+            except (PydanticSerializationError, ValueError, TypeError) as exc:
+                value_type = type(getattr(instance, name)).__name__
+                return TaskValidationError(
+                    self.task_name,
+                    [{"field": name, "message": f"{value_type} value cannot be sent as JSON ({exc})"}],
+                )
+        return TaskValidationError(
+            self.task_name, [{"field": "(arguments)", "message": "cannot be sent as JSON"}]
+        )
