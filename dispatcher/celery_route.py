@@ -9,10 +9,12 @@ priority lists, where 0 is served first: our 9 (most urgent) becomes Celery's 0.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import Celery
 from celery.exceptions import Retry
 from kombu.exceptions import OperationalError
@@ -99,16 +101,28 @@ class CeleryRoute:
         except (OperationalError, ConnectionError, OSError, TimeoutError) as exc:
             raise BrokerUnavailable(f"could not publish task {job.id}: {exc}") from exc
 
+    def ping(self, timeout: float = 0.5) -> bool:
+        """Whether the broker answers within ``timeout`` seconds."""
+        if self.settings.broker_url is None:
+            return False
+        client = redis.Redis.from_url(
+            self.settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        try:
+            return bool(client.ping())
+        except (redis.RedisError, OSError):
+            return False
+        finally:
+            client.close()
+
     def dispatch(self, job: Job, countdown: float | None) -> None:
         """Record, publish and announce a new job."""
         core.record(job, "PENDING")
         try:
             self.publish(job, countdown)
         except BrokerUnavailable:
-            try:
+            with contextlib.suppress(Exception):  # the store may be down with the broker
                 runtime.status_store().delete(job.id)
-            except Exception:  # the store may be down with the broker
-                pass
             raise
         emit("task.dispatched", job)
 
@@ -162,7 +176,7 @@ def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> None
     if outcome.retry_delay is not None:
         runtime.celery_route().publish(job.next_attempt(), countdown=outcome.retry_delay)
         # Tell Celery (and Flower) this run ended in a retry we already scheduled.
-        raise Retry(str(outcome.error), when=outcome.retry_delay)
+        raise Retry(str(outcome.error), when=outcome.retry_delay)  # type: ignore[arg-type]
 
 
 def register_tasks(app: Celery) -> list[str]:
@@ -175,7 +189,7 @@ def register_tasks(app: Celery) -> list[str]:
 
 
 def _register(app: Celery, task: Task[Any, Any]) -> None:
-    def run(self: Any, **payload: Any) -> None:
+    def run(self: Any, /, **payload: Any) -> None:
         execute(task, self.request, payload)
 
     run.__name__ = task.spec.name.rsplit(".", 1)[-1]
@@ -187,3 +201,25 @@ def require_broker(settings: DispatcherSettings) -> str:
     if settings.broker_url is None:
         raise ConfigurationError("DISPATCH_BROKER_URL is not set; a Celery worker needs a broker")
     return settings.broker_url
+
+
+def worker_queues(settings: DispatcherSettings) -> list[str]:
+    """Every queue a registered task can be routed to: the default, decorators', rules'."""
+    queues = [settings.default_queue]
+    queues += [t.spec.queue for t in all_tasks() if t.spec.queue]
+    queues += [rule.queue for rule in settings.routes if rule.queue and rule.route == "celery"]
+    return list(dict.fromkeys(queues))
+
+
+def create_worker_app(settings: DispatcherSettings) -> Celery:
+    """The worker's Celery app: imports task modules, registers every task, shares the route."""
+    from .events import configure_logging
+    from .registry import import_task_modules
+
+    require_broker(settings)
+    configure_logging(settings)
+    import_task_modules(settings.task_modules)
+    app = create_celery_app(settings, main="worker")
+    register_tasks(app)
+    runtime.use_celery_route(CeleryRoute(settings, app))
+    return app

@@ -1,13 +1,13 @@
 """Errors raised by the dispatcher: one root, drawn once.
 
-    DispatchError
-     ├── TaskDefinitionError   bad ``@task`` options or a duplicate task name (also TypeError)
-     ├── TaskValidationError   bad arguments for ``.dispatch()`` (also ValueError)
-     ├── UnknownTaskError      a task name that is not registered (also LookupError)
-     ├── BrokerUnavailable     the broker cannot take the job in time
-     ├── ConfigurationError    settings that contradict each other
-     ├── TaskTimeout           one run of a task exceeded its ``timeout`` (also TimeoutError)
-     └── TaskFailed            the job ended in FAILURE (raised by ``TaskHandle.get``)
+DispatchError
+ ├── TaskDefinitionError   bad ``@task`` options or a duplicate task name (also TypeError)
+ ├── TaskValidationError   bad arguments for ``.dispatch()`` (also ValueError)
+ ├── UnknownTaskError      a task name that is not registered (also LookupError)
+ ├── BrokerUnavailable     the broker cannot take the job in time
+ ├── ConfigurationError    settings that contradict each other
+ ├── TaskTimeout           one run of a task exceeded its ``timeout`` (also TimeoutError)
+ └── TaskFailed            the job ended in FAILURE (raised by ``TaskHandle.get``)
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ def _outcome(record: dict[str, Any]) -> Any:
 
 @dataclass(frozen=True, slots=True)
 class TaskHandle:
-    """A dispatched job: its ``id`` (also the Celery task id), task ``name``, ``route``, ``queue``."""
+    """A dispatched job: ``id`` (also the Celery task id), task ``name``, ``route``, ``queue``."""
 
     id: str
     name: str
@@ -47,7 +47,7 @@ class TaskHandle:
     def state(self) -> State:
         """``PENDING | STARTED | RETRY | SUCCESS | FAILURE``."""
         record = self.record()
-        return "PENDING" if record is None else record["status"]  # type: ignore[no-any-return]
+        return "PENDING" if record is None else record["status"]  # type: ignore[no-any-return,unused-ignore]
 
     def get(self, timeout: float | None = None) -> Any:
         """Block until the job ends; its result, or ``TaskFailed`` with the task's error.

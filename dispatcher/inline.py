@@ -86,10 +86,7 @@ class InlineExecutor:
             leftover = list(self._outstanding.values())
             self._outstanding.clear()
             self._cond.notify_all()
-        error = DispatchError(f"not finished within the shutdown grace of {grace:g}s")
-        for job in leftover:
-            core.record(job, "FAILURE", error={"type": "DispatchError", "message": str(error)})
-            emit("task.failed", job, level=logging.ERROR, error=error, reason="shutdown")
+        abandon(leftover, f"not finished within the shutdown grace of {grace:g}s", "shutdown")
         return leftover
 
     def shutdown(self, grace: float) -> list[Job]:
@@ -200,3 +197,13 @@ def dispatch_inline(job: Job, countdown: float | None) -> None:
     if countdown is None and batch is not None and batch.add(job):
         return
     runtime.inline_executor().submit([job], countdown)
+
+
+def abandon(jobs: Sequence[Job], message: str, reason: str) -> None:
+    """Record jobs that will never run as failed, loudly: nothing is dropped silently."""
+    error = DispatchError(message)
+    for job in jobs:
+        core.record(
+            job, "FAILURE", error={"type": "DispatchError", "message": message}, reason=reason
+        )
+        emit("task.failed", job, level=logging.ERROR, error=error, reason=reason)

@@ -60,6 +60,11 @@ def inline_executor() -> InlineExecutor:
         return _executor
 
 
+def current_inline_executor() -> InlineExecutor | None:
+    """The executor if this process has started one (shutdown must not create it)."""
+    return _executor
+
+
 def celery_route() -> CeleryRoute:
     global _celery
     with _lock:

@@ -12,6 +12,7 @@ RouteName = Literal["inline", "celery"]
 ROUTES: tuple[RouteName, ...] = ("inline", "celery")
 PriorityName = Literal["low", "normal", "high"]
 PRIORITY_NAMES: dict[str, int] = {"low": 2, "normal": 5, "high": 8}
+NO_RETRY = RetryPolicy.never()
 
 
 def parse_priority(value: object) -> int:
@@ -44,7 +45,7 @@ class TaskSpec:
     priority: int = PRIORITY_NAMES["normal"]
     queue: str | None = None
     route: RouteName | None = None
-    retry: RetryPolicy = RetryPolicy.never()
+    retry: RetryPolicy = NO_RETRY
     timeout: float | None = None
     is_async: bool = False
 

@@ -11,7 +11,6 @@ import functools
 import inspect
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import replace
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
 from . import runtime
@@ -29,6 +28,9 @@ from .validation import ArgumentValidator
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: Called with each new handle; used by ``dispatcher.testing.capture_dispatches``.
+dispatch_listeners: list[Callable[[TaskHandle], None]] = []
 
 _OPTIONS = ("name", "weight", "priority", "queue", "route", "retry", "timeout")
 
@@ -89,18 +91,12 @@ class Task(Generic[P, R]):
             errors.append({"field": "countdown", "message": "must be a number of seconds >= 0"})
         if errors:
             raise TaskValidationError(self.spec.name, errors)
-        merged = replace(
-            self.call_options,
-            **{
-                k: v
-                for k, v in {
-                    "route": parsed_route,
-                    "priority": parsed_priority,
-                    "queue": queue,
-                    "countdown": countdown,
-                }.items()
-                if v is not None
-            },
+        current = self.call_options
+        merged = CallOptions(
+            route=parsed_route if parsed_route is not None else current.route,
+            priority=parsed_priority if parsed_priority is not None else current.priority,
+            queue=queue if queue is not None else current.queue,
+            countdown=float(countdown) if countdown is not None else current.countdown,
         )
         return Task(self.fn, self.spec, self.validator, merged)
 
@@ -152,7 +148,10 @@ class Task(Generic[P, R]):
             runtime.celery_route().dispatch(job, countdown)
         else:
             dispatch_inline(job, countdown)
-        return TaskHandle(job.id, self.spec.name, job.route, job.queue)
+        handle = TaskHandle(job.id, self.spec.name, job.route, job.queue)
+        for listener in dispatch_listeners:
+            listener(handle)
+        return handle
 
 
 def _build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:

@@ -67,7 +67,7 @@ class ArgumentValidator:
                 annotation = hints.get(param.name, Any)
                 default = ... if param.default is inspect.Parameter.empty else param.default
                 fields[param.name] = (annotation, default)
-            self._model = create_model(  # type: ignore[call-overload]
+            self._model = create_model(
                 f"{self.task_name}:arguments",
                 __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
                 **fields,
@@ -129,7 +129,12 @@ class ArgumentValidator:
                 value_type = type(getattr(instance, name)).__name__
                 return TaskValidationError(
                     self.task_name,
-                    [{"field": name, "message": f"{value_type} value cannot be sent as JSON ({exc})"}],
+                    [
+                        {
+                            "field": name,
+                            "message": f"{value_type} value cannot be sent as JSON ({exc})",
+                        }
+                    ],
                 )
         return TaskValidationError(
             self.task_name, [{"field": "(arguments)", "message": "cannot be sent as JSON"}]

@@ -1,0 +1,1 @@
+"""The example FastAPI service built on the dispatcher."""

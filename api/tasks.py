@@ -1,0 +1,38 @@
+"""The example tasks: the FastAPI background-tasks tutorial's notification, and a
+heavy report that belongs on Celery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from dispatcher import RetryPolicy, task
+
+
+def notifications_file() -> Path:
+    return Path(os.environ.get("API_NOTIFICATIONS_FILE", "notifications.log"))
+
+
+@task(weight=1)
+def write_notification(email: str, message: str = "") -> None:
+    """Append one notification line to the notifications file (light: runs inline)."""
+    with notifications_file().open(mode="a") as handle:
+        handle.write(f"notification for {email}: {message}\n")
+
+
+@task(
+    weight=8,
+    priority="high",
+    timeout=60,
+    retry=RetryPolicy(
+        max_attempts=5, base_delay=1.0, max_delay=60.0, jitter=True, retry_on=(ConnectionError,)
+    ),
+)
+async def generate_report(report_id: int) -> dict[str, object]:
+    """Build a report (heavy: goes to Celery); simulated by a short async wait."""
+    started = time.time()
+    await asyncio.sleep(0.2)
+    took = round(time.time() - started, 3)
+    return {"report_id": report_id, "rows": report_id * 10, "took_s": took}

@@ -1,0 +1,132 @@
+"""FastAPI integration: ``install(app)`` binds each request to the dispatcher.
+
+It adds an ASGI middleware that gives every request an id (``X-Request-ID``, or a
+new one) and a batch for its inline jobs. Once the response has been sent, the
+batch goes to the inline executor as one chain, which is when ``BackgroundTasks``
+would start; the connection is not held while the jobs run. It also maps the
+dispatcher's errors to JSON answers and drains the executor at shutdown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import runtime
+from .context import RequestBatch, batch_var, request_id_var
+from .errors import BrokerUnavailable, TaskValidationError, UnknownTaskError
+from .events import configure_logging
+from .inline import abandon
+from .registry import import_task_modules
+from .settings import get_settings
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def _request_id(scope: Scope) -> str:
+    for key, value in scope.get("headers", ()):
+        if key == b"x-request-id":
+            candidate: str = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(candidate):
+                return candidate
+    return uuid.uuid4().hex
+
+
+class DispatcherMiddleware:
+    """Request id plus after-the-response hand-off of the request's inline jobs."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        batch = RequestBatch()
+        hold = get_settings().inline_hold_request
+        response_sent = False
+
+        async def send_and_hand_off(message: Message) -> None:
+            nonlocal response_sent
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                response_sent = True
+                jobs = batch.close()
+                if jobs:
+                    done = runtime.inline_executor().submit(jobs)
+                    if hold:
+                        await asyncio.wrap_future(done)
+
+        request_token = request_id_var.set(request_id)
+        batch_token = batch_var.set(batch)
+        try:
+            await self.app(scope, receive, send_and_hand_off)
+        finally:
+            batch_var.reset(batch_token)
+            request_id_var.reset(request_token)
+            if not response_sent:
+                leftover = batch.close()
+                if leftover:
+                    abandon(
+                        leftover,
+                        "the request failed before its response was sent",
+                        "request_failed",
+                    )
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": message, **extra}, status_code=status)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, TaskValidationError)
+    return _error(422, str(exc), field=exc.field, errors=exc.errors)
+
+
+async def _unknown_task(request: Request, exc: Exception) -> JSONResponse:
+    return _error(404, str(exc))
+
+
+async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    response = _error(503, str(exc))
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+def install(app: FastAPI) -> FastAPI:
+    """Bind ``app``'s requests to the dispatcher; call once, right after creating the app."""
+    settings = get_settings()
+    configure_logging(settings)
+    import_task_modules(settings.task_modules)
+    app.add_middleware(DispatcherMiddleware)
+    app.add_exception_handler(TaskValidationError, _validation_error)
+    app.add_exception_handler(UnknownTaskError, _unknown_task)
+    app.add_exception_handler(BrokerUnavailable, _broker_unavailable)
+
+    inner = app.router.lifespan_context
+
+    @asynccontextmanager
+    async def lifespan(application: Any) -> AsyncIterator[Any]:
+        async with inner(application) as state:
+            yield state
+        executor = runtime.current_inline_executor()
+        if executor is not None:
+            await anyio.to_thread.run_sync(executor.drain, get_settings().shutdown_grace)
+
+    app.router.lifespan_context = lifespan
+    return app
