@@ -82,7 +82,10 @@ class EmbeddedRedis:
             "warning",
         ]
         log = open(self.data_dir / "server.log", "ab")  # noqa: SIM115 - owned by the child
-        self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
+        # Own session: a terminal's Ctrl-C must not stop the server before its clients.
+        self.process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
         deadline = time.monotonic() + timeout

@@ -1,0 +1,38 @@
+# The two commands: `make run` (the product) and `make test` (the suite).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test check worker routes clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## run: embedded Redis (unless DISPATCH_BROKER_URL is set), a worker and the API on 127.0.0.1:8000
+run: $(STAMP)
+	$(BIN)/python -m api
+
+## test: the whole suite against a real Redis and real worker processes
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+## check: lint and strict typing
+check: $(STAMP)
+	$(BIN)/ruff check dispatcher worker api tests
+	$(BIN)/mypy dispatcher
+
+## worker: one Celery worker for every registered task (needs DISPATCH_BROKER_URL)
+worker: $(STAMP)
+	$(BIN)/python -m worker
+
+## routes: print every task's effective route
+routes: $(STAMP)
+	DISPATCH_TASK_MODULES=$${DISPATCH_TASK_MODULES:-api.tasks} $(BIN)/python -m dispatcher routes
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info
