@@ -1,0 +1,95 @@
+"""Tasks used by the integration tests; imported by the test process and the worker.
+
+Each run appends to a Redis list (the ledger) named by its ``key`` argument, so a
+test can count attempts and read their timing from any process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from functools import cache
+
+import redis
+
+from dispatcher import RetryPolicy, task
+
+NO_JITTER = RetryPolicy(max_attempts=3, base_delay=0.3, multiplier=2.0, max_delay=5.0,
+                        jitter=False)
+
+
+@cache
+def _ledger(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def ledger() -> redis.Redis:
+    from dispatcher import get_settings
+
+    url = get_settings().broker_url or os.environ["DISPATCH_BROKER_URL"]
+    return _ledger(url)
+
+
+def note(key: str, **fields: object) -> int:
+    entry = {"t": time.time(), "pid": os.getpid(), **fields}
+    return int(ledger().rpush(key, json.dumps(entry)))
+
+
+def entries(key: str) -> list[dict[str, object]]:
+    return [json.loads(raw) for raw in ledger().lrange(key, 0, -1)]
+
+
+@task(name="samples.always_fails", retry=NO_JITTER)
+def always_fails(key: str) -> None:
+    note(key)
+    raise RuntimeError("boom")
+
+
+@task(name="samples.flaky", retry=RetryPolicy(max_attempts=4, base_delay=0.1, jitter=False,
+                                               retry_on=(ConnectionError,)))
+def flaky(key: str, fail_times: int) -> int:
+    count = note(key)
+    if count <= fail_times:
+        raise ConnectionError(f"transient failure {count}")
+    return count
+
+
+@task(name="samples.sleepy", timeout=0.5,
+      retry=RetryPolicy(max_attempts=2, base_delay=0.1, jitter=False))
+def sleepy(key: str, seconds: float) -> str:
+    note(key)
+    time.sleep(seconds)
+    return "woke"
+
+
+@task(name="samples.async_sleepy", timeout=0.5,
+      retry=RetryPolicy(max_attempts=2, base_delay=0.1, jitter=False))
+async def async_sleepy(key: str, seconds: float) -> str:
+    note(key)
+    await asyncio.sleep(seconds)
+    return "woke"
+
+
+@task(name="samples.record_order", weight=8)
+def record_order(key: str, label: str, pause: float = 0.05) -> None:
+    time.sleep(pause)
+    note(key, label=label)
+
+
+@task(name="samples.loop_identity", weight=8)
+async def loop_identity() -> list[int]:
+    await asyncio.sleep(0.01)
+    return [os.getpid(), id(asyncio.get_running_loop())]
+
+
+@task(name="samples.slow_inline", weight=1)
+def slow_inline(key: str, seconds: float) -> None:
+    time.sleep(seconds)
+    note(key, label="done")
+
+
+@task(name="samples.echo", weight=1)
+def echo(value: dict[str, int]) -> dict[str, int]:
+    return value
