@@ -7,6 +7,7 @@ import json
 import sys
 from typing import Any
 
+from .errors import DispatchError
 from .registry import all_tasks, import_task_modules
 from .settings import get_settings
 
@@ -73,9 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     routes.add_argument("--json", action="store_true", help="machine-readable output")
     args = parser.parse_args(argv)
 
-    settings = get_settings()
-    import_task_modules(settings.task_modules)
-    rows = route_table()
+    try:
+        settings = get_settings()
+        import_task_modules(settings.task_modules)
+        rows = route_table()
+    except DispatchError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:

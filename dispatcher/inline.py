@@ -114,6 +114,11 @@ class InlineExecutor:
             self._semaphore = asyncio.Semaphore(self.concurrency)
             loop.call_soon(started.set)
             loop.run_forever()
+            # Stopped by shutdown(): cancel what is left so nothing dangles at exit.
+            leftover = asyncio.all_tasks(loop)
+            for pending in leftover:
+                pending.cancel()
+            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
             loop.close()
 
         self._thread = threading.Thread(target=run, name="dispatch-inline-loop", daemon=True)

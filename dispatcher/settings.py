@@ -6,9 +6,17 @@ import threading
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .errors import ConfigurationError
 from .spec import RouteName, parse_priority
 
 
@@ -108,13 +116,12 @@ class DispatcherSettings(BaseSettings):
             raise ValueError("log_level must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
         return level
 
-    @model_validator(mode="after")
-    def _check_urls(self) -> DispatcherSettings:
-        for name in ("broker_url", "result_backend_url"):
-            url = getattr(self, name)
-            if url is not None and urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
-                raise ValueError(f"{name} must be a redis://, rediss:// or unix:// URL")
-        return self
+    @field_validator("broker_url", "result_backend_url")
+    @classmethod
+    def _redis_scheme(cls, url: str | None) -> str | None:
+        if url is not None and urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return url
 
     @property
     def results_url(self) -> str | None:
@@ -145,8 +152,21 @@ def get_settings() -> DispatcherSettings:
     global _current
     with _lock:
         if _current is None:
-            _current = DispatcherSettings()
+            try:
+                _current = DispatcherSettings()
+            except ValidationError as exc:
+                raise settings_error(exc) from None
         return _current
+
+
+def settings_error(exc: ValidationError) -> ConfigurationError:
+    """A readable error naming the environment variables at fault."""
+    problems = []
+    for item in exc.errors(include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else "settings"
+        variable = "DISPATCH_" + field.upper() if field != "settings" else "DISPATCH_* settings"
+        problems.append(f"{variable} ({field}): {item['msg']}")
+    return ConfigurationError("invalid settings: " + "; ".join(problems))
 
 
 def configure(settings: DispatcherSettings | None = None, **overrides: Any) -> DispatcherSettings:

@@ -1,0 +1,96 @@
+"""The commands users run: `make run`'s supervisor, `celery -A worker.app`, the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from dispatcher.embedded import free_port
+
+from .conftest import ROOT, Process, poll_state, wait_http
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of ours is gone for every practical purpose.
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "zombie" in status.read_text())
+
+
+def test_run_command_serves_both_routes_and_stops_everything(tmp_path: Path) -> None:
+    """`python -m api` (what `make run` starts) with no broker configured."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("DISPATCH_") or k == "REDIS_URL")}
+    env["API_NOTIFICATIONS_FILE"] = str(tmp_path / "notifications.log")
+    env["PYTHONUNBUFFERED"] = "1"
+    port = free_port()
+    run = Process([sys.executable, "-m", "api", "--port", str(port)], env, tmp_path / "run.log")
+    try:
+        run.wait_for_output("Ctrl-C stops all", timeout=30)
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/healthz", timeout=30)
+        with httpx.Client() as client:
+            note = client.post(f"{base}/send-notification/a@example.com").json()
+            report = client.post(f"{base}/reports", json={"report_id": 1}).json()
+            assert (note["route"], report["route"]) == ("inline", "celery")
+            for task_id in (note["task_id"], report["task_id"]):
+                assert poll_state(client, base, task_id, {"SUCCESS", "FAILURE"},
+                                  timeout=60)["state"] == "SUCCESS"
+        pids = [int(p) for p in re.findall(r"pid (\d+)", run.output())]
+        assert len(pids) == 3  # redis, API, worker
+        assert run.stop(signal.SIGINT, timeout=40) == 0
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in pids if _alive(pid)], run.output()[-2000:]
+    finally:
+        run.stop(signal.SIGKILL)
+
+
+def test_celery_cli_loads_the_worker_app(worker: Process, service_env: dict[str, str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "worker.app", "inspect", "registered",
+         "--timeout", "10", "--json"],
+        env=service_env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    registered = json.loads(result.stdout)
+    names = {name for tasks in registered.values() for name in tasks}
+    assert {"api.tasks.generate_report", "samples.echo"} <= names
+
+
+def test_routes_cli_prints_table_and_json(service_env: dict[str, str]) -> None:
+    table = subprocess.run([sys.executable, "-m", "dispatcher", "routes"], env=service_env,
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert table.returncode == 0, table.stderr
+    header = table.stdout.splitlines()[0].split()
+    assert header[:4] == ["TASK", "ROUTE", "QUEUE", "PRIORITY"]
+    assert re.search(r"api\.tasks\.generate_report\s+celery\s+celery\s+8", table.stdout)
+    as_json = subprocess.run([sys.executable, "-m", "dispatcher", "routes", "--json"],
+                             env=service_env, cwd=ROOT, capture_output=True, text=True,
+                             timeout=60)
+    rows = {row["task"]: row for row in json.loads(as_json.stdout)}
+    assert rows["api.tasks.write_notification"]["route"] == "inline"
+
+
+@pytest.mark.parametrize("bad", ["ftp://example.com", "not a url"])
+def test_worker_refuses_bad_settings_with_a_clear_error(bad: str,
+                                                         service_env: dict[str, str]) -> None:
+    env = {**service_env, "DISPATCH_BROKER_URL": bad}
+    result = subprocess.run([sys.executable, "-m", "worker"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "broker_url" in result.stderr
+    assert "Traceback" not in result.stderr
