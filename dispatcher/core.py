@@ -54,12 +54,13 @@ def dispatched(job: Job, **extra: Any) -> None:
 class Attempt:
     """The life of one run: started, then succeeded or failed (maybe to be retried)."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, *, announce: bool = True) -> None:
         self.job = job
         self.started_at = time.time()
         self._t0 = time.perf_counter()
-        record(job, "STARTED", started_at=self.started_at)
-        emit("task.started", job)
+        if announce:
+            record(job, "STARTED", started_at=self.started_at)
+            emit("task.started", job)
 
     def _elapsed_ms(self) -> float:
         return (time.perf_counter() - self._t0) * 1000
@@ -121,7 +122,7 @@ def _pool_for_timeouts() -> concurrent.futures.ThreadPoolExecutor:
     global _timeout_pool
     if _timeout_pool is None:
         _timeout_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=4, thread_name_prefix="dispatch-timeout"
+            max_workers=32, thread_name_prefix="dispatch-timeout"
         )
     return _timeout_pool
 
@@ -177,4 +178,4 @@ async def run_async(
 
 def reject(job: Job, error: BaseException) -> Outcome:
     """End a job that cannot even start (its payload does not decode): no retry."""
-    return Attempt(job).failed(error, final=True)
+    return Attempt(job, announce=False).failed(error, final=True)

@@ -54,28 +54,38 @@ class TaskHandle:
 
         Raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = _FIRST_POLL
+        poll = _Poll(self.id, timeout)
         while True:
             record = self.record()
             if record is not None and record["status"] in TERMINAL:
                 return _outcome(record)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"task {self.id} did not finish within {timeout}s")
-            remaining = None if deadline is None else deadline - time.monotonic()
-            time.sleep(pause if remaining is None else max(0.0, min(pause, remaining)))
-            pause = min(pause * 1.5, _MAX_POLL)
+            time.sleep(poll.next_pause())
 
     async def wait(self, timeout: float | None = None) -> Any:
         """``get`` for async code: polls without blocking the event loop."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pause = _FIRST_POLL
+        poll = _Poll(self.id, timeout)
         while True:
             record = await asyncio.to_thread(self.record)
             if record is not None and record["status"] in TERMINAL:
                 return _outcome(record)
-            if deadline is not None and time.monotonic() >= deadline:
-                raise TimeoutError(f"task {self.id} did not finish within {timeout}s")
-            remaining = None if deadline is None else deadline - time.monotonic()
-            await asyncio.sleep(pause if remaining is None else max(0.0, min(pause, remaining)))
-            pause = min(pause * 1.5, _MAX_POLL)
+            await asyncio.sleep(poll.next_pause())
+
+
+class _Poll:
+    """Growing pauses between record reads, bounded by an optional deadline."""
+
+    def __init__(self, task_id: str, timeout: float | None) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.pause = _FIRST_POLL
+
+    def next_pause(self) -> float:
+        """The next pause; ``TimeoutError`` once the deadline has passed."""
+        pause, self.pause = self.pause, min(self.pause * 1.5, _MAX_POLL)
+        if self.deadline is None:
+            return pause
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError(f"task {self.task_id} did not finish within {self.timeout}s")
+        return min(pause, remaining)

@@ -93,3 +93,8 @@ def slow_inline(key: str, seconds: float) -> None:
 @task(name="samples.echo", weight=1)
 def echo(value: dict[str, int]) -> dict[str, int]:
     return value
+
+
+@task(name="samples.on_own_queue", weight=5, queue="samples-heavy")
+def on_own_queue(value: int) -> int:
+    return value * 2

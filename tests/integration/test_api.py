@@ -108,7 +108,8 @@ def test_request_id_travels_into_the_worker_logs(api_server: Process, worker: Pr
         assert event["task_name"] == "api.tasks.generate_report"
         assert event["route"] == "celery"
     # One event shape on both sides of the wire.
-    keys = {frozenset(e) - {"duration_ms", "retry_in", "reason"} for e in api_events + worker_events}
+    keys = {frozenset(e) - {"duration_ms", "retry_in", "reason"}
+            for e in api_events + worker_events}
     assert len(keys) == 1
 
 

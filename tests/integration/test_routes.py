@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import time
 import uuid
@@ -18,7 +19,7 @@ from . import sample_tasks as samples
 
 def _gaps(key: str) -> list[float]:
     times = [float(e["t"]) for e in samples.entries(key)]  # type: ignore[arg-type]
-    return [round(b - a, 2) for a, b in zip(times, times[1:], strict=False)]
+    return [round(b - a, 2) for a, b in itertools.pairwise(times)]
 
 
 @pytest.mark.parametrize("route", ["inline", "celery"])
@@ -118,3 +119,11 @@ def test_celery_messages_are_json_protocol_2(broker: str) -> None:
 
     args, kwargs, _embed = json.loads(base64.b64decode(message["body"]))
     assert (args, kwargs) == ([], {"value": {"x": 1}})
+
+
+def test_decorator_queue_is_used_and_consumed_by_python_m_worker(broker: str) -> None:
+    handle = samples.on_own_queue.dispatch(21)
+    assert (handle.route, handle.queue) == ("celery", "samples-heavy")
+    assert handle.get(timeout=20) == 42
+    record = handle.record()
+    assert record is not None and record["queue"] == "samples-heavy"
