@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import functools
 import logging
 import time
@@ -36,6 +37,8 @@ class Outcome:
     result: Any = None
     error: BaseException | None = None
     retry_delay: float | None = None
+    #: A timed-out sync call still running in its thread (Python cannot stop it).
+    lingering: asyncio.Future[Any] | None = None
 
 
 def record(job: Job, status: State, **fields: Any) -> None:
@@ -168,12 +171,22 @@ async def run_async(
         else:
             done, _ = await asyncio.wait({running}, timeout=spec.timeout)
             if not done:
-                running.cancel()
-                raise TaskTimeout(spec.name, spec.timeout)
+                outcome = attempt.failed(TaskTimeout(spec.name, spec.timeout))
+                if spec.is_async:
+                    running.cancel()
+                    return outcome
+                # A thread cannot be stopped: let it finish, dropping what it returns.
+                running.add_done_callback(_drop_result)
+                return dataclasses.replace(outcome, lingering=running)
             result = running.result()
     except Exception as exc:
         return attempt.failed(exc)
     return attempt.succeeded(result)
+
+
+def _drop_result(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not warn about it
 
 
 def reject(job: Job, error: BaseException) -> Outcome:

@@ -49,6 +49,8 @@ def emit(
         "duration_ms": None if duration_ms is None else round(duration_ms, 3),
         "error": None if error is None else error_fields(error),
         "request_id": job.request_id,
+        "retry_in": None,
+        "reason": None,
     }
     fields.update(extra)
     logger.log(level, event, extra={"dispatch": fields})

@@ -155,19 +155,22 @@ class InlineExecutor:
         with self._cond:
             if job.id not in self._outstanding:  # abandoned by a drain meanwhile
                 return
+        await self._semaphore.acquire()
+        with self._cond:
+            self._running += 1
+        lingering = None
         try:
-            async with self._semaphore:
-                with self._cond:
-                    self._running += 1
-                try:
-                    outcome = await self._attempt(job)
-                finally:
-                    with self._cond:
-                        self._running -= 1
+            outcome = await self._attempt(job)
+            lingering = outcome.lingering
         except Exception:  # a bug here must not lose the job silently
             log.exception("inline executor failed while running task %s", job.id)
             self._finish(job)
             return
+        finally:
+            if lingering is None:
+                self._release_slot()
+            else:  # a timed-out thread still runs: its slot stays taken until it ends
+                lingering.add_done_callback(lambda _: self._release_slot())
         if outcome.retry_delay is None:
             self._finish(job)
             return
@@ -187,6 +190,12 @@ class InlineExecutor:
             except TaskValidationError as exc:
                 return core.reject(job, exc)
         return await core.run_async(job, values, self._pool)
+
+    def _release_slot(self) -> None:
+        assert self._semaphore is not None
+        with self._cond:
+            self._running -= 1
+        self._semaphore.release()
 
     def _finish(self, job: Job) -> None:
         with self._cond:

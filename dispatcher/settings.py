@@ -57,7 +57,7 @@ class DispatcherSettings(BaseSettings):
 
     broker_url: str | None = Field(
         default=None,
-        validation_alias=AliasChoices("broker_url", "DISPATCH_BROKER_URL", "REDIS_URL"),
+        validation_alias=AliasChoices("DISPATCH_BROKER_URL", "REDIS_URL"),
         description="Redis URL of the Celery broker; unset: no Celery route (and `make run` "
         "starts an embedded server).",
     )
@@ -134,13 +134,18 @@ def redact_url(url: str | None) -> str | None:
     if url is None:
         return None
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join(
+        f"{key}=***" if key.lower() in _SECRET_PARAMS else f"{key}={value}" if sep else key
+        for key, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "secret", "token"})
 
 
 _lock = threading.Lock()
@@ -173,9 +178,12 @@ def configure(settings: DispatcherSettings | None = None, **overrides: Any) -> D
     """Replace the process-wide settings (tests, embedding) and reset what depends on them."""
     global _current
     base = settings if settings is not None else DispatcherSettings()
-    new = base.model_copy(update=overrides) if overrides else base
+    new = base
     if overrides:
-        new = DispatcherSettings.model_validate(new.model_dump())
+        try:
+            new = DispatcherSettings.model_validate({**base.model_dump(), **overrides})
+        except ValidationError as exc:
+            raise settings_error(exc) from None
     with _lock:
         _current = new
     from . import runtime  # late import: runtime depends on settings

@@ -166,7 +166,9 @@ def _build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:
     if not callable(fn):
         raise TaskDefinitionError(f"@task decorates functions, got {fn!r}")
     where = f"@task on {getattr(fn, '__qualname__', fn)!r}"
-    name = options.get("name") or f"{fn.__module__}.{fn.__qualname__}"
+    name = options.get("name")
+    if name is None:
+        name = f"{fn.__module__}.{fn.__qualname__}"
     if not isinstance(name, str) or not name.strip():
         raise TaskDefinitionError(f"{where}: name must be a non-empty string")
     if "<locals>" in name and "name" not in options:

@@ -12,7 +12,7 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 from pydantic_core import PydanticSerializationError
 
 from .errors import TaskDefinitionError, TaskValidationError
@@ -62,17 +62,24 @@ class ArgumentValidator:
                 raise TaskDefinitionError(
                     f"task {self.task_name!r}: cannot resolve annotations: {exc}"
                 ) from exc
+            # Internal field names are ours (p0, p1, ...); the parameter names are aliases,
+            # so names like ``_token``, ``json`` or ``model_config`` work too.
             fields: dict[str, Any] = {}
-            for param in self.parameters:
+            for index, param in enumerate(self.parameters):
                 annotation = hints.get(param.name, Any)
                 default = ... if param.default is inspect.Parameter.empty else param.default
-                fields[param.name] = (annotation, default)
+                fields[f"p{index}"] = (annotation, Field(default, alias=param.name))
             self._model = create_model(
                 f"{self.task_name}:arguments",
-                __config__=ConfigDict(extra="forbid", arbitrary_types_allowed=True),
+                __config__=ConfigDict(
+                    extra="forbid", arbitrary_types_allowed=True, serialize_by_alias=True
+                ),
                 **fields,
             )
         return self._model
+
+    def _values(self, instance: BaseModel) -> dict[str, Any]:
+        return {p.name: getattr(instance, f"p{i}") for i, p in enumerate(self.parameters)}
 
     def bind(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
         """Map positional and keyword arguments onto parameter names, refusing clashes."""
@@ -105,9 +112,9 @@ class ArgumentValidator:
             instance = model.model_validate(self.bind(args, kwargs))
         except ValidationError as exc:
             raise _messages(self.task_name, exc) from None
-        values = {name: getattr(instance, name) for name in model.model_fields}
+        values = self._values(instance)
         try:
-            payload = instance.model_dump(mode="json")
+            payload = instance.model_dump(mode="json", by_alias=True)
         except (PydanticSerializationError, ValueError, TypeError):
             raise self._unserializable(instance) from None
         return values, payload
@@ -119,19 +126,19 @@ class ArgumentValidator:
             instance = model.model_validate(dict(payload))
         except ValidationError as exc:
             raise _messages(self.task_name, exc) from None
-        return {name: getattr(instance, name) for name in model.model_fields}
+        return self._values(instance)
 
     def _unserializable(self, instance: BaseModel) -> TaskValidationError:
-        for name in type(instance).model_fields:
+        for index, param in enumerate(self.parameters):
             try:
-                instance.model_dump(mode="json", include={name})
+                instance.model_dump(mode="json", include={f"p{index}"})
             except (PydanticSerializationError, ValueError, TypeError) as exc:
-                value_type = type(getattr(instance, name)).__name__
+                value_type = type(getattr(instance, f"p{index}")).__name__
                 return TaskValidationError(
                     self.task_name,
                     [
                         {
-                            "field": name,
+                            "field": param.name,
                             "message": f"{value_type} value cannot be sent as JSON ({exc})",
                         }
                     ],

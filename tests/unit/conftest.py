@@ -10,24 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
-from dispatcher import DispatcherSettings, configure, runtime
-from dispatcher import registry
+from dispatcher import DispatcherSettings, configure, registry, runtime
 from dispatcher import settings as settings_module
 
+from .helpers import ListHandler, unit_settings
+
 _LEAKY = {"REDIS_URL", "BROKER_URL"}
-
-
-def unit_settings(**fields: Any) -> DispatcherSettings:
-    """Settings that can never reach a broker and ignore any ``.env`` file."""
-    fields.setdefault("broker_url", None)
-    fields.setdefault("result_backend_url", None)
-    return DispatcherSettings(_env_file=None, **fields)  # type: ignore[call-arg]
 
 
 @pytest.fixture(autouse=True)
@@ -54,30 +47,6 @@ def use_settings() -> Callable[..., DispatcherSettings]:
         return configure(unit_settings(**fields))
 
     return _use
-
-
-class ListHandler(logging.Handler):
-    """Keeps every record it sees (thread-safe)."""
-
-    def __init__(self) -> None:
-        super().__init__(level=logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-        self._records_lock = threading.Lock()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        with self._records_lock:
-            self.records.append(record)
-
-    def events(self, task_id: str | None = None) -> list[logging.LogRecord]:
-        """Records carrying dispatcher event fields, optionally for one job only."""
-        with self._records_lock:
-            records = list(self.records)
-        return [
-            r
-            for r in records
-            if isinstance(getattr(r, "dispatch", None), dict)
-            and (task_id is None or r.dispatch["task_id"] == task_id)
-        ]
 
 
 @pytest.fixture

@@ -1,0 +1,378 @@
+"""The inline route without a broker: in-memory records, bounded executor, timeouts,
+retries and countdowns."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from dispatcher import (
+    BrokerUnavailable,
+    DispatcherSettings,
+    RetryPolicy,
+    TaskFailed,
+    TaskHandle,
+    TaskTimeout,
+    runtime,
+    task,
+)
+from dispatcher.status import MemoryStatusStore
+from dispatcher.testing import capture_dispatches, wait_for_inline_jobs
+
+
+class Counter:
+    """Thread-safe counts of calls, and of calls running at once."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.running = 0
+        self.max_running = 0
+        self.threads: list[str] = []
+
+    def enter(self) -> None:
+        with self._lock:
+            self.calls += 1
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+            self.threads.append(threading.current_thread().name)
+
+    def leave(self) -> None:
+        with self._lock:
+            self.running -= 1
+
+
+@pytest.fixture
+def counter() -> Counter:
+    return Counter()
+
+
+@pytest.fixture
+def release() -> Iterator[threading.Event]:
+    """Blocked task threads wait on this; set at teardown so none outlives the test."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+def test_without_a_broker_records_live_in_memory() -> None:
+    assert isinstance(runtime.status_store(), MemoryStatusStore)
+
+
+def test_sync_task_succeeds(counter: Counter) -> None:
+    @task(name="unit.inline.sync")
+    def add(a: int, b: int) -> int:
+        counter.enter()
+        counter.leave()
+        return a + b
+
+    with capture_dispatches() as captured:
+        handle = add.dispatch(2, b=3)
+    assert captured == [handle]
+    assert isinstance(handle, TaskHandle)
+    assert (handle.name, handle.route, handle.queue) == ("unit.inline.sync", "inline", None)
+    assert handle.get(timeout=5) == 5
+    assert handle.state() == "SUCCESS"
+    record = handle.record()
+    assert record is not None
+    assert (record["status"], record["result"], record["attempt"]) == ("SUCCESS", 5, 1)
+    assert record["date_done"] is not None
+    assert record["duration_ms"] >= 0
+    assert counter.calls == 1
+    # sync tasks run on the executor's own pool, not on the caller's thread
+    assert counter.threads[0].startswith("dispatch-inline")
+    assert TaskHandle.lookup(handle.id) == handle
+
+
+def test_async_task_succeeds(counter: Counter) -> None:
+    @task(name="unit.inline.async")
+    async def mul(a: int, b: int) -> dict[str, int]:
+        counter.enter()
+        await asyncio.sleep(0.01)
+        counter.leave()
+        return {"product": a * b}
+
+    handle = mul.dispatch(3, 4)
+    assert handle.get(timeout=5) == {"product": 12}
+    assert handle.state() == "SUCCESS"
+    assert counter.threads == ["dispatch-inline-loop"]  # on the executor's event loop
+
+
+def test_handle_wait_from_async_code() -> None:
+    @task(name="unit.inline.wait")
+    async def echo(value: str) -> str:
+        return value
+
+    async def main() -> Any:
+        return await echo.dispatch("hi").wait(timeout=5)
+
+    assert asyncio.run(main()) == "hi"
+
+
+def test_results_are_stored_as_json() -> None:
+    @task(name="unit.inline.json_result")
+    def pair() -> tuple[int, str]:
+        return (1, "a")
+
+    assert pair.dispatch().get(timeout=5) == [1, "a"]
+
+
+def test_unstorable_result_fails_the_job() -> None:
+    @task(name="unit.inline.bad_result")
+    def bad() -> object:
+        return object()
+
+    with pytest.raises(TaskFailed) as info:
+        bad.dispatch().get(timeout=5)
+    assert info.value.error_type == "TypeError"
+    assert "JSON" in info.value.error_message
+
+
+def test_failing_task_raises_task_failed_with_its_error_type() -> None:
+    @task(name="unit.inline.fails")
+    def fails(reason: str) -> None:
+        raise KeyError(reason)
+
+    handle = fails.dispatch("missing-key")
+    with pytest.raises(TaskFailed) as info:
+        handle.get(timeout=5)
+    assert info.value.error_type == "KeyError"
+    assert "missing-key" in info.value.error_message
+    assert info.value.task_id == handle.id
+    record = handle.record()
+    assert record is not None
+    assert record["status"] == "FAILURE"
+    assert record["error"]["type"] == "KeyError"
+    assert "KeyError" in record["traceback"]
+    assert record["reason"] == "attempts_exhausted"
+
+
+def test_failing_async_task_raises_task_failed() -> None:
+    @task(name="unit.inline.fails_async")
+    async def fails() -> None:
+        raise ValueError("async boom")
+
+    with pytest.raises(TaskFailed) as info:
+        fails.dispatch().get(timeout=5)
+    assert (info.value.error_type, info.value.error_message) == ("ValueError", "async boom")
+
+
+def test_retry_then_success(counter: Counter) -> None:
+    @task(
+        name="unit.inline.flaky",
+        retry=RetryPolicy(max_attempts=3, base_delay=0.01, jitter=False),
+    )
+    def flaky() -> str:
+        counter.enter()
+        counter.leave()
+        if counter.calls < 3:
+            raise ConnectionError("try again")
+        return "third time lucky"
+
+    handle = flaky.dispatch()
+    assert handle.get(timeout=5) == "third time lucky"
+    wait_for_inline_jobs(timeout=5)
+    assert counter.calls == 3
+    record = handle.record()
+    assert record is not None
+    assert record["attempt"] == 3
+
+
+def test_give_up_on_stops_retrying(counter: Counter) -> None:
+    @task(
+        name="unit.inline.give_up",
+        retry=RetryPolicy(max_attempts=5, base_delay=0.01, jitter=False, give_up_on=KeyError),  # type: ignore[arg-type]
+    )
+    def give_up() -> None:
+        counter.enter()
+        counter.leave()
+        raise KeyError("no")
+
+    handle = give_up.dispatch()
+    with pytest.raises(TaskFailed):
+        handle.get(timeout=5)
+    wait_for_inline_jobs(timeout=5)
+    assert counter.calls == 1
+    record = handle.record()
+    assert record is not None
+    assert record["reason"] == "give_up_on"
+
+
+def test_sync_timeout_fails_with_task_timeout(release: threading.Event) -> None:
+    @task(name="unit.inline.slow_sync", timeout=0.2)
+    def slow() -> None:
+        release.wait(2)  # "sleeps 2 s", but lets the thread go at teardown
+
+    handle = slow.dispatch()
+    with pytest.raises(TaskFailed) as info:
+        handle.get(timeout=5)
+    assert info.value.error_type == "TaskTimeout"
+    assert "timeout of 0.2s" in info.value.error_message
+    record = handle.record()
+    assert record is not None
+    assert record["status"] == "FAILURE"
+    assert record["error"]["type"] == TaskTimeout.__name__
+
+
+def test_async_timeout_fails_with_task_timeout() -> None:
+    cancelled = threading.Event()
+
+    @task(name="unit.inline.slow_async", timeout=0.2)
+    async def slow() -> None:
+        try:
+            await asyncio.sleep(2)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    handle = slow.dispatch()
+    with pytest.raises(TaskFailed) as info:
+        handle.get(timeout=5)
+    assert info.value.error_type == "TaskTimeout"
+    assert cancelled.wait(5)  # the coroutine is cancelled, not left running
+
+
+def test_timeout_with_retry_makes_exactly_two_attempts(
+    counter: Counter, release: threading.Event
+) -> None:
+    @task(
+        name="unit.inline.slow_retry",
+        timeout=0.2,
+        retry=RetryPolicy(max_attempts=2, jitter=False, base_delay=0.05),
+    )
+    def slow() -> None:
+        counter.enter()
+        release.wait(2)
+        counter.leave()
+
+    handle = slow.dispatch()
+    with pytest.raises(TaskFailed) as info:
+        handle.get(timeout=5)
+    assert info.value.error_type == "TaskTimeout"
+    wait_for_inline_jobs(timeout=5)
+    assert counter.calls == 2
+    record = handle.record()
+    assert record is not None
+    assert (record["attempt"], record["max_attempts"]) == (2, 2)
+    assert record["reason"] == "attempts_exhausted"
+
+
+def test_concurrency_is_bounded(
+    use_settings: Callable[..., DispatcherSettings], counter: Counter
+) -> None:
+    use_settings(inline_concurrency=2)
+
+    @task(name="unit.inline.bounded")
+    def busy(i: int) -> int:
+        counter.enter()
+        time.sleep(0.2)
+        counter.leave()
+        return i
+
+    handles = [busy.dispatch(i) for i in range(6)]
+    assert [h.get(timeout=10) for h in handles] == list(range(6))
+    wait_for_inline_jobs(timeout=5)
+    assert counter.calls == 6
+    assert counter.max_running <= 2
+    assert counter.max_running == 2  # and the two slots were actually used
+
+
+def test_async_concurrency_is_bounded(
+    use_settings: Callable[..., DispatcherSettings], counter: Counter
+) -> None:
+    use_settings(inline_concurrency=2)
+
+    @task(name="unit.inline.bounded_async")
+    async def busy(i: int) -> int:
+        counter.enter()
+        await asyncio.sleep(0.1)
+        counter.leave()
+        return i
+
+    handles = [busy.dispatch(i) for i in range(6)]
+    assert [h.get(timeout=10) for h in handles] == list(range(6))
+    assert counter.max_running == 2
+
+
+def test_countdown_delays_the_start() -> None:
+    started_at: list[float] = []
+
+    @task(name="unit.inline.countdown")
+    def stamp() -> None:
+        started_at.append(time.time())
+
+    before = time.time()
+    handle = stamp.options(countdown=0.3).dispatch()
+    assert handle.state() == "PENDING"
+    handle.get(timeout=5)
+    record = handle.record()
+    assert record is not None
+    assert record["started_at"] - record["dispatched_at"] >= 0.25
+    assert started_at[0] - before >= 0.25
+
+
+def test_get_times_out_while_the_job_runs(release: threading.Event) -> None:
+    @task(name="unit.inline.blocked")
+    def blocked() -> str:
+        release.wait(5)
+        return "done"
+
+    handle = blocked.dispatch()
+    with pytest.raises(TimeoutError):
+        handle.get(timeout=0.1)
+    with pytest.raises(TimeoutError, match="1 inline job"):
+        wait_for_inline_jobs(timeout=0.1)
+    assert handle.state() in {"PENDING", "STARTED"}
+    release.set()
+    assert handle.get(timeout=5) == "done"
+    wait_for_inline_jobs(timeout=5)
+
+
+def test_celery_route_without_a_broker_is_refused_and_nothing_is_kept() -> None:
+    @task(name="unit.inline.heavy", weight=10)
+    def heavy() -> None: ...
+
+    with capture_dispatches() as captured, pytest.raises(BrokerUnavailable, match="no broker"):
+        heavy.dispatch()
+    assert captured == []
+    assert runtime.inline_executor().outstanding() == 0
+
+
+def test_sync_timeout_is_not_charged_to_the_next_job(
+    use_settings: Callable[..., DispatcherSettings], release: threading.Event
+) -> None:
+    """Regression (was a bug in dispatcher/core.py ``run_async`` + dispatcher/inline.py).
+
+    When a sync task times out, its thread keeps running (Python cannot stop it) and
+    keeps its seat in the executor's pool, which has only ``inline_concurrency``
+    threads; but its concurrency slot is released at once. The next sync job is then
+    admitted, recorded STARTED, queued behind the still-busy thread, and its own
+    ``timeout`` clock runs while it waits, so a task that takes no time at all fails
+    with ``TaskTimeout`` without its function ever having started.
+    """
+    use_settings(inline_concurrency=1)
+
+    @task(name="unit.inline.stuck", timeout=0.1)
+    def stuck() -> None:
+        release.wait(5)
+
+    ran = threading.Event()
+
+    @task(name="unit.inline.quick", timeout=0.5)
+    def quick() -> str:
+        ran.set()
+        return "ok"
+
+    with pytest.raises(TaskFailed):
+        stuck.dispatch().get(timeout=5)
+    handle = quick.dispatch()
+    try:
+        result = handle.get(timeout=5)
+    except TaskFailed as exc:
+        result = f"{exc.error_type} (function ran: {ran.is_set()})"
+    assert result == "ok"
