@@ -168,9 +168,12 @@ def settings_error(exc: ValidationError) -> ConfigurationError:
     """A readable error naming the environment variables at fault."""
     problems = []
     for item in exc.errors(include_url=False):
-        field = str(item["loc"][0]) if item["loc"] else "settings"
-        variable = "DISPATCH_" + field.upper() if field != "settings" else "DISPATCH_* settings"
-        problems.append(f"{variable} ({field}): {item['msg']}")
+        loc = str(item["loc"][0]) if item["loc"] else ""
+        field = loc.lower().removeprefix("dispatch_")
+        if field in ("redis_url", "broker_url"):
+            field, loc = "broker_url", "DISPATCH_BROKER_URL or REDIS_URL"
+        variable = loc if loc.isupper() else f"DISPATCH_{loc.upper()}" if loc else "settings"
+        problems.append(f"{variable} ({field or 'settings'}): {item['msg']}")
     return ConfigurationError("invalid settings: " + "; ".join(problems))
 
 

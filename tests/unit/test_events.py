@@ -227,6 +227,9 @@ def pristine_logger() -> Iterator[logging.Logger]:
     saved = (list(logger.handlers), logger.level, logger.propagate)
     for handler in saved[0]:
         logger.removeHandler(handler)
+    # pytest attaches its capture handlers to non-propagating loggers when a test
+    # phase starts; a propagating logger keeps them out of this test's view.
+    logger.propagate = True
     yield logger
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
