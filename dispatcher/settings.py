@@ -170,9 +170,9 @@ def settings_error(exc: ValidationError) -> ConfigurationError:
     for item in exc.errors(include_url=False):
         loc = str(item["loc"][0]) if item["loc"] else ""
         field = loc.lower().removeprefix("dispatch_")
-        if field in ("redis_url", "broker_url"):
-            field, loc = "broker_url", "DISPATCH_BROKER_URL or REDIS_URL"
         variable = loc if loc.isupper() else f"DISPATCH_{loc.upper()}" if loc else "settings"
+        if field in ("redis_url", "broker_url"):
+            field, variable = "broker_url", "DISPATCH_BROKER_URL (or REDIS_URL)"
         problems.append(f"{variable} ({field or 'settings'}): {item['msg']}")
     return ConfigurationError("invalid settings: " + "; ".join(problems))
 
