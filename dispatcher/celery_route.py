@@ -9,41 +9,37 @@ priority lists, where 0 is served first: our 9 (most urgent) becomes Celery's 0.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import os
 import threading
 from typing import TYPE_CHECKING, Any
 
-import redis
 from celery import Celery
-from celery.exceptions import Retry
-from kombu.exceptions import OperationalError
+from celery.exceptions import Retry, WorkerLostError
 
 from . import core, runtime
+from .broker import BROKER_ERRORS, BrokerMonitor
 from .errors import BrokerUnavailable, ConfigurationError, TaskValidationError
 from .events import emit
 from .job import Job
 from .registry import all_tasks
 from .settings import DispatcherSettings
+from .spec import RouteName
+from .spool import Spool, SpooledJob
+from .status import make_record
+from .wire import HEADER, Publisher, queue_key, redis_client, task_message
 
 if TYPE_CHECKING:
     from .task import Task
 
-HEADER = "dispatch"
-VISIBILITY_TIMEOUT = 3600
-
-
-def celery_priority(priority: int) -> int:
-    """Our 0-9 scale (9 most urgent) onto kombu-Redis's (0 served first)."""
-    return 9 - priority
+VISIBILITY_ROUTE_MARGIN = 1.0
 
 
 def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") -> Celery:
     """A Celery app configured from our settings: JSON only, at-least-once, priorities on."""
     app = Celery(main, set_as_current=False)
     transport_options = {
-        "priority_steps": list(range(10)),
-        "visibility_timeout": VISIBILITY_TIMEOUT,
+        "visibility_timeout": settings.visibility_timeout,
         "socket_timeout": settings.publish_timeout,
         "socket_connect_timeout": settings.publish_timeout,
     }
@@ -62,8 +58,10 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
         task_default_queue=settings.default_queue,
         task_publish_retry=False,
         broker_transport_options=transport_options,
-        result_backend_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
         broker_connection_timeout=settings.publish_timeout,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=True,
@@ -73,58 +71,117 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
 
 
 class CeleryRoute:
-    """Publishes jobs; the worker uses the same object to re-publish retries."""
+    """Publishes jobs (and retries, and hand-overs); applies the broker-outage policy."""
 
     def __init__(self, settings: DispatcherSettings, app: Celery | None = None) -> None:
         self.settings = settings
         self.app = app if app is not None else create_celery_app(settings)
+        self._lock = threading.Lock()
+        self._publisher: Publisher | None = None
+        self._monitor: BrokerMonitor | None = None
+
+    @property
+    def monitor(self) -> BrokerMonitor:
+        with self._lock:
+            if self._monitor is None:
+                url = self.settings.broker_url
+                if url is None:
+                    raise BrokerUnavailable(
+                        "a task is routed to Celery but no broker is configured "
+                        "(set DISPATCH_BROKER_URL)"
+                    )
+                client = redis_client(url, self.settings.publish_timeout)
+                self._publisher = Publisher(
+                    client, self.settings.result_ttl, self.settings.result_ttl
+                )
+                self._monitor = BrokerMonitor(self._publisher, Spool(self.settings.spool_path))
+                if self._monitor.spool.depth():
+                    self._monitor.start()  # left over from an earlier run: relay it
+            return self._monitor
+
+    def ping(self) -> bool:
+        """Whether the broker answered the monitor's last probe (no I/O here)."""
+        if self.settings.broker_url is None:
+            return False
+        monitor = self.monitor
+        monitor.start()
+        return monitor.healthy
+
+    def status(self) -> dict[str, Any]:
+        if self.settings.broker_url is None:
+            return {"reachable": False, "checked_at": None, "spool_depth": 0}
+        monitor = self.monitor
+        monitor.start()
+        return monitor.status()
+
+    def _prepared(
+        self, job: Job, countdown: float | None, fresh: bool
+    ) -> tuple[str, str, str | None]:
+        message = json.dumps(task_message(job, countdown))
+        if len(message) > self.settings.max_payload_bytes:
+            raise TaskValidationError(
+                job.spec.name,
+                [{"field": "(arguments)", "message": f"message of {len(message)} bytes exceeds "
+                  f"DISPATCH_MAX_PAYLOAD_BYTES={self.settings.max_payload_bytes}"}],
+            )
+        shared_redis = self.settings.result_backend_url in (None, self.settings.broker_url)
+        record = json.dumps(make_record(job, "PENDING")) if fresh and shared_redis else None
+        return queue_key(job.queue or self.settings.default_queue, job.priority), message, record
+
+    def dispatch(
+        self,
+        job: Job,
+        countdown: float | None,
+        *,
+        outage: str | None = None,
+        fresh: bool = True,
+    ) -> RouteName:
+        """Record, publish and announce ``job``; returns the route it finally took.
+
+        If the broker is down (or stops answering within ``DISPATCH_PUBLISH_TIMEOUT``),
+        the outage policy decides: ``spool`` (default), ``inline`` or ``raise``.
+        """
+        monitor = self.monitor
+        key, message, record = self._prepared(job, countdown, fresh)
+        if fresh and record is None:
+            core.record(job, "PENDING")  # a separate records store: before the worker sees it
+        if monitor.healthy:
+            try:
+                monitor.publisher.publish([(job.publish_id, key, message, record)])
+            except BROKER_ERRORS as exc:
+                monitor.mark_down(exc)
+            else:
+                emit("task.dispatched", job)
+                return "celery"
+        return self._on_outage(job, countdown, key, message, record, outage)
+
+    def _on_outage(
+        self,
+        job: Job,
+        countdown: float | None,
+        key: str,
+        message: str,
+        record: str | None,
+        outage: str | None,
+    ) -> RouteName:
+        mode = outage or self.settings.broker_outage
+        if mode == "raise":
+            raise BrokerUnavailable(
+                f"the broker is unavailable; task {job.spec.name!r} was not accepted"
+            )
+        if mode == "inline" and job.values is not None:
+            from .inline import dispatch_inline
+
+            job.route, job.queue = "inline", None
+            dispatch_inline(job, countdown, reason="broker_outage")
+            return "inline"
+        self.monitor.spool.put(SpooledJob(job.publish_id, key, message, record))
+        emit("task.dispatched", job, reason="spooled")
+        return "celery"
 
     def publish(self, job: Job, countdown: float | None = None) -> None:
-        """Put ``job`` on its queue; ``BrokerUnavailable`` if the broker cannot take it."""
-        if self.settings.broker_url is None:
-            raise BrokerUnavailable(
-                f"task {job.spec.name!r} is routed to Celery but no broker is configured "
-                "(set DISPATCH_BROKER_URL)"
-            )
-        try:
-            self.app.send_task(
-                job.spec.name,
-                args=(),
-                kwargs=job.payload,
-                task_id=job.id,
-                queue=job.queue,
-                priority=celery_priority(job.priority),
-                countdown=countdown,
-                headers={HEADER: job.meta()},
-                retry=False,
-            )
-        except (OperationalError, ConnectionError, OSError, TimeoutError) as exc:
-            raise BrokerUnavailable(f"could not publish task {job.id}: {exc}") from exc
-
-    def ping(self, timeout: float = 0.5) -> bool:
-        """Whether the broker answers within ``timeout`` seconds."""
-        if self.settings.broker_url is None:
-            return False
-        client = redis.Redis.from_url(
-            self.settings.broker_url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
-        try:
-            return bool(client.ping())
-        except (redis.RedisError, OSError):
-            return False
-        finally:
-            client.close()
-
-    def dispatch(self, job: Job, countdown: float | None) -> None:
-        """Record, publish and announce a new job."""
-        core.record(job, "PENDING")
-        try:
-            self.publish(job, countdown)
-        except BrokerUnavailable:
-            with contextlib.suppress(Exception):  # the store may be down with the broker
-                runtime.status_store().delete(job.id)
-            raise
-        emit("task.dispatched", job)
+        """Publish the next attempt of a running job (a retry); spools on outage."""
+        self.dispatch(job, countdown, outage="spool", fresh=False)
 
 
 # -- worker side ----------------------------------------------------------------------
@@ -161,9 +218,38 @@ def job_from_request(task: Task[Any, Any], request: Any, payload: dict[str, Any]
     )
 
 
+RUNS_PREFIX = "dispatch:runs:"
+
+
+def count_run(job: Job, ttl: int) -> int | None:
+    """Count this delivery of ``job``; a delivery beyond the header's attempt means an
+    earlier run died with its process (SIGKILL, OOM) and counts as a failed attempt."""
+    client = runtime.redis_client()
+    if client is None:
+        return None
+    try:
+        pipe = client.pipeline(transaction=True)
+        pipe.incr(RUNS_PREFIX + job.id)
+        pipe.expire(RUNS_PREFIX + job.id, ttl)
+        return int(pipe.execute()[0])
+    except BROKER_ERRORS:
+        return None  # no store: trust the message's own attempt number
+
+
 def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> None:
     """Run one delivered message through the execution core and carry out its outcome."""
     job = job_from_request(task, request, payload)
+    runs = count_run(job, runtime.settings().result_ttl)
+    if runs is not None and runs > job.attempt:
+        job.attempt = runs
+    if job.attempt > task.spec.retry.max_attempts:
+        error = WorkerLostError(
+            f"the process running task {job.id} died {job.attempt - 1} time(s); "
+            "giving up (poison job)"
+        )
+        job.attempt -= 1
+        core.reject(job, error, reason="crashed")
+        return
     try:
         values = task.validator.decode(payload)
     except TaskValidationError as exc:

@@ -24,6 +24,7 @@ from . import runtime
 from .errors import TaskTimeout
 from .events import emit, error_fields
 from .job import Job
+from .deadletter import make_entry
 from .status import State, make_record
 
 log = logging.getLogger("dispatcher.core")
@@ -49,9 +50,12 @@ def record(job: Job, status: State, **fields: Any) -> None:
         log.warning("could not record %s for task %s: %s", status, job.id, exc)
 
 
-def dispatched(job: Job, **extra: Any) -> None:
-    record(job, "PENDING")
-    emit("task.dispatched", job, **extra)
+def dead_letter(job: Job, error: dict[str, str], reason: str, tb: str = "") -> None:
+    """Keep a finally failed job, with its arguments, for inspection and re-dispatch."""
+    try:
+        runtime.dead_letters().add(make_entry(job, error, reason, tb))
+    except Exception as exc:
+        log.error("could not dead-letter task %s (%s): %s", job.id, reason, exc)
 
 
 class Attempt:
@@ -84,8 +88,10 @@ class Attempt:
         emit("task.succeeded", self.job, duration_ms=duration)
         return Outcome("SUCCESS", result=encoded)
 
-    def failed(self, error: BaseException, *, final: bool = False) -> Outcome:
+    def failed(self, error: BaseException, *, final_reason: str | None = None) -> Outcome:
+        """Record a failed attempt; ``final_reason`` ends the job without asking the policy."""
         job = self.job
+        final = final_reason is not None
         duration = self._elapsed_ms()
         decision = job.spec.retry.decide(job.attempt, error)
         fields = {
@@ -105,8 +111,9 @@ class Attempt:
             )
             return Outcome("RETRY", error=error, retry_delay=decision.delay)
         tb = "".join(traceback.format_exception(error))
-        reason = "invalid_payload" if final else decision.reason
+        reason = final_reason or decision.reason
         record(job, "FAILURE", traceback=tb, reason=reason, **fields)
+        dead_letter(job, error_fields(error), reason, tb)
         emit(
             "task.failed",
             job,
@@ -189,6 +196,6 @@ def _drop_result(future: asyncio.Future[Any]) -> None:
         future.exception()  # retrieved, so asyncio does not warn about it
 
 
-def reject(job: Job, error: BaseException) -> Outcome:
-    """End a job that cannot even start (its payload does not decode): no retry."""
-    return Attempt(job, announce=False).failed(error, final=True)
+def reject(job: Job, error: BaseException, reason: str = "invalid_payload") -> Outcome:
+    """End a job that must not start (bad payload, poison): no retry, dead-lettered."""
+    return Attempt(job, announce=False).failed(error, final_reason=reason)

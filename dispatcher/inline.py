@@ -20,6 +20,8 @@ from .errors import DispatchError, TaskValidationError
 from .events import emit
 from .job import Job
 from .registry import get_task
+from .routing import decide_route
+from .spec import CallOptions
 
 log = logging.getLogger("dispatcher.inline")
 
@@ -86,7 +88,8 @@ class InlineExecutor:
             leftover = list(self._outstanding.values())
             self._outstanding.clear()
             self._cond.notify_all()
-        abandon(leftover, f"not finished within the shutdown grace of {grace:g}s", "shutdown")
+        stranded = hand_over(leftover)
+        abandon(stranded, f"not finished within the shutdown grace of {grace:g}s", "shutdown")
         return leftover
 
     def shutdown(self, grace: float) -> list[Job]:
@@ -203,14 +206,38 @@ class InlineExecutor:
             self._cond.notify_all()
 
 
-def dispatch_inline(job: Job, countdown: float | None) -> None:
+def dispatch_inline(job: Job, countdown: float | None, reason: str | None = None) -> None:
     """Record and announce ``job``, then attach it to the current request or run it."""
     core.record(job, "PENDING")
-    emit("task.dispatched", job)
+    emit("task.dispatched", job, reason=reason)
     batch = batch_var.get()
     if countdown is None and batch is not None and batch.add(job):
         return
     runtime.inline_executor().submit([job], countdown)
+
+
+def hand_over(jobs: Sequence[Job]) -> list[Job]:
+    """Give unfinished inline jobs to the Celery route (or its spool) instead of dropping
+    them; returns those that could not be handed over (no broker configured).
+
+    A job that was mid-run may then run twice: at-least-once, never lost.
+    """
+    settings = runtime.settings()
+    if settings.broker_url is None:
+        return list(jobs)
+    stranded = []
+    route = runtime.celery_route()
+    for job in jobs:
+        job.route = "celery"
+        job.queue = decide_route(job.spec, CallOptions(route="celery"), settings).queue
+        try:
+            route.dispatch(job, None, outage="spool")
+        except Exception as exc:
+            log.error("could not hand over inline task %s: %s", job.id, exc)
+            stranded.append(job)
+    if len(stranded) < len(jobs):
+        log.warning("handed %d unfinished inline job(s) to Celery", len(jobs) - len(stranded))
+    return stranded
 
 
 def abandon(jobs: Sequence[Job], message: str, reason: str) -> None:

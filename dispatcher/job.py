@@ -28,6 +28,11 @@ class Job:
     request_id: str | None = None
     dispatched_at: float = field(default_factory=time.time)
 
+    @property
+    def publish_id(self) -> str:
+        """Identity of one publication: a job id is published once per attempt."""
+        return f"{self.id}:{self.attempt}"
+
     def next_attempt(self) -> Job:
         return replace(self, attempt=self.attempt + 1)
 

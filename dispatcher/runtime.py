@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING
 
 import redis
 
-from .settings import get_settings
+from .deadletter import DeadLetterStore, MemoryDeadLetters, RedisDeadLetters
+from .settings import DispatcherSettings, get_settings
 from .status import MemoryStatusStore, RedisStatusStore, StatusStore
 
 if TYPE_CHECKING:
@@ -20,6 +21,11 @@ _store: StatusStore | None = None
 _executor: InlineExecutor | None = None
 _celery: CeleryRoute | None = None
 _redis: redis.Redis | None = None
+_dead: DeadLetterStore | None = None
+
+
+def settings() -> DispatcherSettings:
+    return get_settings()
 
 
 def redis_client() -> redis.Redis | None:
@@ -31,12 +37,9 @@ def redis_client() -> redis.Redis | None:
             url = settings.results_url
             if url is None:
                 return None
-            _redis = redis.Redis.from_url(
-                url,
-                socket_timeout=settings.publish_timeout,
-                socket_connect_timeout=settings.publish_timeout,
-                health_check_interval=30,
-            )
+            from .wire import redis_client as make_client
+
+            _redis = make_client(url, settings.publish_timeout)
         return _redis
 
 
@@ -48,6 +51,15 @@ def status_store() -> StatusStore:
             ttl = get_settings().result_ttl
             _store = MemoryStatusStore() if client is None else RedisStatusStore(client, ttl)
         return _store
+
+
+def dead_letters() -> DeadLetterStore:
+    global _dead
+    with _lock:
+        if _dead is None:
+            client = redis_client()
+            _dead = MemoryDeadLetters() if client is None else RedisDeadLetters(client)
+        return _dead
 
 
 def inline_executor() -> InlineExecutor:
@@ -84,9 +96,9 @@ def use_celery_route(route: CeleryRoute) -> None:
 
 def reset() -> None:
     """Forget every built service; the next use rebuilds it from the current settings."""
-    global _store, _executor, _celery, _redis
+    global _store, _executor, _celery, _redis, _dead
     with _lock:
         executor, _executor = _executor, None
-        _store, _celery, _redis = None, None, None
+        _store, _celery, _redis, _dead = None, None, None, None
     if executor is not None:
         executor.shutdown(grace=0)

@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     field_validator,
 )
@@ -93,10 +94,41 @@ class DispatcherSettings(BaseSettings):
         default=2.0, gt=0, description="Seconds a Celery publish may block before failing."
     )
     result_ttl: int = Field(default=86_400, ge=1, description="Seconds job records are kept.")
+    broker_outage: Literal["spool", "inline", "raise"] = Field(
+        default="spool",
+        description="What dispatch() does when the broker is down: spool to disk, run inline, "
+        "or raise BrokerUnavailable.",
+    )
+    spool_path: str = Field(
+        default=".dispatch/spool.sqlite3", description="SQLite file of the outage spool."
+    )
+    visibility_timeout: int = Field(
+        default=3600,
+        ge=10,
+        description="Seconds before Redis redelivers an unacknowledged job; must exceed every "
+        "task timeout and retry delay.",
+    )
+    idempotency_ttl: int = Field(
+        default=86_400, ge=1, description="Seconds an idempotency key is remembered."
+    )
+    max_payload_bytes: int = Field(
+        default=1_048_576, ge=1024, description="Largest request body / job message accepted."
+    )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token required by the API's dispatch and status endpoints.",
+    )
+    redact: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated argument names hidden from listings and logs.",
+    )
+    allow_insecure_tls: bool = Field(
+        default=False, description="Accept rediss:// URLs that skip certificate checks."
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="text or json.")
     log_level: str = Field(default="INFO", description="Level of the `dispatcher` logger.")
 
-    @field_validator("task_modules", mode="before")
+    @field_validator("task_modules", "redact", mode="before")
     @classmethod
     def _split_modules(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -11,6 +11,8 @@ from .retry import RetryPolicy
 RouteName = Literal["inline", "celery"]
 ROUTES: tuple[RouteName, ...] = ("inline", "celery")
 PriorityName = Literal["low", "normal", "high"]
+OutageMode = Literal["spool", "inline", "raise"]
+OUTAGE_MODES: tuple[OutageMode, ...] = ("spool", "inline", "raise")
 PRIORITY_NAMES: dict[str, int] = {"low": 2, "normal": 5, "high": 8}
 NO_RETRY = RetryPolicy.never()
 
@@ -48,6 +50,7 @@ class TaskSpec:
     retry: RetryPolicy = NO_RETRY
     timeout: float | None = None
     is_async: bool = False
+    broker_outage: OutageMode | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,3 +61,4 @@ class CallOptions:
     priority: int | None = None
     queue: str | None = None
     countdown: float | None = None
+    idempotency_key: str | None = None

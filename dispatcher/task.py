@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
 
-from . import runtime
+from . import idempotency, runtime
 from .context import request_id_var
 from .errors import TaskDefinitionError, TaskValidationError
 from .handle import TaskHandle
@@ -23,7 +23,16 @@ from .registry import register
 from .retry import RetryPolicy
 from .routing import RouteDecision, decide_route
 from .settings import DispatcherSettings, get_settings
-from .spec import CallOptions, PriorityName, RouteName, TaskSpec, parse_priority, parse_route
+from .spec import (
+    OUTAGE_MODES,
+    CallOptions,
+    OutageMode,
+    PriorityName,
+    RouteName,
+    TaskSpec,
+    parse_priority,
+    parse_route,
+)
 from .validation import ArgumentValidator
 
 P = ParamSpec("P")
@@ -32,7 +41,9 @@ R = TypeVar("R")
 #: Called with each new handle; used by ``dispatcher.testing.capture_dispatches``.
 dispatch_listeners: list[Callable[[TaskHandle], None]] = []
 
-_OPTIONS = ("name", "weight", "priority", "queue", "route", "retry", "timeout")
+_OPTIONS = (
+    "name", "weight", "priority", "queue", "route", "retry", "timeout", "broker_outage"
+)
 
 
 class Task(Generic[P, R]):
@@ -72,6 +83,7 @@ class Task(Generic[P, R]):
         priority: PriorityName | int | None = None,
         queue: str | None = None,
         countdown: float | None = None,
+        idempotency_key: str | None = None,
     ) -> Task[P, R]:
         """A copy of this task whose dispatches use these per-call overrides."""
         errors = []
@@ -89,6 +101,10 @@ class Task(Generic[P, R]):
             isinstance(countdown, bool) or not isinstance(countdown, int | float) or countdown < 0
         ):
             errors.append({"field": "countdown", "message": "must be a number of seconds >= 0"})
+        if idempotency_key is not None and (
+            not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
+        ):
+            errors.append({"field": "idempotency_key", "message": "must be 1-200 characters"})
         if errors:
             raise TaskValidationError(self.spec.name, errors)
         current = self.call_options
@@ -97,6 +113,7 @@ class Task(Generic[P, R]):
             priority=parsed_priority if parsed_priority is not None else current.priority,
             queue=queue if queue is not None else current.queue,
             countdown=float(countdown) if countdown is not None else current.countdown,
+            idempotency_key=idempotency_key or current.idempotency_key,
         )
         return Task(self.fn, self.spec, self.validator, merged)
 
@@ -133,8 +150,14 @@ class Task(Generic[P, R]):
 
     def _dispatch_validated(self, values: dict[str, Any], payload: dict[str, Any]) -> TaskHandle:
         decision = decide_route(self.spec, self.call_options, get_settings())
+        job_id = str(uuid.uuid4())
+        key = self.call_options.idempotency_key
+        if key is not None:
+            first = idempotency.claim(self.spec.name, key, job_id, decision.route, decision.queue)
+            if first is not None:
+                return first
         job = Job(
-            id=str(uuid.uuid4()),
+            id=job_id,
             spec=self.spec,
             route=decision.route,
             queue=decision.queue,
@@ -145,7 +168,9 @@ class Task(Generic[P, R]):
         )
         countdown = self.call_options.countdown
         if job.route == "celery":
-            runtime.celery_route().dispatch(job, countdown)
+            job.route = runtime.celery_route().dispatch(
+                job, countdown, outage=self.spec.broker_outage
+            )
         else:
             dispatch_inline(job, countdown)
         handle = TaskHandle(job.id, self.spec.name, job.route, job.queue)
@@ -194,7 +219,13 @@ def _build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:
         isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0
     ):
         raise TaskDefinitionError(f"{where}: timeout must be a number of seconds > 0")
+    outage = options.get("broker_outage")
+    if outage is not None and outage not in OUTAGE_MODES:
+        raise TaskDefinitionError(
+            f"{where}: broker_outage must be 'spool', 'inline' or 'raise', got {outage!r}"
+        )
     return TaskSpec(
+        broker_outage=outage,
         name=name,
         fn=fn,
         weight=weight,
@@ -228,12 +259,14 @@ def task(
     route: RouteName | None = None,
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
+    broker_outage: OutageMode | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def task(fn: Any = None, /, **options: Any) -> Any:
     """Declare a task: ``@task`` or ``@task(name=, weight=, priority=, queue=, route=,
-    retry=, timeout=)``. Invalid or unknown options raise ``TaskDefinitionError`` here."""
+    retry=, timeout=, broker_outage=)``. Invalid or unknown options raise
+    ``TaskDefinitionError`` here."""
     if fn is not None:
         return _make_task(fn, options)
     _build_spec(_probe, options)  # fail fast on bad options, even before a function

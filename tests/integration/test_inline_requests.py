@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -19,6 +20,8 @@ from starlette.types import Message, Receive, Scope, Send
 from dispatcher import DispatcherSettings, TaskHandle, configure, task
 from dispatcher.fastapi import install
 from dispatcher.testing import capture_dispatches, wait_for_inline_jobs
+
+from . import sample_tasks as samples
 
 events: list[tuple[str, Any]] = []
 lock = threading.Lock()
@@ -174,13 +177,32 @@ def test_shutdown_drains_within_the_grace_period(broker: str) -> None:
     assert TaskHandle(job_id, "", "inline").state() == "SUCCESS"
 
 
-def test_shutdown_records_jobs_that_outlive_the_grace(broker: str) -> None:
+def test_shutdown_hands_unfinished_jobs_to_celery(broker: str) -> None:
     configure(DispatcherSettings(broker_url=broker, shutdown_grace=0.2,
+                                 _env_file=None))  # type: ignore[call-arg]
+    key = f"handover:{uuid.uuid4()}"
+    app = FastAPI()
+    install(app)
+
+    @app.post("/slow")
+    def slow() -> dict[str, str]:
+        return {"id": samples.slow_inline.dispatch(key, 1.0).id}
+
+    with TestClient(app) as client:
+        job_id = client.post("/slow").json()["id"]
+    handle = TaskHandle(job_id, "samples.slow_inline", "celery")
+    assert handle.get(timeout=20) is None  # the worker ran it after the hand-over
+    record = handle.record()
+    assert record is not None and record["route"] == "celery"
+    assert "done" in [e["label"] for e in samples.entries(key)]
+
+
+def test_without_a_broker_unfinished_jobs_are_recorded_as_failed() -> None:
+    configure(DispatcherSettings(broker_url=None, shutdown_grace=0.2,
                                  _env_file=None))  # type: ignore[call-arg]
     events.clear()
     with TestClient(build_app()) as client:
-        job_id = client.post("/slow", params={"seconds": 1.5}).json()["id"]
+        job_id = client.post("/slow", params={"seconds": 1.0}).json()["id"]
     record = TaskHandle(job_id, "", "inline").record()
     assert record is not None
     assert (record["status"], record["reason"]) == ("FAILURE", "shutdown")
-    wait_for_inline_jobs(timeout=5)

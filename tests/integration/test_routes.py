@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from dispatcher import TaskFailed, TaskHandle
-from dispatcher.celery_route import celery_priority
+from dispatcher.wire import celery_priority, queue_key
 
 from . import sample_tasks as samples
 
@@ -105,7 +105,7 @@ def test_celery_messages_are_json_protocol_2(broker: str) -> None:
         {"x": 1}
     )
     client = redis.Redis.from_url(broker)
-    key = f"{queue}\x06\x16{celery_priority(8)}"
+    key = queue_key(queue, 8)
     raw = client.lrange(key, 0, -1)
     client.delete(key)
     assert len(raw) == 1

@@ -1,0 +1,69 @@
+"""The outage spool: jobs accepted while the broker is down, kept on local disk.
+
+SQLite in WAL mode, one row per job, written before ``dispatch()`` returns. The relay
+(see ``broker.BrokerMonitor``) publishes rows once Redis answers again and deletes
+them; the publish marker makes a row sent twice land in the queue only once.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledJob:
+    job_id: str
+    queue_key: str
+    message: str
+    record: str | None
+
+
+class Spool:
+    """A durable FIFO of prepared messages; safe across threads and processes."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connect() as db:
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS spool ("
+                " job_id TEXT PRIMARY KEY, queue_key TEXT NOT NULL, message TEXT NOT NULL,"
+                " record TEXT, created REAL NOT NULL)"
+            )
+
+    def _connect(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            self._local.db = db
+        return db
+
+    def put(self, job: SpooledJob) -> None:
+        """Store ``job`` durably (fsync'd) before returning."""
+        self._connect().execute(
+            "INSERT OR REPLACE INTO spool (job_id, queue_key, message, record, created)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (job.job_id, job.queue_key, job.message, job.record, time.time()),
+        )
+
+    def peek(self, limit: int = 100) -> list[SpooledJob]:
+        rows = self._connect().execute(
+            "SELECT job_id, queue_key, message, record FROM spool ORDER BY created LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [SpooledJob(*row) for row in rows]
+
+    def remove(self, job_ids: list[str]) -> None:
+        if job_ids:
+            marks = ",".join("?" * len(job_ids))
+            self._connect().execute(f"DELETE FROM spool WHERE job_id IN ({marks})", job_ids)
+
+    def depth(self) -> int:
+        return int(self._connect().execute("SELECT COUNT(*) FROM spool").fetchone()[0])
