@@ -121,8 +121,13 @@ class CeleryRoute:
         if len(message) > self.settings.max_payload_bytes:
             raise TaskValidationError(
                 job.spec.name,
-                [{"field": "(arguments)", "message": f"message of {len(message)} bytes exceeds "
-                  f"DISPATCH_MAX_PAYLOAD_BYTES={self.settings.max_payload_bytes}"}],
+                [
+                    {
+                        "field": "(arguments)",
+                        "message": f"message of {len(message)} bytes exceeds "
+                        f"DISPATCH_MAX_PAYLOAD_BYTES={self.settings.max_payload_bytes}",
+                    }
+                ],
             )
         shared_redis = self.settings.result_backend_url in (None, self.settings.broker_url)
         record = json.dumps(make_record(job, "PENDING")) if fresh and shared_redis else None

@@ -21,10 +21,10 @@ from typing import Any, Literal
 from pydantic_core import to_jsonable_python
 
 from . import runtime
+from .deadletter import make_entry
 from .errors import TaskTimeout
 from .events import emit, error_fields
 from .job import Job
-from .deadletter import make_entry
 from .status import State, make_record
 
 log = logging.getLogger("dispatcher.core")

@@ -54,10 +54,14 @@ class Spool:
         )
 
     def peek(self, limit: int = 100) -> list[SpooledJob]:
-        rows = self._connect().execute(
-            "SELECT job_id, queue_key, message, record FROM spool ORDER BY created LIMIT ?",
-            (limit,),
-        ).fetchall()
+        rows = (
+            self._connect()
+            .execute(
+                "SELECT job_id, queue_key, message, record FROM spool ORDER BY created LIMIT ?",
+                (limit,),
+            )
+            .fetchall()
+        )
         return [SpooledJob(*row) for row in rows]
 
     def remove(self, job_ids: list[str]) -> None:

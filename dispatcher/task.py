@@ -41,9 +41,7 @@ R = TypeVar("R")
 #: Called with each new handle; used by ``dispatcher.testing.capture_dispatches``.
 dispatch_listeners: list[Callable[[TaskHandle], None]] = []
 
-_OPTIONS = (
-    "name", "weight", "priority", "queue", "route", "retry", "timeout", "broker_outage"
-)
+_OPTIONS = ("name", "weight", "priority", "queue", "route", "retry", "timeout", "broker_outage")
 
 
 class Task(Generic[P, R]):

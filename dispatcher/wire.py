@@ -62,8 +62,9 @@ def task_message(job: Job, countdown: float | None = None) -> dict[str, Any]:
     eta = None
     if countdown:
         eta = (datetime.now(UTC) + timedelta(seconds=countdown)).isoformat()
-    body = json.dumps([[], job.payload, {"callbacks": None, "errbacks": None,
-                                          "chain": None, "chord": None}])
+    body = json.dumps(
+        [[], job.payload, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
+    )
     wire_priority = celery_priority(job.priority)
     return {
         "body": base64.b64encode(body.encode()).decode(),
