@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-import time
+import contextlib
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Body, FastAPI, HTTPException, Query
+from fastapi import Body, Depends, FastAPI, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from dispatcher import TaskHandle, get_settings, runtime
 from dispatcher.cli import route_table
-from dispatcher.fastapi import install
+from dispatcher.deadletter import redacted
+from dispatcher.errors import UnknownTaskError
+from dispatcher.fastapi import install, require_api_token
 from dispatcher.registry import get_task
 from dispatcher.settings import redact_url
 
@@ -19,6 +21,9 @@ from .tasks import generate_report, write_notification
 
 app = FastAPI(title="Hybrid dispatcher example API", version="0.1.0")
 install(app)
+
+#: Endpoints that take arguments or show results need the bearer token when one is set.
+guarded = [Depends(require_api_token)]
 
 
 class Accepted(BaseModel):
@@ -38,7 +43,8 @@ def _accepted(handle: TaskHandle) -> Accepted:
     )
 
 
-@app.post("/send-notification/{email}", status_code=202, response_model=Accepted)
+@app.post("/send-notification/{email}", status_code=202, response_model=Accepted,
+          dependencies=guarded)
 async def send_notification(
     email: str, message: str = Query("some notification", max_length=1000)
 ) -> Accepted:
@@ -46,13 +52,14 @@ async def send_notification(
     return _accepted(write_notification.dispatch(email, message=message))
 
 
-@app.post("/reports", status_code=202, response_model=Accepted)
+@app.post("/reports", status_code=202, response_model=Accepted, dependencies=guarded)
 async def create_report(request: ReportRequest) -> Accepted:
     """Generate a report (heavy task: Celery route)."""
     return _accepted(generate_report.dispatch(request.report_id))
 
 
-@app.post("/tasks/{name}", status_code=202, response_model=Accepted)
+@app.post("/tasks/{name}", status_code=202, response_model=Accepted,
+          dependencies=guarded)
 async def dispatch_task(
     name: str, arguments: Annotated[dict[str, Any], Body(default_factory=dict)]
 ) -> Accepted:
@@ -66,7 +73,34 @@ async def list_tasks() -> list[dict[str, Any]]:
     return route_table()
 
 
-@app.get("/tasks/{task_id}")
+def _secret_names(task_name: str) -> set[str]:
+    names = set(get_settings().redact)
+    with contextlib.suppress(UnknownTaskError):
+        names |= get_task(task_name).validator.secret_names
+    return names
+
+
+@app.get("/tasks/dead", dependencies=guarded)
+async def dead_letters(limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
+    """Jobs that ended in FAILURE, newest first, with secret arguments hidden."""
+    entries = await anyio.to_thread.run_sync(runtime.dead_letters().list, limit)
+    return [redacted(e, _secret_names(e["task_name"])) for e in entries]
+
+
+@app.post("/tasks/{task_id}/retry", status_code=202, response_model=Accepted,
+          dependencies=guarded)
+async def retry_dead_letter(task_id: str) -> Accepted:
+    """Dispatch a dead-lettered job again (as a new job) and drop it from the list."""
+    store = runtime.dead_letters()
+    entry = await anyio.to_thread.run_sync(store.get, task_id)
+    if entry is None:
+        raise HTTPException(status_code=404, detail=f"no dead-lettered task with id {task_id!r}")
+    handle = get_task(entry["task_name"]).dispatch(**entry["arguments"])
+    await anyio.to_thread.run_sync(store.remove, task_id)
+    return _accepted(handle)
+
+
+@app.get("/tasks/{task_id}", dependencies=guarded)
 async def task_status(task_id: str) -> dict[str, Any]:
     """State, route, attempts, result or error of one job, on either route."""
     record = await anyio.to_thread.run_sync(runtime.status_store().load, task_id)
@@ -82,6 +116,7 @@ async def task_status(task_id: str) -> dict[str, Any]:
         "max_attempts": record.get("max_attempts"),
         "result": record.get("result") if record["status"] == "SUCCESS" else None,
         "error": record.get("error"),
+        "reason": record.get("reason"),
         "request_id": record.get("request_id"),
         "dispatched_at": record.get("dispatched_at"),
         "started_at": record.get("started_at"),
@@ -91,22 +126,19 @@ async def task_status(task_id: str) -> dict[str, Any]:
 
 @app.get("/healthz")
 async def healthz() -> dict[str, Any]:
-    """Liveness plus whether the broker answers (quickly, without blocking the loop)."""
+    """Liveness, whether the broker answers, and the outage spool's depth (fast: no
+    network call on this path)."""
     settings = get_settings()
-    started = time.perf_counter()
-    reachable = (
-        await anyio.to_thread.run_sync(runtime.celery_route().ping)
-        if settings.broker_url is not None
-        else False
-    )
+    broker = runtime.celery_route().status()  # from the monitor's last probe: no I/O wait
     executor = runtime.current_inline_executor()
     return {
-        "status": "ok" if reachable or settings.broker_url is None else "degraded",
+        "status": "ok" if broker["reachable"] or settings.broker_url is None else "degraded",
         "broker": {
             "configured": settings.broker_url is not None,
-            "reachable": reachable,
+            "reachable": broker["reachable"],
+            "checked_at": broker["checked_at"],
+            "spool_depth": broker["spool_depth"],
             "url": redact_url(settings.broker_url),
-            "ping_ms": round((time.perf_counter() - started) * 1000, 2),
         },
         "inline": {
             "running": executor.running() if executor else 0,

@@ -304,6 +304,7 @@ def worker_queues(settings: DispatcherSettings) -> list[str]:
 
 def create_worker_app(settings: DispatcherSettings) -> Celery:
     """The worker's Celery app: imports task modules, registers every task, shares the route."""
+    from .checks import check_configuration
     from .events import configure_logging
     from .registry import import_task_modules
 
@@ -312,5 +313,6 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     import_task_modules(settings.task_modules)
     app = create_celery_app(settings, main="worker")
     register_tasks(app)
+    check_configuration(settings, app.conf)
     runtime.use_celery_route(CeleryRoute(settings, app))
     return app

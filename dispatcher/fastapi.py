@@ -10,6 +10,7 @@ dispatcher's errors to JSON answers and drains the executor at shutdown.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -17,11 +18,12 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import runtime
+from .checks import check_configuration
 from .context import RequestBatch, batch_var, request_id_var
 from .errors import BrokerUnavailable, TaskValidationError, UnknownTaskError
 from .events import configure_logging
@@ -89,6 +91,69 @@ class DispatcherMiddleware:
                     )
 
 
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``DISPATCH_MAX_PAYLOAD_BYTES`` with 413, before the
+    endpoint reads them, whether or not the client sent a Content-Length."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = get_settings().max_payload_bytes
+        for key, value in scope.get("headers", ()):
+            if key == b"content-length" and value.isdigit() and int(value) > limit:
+                await _too_large(limit)(scope, receive, send)
+                return
+        seen = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _TooLarge
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await _too_large(limit)(scope, receive, send)
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return _error(413, f"request body exceeds DISPATCH_MAX_PAYLOAD_BYTES={limit} bytes")
+
+
+def require_api_token(request: Request) -> None:
+    """FastAPI dependency: when ``DISPATCH_API_TOKEN`` is set, demand it as a bearer token."""
+    token = get_settings().api_token
+    if token is None:
+        return
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    expected = token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        raise HTTPException(
+            status_code=401,
+            detail="a valid bearer token is required (Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status)
 
@@ -113,7 +178,9 @@ def install(app: FastAPI) -> FastAPI:
     settings = get_settings()
     configure_logging(settings)
     import_task_modules(settings.task_modules)
+    check_configuration(settings)
     app.add_middleware(DispatcherMiddleware)
+    app.add_middleware(BodyLimitMiddleware)
     app.add_exception_handler(TaskValidationError, _validation_error)
     app.add_exception_handler(UnknownTaskError, _unknown_task)
     app.add_exception_handler(BrokerUnavailable, _broker_unavailable)

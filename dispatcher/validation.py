@@ -12,12 +12,18 @@ import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model
 from pydantic_core import PydanticSerializationError
 
 from .errors import TaskDefinitionError, TaskValidationError
 
 _ALLOWED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _is_secret(annotation: Any) -> bool:
+    if annotation is SecretStr:
+        return True
+    return any(_is_secret(arg) for arg in typing.get_args(annotation))
 
 
 def _messages(task_name: str, error: ValidationError) -> TaskValidationError:
@@ -51,6 +57,7 @@ class ArgumentValidator:
             p.name for p in self.parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
         ]
         self._model: type[BaseModel] | None = None
+        self._secret_names: set[str] = set()
 
     @property
     def model(self) -> type[BaseModel]:
@@ -65,6 +72,9 @@ class ArgumentValidator:
             # Internal field names are ours (p0, p1, ...); the parameter names are aliases,
             # so names like ``_token``, ``json`` or ``model_config`` work too.
             fields: dict[str, Any] = {}
+            self._secret_names = {
+                p.name for p in self.parameters if _is_secret(hints.get(p.name, Any))
+            }
             for index, param in enumerate(self.parameters):
                 annotation = hints.get(param.name, Any)
                 default = ... if param.default is inspect.Parameter.empty else param.default
@@ -77,6 +87,13 @@ class ArgumentValidator:
                 **fields,
             )
         return self._model
+
+    @property
+    def secret_names(self) -> set[str]:
+        """Parameters typed ``SecretStr``: sent in clear (they must reach the task) but
+        never shown in listings or logs."""
+        _ = self.model
+        return self._secret_names
 
     def _values(self, instance: BaseModel) -> dict[str, Any]:
         return {p.name: getattr(instance, f"p{i}") for i, p in enumerate(self.parameters)}
@@ -117,6 +134,10 @@ class ArgumentValidator:
             payload = instance.model_dump(mode="json", by_alias=True)
         except (PydanticSerializationError, ValueError, TypeError):
             raise self._unserializable(instance) from None
+        for name in self.secret_names:  # pydantic masks secrets when dumping
+            secret = values.get(name)
+            if isinstance(secret, SecretStr):
+                payload[name] = secret.get_secret_value()
         return values, payload
 
     def decode(self, payload: Mapping[str, Any]) -> dict[str, Any]:
