@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test check worker routes clean
+.PHONY: run test reliability check worker routes clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -20,6 +20,10 @@ run: $(STAMP)
 ## test: the whole suite against a real Redis and real worker processes
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+## reliability: the fault-injection suite at full scale, with its results table
+reliability: $(STAMP)
+	RELIABILITY_SCALE=full $(BIN)/python -m pytest tests/reliability -q
 
 ## check: lint and strict typing
 check: $(STAMP)

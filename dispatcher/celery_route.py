@@ -40,6 +40,10 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
     app = Celery(main, set_as_current=False)
     transport_options = {
         "visibility_timeout": settings.visibility_timeout,
+        # Sweep for jobs of dead workers often enough to honour the visibility timeout
+        # (kombu's defaults only look every ~100 s).
+        "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
+        "unacked_restore_throttle": 1,
         "socket_timeout": settings.publish_timeout,
         "socket_connect_timeout": settings.publish_timeout,
     }

@@ -49,8 +49,11 @@ def free_port() -> int:
 class EmbeddedRedis:
     """One server process on 127.0.0.1; ``start``/``stop``/``restart`` keep the port."""
 
-    def __init__(self, port: int | None = None, data_dir: str | None = None) -> None:
+    def __init__(
+        self, port: int | None = None, data_dir: str | None = None, fsync: str = "everysec"
+    ) -> None:
         self.port = port or free_port()
+        self.fsync = fsync
         self._own_dir = data_dir is None
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="dispatch-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -74,8 +77,11 @@ class EmbeddedRedis:
             str(self.data_dir),
             "--save",
             "",
+            # The append-only file keeps queued jobs across a restart of the server.
             "--appendonly",
-            "no",
+            "yes",
+            "--appendfsync",
+            self.fsync,
             "--protected-mode",
             "yes",
             "--loglevel",
@@ -120,6 +126,28 @@ class EmbeddedRedis:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def shutdown_nosave(self) -> None:
+        """``SHUTDOWN NOSAVE``: the server exits at once, as in a crash (AOF stays)."""
+        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
+        try:
+            client.execute_command("SHUTDOWN", "NOSAVE")
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it exits
+        finally:
+            client.close()
+        if self.process is not None:
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: connections hang instead of failing, the hardest outage to detect."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGCONT)
 
     def close(self) -> None:
         self.stop()

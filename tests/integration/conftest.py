@@ -4,73 +4,18 @@ an API process, all started here on 127.0.0.1 and stopped by pid."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
 from dispatcher import DispatcherSettings, configure
 from dispatcher.embedded import EmbeddedRedis, free_port
+from tests.support import ROOT, Process, poll_state, wait_http
 
-ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["ROOT", "Process", "poll_state", "wait_http"]
+
 TASK_MODULES = "api.tasks,tests.integration.sample_tasks"
-
-
-class Process:
-    """A child process with its output in a file we can read."""
-
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self.url = ""
-        with log.open("wb") as out:
-            self.popen = subprocess.Popen(
-                args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    @property
-    def pid(self) -> int:
-        return self.popen.pid
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def wait_for_output(self, text: str, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output():
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"process exited early:\n{self.output()[-3000:]}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{text!r} not seen in:\n{self.output()[-3000:]}")
-            time.sleep(0.1)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
-        return self.popen.returncode
-
-
-def wait_http(url: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer")
-        time.sleep(0.1)
 
 
 @pytest.fixture(scope="session")
@@ -139,13 +84,3 @@ def broker(redis_server: EmbeddedRedis, worker: Process) -> Iterator[str]:
     yield redis_server.url
 
 
-def poll_state(client: httpx.Client, base: str, task_id: str, states: set[str],
-               timeout: float = 20.0) -> dict[str, object]:
-    deadline = time.monotonic() + timeout
-    while True:
-        body = client.get(f"{base}/tasks/{task_id}").json()
-        if body.get("state") in states:
-            return dict(body)
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"task {task_id} stuck in {body}")
-        time.sleep(0.05)

@@ -1,0 +1,141 @@
+"""Fault-injection harness: a real Redis (append-only, fsync always), real worker and
+API processes in their own process groups, faults by signal, and a ledger file.
+
+``RELIABILITY_SCALE=full`` (``make reliability``) runs the issue's full numbers;
+the default small scale runs inside ``make test``. Each scenario adds one row to
+the table printed at the end of the session.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from dispatcher import DispatcherSettings, configure
+from dispatcher.embedded import EmbeddedRedis, free_port
+from tests.support import Process, wait_http
+
+FULL = os.environ.get("RELIABILITY_SCALE", "small") == "full"
+ROWS: list[dict[str, object]] = []
+
+
+def scale(full: int, small: int) -> int:
+    return full if FULL else small
+
+
+@dataclass
+class Cluster:
+    """Redis + worker + API for one scenario, all stopped at the end by pid."""
+
+    root: Path
+    redis: EmbeddedRedis = field(init=False)
+    workers: list[Process] = field(default_factory=list)
+    apis: list[Process] = field(default_factory=list)
+    api_url: str = ""
+
+    def __post_init__(self) -> None:
+        self.redis = EmbeddedRedis(fsync="always").start()
+        self.ledger = self.root / "ledger.txt"
+        self.env = {k: v for k, v in os.environ.items()
+                    if not (k.startswith("DISPATCH_") or k == "REDIS_URL")}
+        self.env.update(
+            DISPATCH_BROKER_URL=self.redis.url,
+            DISPATCH_TASK_MODULES="tests.reliability.tasks",
+            DISPATCH_VISIBILITY_TIMEOUT="10",
+            DISPATCH_SPOOL_PATH=str(self.root / "spool.sqlite3"),
+            DISPATCH_LOG_FORMAT="json",
+            RELIABILITY_LEDGER=str(self.ledger),
+            PYTHONUNBUFFERED="1",
+        )
+        os.environ["RELIABILITY_LEDGER"] = str(self.ledger)
+        configure(DispatcherSettings(
+            broker_url=self.redis.url, visibility_timeout=10,
+            spool_path=str(self.root / "test-spool.sqlite3"), _env_file=None,
+        ))  # type: ignore[call-arg]
+
+    def start_worker(self, concurrency: int = 2) -> Process:
+        log = self.root / f"worker{len(self.workers)}.log"
+        worker = Process([sys.executable, "-m", "worker", "--concurrency", str(concurrency)],
+                         self.env, log)
+        worker.wait_for_output(" ready.", timeout=60)
+        self.workers.append(worker)
+        return worker
+
+    def kill_worker(self, worker: Process) -> None:
+        """SIGKILL the worker's whole process group: parent and pool children at once."""
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.popen.wait()
+
+    def start_api(self, **env: str) -> Process:
+        # The API also loads the example tasks (timeouts up to 60 s); the short visibility
+        # timeout only matters to consumers, so the API keeps a longer one.
+        env = {"DISPATCH_VISIBILITY_TIMEOUT": "120", **env}
+        port = free_port()
+        api = Process(
+            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
+             "--port", str(port)],
+            {**self.env, **env}, self.root / f"api{len(self.apis)}.log",
+        )
+        self.api_url = f"http://127.0.0.1:{port}"
+        wait_http(f"{self.api_url}/healthz")
+        self.apis.append(api)
+        return api
+
+    def events(self, kind: str = "done") -> Counter[str]:
+        if not self.ledger.exists():
+            return Counter()
+        return Counter(line.split()[1] for line in self.ledger.read_text().splitlines()
+                       if line.startswith(kind + " "))
+
+    def wait_done(self, jobs: set[str], timeout: float) -> Counter[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self.events()
+            if jobs <= set(done) or time.monotonic() > deadline:
+                return done
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        for process in self.workers + self.apis:
+            if process.popen.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.popen.wait()
+        self.redis.resume()
+        self.redis.close()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def report(scenario: str, accepted: int, completed: int, lost: int, duplicates: int,
+           note: str = "") -> None:
+    ROWS.append({"scenario": scenario, "accepted": accepted, "completed": completed,
+                 "lost": lost, "duplicates": duplicates, "note": note})
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not ROWS:
+        return
+    write = terminalreporter.write_line
+    write("")
+    write(f"fault-injection results (scale: {'full' if FULL else 'small'})")
+    header = f"{'scenario':<34} {'accepted':>8} {'completed':>9} {'lost':>5} {'dup':>4}  note"
+    write(header)
+    write("-" * len(header))
+    for row in ROWS:
+        write(f"{row['scenario']:<34} {row['accepted']:>8} {row['completed']:>9} "
+              f"{row['lost']:>5} {row['duplicates']:>4}  {row['note']}")

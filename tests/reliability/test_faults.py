@@ -1,0 +1,223 @@
+"""Nothing accepted is lost: worker kills, Redis restarts and pauses, poison jobs,
+API shutdown and hostile messages, each against real processes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import random
+import signal
+import time
+import uuid
+
+import httpx
+import redis
+
+from dispatcher import TaskHandle
+from dispatcher.deadletter import HASH
+from dispatcher.wire import PRIORITY_STEPS, QUEUE_SEP
+
+from . import tasks
+from .conftest import FULL, Cluster, report, scale
+
+
+def _ids(prefix: str, n: int) -> list[str]:
+    return [f"{prefix}-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
+
+
+def test_worker_sigkill_loses_nothing(cluster: Cluster) -> None:
+    n, concurrency, kills = scale(1000, 60), 2, 2
+    low, high = (100, 300) if FULL else (30, 90)
+    worker = cluster.start_worker(concurrency)
+    jobs = _ids("kill", n)
+    for job in jobs:
+        tasks.work.dispatch(job, random.randint(low, high))
+    for k in range(kills):
+        target = n * (k + 1) // (kills + 1)
+        while sum(1 for j in jobs if j in cluster.events()) < target:
+            time.sleep(0.1)
+        cluster.kill_worker(worker)
+        worker = cluster.start_worker(concurrency)
+    done = cluster.wait_done(set(jobs), timeout=scale(600, 120))
+    completed = sum(1 for j in jobs if j in done)
+    duplicates = sum(done[j] - 1 for j in jobs if done[j] > 1)
+    report("worker SIGKILL x2", n, completed, n - completed, duplicates,
+           f"dup limit {2 * concurrency * kills}")
+    assert completed == n
+    assert duplicates <= 2 * concurrency * kills
+
+
+def test_redis_restarts_while_consuming(cluster: Cluster) -> None:
+    n = scale(2000, 200)
+    jobs = _ids("restart", n)
+    for job in jobs:
+        tasks.work.dispatch(job, 5)
+    cluster.start_worker(2)
+    resumes = []
+    for _ in range(2):
+        while sum(1 for j in jobs if j in cluster.events()) < len(resumes) * n // 3 + n // 6:
+            time.sleep(0.05)
+        cluster.redis.shutdown_nosave()
+        time.sleep(5)
+        cluster.redis.start()
+        restarted, before = time.monotonic(), len(cluster.events())
+        while len(cluster.events()) == before:
+            assert time.monotonic() - restarted < 30, "consumption did not resume"
+            time.sleep(0.1)
+        resumes.append(time.monotonic() - restarted)
+    done = cluster.wait_done(set(jobs), timeout=scale(300, 90))
+    completed = sum(1 for j in jobs if j in done)
+    duplicates = sum(done[j] - 1 for j in jobs if done[j] > 1)
+    report("Redis stopped 5 s x2", n, completed, n - completed, duplicates,
+           "resumed after " + ", ".join(f"{r:.1f}s" for r in resumes))
+    assert completed == n
+    assert max(resumes) <= 30
+
+
+def _queued_ids(client: redis.Redis, queue: str = "celery") -> list[str]:
+    ids = []
+    for step in PRIORITY_STEPS:
+        key = queue if step == 0 else f"{queue}{QUEUE_SEP}{step}"
+        for raw in client.lrange(key, 0, -1):
+            ids.append(json.loads(raw)["headers"]["id"])
+    return ids
+
+
+def test_dispatch_during_broker_outage_is_bounded_and_lossless(cluster: Cluster) -> None:
+    n = scale(200, 40)
+    cluster.start_api()
+    jobs = _ids("outage", n)
+    latencies, accepted, task_ids = [], 0, []
+    with httpx.Client(timeout=10) as client:
+        for phase, job in enumerate(jobs):
+            if phase == 0:
+                cluster.redis.shutdown_nosave()          # refused connections
+            if phase == n // 2:
+                cluster.redis.start()
+                while not client.get(f"{cluster.api_url}/healthz").json()["broker"]["reachable"]:
+                    time.sleep(0.1)                      # the API sees it back ...
+                cluster.redis.pause()                    # ... then it hangs, unannounced
+            started = time.monotonic()
+            response = client.post(f"{cluster.api_url}/tasks/rel.work",
+                                   json={"job": job, "ms": 1})
+            latencies.append(time.monotonic() - started)
+            if response.status_code == 202:
+                accepted += 1
+                task_ids.append(response.json()["task_id"])
+            time.sleep(max(0.0, 0.05 - latencies[-1]))  # 20 requests/s
+        health_started = time.monotonic()
+        health = client.get(f"{cluster.api_url}/healthz").json()
+        health_ms = (time.monotonic() - health_started) * 1000
+        assert health["broker"]["reachable"] is False
+        assert health["broker"]["spool_depth"] > 0
+        cluster.redis.resume()
+        recovered = time.monotonic()
+        while client.get(f"{cluster.api_url}/healthz").json()["broker"]["spool_depth"]:
+            assert time.monotonic() - recovered < 30, "spool not drained"
+            time.sleep(0.2)
+        drained = time.monotonic() - recovered
+    queued = _queued_ids(redis.Redis.from_url(cluster.redis.url))
+    in_queue_dups = len(queued) - len(set(queued))
+    cluster.start_worker(2)
+    done = cluster.wait_done(set(jobs), timeout=scale(120, 60))
+    completed = sum(1 for j in jobs if j in done)
+    report("API dispatch, Redis down/paused", n, completed, n - completed, in_queue_dups,
+           f"max latency {max(latencies):.2f}s, spool drained {drained:.1f}s, "
+           f"healthz {health_ms:.0f}ms")
+    assert accepted == n
+    assert max(latencies) <= 2.5
+    assert sorted(queued) == sorted(task_ids)
+    assert in_queue_dups == 0
+    assert completed == n
+
+
+def test_poison_jobs_are_dead_lettered_and_crashers_rerun(cluster: Cluster) -> None:
+    n = scale(50, 8)
+    cluster.start_worker(2)
+    jobs = _ids("crash", n)
+    handles = [tasks.crash_once.dispatch(job) for job in jobs]
+    poison = tasks.always_crash.dispatch("poison")
+    done = cluster.wait_done(set(jobs), timeout=scale(240, 90))
+    client = redis.Redis.from_url(cluster.redis.url)
+    deadline = time.monotonic() + 60
+    while client.hget(HASH, poison.id) is None:
+        assert time.monotonic() < deadline, "poison job never dead-lettered"
+        time.sleep(0.2)
+    dead = json.loads(client.hget(HASH, poison.id))  # type: ignore[arg-type]
+    canary = tasks.canary.dispatch("after-poison")
+    cluster.wait_done({"after-poison"}, timeout=30)
+    attempts = [h.record()["attempt"] for h in handles]  # type: ignore[index]
+    completed = sum(1 for j in jobs if j in done)
+    report("self-SIGKILL jobs + 1 poison", n + 1, completed, n - completed,
+           sum(done[j] - 1 for j in jobs if done[j] > 1),
+           f"poison runs {cluster.events('start')['poison']}, dead-lettered")
+    assert completed == n
+    assert set(attempts) == {2}
+    assert cluster.events("start")["poison"] == tasks.POLICY.max_attempts
+    assert (dead["reason"], dead["task_name"]) == ("crashed", "rel.always_crash")
+    assert TaskHandle(canary.id, "rel.canary", "celery").get(timeout=10) is None
+
+
+def test_api_sigterm_hands_inline_jobs_over(cluster: Cluster) -> None:
+    n, seconds = scale(50, 12), (5.0 if FULL else 2.0)
+    cluster.start_worker(4)
+    api = cluster.start_api(DISPATCH_SHUTDOWN_GRACE="2")
+    jobs = _ids("sigterm", n)
+    with httpx.Client() as client:
+        for job in jobs:
+            body = client.post(f"{cluster.api_url}/tasks/rel.inline_slow",
+                               json={"job": job, "seconds": seconds}).json()
+            assert body["route"] == "inline"
+    api.stop(signal.SIGTERM, timeout=30)
+    done = cluster.wait_done(set(jobs), timeout=scale(240, 60))
+    completed = sum(1 for j in jobs if j in done)
+    report("API SIGTERM, inline jobs, grace 2 s", n, completed, n - completed,
+           sum(done[j] - 1 for j in jobs if done[j] > 1), "handed over to Celery")
+    assert completed == n
+
+
+def test_hostile_messages_are_refused_without_running(cluster: Cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    worker = cluster.start_worker(2)
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (os.system, (f"touch {marker}",))
+
+    def envelope(task: str, body: bytes, content_type: str) -> str:
+        task_id = str(uuid.uuid4())
+        return json.dumps({
+            "body": base64.b64encode(body).decode(), "content-encoding": "binary",
+            "content-type": content_type,
+            "headers": {"lang": "py", "task": task, "id": task_id, "retries": 0,
+                        "root_id": task_id, "parent_id": None, "group": None},
+            "properties": {"correlation_id": task_id, "delivery_mode": 2, "priority": 0,
+                           "delivery_info": {"exchange": "", "routing_key": "celery"},
+                           "body_encoding": "base64", "delivery_tag": str(uuid.uuid4())},
+        })
+
+    client = redis.Redis.from_url(cluster.redis.url)
+    client.lpush("celery", envelope("rel.canary", pickle.dumps(Exploit()),
+                                    "application/x-python-serialize"))
+    client.lpush("celery", envelope("rel.canary", b"{not json", "application/json"))
+    client.lpush("celery", envelope("os.system", json.dumps(
+        [[f"touch {marker}"], {}, {}]).encode(), "application/json"))
+    canary = tasks.canary.dispatch("after-hostile")
+    assert cluster.wait_done({"after-hostile"}, timeout=30)["after-hostile"] == 1
+    TaskHandle(canary.id, "rel.canary", "celery").get(timeout=10)
+    time.sleep(1)
+    log = worker.output()
+    errors = [line for line in log.splitlines() if "ERROR" in line or "CRITICAL" in line]
+    pickle_errors = [e for e in errors if "pickle" in e.lower() or "untrusted" in e.lower()]
+    decode_errors = [e for e in errors if "decode" in e.lower() or "json" in e.lower()]
+    unregistered = [e for e in errors if "unregistered" in e.lower()]
+    executions = sum(cluster.events().values()) - 1
+    report("hostile messages (pickle, bad JSON, unknown)", 3, 0, 0, executions,
+           f"ERROR logs: pickle {len(pickle_errors)}, decode {len(decode_errors)}, "
+           f"unregistered {len(unregistered)}; worker alive")
+    assert not marker.exists()
+    assert executions == 0
+    assert worker.popen.poll() is None
+    assert pickle_errors and decode_errors and unregistered
