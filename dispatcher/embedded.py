@@ -131,7 +131,7 @@ class EmbeddedRedis:
         """``SHUTDOWN NOSAVE``: the server exits at once, as in a crash (AOF stays)."""
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
         try:
-            client.execute_command("SHUTDOWN", "NOSAVE")
+            client.execute_command("SHUTDOWN", "NOSAVE")  # type: ignore[no-untyped-call]
         except redis.ConnectionError:
             pass  # the server closes the connection as it exits
         finally:

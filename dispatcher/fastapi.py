@@ -91,10 +91,6 @@ class DispatcherMiddleware:
                     )
 
 
-class _TooLarge(Exception):
-    pass
-
-
 class BodyLimitMiddleware:
     """Refuses request bodies over ``DISPATCH_MAX_PAYLOAD_BYTES`` with 413, before the
     endpoint reads them, whether or not the client sent a Content-Length."""
@@ -112,27 +108,35 @@ class BodyLimitMiddleware:
                 await _too_large(limit)(scope, receive, send)
                 return
         seen = 0
-        started = False
+        started = rejected = False
 
         async def counting_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise _TooLarge
+                    # Answer 413 now; the app sees the client go away and gives up.
+                    rejected = True
+                    if not started:
+                        await _too_large(limit)(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
         async def tracking_send(message: Message) -> None:
             nonlocal started
+            if rejected:
+                return  # the 413 has been sent; drop whatever the app answers
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
             await self.app(scope, counting_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await _too_large(limit)(scope, receive, send)
+        except Exception:
+            if not rejected:
+                raise
 
 
 def _too_large(limit: int) -> JSONResponse:

@@ -1,0 +1,168 @@
+"""Unit tests of the reliability parts: start-up checks, wire format, spool, dead-letter
+redaction, idempotency without Redis, SecretStr arguments, API guards."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from fastapi import Depends, FastAPI
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from dispatcher import ConfigurationError, RetryPolicy, configure, task
+from dispatcher.checks import check_configuration, problems
+from dispatcher.deadletter import REDACTED, make_entry, redacted
+from dispatcher.fastapi import install, require_api_token
+from dispatcher.job import Job
+from dispatcher.spool import Spool, SpooledJob
+from dispatcher.wire import queue_key, task_message
+
+from .helpers import unit_settings
+
+
+def test_checks_refuse_timeouts_and_delays_beyond_the_visibility_timeout() -> None:
+    @task(name="unit.checks.slow", timeout=30)
+    def slow() -> None: ...
+
+    @task(name="unit.checks.patient", retry=RetryPolicy(max_attempts=2, max_delay=45))
+    def patient() -> None: ...
+
+    found = problems(unit_settings(visibility_timeout=30))
+    assert any("unit.checks.slow" in p and "timeout" in p for p in found)
+    assert any("unit.checks.patient" in p and "retry" in p for p in found)
+    assert not [p for p in problems(unit_settings(visibility_timeout=60)) if "unit.checks" in p]
+    with pytest.raises(ConfigurationError, match="refusing to start"):
+        check_configuration(unit_settings(visibility_timeout=30))
+
+
+def test_checks_refuse_pickle_and_unverified_tls() -> None:
+    conf = {"accept_content": ["json", "pickle"], "task_serializer": "pickle"}
+    found = problems(unit_settings(), conf)
+    assert any("accept_content" in p for p in found)
+    assert any("task_serializer" in p for p in found)
+    insecure = "rediss://cache.example:6380/0?ssl_cert_reqs=none"
+    assert any("certificate" in p for p in problems(unit_settings(broker_url=insecure)))
+    allowed = unit_settings(broker_url=insecure, allow_insecure_tls=True)
+    assert not any("certificate" in p for p in problems(allowed))
+    verified = "rediss://cache.example:6380/0?ssl_cert_reqs=required"
+    assert not any("certificate" in p for p in problems(unit_settings(broker_url=verified)))
+
+
+def _job(priority: int = 5, payload: dict[str, object] | None = None) -> Job:
+    @task(name=f"unit.wire.t{priority}")
+    def t(x: int) -> int:
+        return x
+
+    return Job(id="abc", spec=t.spec, route="celery", queue="q", priority=priority,
+               payload=payload or {"x": 1}, attempt=2, request_id="rid")
+
+
+def test_message_is_celery_protocol_2_json() -> None:
+    message = task_message(_job(), countdown=5)
+    assert message["content-type"] == "application/json"
+    headers = message["headers"]
+    assert (headers["id"], headers["task"], headers["retries"]) == ("abc", "unit.wire.t5", 1)
+    assert headers["eta"] is not None
+    assert headers["dispatch"]["request_id"] == "rid"
+    args, kwargs, embed = json.loads(base64.b64decode(message["body"]))
+    assert (args, kwargs) == ([], {"x": 1})
+    assert set(embed) == {"callbacks", "errbacks", "chain", "chord"}
+    assert message["properties"]["delivery_info"]["routing_key"] == "q"
+
+
+@pytest.mark.parametrize(("priority", "key"), [
+    (9, "q"), (7, "q"), (6, "q\x06\x163"), (4, "q\x06\x163"), (3, "q\x06\x166"),
+    (1, "q\x06\x166"), (0, "q\x06\x169"),
+])
+def test_queue_keys_follow_kombu_priority_steps(priority: int, key: str) -> None:
+    assert queue_key("q", priority) == key
+
+
+def test_spool_is_durable_and_ordered(tmp_path: Path) -> None:
+    path = tmp_path / "spool.sqlite3"
+    spool = Spool(path)
+    for i in range(3):
+        spool.put(SpooledJob(f"id{i}:1", "q", f"m{i}", None))
+    reopened = Spool(path)  # another process would see the same rows
+    assert reopened.depth() == 3
+    assert [j.job_id for j in reopened.peek()] == ["id0:1", "id1:1", "id2:1"]
+    reopened.remove(["id0:1", "id2:1"])
+    assert [j.message for j in spool.peek()] == ["m1"]
+
+
+def test_secret_arguments_travel_but_are_redacted_in_listings() -> None:
+    @task(name="unit.secret.login")
+    def login(user: str, password: SecretStr) -> str:
+        return password.get_secret_value()
+
+    values, payload = login.validator.validate(("ann",), {"password": "hunter2"})
+    assert payload == {"user": "ann", "password": "hunter2"}  # the task must receive it
+    assert login.validator.decode(payload)["password"].get_secret_value() == "hunter2"
+    assert "hunter2" not in repr(values)
+    job = Job(id="j", spec=login.spec, route="inline", queue=None, priority=5,
+              payload=payload)
+    entry = make_entry(job, {"type": "X", "message": "m"}, "attempts_exhausted", "")
+    shown = redacted(entry, login.validator.secret_names)
+    assert shown["arguments"] == {"user": "ann", "password": REDACTED}
+    assert "hunter2" not in json.dumps(shown)
+
+
+def test_idempotency_key_returns_the_first_handle_without_redis() -> None:
+    runs: list[int] = []
+
+    @task(name="unit.idem.once")
+    def once(n: int) -> None:
+        runs.append(n)
+
+    first = once.options(idempotency_key="order-1").dispatch(1)
+    second = once.options(idempotency_key="order-1").dispatch(2)
+    other = once.options(idempotency_key="order-2").dispatch(3)
+    assert second == first
+    assert other.id != first.id
+    from dispatcher.testing import wait_for_inline_jobs
+
+    wait_for_inline_jobs(5)
+    assert sorted(runs) == [1, 3]
+
+
+def _guarded_app() -> TestClient:
+    app = FastAPI()
+    install(app)
+
+    @app.post("/echo", dependencies=[Depends(require_api_token)])
+    async def echo(body: dict[str, str]) -> dict[str, str]:
+        return body
+
+    return TestClient(app)
+
+
+def test_bodies_over_the_limit_get_413() -> None:
+    configure(unit_settings(max_payload_bytes=2048))
+    with _guarded_app() as client:
+        assert client.post("/echo", json={"a": "b"}).status_code == 200
+        big = client.post("/echo", json={"a": "x" * 5000})
+        assert big.status_code == 413
+        assert "DISPATCH_MAX_PAYLOAD_BYTES" in big.json()["detail"]
+
+        def chunks():  # type: ignore[no-untyped-def]
+            yield b'{"a": "'
+            yield b"x" * 5000
+            yield b'"}'
+
+        streamed = client.post("/echo", content=chunks(),
+                               headers={"content-type": "application/json"})
+        assert streamed.status_code == 413
+
+
+def test_bearer_token_is_required_when_set() -> None:
+    configure(unit_settings(api_token=SecretStr("s3cret")))
+    with _guarded_app() as client:
+        assert client.post("/echo", json={}).status_code == 401
+        wrong = client.post("/echo", json={}, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401
+        assert wrong.headers["www-authenticate"] == "Bearer"
+        ok = client.post("/echo", json={"a": "b"}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
