@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +70,7 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
         broker_connection_timeout=settings.publish_timeout,
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=True,
+        worker_consumer="dispatcher.consumer:DispatchConsumer",
         enable_utc=True,
     )
     return app
@@ -102,6 +104,10 @@ class CeleryRoute:
                 if self._monitor.spool.depth():
                     self._monitor.start()  # left over from an earlier run: relay it
             return self._monitor
+
+    def current_monitor(self) -> BrokerMonitor | None:
+        """The monitor if one was built (no side effects)."""
+        return self._monitor
 
     def ping(self) -> bool:
         """Whether the broker answered the monitor's last probe (no I/O here)."""
@@ -178,13 +184,19 @@ class CeleryRoute:
             raise BrokerUnavailable(
                 f"the broker is unavailable; task {job.spec.name!r} was not accepted"
             )
-        if mode == "inline" and job.values is not None:
+        if mode == "inline":
             from .inline import dispatch_inline
 
             job.route, job.queue = "inline", None
             dispatch_inline(job, countdown, reason="broker_outage")
             return "inline"
-        self.monitor.spool.put(SpooledJob(job.publish_id, key, message, record))
+        try:
+            self.monitor.spool.put(SpooledJob(job.publish_id, key, message, record))
+        except (sqlite3.Error, OSError) as exc:
+            raise BrokerUnavailable(
+                f"the broker is unavailable and the spool at {self.settings.spool_path} "
+                f"cannot be written ({exc}); task {job.spec.name!r} was not accepted"
+            ) from exc
         emit("task.dispatched", job, reason="spooled")
         return "celery"
 
@@ -194,19 +206,17 @@ class CeleryRoute:
 
 
 # -- worker side ----------------------------------------------------------------------
-_loop_lock = threading.Lock()
-_loop: asyncio.AbstractEventLoop | None = None
-_loop_pid = 0
+_loops = threading.local()
 
 
 def worker_loop() -> asyncio.AbstractEventLoop:
-    """One persistent event loop per worker process for async tasks (not one per job)."""
-    global _loop, _loop_pid
-    with _loop_lock:
-        if _loop is None or _loop.is_closed() or _loop_pid != os.getpid():
-            _loop = asyncio.new_event_loop()
-            _loop_pid = os.getpid()
-        return _loop
+    """One persistent event loop per worker process (per thread with ``-P threads``) for
+    async tasks, not one per job."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed() or getattr(_loops, "pid", 0) != os.getpid():
+        loop = asyncio.new_event_loop()
+        _loops.loop, _loops.pid = loop, os.getpid()
+    return loop
 
 
 def job_from_request(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> Job:

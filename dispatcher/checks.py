@@ -3,6 +3,8 @@ run untrusted content. The worker and ``install(app)`` call it before serving.""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,6 +40,14 @@ def problems(settings: DispatcherSettings, celery_conf: Any = None) -> list[str]
         for key in ("task_serializer", "result_serializer", "event_serializer"):
             if "pickle" in str(celery_conf.get(key) or "").lower():
                 found.append(f"Celery {key} is pickle; only JSON is accepted")
+    if settings.broker_url is not None:
+        folder = Path(settings.spool_path).resolve().parent
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), folder)
+        if not os.access(existing, os.W_OK):
+            found.append(
+                f"DISPATCH_SPOOL_PATH {settings.spool_path} is not writable: jobs accepted "
+                "during a broker outage could not be kept"
+            )
     for name in ("broker_url", "result_backend_url"):
         url = getattr(settings, name)
         if url is None or urlsplit(url).scheme != "rediss" or settings.allow_insecure_tls:

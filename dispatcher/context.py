@@ -23,6 +23,8 @@ class RequestBatch:
         self._jobs: list[Job] = []
         self._lock = threading.Lock()
         self.closed = False
+        #: Set when the request ended in an error answer: its jobs must not run.
+        self.failed = False
 
     def add(self, job: Job) -> bool:
         """Append ``job``; False if the batch was already handed over."""

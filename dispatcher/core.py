@@ -13,6 +13,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import logging
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -43,10 +44,15 @@ class Outcome:
 
 
 def record(job: Job, status: State, **fields: Any) -> None:
-    """Save the job's record; a store outage is logged, never fatal to the job."""
+    """Save the job's record; a store outage is logged, never fatal to the job, and
+    while the store is known to be down the write is skipped instead of waiting."""
+    if not runtime.records_available():
+        log.debug("records store down: %s of task %s not recorded", status, job.id)
+        return
     try:
         runtime.status_store().save(make_record(job, status, **fields))
     except Exception as exc:
+        runtime.records_failed(exc)
         log.warning("could not record %s for task %s: %s", status, job.id, exc)
 
 
@@ -76,7 +82,9 @@ class Attempt:
         try:
             encoded = to_jsonable_python(result)
         except Exception as exc:
-            return self.failed(TypeError(f"result cannot be stored as JSON: {exc}"))
+            # Running again would repeat the side effects and fail the same way.
+            error = TypeError(f"result cannot be stored as JSON: {exc}")
+            return self.failed(error, final_reason="unserializable_result")
         duration = self._elapsed_ms()
         record(
             self.job,
@@ -125,38 +133,54 @@ class Attempt:
         return Outcome("FAILURE", error=error)
 
 
-_timeout_pool: concurrent.futures.ThreadPoolExecutor | None = None
+def _must_propagate(error: BaseException) -> bool:
+    """Interrupts and the cancellation of *our* task are not task failures."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    if isinstance(error, asyncio.CancelledError):
+        try:
+            current = asyncio.current_task()
+        except RuntimeError:
+            return False
+        return current is not None and current.cancelling() > 0
+    return False
 
 
-def _pool_for_timeouts() -> concurrent.futures.ThreadPoolExecutor:
-    global _timeout_pool
-    if _timeout_pool is None:
-        _timeout_pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=32, thread_name_prefix="dispatch-timeout"
-        )
-    return _timeout_pool
+def _call_with_timeout(fn: Any, values: dict[str, Any], timeout: float, name: str) -> Any:
+    """Call ``fn`` in a fresh daemon thread and wait at most ``timeout`` seconds.
+
+    The clock starts when the call does. Python cannot stop the thread: a timed-out
+    call finishes in the background, and being a daemon it never delays an exit.
+    """
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def call() -> None:
+        try:
+            future.set_result(fn(**values))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    threading.Thread(target=call, name="dispatch-timed-call", daemon=True).start()
+    try:
+        return future.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        if future.done():
+            raise
+        raise TaskTimeout(name, timeout) from None
 
 
 def run_sync(job: Job, values: dict[str, Any]) -> Outcome:
-    """Run a synchronous task function in this thread (the Celery worker's sync path).
-
-    With a ``timeout`` the call runs in a helper thread so the wait can be bounded;
-    Python cannot stop that thread, so a timed-out call finishes in the background.
-    """
+    """Run a synchronous task function in this thread (the Celery worker's sync path)."""
     attempt = Attempt(job)
     fn, timeout = job.spec.fn, job.spec.timeout
     try:
         if timeout is None:
             result = fn(**values)
         else:
-            future = _pool_for_timeouts().submit(fn, **values)
-            try:
-                result = future.result(timeout=timeout)
-            except concurrent.futures.TimeoutError:
-                if future.done():
-                    raise
-                raise TaskTimeout(job.spec.name, timeout) from None
-    except Exception as exc:
+            result = _call_with_timeout(fn, values, timeout, job.spec.name)
+    except BaseException as exc:
+        if _must_propagate(exc):
+            raise
         return attempt.failed(exc)
     return attempt.succeeded(result)
 
@@ -186,7 +210,9 @@ async def run_async(
                 running.add_done_callback(_drop_result)
                 return dataclasses.replace(outcome, lingering=running)
             result = running.result()
-    except Exception as exc:
+    except BaseException as exc:
+        if _must_propagate(exc):
+            raise
         return attempt.failed(exc)
     return attempt.succeeded(result)
 

@@ -19,7 +19,13 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.exception_handlers import (
+    http_exception_handler,
+    request_validation_exception_handler,
+)
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import runtime
@@ -69,7 +75,9 @@ class DispatcherMiddleware:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_sent = True
                 jobs = batch.close()
-                if jobs:
+                if jobs and batch.failed:
+                    abandon(jobs, "the request ended in an error answer", "request_failed")
+                elif jobs:
                     done = runtime.inline_executor().submit(jobs)
                     if hold:
                         await asyncio.wrap_future(done)
@@ -162,16 +170,38 @@ def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"detail": message, **extra}, status_code=status)
 
 
+def _fail_batch() -> None:
+    """Like ``BackgroundTasks``, jobs of a request that ends in an error do not run."""
+    batch = batch_var.get()
+    if batch is not None:
+        batch.failed = True
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    _fail_batch()
+    assert isinstance(exc, StarletteHTTPException)
+    return await http_exception_handler(request, exc)
+
+
+async def _request_validation(request: Request, exc: Exception) -> Response:
+    _fail_batch()
+    assert isinstance(exc, RequestValidationError)
+    return await request_validation_exception_handler(request, exc)
+
+
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    _fail_batch()
     assert isinstance(exc, TaskValidationError)
     return _error(422, str(exc), field=exc.field, errors=exc.errors)
 
 
 async def _unknown_task(request: Request, exc: Exception) -> JSONResponse:
+    _fail_batch()
     return _error(404, str(exc))
 
 
 async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    _fail_batch()
     response = _error(503, str(exc))
     response.headers["Retry-After"] = "5"
     return response
@@ -185,6 +215,8 @@ def install(app: FastAPI) -> FastAPI:
     check_configuration(settings)
     app.add_middleware(DispatcherMiddleware)
     app.add_middleware(BodyLimitMiddleware)
+    app.add_exception_handler(StarletteHTTPException, _http_exception)
+    app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(TaskValidationError, _validation_error)
     app.add_exception_handler(UnknownTaskError, _unknown_task)
     app.add_exception_handler(BrokerUnavailable, _broker_unavailable)

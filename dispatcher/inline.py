@@ -37,6 +37,7 @@ class InlineExecutor:
         self._cond = threading.Condition()
         self._outstanding: dict[str, Job] = {}
         self._running = 0
+        self._started: dict[str, Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._semaphore: asyncio.Semaphore | None = None
@@ -88,7 +89,11 @@ class InlineExecutor:
             leftover = list(self._outstanding.values())
             self._outstanding.clear()
             self._cond.notify_all()
-        stranded = hand_over(leftover)
+        # Running jobs are handed over too: servers end with their signal's default
+        # action after shutdown (uvicorn re-raises SIGTERM), killing the pool threads
+        # mid-job. A job that still finishes here then runs twice: at-least-once.
+        stranded = hand_over([j for j in leftover if not j.pinned_inline])
+        stranded += [j for j in leftover if j.pinned_inline]
         abandon(stranded, f"not finished within the shutdown grace of {grace:g}s", "shutdown")
         return leftover
 
@@ -186,13 +191,19 @@ class InlineExecutor:
         self._loop.call_later(outcome.retry_delay, self._spawn, self._run_one(retry))
 
     async def _attempt(self, job: Job) -> core.Outcome:
-        values = job.values
-        if values is None:
-            try:
-                values = get_task(job.spec.name).validator.decode(job.payload)
-            except TaskValidationError as exc:
-                return core.reject(job, exc)
-        return await core.run_async(job, values, self._pool)
+        # Every attempt decodes the JSON payload, exactly as a worker does: the task
+        # gets fresh values (never the caller's objects) and the same types on both routes.
+        try:
+            values = get_task(job.spec.name).validator.decode(job.payload)
+        except TaskValidationError as exc:
+            return core.reject(job, exc)
+        with self._cond:
+            self._started[job.id] = job
+        try:
+            return await core.run_async(job, values, self._pool)
+        finally:
+            with self._cond:
+                self._started.pop(job.id, None)
 
     def _release_slot(self) -> None:
         assert self._semaphore is not None
@@ -244,7 +255,7 @@ def abandon(jobs: Sequence[Job], message: str, reason: str) -> None:
     """Record jobs that will never run as failed, loudly: nothing is dropped silently."""
     error = DispatchError(message)
     for job in jobs:
-        core.record(
-            job, "FAILURE", error={"type": "DispatchError", "message": message}, reason=reason
-        )
+        fields = {"type": "DispatchError", "message": message}
+        core.record(job, "FAILURE", error=fields, reason=reason)
+        core.dead_letter(job, fields, reason)
         emit("task.failed", job, level=logging.ERROR, error=error, reason=reason)

@@ -13,8 +13,8 @@ from .spec import RouteName, TaskSpec
 class Job:
     """A unit of work as both routes see it.
 
-    ``payload`` is the JSON-ready argument mapping that travels; ``values`` holds the
-    already-validated typed arguments when the job stays in the dispatching process.
+    ``payload`` is the validated, JSON-ready argument mapping; each attempt decodes it
+    into typed values, on either route.
     """
 
     id: str
@@ -23,10 +23,11 @@ class Job:
     queue: str | None
     priority: int
     payload: dict[str, Any]
-    values: dict[str, Any] | None = None
     attempt: int = 1
     request_id: str | None = None
     dispatched_at: float = field(default_factory=time.time)
+    #: Routed inline by a decorator pin or a call option: never moved to Celery.
+    pinned_inline: bool = False
 
     @property
     def publish_id(self) -> str:

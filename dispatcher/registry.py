@@ -7,7 +7,7 @@ import threading
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .errors import TaskDefinitionError, UnknownTaskError
+from .errors import ConfigurationError, TaskDefinitionError, UnknownTaskError
 
 if TYPE_CHECKING:
     from .task import Task
@@ -65,4 +65,11 @@ def all_tasks() -> list[Task[Any, Any]]:
 def import_task_modules(modules: Iterable[str]) -> None:
     """Import each module so its ``@task`` functions register themselves."""
     for module in modules:
-        importlib.import_module(module)
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name is not None and module.startswith(exc.name):
+                raise ConfigurationError(
+                    f"DISPATCH_TASK_MODULES names {module!r}, which cannot be imported: {exc}"
+                ) from None
+            raise

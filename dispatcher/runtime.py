@@ -4,6 +4,7 @@ Celery route. ``settings.configure()`` resets them."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import TYPE_CHECKING
 
 import redis
@@ -41,6 +42,35 @@ def redis_client() -> redis.Redis | None:
 
             _redis = make_client(url, settings.publish_timeout)
         return _redis
+
+
+_records_down_until = 0.0
+RECORDS_BACKOFF = 5.0
+
+
+def records_available() -> bool:
+    """Whether the records Redis is worth a call now; False while it is known down.
+
+    A call that fails marks it down (``records_failed``); with the broker's Redis the
+    broker monitor's probe decides, so a hanging Redis costs one timeout, not one per
+    dispatch.
+    """
+    settings = get_settings()
+    if _celery is not None and settings.results_url == settings.broker_url:
+        monitor = _celery.current_monitor()
+        if monitor is not None and not monitor.healthy:
+            return False
+    return time.monotonic() >= _records_down_until
+
+
+def records_failed(error: BaseException) -> None:
+    global _records_down_until
+    _records_down_until = time.monotonic() + RECORDS_BACKOFF
+    settings = get_settings()
+    if _celery is not None and settings.results_url == settings.broker_url:
+        monitor = _celery.current_monitor()
+        if monitor is not None:
+            monitor.mark_down(error)
 
 
 def status_store() -> StatusStore:
@@ -96,8 +126,9 @@ def use_celery_route(route: CeleryRoute) -> None:
 
 def reset() -> None:
     """Forget every built service; the next use rebuilds it from the current settings."""
-    global _store, _executor, _celery, _redis, _dead
+    global _store, _executor, _celery, _redis, _dead, _records_down_until
     with _lock:
+        _records_down_until = 0.0
         executor, _executor = _executor, None
         _store, _celery, _redis, _dead = None, None, None, None
     if executor is not None:

@@ -15,7 +15,7 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from .errors import ConfigurationError
 from .spec import RouteName, parse_priority
@@ -193,6 +193,8 @@ def get_settings() -> DispatcherSettings:
                 _current = DispatcherSettings()
             except ValidationError as exc:
                 raise settings_error(exc) from None
+            except SettingsError as exc:  # e.g. DISPATCH_ROUTES that is not JSON
+                raise ConfigurationError(f"invalid settings: {exc}") from None
         return _current
 
 

@@ -7,6 +7,7 @@ them; the publish marker makes a row sent twice land in the queue only once.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -27,22 +28,22 @@ class Spool:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        with self._connect() as db:
+
+    def _connect(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork); creates the file on first use."""
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None or getattr(self._local, "pid", 0) != os.getpid():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS spool ("
                 " job_id TEXT PRIMARY KEY, queue_key TEXT NOT NULL, message TEXT NOT NULL,"
                 " record TEXT, created REAL NOT NULL)"
             )
-
-    def _connect(self) -> sqlite3.Connection:
-        db: sqlite3.Connection | None = getattr(self._local, "db", None)
-        if db is None:
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            self._local.db = db
+            self._local.db, self._local.pid = db, os.getpid()
         return db
 
     def put(self, job: SpooledJob) -> None:
@@ -54,6 +55,8 @@ class Spool:
         )
 
     def peek(self, limit: int = 100) -> list[SpooledJob]:
+        if not self.path.exists():
+            return []
         rows = (
             self._connect()
             .execute(
@@ -70,4 +73,6 @@ class Spool:
             self._connect().execute(f"DELETE FROM spool WHERE job_id IN ({marks})", job_ids)
 
     def depth(self) -> int:
+        if not self.path.exists():
+            return 0
         return int(self._connect().execute("SELECT COUNT(*) FROM spool").fetchone()[0])

@@ -125,7 +125,7 @@ class Task(Generic[P, R]):
         Raises ``TaskValidationError`` (naming the field) before anything is scheduled,
         and ``BrokerUnavailable`` when the Celery route cannot take the job.
         """
-        return self._dispatch_validated(*self.validator.validate(args, kwargs))
+        return self._dispatch_validated(self.validator.validate(args, kwargs)[1])
 
     def dispatch_many(
         self, items: Iterable[tuple[Any, ...] | Mapping[str, Any]]
@@ -134,6 +134,12 @@ class Task(Generic[P, R]):
 
         Every item is validated first, so one bad item schedules nothing.
         """
+        if self.call_options.idempotency_key is not None:
+            raise TaskValidationError(
+                self.spec.name,
+                [{"field": "idempotency_key", "message": "one key cannot cover many jobs; "
+                  "dispatch each item with its own key"}],
+            )
         validated = []
         for index, item in enumerate(items):
             try:
@@ -144,9 +150,9 @@ class Task(Generic[P, R]):
             except TaskValidationError as exc:
                 errors = [{**e, "field": f"[{index}].{e['field']}"} for e in exc.errors]
                 raise TaskValidationError(self.spec.name, errors) from None
-        return [self._dispatch_validated(values, payload) for values, payload in validated]
+        return [self._dispatch_validated(payload) for _, payload in validated]
 
-    def _dispatch_validated(self, values: dict[str, Any], payload: dict[str, Any]) -> TaskHandle:
+    def _dispatch_validated(self, payload: dict[str, Any]) -> TaskHandle:
         decision = decide_route(self.spec, self.call_options, get_settings())
         job_id = str(uuid.uuid4())
         key = self.call_options.idempotency_key
@@ -161,16 +167,22 @@ class Task(Generic[P, R]):
             queue=decision.queue,
             priority=decision.priority,
             payload=payload,
-            values=values,
             request_id=request_id_var.get(),
+            pinned_inline=decision.route == "inline"
+            and decision.reason in ("call option", "decorator pin"),
         )
         countdown = self.call_options.countdown
-        if job.route == "celery":
-            job.route = runtime.celery_route().dispatch(
-                job, countdown, outage=self.spec.broker_outage
-            )
-        else:
-            dispatch_inline(job, countdown)
+        try:
+            if job.route == "celery":
+                job.route = runtime.celery_route().dispatch(
+                    job, countdown, outage=self.spec.broker_outage
+                )
+            else:
+                dispatch_inline(job, countdown)
+        except BaseException:
+            if key is not None:  # nothing was accepted: the key is free again
+                idempotency.release(self.spec.name, key, job_id)
+            raise
         handle = TaskHandle(job.id, self.spec.name, job.route, job.queue)
         for listener in dispatch_listeners:
             listener(handle)

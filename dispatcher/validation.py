@@ -7,12 +7,21 @@ The worker only decodes that payload back into typed values.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, create_model
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretBytes,
+    SecretStr,
+    ValidationError,
+    create_model,
+)
 from pydantic_core import PydanticSerializationError
 
 from .errors import TaskDefinitionError, TaskValidationError
@@ -20,10 +29,29 @@ from .errors import TaskDefinitionError, TaskValidationError
 _ALLOWED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
 
 
+class _Unresolved(TaskDefinitionError):
+    """Annotations that cannot be resolved (yet)."""
+
+
 def _is_secret(annotation: Any) -> bool:
+    """A top-level ``SecretStr`` parameter (possibly optional)."""
     if annotation is SecretStr:
         return True
-    return any(_is_secret(arg) for arg in typing.get_args(annotation))
+    args = typing.get_args(annotation)
+    return bool(args) and all(a is SecretStr or a is type(None) for a in args)
+
+
+def _hides_secret(annotation: Any, seen: set[int] | None = None) -> bool:
+    """Whether a secret type hides inside a container or model annotation."""
+    seen = set() if seen is None else seen
+    if id(annotation) in seen:
+        return False
+    seen.add(id(annotation))
+    if annotation in (SecretStr, SecretBytes):
+        return True
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return any(_hides_secret(f.annotation, seen) for f in annotation.model_fields.values())
+    return any(_hides_secret(arg, seen) for arg in typing.get_args(annotation))
 
 
 def _messages(task_name: str, error: ValidationError) -> TaskValidationError:
@@ -58,6 +86,10 @@ class ArgumentValidator:
         ]
         self._model: type[BaseModel] | None = None
         self._secret_names: set[str] = set()
+        # Build now, so definition errors surface at decoration time; forward references
+        # that do not resolve yet are tried again at the first dispatch.
+        with contextlib.suppress(_Unresolved):
+            _ = self.model
 
     @property
     def model(self) -> type[BaseModel]:
@@ -66,7 +98,7 @@ class ArgumentValidator:
             try:
                 hints = typing.get_type_hints(self._fn, include_extras=True)
             except Exception as exc:  # an unresolvable annotation is a definition bug
-                raise TaskDefinitionError(
+                raise _Unresolved(
                     f"task {self.task_name!r}: cannot resolve annotations: {exc}"
                 ) from exc
             # Internal field names are ours (p0, p1, ...); the parameter names are aliases,
@@ -75,6 +107,14 @@ class ArgumentValidator:
             self._secret_names = {
                 p.name for p in self.parameters if _is_secret(hints.get(p.name, Any))
             }
+            for param in self.parameters:
+                annotation = hints.get(param.name, Any)
+                if param.name not in self._secret_names and _hides_secret(annotation):
+                    raise TaskDefinitionError(
+                        f"task {self.task_name!r}: parameter {param.name!r} holds a secret "
+                        "inside a container or model; pydantic would send it masked. "
+                        "Pass secrets as top-level SecretStr parameters"
+                    )
             for index, param in enumerate(self.parameters):
                 annotation = hints.get(param.name, Any)
                 default = ... if param.default is inspect.Parameter.empty else param.default

@@ -206,3 +206,24 @@ def test_without_a_broker_unfinished_jobs_are_recorded_as_failed() -> None:
     record = TaskHandle(job_id, "", "inline").record()
     assert record is not None
     assert (record["status"], record["reason"]) == ("FAILURE", "shutdown")
+    wait_for_inline_jobs(timeout=5)
+
+
+def test_jobs_pinned_inline_are_not_handed_over(broker: str) -> None:
+    configure(DispatcherSettings(broker_url=broker, shutdown_grace=0.2,
+                                 _env_file=None))  # type: ignore[call-arg]
+    key = f"pinned:{uuid.uuid4()}"
+    app = FastAPI()
+    install(app)
+
+    @app.post("/pinned")
+    def pinned() -> dict[str, str]:
+        return {"id": samples.slow_inline.options(route="inline").dispatch(key, 1.0).id}
+
+    with TestClient(app) as client:
+        job_id = client.post("/pinned").json()["id"]
+    record = TaskHandle(job_id, "samples.slow_inline", "inline").record()
+    assert record is not None
+    assert (record["status"], record["route"], record["reason"]) == (
+        "FAILURE", "inline", "shutdown")
+    wait_for_inline_jobs(timeout=5)

@@ -103,6 +103,29 @@ class Cluster:
                 return done
             time.sleep(0.2)
 
+    def diagnose(self, missing: set[str]) -> str:
+        """What Redis and the logs say about jobs that did not complete."""
+        import json as _json
+
+        import redis as _redis
+
+        lines = [f"missing: {sorted(missing)}"]
+        try:
+            client = _redis.Redis.from_url(self.redis.url, socket_timeout=2)
+            for raw in client.hvals("dispatch:dead"):
+                entry = _json.loads(raw)
+                if entry.get("arguments", {}).get("job") in missing:
+                    lines.append(f"dead letter: {entry['reason']} {entry['error']} "
+                                 f"attempts={entry['attempts']}")
+        except Exception as exc:
+            lines.append(f"(redis: {exc})")
+        for process in self.workers + self.apis:
+            errors = [ln for ln in process.output().splitlines()
+                      if "ERROR" in ln or "WARNING" in ln or "Traceback" in ln]
+            lines.append(f"{process.log.name}: {len(errors)} warnings/errors")
+            lines += errors[-15:]
+        return "\n".join(lines)
+
     def close(self) -> None:
         for process in self.workers + self.apis:
             if process.popen.poll() is None:

@@ -72,7 +72,7 @@ def test_redis_restarts_while_consuming(cluster: Cluster) -> None:
     duplicates = sum(done[j] - 1 for j in jobs if done[j] > 1)
     report("Redis stopped 5 s x2", n, completed, n - completed, duplicates,
            "resumed after " + ", ".join(f"{r:.1f}s" for r in resumes))
-    assert completed == n
+    assert completed == n, cluster.diagnose(set(jobs) - set(done))
     assert max(resumes) <= 30
 
 
@@ -175,7 +175,7 @@ def test_api_sigterm_hands_inline_jobs_over(cluster: Cluster) -> None:
     completed = sum(1 for j in jobs if j in done)
     report("API SIGTERM, inline jobs, grace 2 s", n, completed, n - completed,
            sum(done[j] - 1 for j in jobs if done[j] > 1), "handed over to Celery")
-    assert completed == n
+    assert completed == n, cluster.diagnose(set(jobs) - set(done))
 
 
 def test_hostile_messages_are_refused_without_running(cluster: Cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
