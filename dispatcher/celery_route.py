@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 from celery.exceptions import Retry, WorkerLostError
+from celery.signals import worker_ready
 
 from . import core, runtime
 from .broker import BROKER_ERRORS, BrokerMonitor
@@ -28,12 +31,20 @@ from .settings import DispatcherSettings
 from .spec import RouteName
 from .spool import Spool, SpooledJob
 from .status import make_record
-from .wire import HEADER, Publisher, queue_key, redis_client, task_message
+from .wire import (
+    HEADER,
+    Publisher,
+    Sweeper,
+    mark_started,
+    queue_key,
+    redis_client,
+    task_message,
+)
 
 if TYPE_CHECKING:
     from .task import Task
 
-VISIBILITY_ROUTE_MARGIN = 1.0
+log = logging.getLogger("dispatcher.worker")
 
 
 def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") -> Celery:
@@ -243,14 +254,23 @@ RUNS_PREFIX = "dispatch:runs:"
 def count_run(job: Job, ttl: int) -> int | None:
     """Count this delivery of ``job``; a delivery beyond the header's attempt means an
     earlier run died with its process (SIGKILL, OOM) and counts as a failed attempt."""
-    client = runtime.redis_client()
-    if client is None:
-        return None
+    settings = runtime.settings()
+    records = runtime.redis_client()
+    broker = runtime.celery_route().monitor.publisher.client
     try:
-        pipe = client.pipeline(transaction=True)
-        pipe.incr(RUNS_PREFIX + job.id)
-        pipe.expire(RUNS_PREFIX + job.id, ttl)
-        return int(pipe.execute()[0])
+        pipe = broker.pipeline(transaction=False)
+        mark_started(pipe, job.publish_id)
+        if records is not None and settings.results_url == settings.broker_url:
+            pipe.incr(RUNS_PREFIX + job.id)
+            pipe.expire(RUNS_PREFIX + job.id, ttl)
+            return int(pipe.execute()[-2])
+        pipe.execute()
+        if records is None:
+            return None
+        with records.pipeline(transaction=False) as separate:
+            separate.incr(RUNS_PREFIX + job.id)
+            separate.expire(RUNS_PREFIX + job.id, ttl)
+            return int(separate.execute()[0])
     except BROKER_ERRORS:
         return None  # no store: trust the message's own attempt number
 
@@ -328,5 +348,25 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     app = create_celery_app(settings, main="worker")
     register_tasks(app)
     check_configuration(settings, app.conf)
-    runtime.use_celery_route(CeleryRoute(settings, app))
+    route = CeleryRoute(settings, app)
+    runtime.use_celery_route(route)
+    worker_ready.connect(lambda **_: start_sweeper(route), weak=False)
     return app
+
+
+def start_sweeper(route: CeleryRoute) -> threading.Thread:
+    """Re-queue lost publications from the worker's main process, in the background."""
+    sweeper = Sweeper(route.monitor.publisher.client, route.settings.requeue_lost_after)
+    pause = max(1.0, min(10.0, route.settings.requeue_lost_after / 2))
+
+    def loop() -> None:
+        while True:
+            time.sleep(pause)
+            try:
+                sweeper.sweep()
+            except BROKER_ERRORS as exc:
+                log.debug("lost-job sweep skipped: %s", exc)
+
+    thread = threading.Thread(target=loop, name="dispatch-sweeper", daemon=True)
+    thread.start()
+    return thread

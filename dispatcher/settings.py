@@ -108,6 +108,12 @@ class DispatcherSettings(BaseSettings):
         description="Seconds before Redis redelivers an unacknowledged job; must exceed every "
         "task timeout and retry delay.",
     )
+    requeue_lost_after: float = Field(
+        default=60.0,
+        ge=1,
+        description="Seconds after which a worker re-queues a published job that Redis "
+        "lost before any worker took it.",
+    )
     idempotency_ttl: int = Field(
         default=86_400, ge=1, description="Seconds an idempotency key is remembered."
     )

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -24,6 +26,8 @@ from redis.retry import Retry
 
 from .job import Job
 
+log = logging.getLogger("dispatcher.wire")
+
 #: kombu's Redis transport: priority lists ``queue``, ``queue\x06\x163`` ... (0 served first).
 PRIORITY_STEPS = (0, 3, 6, 9)
 QUEUE_SEP = "\x06\x16"
@@ -31,12 +35,18 @@ HEADER = "dispatch"
 MARKER_PREFIX = "dispatch:published:"
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
-# KEYS[1] marker, KEYS[2] list (queue), KEYS[3] record key (optional)
-# ARGV[1] message, ARGV[2] marker ttl, ARGV[3] record json, ARGV[4] record ttl
-_PUBLISH_ONCE = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+INFLIGHT = "dispatch:inflight"
+
+# KEYS[1] marker, KEYS[2] list (queue), KEYS[3] record key, KEYS[4] in-flight index
+# ARGV[1] message, ARGV[2] marker ttl, ARGV[3] record json, ARGV[4] record ttl,
+# ARGV[5] publish id, ARGV[6] now
+# The marker holds "<queue key>\n<message>" until a worker starts the job (then "1"),
+# so the sweeper can put back a message that Redis lost between queue and worker.
+_PUBLISH_ONCE = r"""
+if redis.call('SET', KEYS[1], KEYS[2] .. '\n' .. ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('LPUSH', KEYS[2], ARGV[1])
-  if KEYS[3] and ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
+  if ARGV[3] ~= '' then
     redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
   end
   return 1
@@ -115,6 +125,61 @@ def redis_client(url: str, timeout: float) -> redis.Redis:
     )
 
 
+# KEYS[1] marker, KEYS[2] in-flight index, KEYS[3] kombu's unacked hash; ARGV[1] publish
+# id, ARGV[2] now. Puts back a job that was published, never started, and is neither
+# waiting in its queue nor reserved by a worker: Redis lost it (a crash between a
+# worker's BRPOP and its bookkeeping). Atomic, so it cannot race a consumer's pop.
+_RECOVER = r"""
+local held = redis.call('GET', KEYS[1])
+if not held or held == '1' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return 0
+end
+local cut = string.find(held, '\n', 1, true)
+local queue = string.sub(held, 1, cut - 1)
+local message = string.sub(held, cut + 1)
+local tag = cjson.decode(message)['properties']['delivery_tag']
+if redis.call('HEXISTS', KEYS[3], tag) == 1 then return 0 end
+if redis.call('LPOS', queue, message) then return 0 end
+redis.call('LPUSH', queue, message)
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
+"""
+
+
+def mark_started(pipe: Any, publish_id: str) -> None:
+    """Queue the commands that tell the sweeper this publication reached a worker."""
+    pipe.zrem(INFLIGHT, publish_id)
+    pipe.set(MARKER_PREFIX + publish_id, "1", xx=True, keepttl=True)
+
+
+class Sweeper:
+    """Finds publications that never reached a worker and were lost, and re-queues them.
+
+    Runs in the worker's main process; looks only at jobs published more than
+    ``after`` seconds ago and still not started, at most ``batch`` per pass.
+    """
+
+    def __init__(self, client: redis.Redis, after: float, batch: int = 200) -> None:
+        self.client = client
+        self.after = after
+        self.batch = batch
+        self._script = client.register_script(_RECOVER)
+
+    def sweep(self) -> int:
+        now = time.time()
+        stale = self.client.zrangebyscore(INFLIGHT, "-inf", now - self.after, 0, self.batch)
+        recovered = 0
+        for raw in stale:
+            publish_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            keys = [MARKER_PREFIX + publish_id, INFLIGHT, "unacked"]
+            if self._script(keys=keys, args=[publish_id, now]):
+                recovered += 1
+                log.warning("re-queued job %s: published but lost before a worker took it",
+                            publish_id)
+        return recovered
+
+
 class Publisher:
     """Pushes prepared messages onto their queues, each exactly once per job id."""
 
@@ -125,7 +190,7 @@ class Publisher:
         self._script = client.register_script(_PUBLISH_ONCE)
 
     def publish(self, items: Sequence[tuple[str, str, str, str | None]]) -> list[bool]:
-        """Publish ``(job_id, queue_key, message_json, record_json)`` items in one round trip.
+        """Publish ``(publish_id, queue_key, message_json, record_json)`` items in one round trip.
 
         Returns, per item, whether it was pushed now (False: it was already published).
         Raises ``redis.RedisError``/``OSError`` when Redis does not answer in time.
@@ -133,8 +198,12 @@ class Publisher:
         from .status import KEY_PREFIX
 
         pipe = self.client.pipeline(transaction=False)
-        for job_id, key, message, record in items:
-            keys = [MARKER_PREFIX + job_id, key, KEY_PREFIX + job_id]
-            args: list[str | int] = [message, self.marker_ttl, record or "", self.record_ttl]
+        now = time.time()
+        for publish_id, key, message, record in items:
+            job_id = publish_id.rsplit(":", 1)[0]
+            keys = [MARKER_PREFIX + publish_id, key, KEY_PREFIX + job_id, INFLIGHT]
+            args: list[str | int | float] = [
+                message, self.marker_ttl, record or "", self.record_ttl, publish_id, now
+            ]
             self._script(keys=keys, args=args, client=pipe)
         return [bool(result) for result in pipe.execute()]

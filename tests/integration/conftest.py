@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,7 @@ def service_env(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFa
         DISPATCH_LOG_FORMAT="json",
         PYTHONUNBUFFERED="1",
         API_NOTIFICATIONS_FILE=str(tmp_path_factory.mktemp("api") / "notifications.log"),
+        DISPATCH_SPOOL_PATH=str(tmp_path_factory.mktemp("spool") / "spool.sqlite3"),
     )
     return env
 
@@ -75,12 +77,18 @@ def api_url(api_server: Process) -> str:
     return api_server.url
 
 
+@pytest.fixture(scope="session")
+def spool_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("test-spool")
+
+
 @pytest.fixture
-def broker(redis_server: EmbeddedRedis, worker: Process) -> Iterator[str]:
+def broker(redis_server: EmbeddedRedis, worker: Process, spool_dir: Path) -> Iterator[str]:
     """This test process dispatches through the same Redis the worker consumes."""
     import tests.integration.sample_tasks  # noqa: F401  (registers the sample tasks)
 
-    configure(DispatcherSettings(broker_url=redis_server.url, _env_file=None))  # type: ignore[call-arg]
+    configure(DispatcherSettings(broker_url=redis_server.url, _env_file=None,  # type: ignore[call-arg]
+                                 spool_path=str(spool_dir / "test-process.sqlite3")))
     yield redis_server.url
 
 

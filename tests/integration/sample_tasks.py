@@ -13,6 +13,7 @@ import time
 from functools import cache
 
 import redis
+from pydantic import SecretStr
 
 from dispatcher import RetryPolicy, task
 
@@ -98,3 +99,8 @@ def echo(value: dict[str, int]) -> dict[str, int]:
 @task(name="samples.on_own_queue", weight=5, queue="samples-heavy")
 def on_own_queue(value: int) -> int:
     return value * 2
+
+
+@task(name="samples.charge", weight=8, retry=RetryPolicy(max_attempts=1))
+def charge(account: str, card_token: SecretStr, pin: str = "0000") -> None:
+    raise PermissionError(f"card declined for {account}")

@@ -17,7 +17,7 @@ from fastapi import BackgroundTasks, Depends, FastAPI
 from fastapi.testclient import TestClient
 from starlette.types import Message, Receive, Scope, Send
 
-from dispatcher import DispatcherSettings, TaskHandle, configure, task
+from dispatcher import DispatcherSettings, TaskHandle, configure, get_settings, task
 from dispatcher.fastapi import install
 from dispatcher.testing import capture_dispatches, wait_for_inline_jobs
 
@@ -158,8 +158,7 @@ def test_jobs_of_a_failed_request_are_recorded_not_silently_dropped(app: FastAPI
 
 
 def test_hold_request_setting_keeps_tutorial_style_tests_passing(broker: str) -> None:
-    configure(DispatcherSettings(broker_url=broker, inline_hold_request=True,
-                                 _env_file=None))  # type: ignore[call-arg]
+    configure(get_settings(), inline_hold_request=True)
     events.clear()
     with TestClient(build_app()) as client:
         client.post("/chain")
@@ -168,8 +167,7 @@ def test_hold_request_setting_keeps_tutorial_style_tests_passing(broker: str) ->
 
 
 def test_shutdown_drains_within_the_grace_period(broker: str) -> None:
-    configure(DispatcherSettings(broker_url=broker, shutdown_grace=5.0,
-                                 _env_file=None))  # type: ignore[call-arg]
+    configure(get_settings(), shutdown_grace=5.0)
     events.clear()
     with TestClient(build_app()) as client:
         job_id = client.post("/slow", params={"seconds": 0.5}).json()["id"]
@@ -178,8 +176,7 @@ def test_shutdown_drains_within_the_grace_period(broker: str) -> None:
 
 
 def test_shutdown_hands_unfinished_jobs_to_celery(broker: str) -> None:
-    configure(DispatcherSettings(broker_url=broker, shutdown_grace=0.2,
-                                 _env_file=None))  # type: ignore[call-arg]
+    configure(get_settings(), shutdown_grace=0.2)
     key = f"handover:{uuid.uuid4()}"
     app = FastAPI()
     install(app)
@@ -210,8 +207,7 @@ def test_without_a_broker_unfinished_jobs_are_recorded_as_failed() -> None:
 
 
 def test_jobs_pinned_inline_are_not_handed_over(broker: str) -> None:
-    configure(DispatcherSettings(broker_url=broker, shutdown_grace=0.2,
-                                 _env_file=None))  # type: ignore[call-arg]
+    configure(get_settings(), shutdown_grace=0.2)
     key = f"pinned:{uuid.uuid4()}"
     app = FastAPI()
     install(app)

@@ -50,6 +50,7 @@ class Cluster:
             DISPATCH_BROKER_URL=self.redis.url,
             DISPATCH_TASK_MODULES="tests.reliability.tasks",
             DISPATCH_VISIBILITY_TIMEOUT="10",
+            DISPATCH_REQUEUE_LOST_AFTER="5",
             DISPATCH_SPOOL_PATH=str(self.root / "spool.sqlite3"),
             DISPATCH_LOG_FORMAT="json",
             RELIABILITY_LEDGER=str(self.ledger),

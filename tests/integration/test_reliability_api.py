@@ -1,0 +1,93 @@
+"""Dead letters, idempotency and the outage policies through the real API and worker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+
+import httpx
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from dispatcher import DispatcherSettings, configure, task
+from dispatcher.embedded import free_port
+from dispatcher.fastapi import install
+
+from . import sample_tasks as samples
+from .conftest import ROOT, Process, poll_state
+
+
+def test_failed_jobs_are_dead_lettered_listed_without_secrets_and_retryable(
+    api_url: str, api_server: Process
+) -> None:
+    account = f"acct-{uuid.uuid4().hex[:8]}"
+    with httpx.Client() as client:
+        accepted = client.post(f"{api_url}/tasks/samples.charge",
+                               json={"account": account, "card_token": "tok_SECRET_42",
+                                     "pin": "9999"}).json()
+        poll_state(client, api_url, accepted["task_id"], {"FAILURE"})
+        dead = client.get(f"{api_url}/tasks/dead").json()
+        entry = next(e for e in dead if e["task_id"] == accepted["task_id"])
+        assert entry["error"]["type"] == "PermissionError"
+        assert entry["arguments"]["account"] == account
+        assert entry["arguments"]["card_token"] == "***"  # SecretStr parameter
+        assert "tok_SECRET_42" not in json.dumps(dead)
+        status = client.get(f"{api_url}/tasks/{accepted['task_id']}").text
+        assert "tok_SECRET_42" not in status
+
+        again = client.post(f"{api_url}/tasks/{accepted['task_id']}/retry")
+        assert again.status_code == 202
+        assert again.json()["task_id"] != accepted["task_id"]
+        poll_state(client, api_url, again.json()["task_id"], {"FAILURE"})
+        ids = {e["task_id"] for e in client.get(f"{api_url}/tasks/dead").json()}
+        assert accepted["task_id"] not in ids and again.json()["task_id"] in ids
+        assert client.post(f"{api_url}/tasks/{uuid.uuid4()}/retry").status_code == 404
+    assert "tok_SECRET_42" not in api_server.output()
+
+
+def test_idempotency_key_on_the_celery_route(broker: str) -> None:
+    key = f"order-{uuid.uuid4()}"
+    ledger_key = f"idem:{uuid.uuid4()}"
+    on_celery = samples.flaky.options(route="celery", idempotency_key=key)
+    first = on_celery.dispatch(ledger_key, fail_times=0)
+    second = on_celery.dispatch(ledger_key, fail_times=0)
+    assert second == first and first.route == "celery"
+    assert first.get(timeout=20) == 1
+    assert len(samples.entries(ledger_key)) == 1
+
+
+def test_raise_policy_answers_503_with_retry_after() -> None:
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    configure(DispatcherSettings(broker_url=dead_broker, broker_outage="raise",
+                                 publish_timeout=0.5, _env_file=None))  # type: ignore[call-arg]
+
+    @task(name="it.outage.heavy", weight=9)
+    def heavy(n: int) -> None: ...
+
+    app = FastAPI()
+    install(app)
+
+    @app.post("/heavy")
+    def dispatch_heavy() -> dict[str, str]:
+        return {"id": heavy.dispatch(1).id}
+
+    with TestClient(app) as client:
+        for _ in range(2):  # the first finds out, the second knows without waiting
+            response = client.post("/heavy")
+            assert response.status_code == 503
+            assert response.headers["retry-after"] == "5"
+            assert "unavailable" in response.json()["detail"]
+
+
+def test_worker_refuses_a_task_timeout_beyond_the_visibility_timeout(
+    service_env: dict[str, str],
+) -> None:
+    env = {**service_env, "DISPATCH_VISIBILITY_TIMEOUT": "30"}  # generate_report: 60 s
+    result = subprocess.run([sys.executable, "-m", "worker"], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert "refusing to start" in result.stderr
+    assert "api.tasks.generate_report" in result.stderr
+    assert "Traceback" not in result.stderr
