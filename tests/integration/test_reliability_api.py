@@ -91,3 +91,30 @@ def test_worker_refuses_a_task_timeout_beyond_the_visibility_timeout(
     assert "refusing to start" in result.stderr
     assert "api.tasks.generate_report" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_sweeper_requeues_only_publications_that_redis_lost(broker: str) -> None:
+    import redis as redis_lib
+
+    from dispatcher.wire import INFLIGHT, Sweeper, queue_key
+
+    client = redis_lib.Redis.from_url(broker)
+    queue = f"parked-{uuid.uuid4().hex[:8]}"  # no worker consumes it
+    parked = samples.echo.options(route="celery", queue=queue)
+    waiting, reserved, lost = (parked.dispatch({"n": i}) for i in range(3))
+    key = queue_key(queue, 5)
+    messages = {json.loads(raw)["headers"]["id"]: raw for raw in client.lrange(key, 0, -1)}
+    # "reserved": popped by a worker that noted it as unacknowledged, as kombu does
+    client.lrem(key, 1, messages[reserved.id])
+    tag = json.loads(messages[reserved.id])["properties"]["delivery_tag"]
+    client.hset("unacked", tag, messages[reserved.id])
+    # "lost": popped, then Redis crashed before the worker's bookkeeping
+    client.lrem(key, 1, messages[lost.id])
+
+    assert Sweeper(client, after=0).sweep() == 1
+    ids = [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)]
+    assert sorted(ids) == sorted([waiting.id, lost.id])
+    assert Sweeper(client, after=0).sweep() == 0  # nothing lost any more
+    client.hdel("unacked", tag)
+    client.delete(key)
+    client.zrem(INFLIGHT, *(f"{h.id}:1" for h in (waiting, reserved, lost)))
