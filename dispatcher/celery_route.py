@@ -15,6 +15,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from celery import Celery
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
     from .task import Task
 
 log = logging.getLogger("dispatcher.worker")
+PUBLISH_BATCH = 500
 
 
 def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") -> Celery:
@@ -167,19 +169,43 @@ class CeleryRoute:
         If the broker is down (or stops answering within ``DISPATCH_PUBLISH_TIMEOUT``),
         the outage policy decides: ``spool`` (default), ``inline`` or ``raise``.
         """
+        return self.dispatch_many([job], countdown, outage=outage, fresh=fresh)[0]
+
+    def dispatch_many(
+        self,
+        jobs: Sequence[Job],
+        countdown: float | None,
+        *,
+        outage: str | None = None,
+        fresh: bool = True,
+    ) -> list[RouteName]:
+        """``dispatch`` for many jobs: one pipelined round trip per ``PUBLISH_BATCH`` jobs."""
         monitor = self.monitor
-        key, message, record = self._prepared(job, countdown, fresh)
-        if fresh and record is None:
-            core.record(job, "PENDING")  # a separate records store: before the worker sees it
-        if monitor.healthy:
-            try:
-                monitor.publisher.publish([(job.publish_id, key, message, record)])
-            except BROKER_ERRORS as exc:
-                monitor.mark_down(exc)
-            else:
-                emit("task.dispatched", job)
-                return "celery"
-        return self._on_outage(job, countdown, key, message, record, outage)
+        prepared = [self._prepared(job, countdown, fresh) for job in jobs]
+        routes: list[RouteName] = []
+        for start in range(0, len(jobs), PUBLISH_BATCH):
+            chunk = list(zip(jobs[start:start + PUBLISH_BATCH],
+                             prepared[start:start + PUBLISH_BATCH], strict=True))
+            if fresh:
+                for job, (_, _, record) in chunk:
+                    if record is None:  # separate records store: write before workers see it
+                        core.record(job, "PENDING")
+            if monitor.healthy:
+                try:
+                    monitor.publisher.publish(
+                        [(job.publish_id, key, message, record)
+                         for job, (key, message, record) in chunk]
+                    )
+                except BROKER_ERRORS as exc:
+                    monitor.mark_down(exc)
+                else:
+                    for job, _ in chunk:
+                        emit("task.dispatched", job)
+                    routes += ["celery"] * len(chunk)
+                    continue
+            routes += [self._on_outage(job, countdown, key, message, record, outage)
+                       for job, (key, message, record) in chunk]
+        return routes
 
     def _on_outage(
         self,

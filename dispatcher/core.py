@@ -133,10 +133,13 @@ class Attempt:
         return Outcome("FAILURE", error=error)
 
 
-def _must_propagate(error: BaseException) -> bool:
-    """Interrupts and the cancellation of *our* task are not task failures."""
+def _must_propagate(error: BaseException, job: Job) -> bool:
+    """Interrupts, a worker process being terminated, and the cancellation of *our*
+    asyncio task are not failures of the task: the job is redelivered instead."""
     if isinstance(error, KeyboardInterrupt):
         return True
+    if isinstance(error, SystemExit) and job.route == "celery":
+        return True  # Celery terminating the pool process (e.g. on connection loss)
     if isinstance(error, asyncio.CancelledError):
         try:
             current = asyncio.current_task()
@@ -179,7 +182,7 @@ def run_sync(job: Job, values: dict[str, Any]) -> Outcome:
         else:
             result = _call_with_timeout(fn, values, timeout, job.spec.name)
     except BaseException as exc:
-        if _must_propagate(exc):
+        if _must_propagate(exc, job):
             raise
         return attempt.failed(exc)
     return attempt.succeeded(result)
@@ -211,7 +214,7 @@ async def run_async(
                 return dataclasses.replace(outcome, lingering=running)
             result = running.result()
     except BaseException as exc:
-        if _must_propagate(exc):
+        if _must_propagate(exc, job):
             raise
         return attempt.failed(exc)
     return attempt.succeeded(result)

@@ -53,7 +53,12 @@ def emit(
         "reason": None,
     }
     fields.update(extra)
-    logger.log(level, event, extra={"dispatch": fields})
+    # makeRecord + handle: logger.log would walk the stack for the caller's file and
+    # line on every event, a cost paid per job for a field we never print.
+    record = logger.makeRecord(
+        logger.name, level, __file__, 0, event, (), None, extra={"dispatch": fields}
+    )
+    logger.handle(record)
 
 
 class JsonFormatter(logging.Formatter):

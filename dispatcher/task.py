@@ -150,17 +150,21 @@ class Task(Generic[P, R]):
             except TaskValidationError as exc:
                 errors = [{**e, "field": f"[{index}].{e['field']}"} for e in exc.errors]
                 raise TaskValidationError(self.spec.name, errors) from None
-        return [self._dispatch_validated(payload) for _, payload in validated]
-
-    def _dispatch_validated(self, payload: dict[str, Any]) -> TaskHandle:
         decision = decide_route(self.spec, self.call_options, get_settings())
-        job_id = str(uuid.uuid4())
-        key = self.call_options.idempotency_key
-        if key is not None:
-            first = idempotency.claim(self.spec.name, key, job_id, decision.route, decision.queue)
-            if first is not None:
-                return first
-        job = Job(
+        if decision.route == "inline":
+            return [self._dispatch_validated(payload, decision) for _, payload in validated]
+        jobs = [self._job(str(uuid.uuid4()), payload, decision) for _, payload in validated]
+        routes = runtime.celery_route().dispatch_many(
+            jobs, self.call_options.countdown, outage=self.spec.broker_outage
+        )
+        handles = []
+        for job, route in zip(jobs, routes, strict=True):
+            job.route = route
+            handles.append(self._handle(job))
+        return handles
+
+    def _job(self, job_id: str, payload: dict[str, Any], decision: RouteDecision) -> Job:
+        return Job(
             id=job_id,
             spec=self.spec,
             route=decision.route,
@@ -171,6 +175,25 @@ class Task(Generic[P, R]):
             pinned_inline=decision.route == "inline"
             and decision.reason in ("call option", "decorator pin"),
         )
+
+    def _handle(self, job: Job) -> TaskHandle:
+        handle = TaskHandle(job.id, self.spec.name, job.route, job.queue)
+        for listener in dispatch_listeners:
+            listener(handle)
+        return handle
+
+    def _dispatch_validated(
+        self, payload: dict[str, Any], decision: RouteDecision | None = None
+    ) -> TaskHandle:
+        if decision is None:
+            decision = decide_route(self.spec, self.call_options, get_settings())
+        job_id = str(uuid.uuid4())
+        key = self.call_options.idempotency_key
+        if key is not None:
+            first = idempotency.claim(self.spec.name, key, job_id, decision.route, decision.queue)
+            if first is not None:
+                return first
+        job = self._job(job_id, payload, decision)
         countdown = self.call_options.countdown
         try:
             if job.route == "celery":
@@ -183,10 +206,7 @@ class Task(Generic[P, R]):
             if key is not None:  # nothing was accepted: the key is free again
                 idempotency.release(self.spec.name, key, job_id)
             raise
-        handle = TaskHandle(job.id, self.spec.name, job.route, job.queue)
-        for listener in dispatch_listeners:
-            listener(handle)
-        return handle
+        return self._handle(job)
 
 
 def _build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:

@@ -10,12 +10,12 @@ A stock ``celery worker`` consumes these messages unchanged.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import os
 import socket
 import time
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,21 +37,27 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 INFLIGHT = "dispatch:inflight"
 
-# KEYS[1] marker, KEYS[2] list (queue), KEYS[3] record key, KEYS[4] in-flight index
-# ARGV[1] message, ARGV[2] marker ttl, ARGV[3] record json, ARGV[4] record ttl,
-# ARGV[5] publish id, ARGV[6] now
+# Publishes a batch: ARGV[1] marker ttl, ARGV[2] record ttl, ARGV[3] now, then four
+# arguments per job: publish id, queue key, message, record ('' for none).
 # The marker holds "<queue key>\n<message>" until a worker starts the job (then "1"),
 # so the sweeper can put back a message that Redis lost between queue and worker.
+# Keys are built inside the script: the dispatcher needs a single (non-cluster) Redis.
 _PUBLISH_ONCE = r"""
-if redis.call('SET', KEYS[1], KEYS[2] .. '\n' .. ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  redis.call('ZADD', KEYS[4], ARGV[6], ARGV[5])
-  if ARGV[3] ~= '' then
-    redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[4])
+local pushed = 0
+for base = 4, #ARGV, 4 do
+  local pid, queue, message, record = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+  if redis.call('SET', 'dispatch:published:' .. pid, queue .. '\n' .. message,
+                'NX', 'EX', ARGV[1]) then
+    redis.call('LPUSH', queue, message)
+    redis.call('ZADD', 'dispatch:inflight', ARGV[3], pid)
+    if record ~= '' then
+      local job = string.match(pid, '^(.*):%d+$')
+      redis.call('SET', 'celery-task-meta-' .. job, record, 'EX', ARGV[2])
+    end
+    pushed = pushed + 1
   end
-  return 1
 end
-return 0
+return pushed
 """
 
 
@@ -109,7 +115,7 @@ def task_message(job: Job, countdown: float | None = None) -> dict[str, Any]:
             "delivery_info": {"exchange": "", "routing_key": job.queue},
             "priority": wire_priority,
             "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
+            "delivery_tag": job.publish_id,  # unique per publication, as kombu needs
         },
     }
 
@@ -187,23 +193,24 @@ class Publisher:
         self.client = client
         self.marker_ttl = marker_ttl
         self.record_ttl = record_ttl
-        self._script = client.register_script(_PUBLISH_ONCE)
+        # EVALSHA straight away: redis-py's Script in a pipeline asks SCRIPT EXISTS first,
+        # a second round trip per publication.
+        self._sha = hashlib.sha1(_PUBLISH_ONCE.encode()).hexdigest()
 
-    def publish(self, items: Sequence[tuple[str, str, str, str | None]]) -> list[bool]:
-        """Publish ``(publish_id, queue_key, message_json, record_json)`` items in one round trip.
+    def publish(self, items: Sequence[tuple[str, str, str, str | None]]) -> int:
+        """Publish ``(publish_id, queue_key, message_json, record_json)`` items in one round
+        trip; returns how many were pushed now (the others had been published already).
 
-        Returns, per item, whether it was pushed now (False: it was already published).
         Raises ``redis.RedisError``/``OSError`` when Redis does not answer in time.
         """
-        from .status import KEY_PREFIX
+        try:
+            return self._send(items)
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot the script
+            self.client.script_load(_PUBLISH_ONCE)
+            return self._send(items)
 
-        pipe = self.client.pipeline(transaction=False)
-        now = time.time()
+    def _send(self, items: Sequence[tuple[str, str, str, str | None]]) -> int:
+        args: list[str | int | float] = [self.marker_ttl, self.record_ttl, time.time()]
         for publish_id, key, message, record in items:
-            job_id = publish_id.rsplit(":", 1)[0]
-            keys = [MARKER_PREFIX + publish_id, key, KEY_PREFIX + job_id, INFLIGHT]
-            args: list[str | int | float] = [
-                message, self.marker_ttl, record or "", self.record_ttl, publish_id, now
-            ]
-            self._script(keys=keys, args=args, client=pipe)
-        return [bool(result) for result in pipe.execute()]
+            args += (publish_id, key, message, record or "")
+        return int(self.client.evalsha(self._sha, 0, *args))
