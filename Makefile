@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test reliability check worker routes clean
+.PHONY: run test reliability bench check worker routes clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -24,6 +24,10 @@ test: $(STAMP)
 ## reliability: the fault-injection suite at full scale, with its results table
 reliability: $(STAMP)
 	RELIABILITY_SCALE=full $(BIN)/python -m pytest tests/reliability -q
+
+## bench: ours next to hand-written Celery and BackgroundTasks (prints one table)
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
 
 ## check: lint and strict typing
 check: $(STAMP)

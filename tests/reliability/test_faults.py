@@ -209,10 +209,11 @@ def test_hostile_messages_are_refused_without_running(cluster: Cluster, tmp_path
     TaskHandle(canary.id, "rel.canary", "celery").get(timeout=10)
     time.sleep(1)
     log = worker.output()
-    errors = [line for line in log.splitlines() if "ERROR" in line or "CRITICAL" in line]
-    pickle_errors = [e for e in errors if "pickle" in e.lower() or "untrusted" in e.lower()]
-    decode_errors = [e for e in errors if "decode" in e.lower() or "json" in e.lower()]
-    unregistered = [e for e in errors if "unregistered" in e.lower()]
+    refusals = [line for line in log.splitlines()
+                if '"level": "ERROR"' in line and "refused" in line]
+    pickle_errors = [e for e in refusals if "pickle" in e]
+    decode_errors = [e for e in refusals if "cannot be decoded" in e and "pickle" not in e]
+    unregistered = [e for e in refusals if "unregistered" in e]
     executions = sum(cluster.events().values()) - 1
     report("hostile messages (pickle, bad JSON, unknown)", 3, 0, 0, executions,
            f"ERROR logs: pickle {len(pickle_errors)}, decode {len(decode_errors)}, "
@@ -220,4 +221,5 @@ def test_hostile_messages_are_refused_without_running(cluster: Cluster, tmp_path
     assert not marker.exists()
     assert executions == 0
     assert worker.popen.poll() is None
-    assert pickle_errors and decode_errors and unregistered
+    assert len(refusals) == 3, refusals  # one ERROR line per refused message
+    assert (len(pickle_errors), len(decode_errors), len(unregistered)) == (1, 1, 1)

@@ -1,0 +1,90 @@
+"""The apps under load: the same endpoints hand-written with ``BackgroundTasks`` (raw)
+and with the dispatcher (ours), each served by its own uvicorn process."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from fastapi import BackgroundTasks, FastAPI
+
+from dispatcher import task
+from dispatcher.fastapi import install
+
+_count = 0
+_lock = threading.Lock()
+
+
+def _done() -> None:
+    global _count
+    with _lock:
+        _count += 1
+
+
+def noop_job() -> None:
+    _done()
+
+
+def sleep_job(ms: float) -> None:
+    time.sleep(ms / 1000)
+    _done()
+
+
+@task(name="bench.noop", weight=1)
+def noop_task() -> None:
+    _done()
+
+
+@task(name="bench.sleep", weight=1)
+def sleep_task(ms: float) -> None:
+    time.sleep(ms / 1000)
+    _done()
+
+
+def _common(app: FastAPI) -> None:
+    @app.post("/plain")
+    async def plain() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/sync-sleep")
+    def sync_sleep(ms: float = 2000) -> dict[str, bool]:
+        time.sleep(ms / 1000)
+        _done()
+        return {"ok": True}
+
+    @app.get("/count")
+    async def count() -> dict[str, int]:
+        return {"count": _count}
+
+
+raw = FastAPI()
+_common(raw)
+
+
+@raw.post("/noop")
+async def raw_noop(background: BackgroundTasks) -> dict[str, bool]:
+    background.add_task(noop_job)
+    return {"ok": True}
+
+
+@raw.post("/sleep")
+async def raw_sleep(background: BackgroundTasks, ms: float = 10) -> dict[str, bool]:
+    background.add_task(sleep_job, ms)
+    return {"ok": True}
+
+
+ours = FastAPI()
+install(ours)
+_common(ours)
+
+
+@ours.post("/noop")
+async def ours_noop() -> dict[str, bool]:
+    noop_task.dispatch()
+    return {"ok": True}
+
+
+@ours.post("/sleep")
+async def ours_sleep(ms: float = 10) -> dict[str, bool]:
+    sleep_task.dispatch(ms)
+    return {"ok": True}

@@ -1,0 +1,250 @@
+"""``make bench``: ours next to the hand-written baseline, in one run, on this machine.
+
+Starts its own Redis, uvicorn and worker processes on 127.0.0.1, alternates ours and
+the baseline (A B A B ...) for ``BENCH_ROUNDS`` rounds, and prints one table with the
+median (min-max) of each and their ratio. Nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+ROOT = Path(__file__).resolve().parents[1]
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+SECONDS = float(os.environ.get("BENCH_SECONDS", "4"))
+ROWS: list[tuple[str, str, str, str, str]] = []
+
+
+def spread(values: list[float], unit: str = "") -> str:
+    return (f"{statistics.median(values):,.1f}{unit} "
+            f"({min(values):,.0f}-{max(values):,.0f})")
+
+
+def row(scenario: str, ours: list[float], base: list[float], target: str,
+        unit: str = "", higher_is_better: bool = True) -> None:
+    ratio = statistics.median(ours) / statistics.median(base)
+    ROWS.append((scenario, spread(ours, unit), spread(base, unit), f"{ratio:.2f}", target))
+    print(f"  {scenario}: ours {spread(ours, unit)} baseline {spread(base, unit)} "
+          f"ratio {ratio:.2f} ({'higher' if higher_is_better else 'lower'} is better)",
+          flush=True)
+
+
+class Stack:
+    """Redis plus the processes a scenario needs; everything stopped by pid at the end."""
+
+    def __init__(self) -> None:
+        from dispatcher.embedded import EmbeddedRedis
+
+        self.redis = EmbeddedRedis().start()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
+        self.env.update(DISPATCH_BROKER_URL=self.redis.url, PYTHONUNBUFFERED="1",
+                        DISPATCH_TASK_MODULES="bench.worker_tasks",
+                        DISPATCH_LOG_LEVEL="WARNING",
+                        DISPATCH_SPOOL_PATH=str(Path(self.redis.data_dir) / "spool.sqlite3"))
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], env: dict[str, str] | None = None,
+              ready: Callable[[], bool] | None = None) -> subprocess.Popen[bytes]:
+        log = open(Path(self.redis.data_dir) / f"proc{len(self.processes)}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(args, env={**self.env, **(env or {})}, cwd=ROOT,
+                                   stdout=log, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+        self.processes.append(process)
+        deadline = time.monotonic() + 60
+        while ready is not None and not ready():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{args} did not start; see {log.name}")
+            time.sleep(0.1)
+        return process
+
+    def serve(self, app: str, port: int, **env: str) -> str:
+        url = f"http://127.0.0.1:{port}"
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/count", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        self.start([sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port",
+                    str(port), "--log-level", "warning", "--no-access-log"], env, up)
+        return url
+
+    def stop(self, process: subprocess.Popen[bytes]) -> None:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+    def close(self) -> None:
+        for process in self.processes:
+            self.stop(process)
+        self.redis.close()
+
+
+def load(url: str, connections: int, seconds: float = SECONDS,
+         requests: int | None = None) -> dict[str, float]:
+    args = [sys.executable, "-m", "bench.load", url, "--connections", str(connections),
+            "--seconds", str(seconds)]
+    if requests is not None:
+        args += ["--requests", str(requests)]
+    out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout))
+
+
+def count(url: str) -> int:
+    return int(httpx.get(f"{url}/count", timeout=5).json()["count"])
+
+
+def wait_count(url: str, expected: int, timeout: float = 120) -> float:
+    started = time.monotonic()
+    while count(url) < expected:
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"{url}: {count(url)} of {expected} jobs done")
+        time.sleep(0.1)
+    return time.monotonic() - started
+
+
+def http_scenarios(stack: Stack) -> None:
+    from dispatcher.embedded import free_port
+
+    ours = stack.serve("bench.apps:ours", free_port(), DISPATCH_INLINE_CONCURRENCY="32")
+    raw = stack.serve("bench.apps:raw", free_port())
+    for url in (ours, raw):
+        load(f"{url}/noop", 8, 1.0)  # warm up
+    for connections in (2, 32):
+        rps: dict[str, list[float]] = {"ours": [], "raw": []}
+        p99: dict[str, list[float]] = {"ours": [], "raw": []}
+        for _ in range(ROUNDS):
+            for name, url in (("ours", ours), ("raw", raw)):
+                result = load(f"{url}/noop", connections)
+                rps[name].append(result["rps"])
+                p99[name].append(result["p99_ms"])
+        row(f"inline no-op job, {connections} conn: req/s", rps["ours"], rps["raw"], ">= 0.95")
+        row(f"inline no-op job, {connections} conn: p99", p99["ours"], p99["raw"], "<= 1.10",
+            " ms", higher_is_better=False)
+
+    # Background work must not starve requests: a 10 ms sync job per request.
+    rps = {"ours": [], "plain": [], "raw": []}
+    p99 = {"ours": [], "plain": [], "raw": []}
+    for _ in range(ROUNDS):
+        for name, url, path in (("ours", ours, "/sleep?ms=10"), ("plain", raw, "/plain"),
+                                ("raw", raw, "/sleep?ms=10")):
+            before = count(url)
+            result = load(f"{url}{path}", 32)
+            rps[name].append(result["rps"])
+            p99[name].append(result["p99_ms"])
+            if name != "plain":  # every job completes: count them
+                wait_count(url, before + int(result["requests"]))
+    row("10 ms job, 32 conn: req/s vs plain endpoint", rps["ours"], rps["plain"], ">= 0.90")
+    row("10 ms job, 32 conn: p99 vs plain endpoint", p99["ours"], p99["plain"], "<= 2.00",
+        " ms", higher_is_better=False)
+    row("10 ms job, 32 conn: req/s vs raw BackgroundTasks", rps["ours"], rps["raw"], "info")
+
+    # The seeds' benchmark: 100 requests, concurrency 10, a 2 s job per request.
+    means: dict[str, list[float]] = {"sync": [], "ours": [], "raw": []}
+    for name, url, path in (("sync", raw, "/sync-sleep?ms=2000"), ("ours", ours, "/sleep?ms=2000"),
+                            ("raw", raw, "/sleep?ms=2000")):
+        before = count(url)
+        result = load(f"{url}{path}", 10, seconds=600, requests=100)
+        means[name].append(result["mean_ms"])
+        wait_count(url, before + 100, timeout=300)
+    row("seeds: mean response, 2 s job (sync / ours = speed-up)", means["sync"], means["ours"],
+        "~50x", " ms")
+    row("seeds: mean response, raw BackgroundTasks / ours", means["raw"], means["ours"], "info",
+        " ms")
+
+
+def publish_scenarios(stack: Stack) -> None:
+    from dispatcher import DispatcherSettings, configure
+    from dispatcher.registry import import_task_modules
+
+    configure(DispatcherSettings(broker_url=stack.redis.url, log_level="WARNING",
+                                 spool_path=stack.env["DISPATCH_SPOOL_PATH"],
+                                 _env_file=None))  # type: ignore[call-arg]
+    os.environ["DISPATCH_BROKER_URL"] = stack.redis.url
+    import_task_modules(["bench.worker_tasks"])
+    from bench.worker_tasks import drain, raw_drain
+
+    client = redis.Redis.from_url(stack.redis.url)
+    n = 2000
+    single: dict[str, list[float]] = {"ours": [], "raw": [], "many": []}
+    for _ in range(ROUNDS):
+        started = time.perf_counter()
+        for _ in range(n):
+            drain.dispatch()
+        single["ours"].append(n / (time.perf_counter() - started))
+        started = time.perf_counter()
+        for _ in range(n):
+            raw_drain.apply_async()
+        single["raw"].append(n / (time.perf_counter() - started))
+        started = time.perf_counter()
+        drain.dispatch_many([() for _ in range(n * 5)])
+        single["many"].append(n * 5 / (time.perf_counter() - started))
+        client.flushdb()
+    row("Celery publish: .dispatch() vs apply_async, jobs/s", single["ours"], single["raw"],
+        ">= 1.0 (2.0)")
+    row("Celery publish: dispatch_many vs apply_async, jobs/s", single["many"], single["raw"],
+        ">= 20")
+
+    def timed_drain(worker: list[str], publish: Callable[[], None]) -> float:
+        client.flushdb()
+        publish()
+        process = stack.start(worker)
+        started = time.monotonic()
+        while int(client.get("bench:drained") or 0) < 10_000:
+            if time.monotonic() - started > 300:
+                raise TimeoutError("drain did not finish")
+            time.sleep(0.05)
+        elapsed = time.monotonic() - started
+        stack.stop(process)
+        return 10_000 / elapsed
+
+    ours_worker = [sys.executable, "-m", "worker", "--concurrency", "2", "--pool", "prefork"]
+    raw_worker = [sys.executable, "-m", "celery", "-A", "bench.worker_tasks:raw", "worker",
+                  "--concurrency", "2", "--pool", "prefork", "--loglevel", "WARNING"]
+    drained: dict[str, list[float]] = {"ours": [], "raw": []}
+    for _ in range(max(1, ROUNDS - 1)):
+        drained["ours"].append(timed_drain(
+            ours_worker, lambda: drain.dispatch_many([() for _ in range(10_000)])))
+        drained["raw"].append(timed_drain(
+            raw_worker, lambda: [raw_drain.apply_async() for _ in range(10_000)]))
+    row("drain 10k no-op jobs, prefork -c 2 (incl. start-up), jobs/s", drained["ours"],
+        drained["raw"], ">= 0.90")
+
+
+def main() -> None:
+    stack = Stack()
+    try:
+        which = sys.argv[1:] or ["http", "publish"]
+        if "http" in which:
+            http_scenarios(stack)
+        if "publish" in which:
+            publish_scenarios(stack)
+    finally:
+        stack.close()
+    print()
+    header = ("scenario", "ours median (min-max)", "baseline median (min-max)", "ratio",
+              "target")
+    widths = [max(len(r[i]) for r in [header, *ROWS]) for i in range(5)]
+    for line in [header, *ROWS]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)))
+
+
+if __name__ == "__main__":
+    main()
