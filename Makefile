@@ -31,7 +31,7 @@ bench: $(STAMP)
 
 ## check: lint and strict typing
 check: $(STAMP)
-	$(BIN)/ruff check dispatcher worker api tests
+	$(BIN)/ruff check dispatcher worker api tests bench
 	$(BIN)/mypy dispatcher
 
 ## worker: one Celery worker for every registered task (needs DISPATCH_BROKER_URL)

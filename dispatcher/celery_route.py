@@ -325,6 +325,7 @@ def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> None
     else:
         outcome = core.run_sync(job, values)
     if outcome.retry_delay is not None:
+        runtime.status_store().flush(1.0)  # RETRY lands before the next attempt's STARTED
         runtime.celery_route().publish(job.next_attempt(), countdown=outcome.retry_delay)
         # Tell Celery (and Flower) this run ended in a retry we already scheduled.
         raise Retry(str(outcome.error), when=outcome.retry_delay)  # type: ignore[arg-type]

@@ -84,6 +84,7 @@ class InlineExecutor:
         Returns the jobs that did not finish. The executor stays usable.
         """
         if self.wait_idle(grace):
+            runtime.status_store().flush(2.0)
             return []
         with self._cond:
             leftover = list(self._outstanding.values())
@@ -95,6 +96,7 @@ class InlineExecutor:
         stranded = hand_over([j for j in leftover if not j.pinned_inline])
         stranded += [j for j in leftover if j.pinned_inline]
         abandon(stranded, f"not finished within the shutdown grace of {grace:g}s", "shutdown")
+        runtime.status_store().flush(2.0)
         return leftover
 
     def shutdown(self, grace: float) -> list[Job]:

@@ -11,7 +11,7 @@ import redis
 
 from .deadletter import DeadLetterStore, MemoryDeadLetters, RedisDeadLetters
 from .settings import DispatcherSettings, get_settings
-from .status import MemoryStatusStore, RedisStatusStore, StatusStore
+from .status import BufferedStatusStore, MemoryStatusStore, StatusStore
 
 if TYPE_CHECKING:
     from .celery_route import CeleryRoute
@@ -79,7 +79,11 @@ def status_store() -> StatusStore:
         if _store is None:
             client = redis_client()
             ttl = get_settings().result_ttl
-            _store = MemoryStatusStore() if client is None else RedisStatusStore(client, ttl)
+            _store = (
+                MemoryStatusStore()
+                if client is None
+                else BufferedStatusStore(client, ttl, on_error=records_failed)
+            )
         return _store
 
 

@@ -9,6 +9,7 @@ read them too.
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 import time
@@ -67,6 +68,8 @@ class StatusStore(Protocol):
 
     def delete(self, task_id: str) -> None: ...
 
+    def flush(self, timeout: float = 5.0) -> bool: ...
+
 
 class MemoryStatusStore:
     """In-process records, for a process without Redis; keeps the newest ``limit``."""
@@ -92,6 +95,9 @@ class MemoryStatusStore:
         with self._lock:
             self._records.pop(task_id, None)
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True
+
 
 class RedisStatusStore:
     """Records as JSON strings with a TTL, one ``SET`` per state change."""
@@ -113,6 +119,90 @@ class RedisStatusStore:
     def delete(self, task_id: str) -> None:
         self._client.delete(KEY_PREFIX + task_id)
 
+    def flush(self, timeout: float = 5.0) -> bool:
+        return True
+
 
 def now() -> float:
     return time.time()
+
+
+class BufferedStatusStore:
+    """Writes records from a background thread, pipelined, newest state per job only.
+
+    ``save`` never does I/O, so dispatching on the request path does not wait for
+    Redis; a job that goes PENDING -> STARTED -> SUCCESS within one flush costs one
+    write. ``load`` answers from the not-yet-written buffer first, so this process
+    always reads its own writes; other processes see them a few milliseconds later.
+    """
+
+    def __init__(self, client: redis.Redis, ttl: int, interval: float = 0.005,
+                 on_error: Any = None) -> None:
+        self._client = client
+        self._ttl = ttl
+        self._interval = interval
+        self._on_error = on_error
+        self._pending: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    def save(self, record: dict[str, Any]) -> None:
+        encoded = json.dumps(record)
+        with self._lock:
+            self._pending[record["task_id"]] = encoded
+            self._idle.clear()
+            self._ensure_thread()
+        self._wake.set()
+
+    def load(self, task_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            encoded = self._pending.get(task_id)
+        raw = encoded if encoded is not None else self._client.get(KEY_PREFIX + task_id)
+        if raw is None:
+            return None
+        value = json.loads(raw)
+        return value if isinstance(value, dict) else None
+
+    def delete(self, task_id: str) -> None:
+        with self._lock:
+            self._pending.pop(task_id, None)
+        self._client.delete(KEY_PREFIX + task_id)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until everything saved so far is written (or ``timeout`` passes)."""
+        self._wake.set()
+        return self._idle.wait(timeout)
+
+    def _ensure_thread(self) -> None:
+        import os
+
+        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+            self._pid = os.getpid()
+            self._thread = threading.Thread(target=self._run, name="dispatch-records",
+                                            daemon=True)
+            self._thread.start()
+            atexit.register(self.flush, 2.0)
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            time.sleep(self._interval)  # let a burst of state changes coalesce
+            with self._lock:
+                batch, self._pending = self._pending, {}
+            if batch:
+                try:
+                    pipe = self._client.pipeline(transaction=False)
+                    for task_id, encoded in batch.items():
+                        pipe.set(KEY_PREFIX + task_id, encoded, ex=self._ttl)
+                    pipe.execute()
+                except Exception as exc:  # an outage: these records are lost, jobs are not
+                    if self._on_error is not None:
+                        self._on_error(exc)
+            with self._lock:
+                if not self._pending:
+                    self._idle.set()
