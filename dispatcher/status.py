@@ -142,7 +142,7 @@ class BufferedStatusStore:
         self._ttl = ttl
         self._interval = interval
         self._on_error = on_error
-        self._pending: dict[str, str] = {}
+        self._pending: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._idle = threading.Event()
@@ -151,17 +151,19 @@ class BufferedStatusStore:
         self._pid = 0
 
     def save(self, record: dict[str, Any]) -> None:
-        encoded = json.dumps(record)
+        # Encoded by the writer thread, and only the newest state of each job.
         with self._lock:
-            self._pending[record["task_id"]] = encoded
+            self._pending[record["task_id"]] = record
             self._idle.clear()
             self._ensure_thread()
         self._wake.set()
 
     def load(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
-            encoded = self._pending.get(task_id)
-        raw = encoded if encoded is not None else self._client.get(KEY_PREFIX + task_id)
+            pending = self._pending.get(task_id)
+        if pending is not None:
+            return dict(pending)
+        raw = self._client.get(KEY_PREFIX + task_id)
         if raw is None:
             return None
         value = json.loads(raw)
@@ -197,8 +199,8 @@ class BufferedStatusStore:
             if batch:
                 try:
                     pipe = self._client.pipeline(transaction=False)
-                    for task_id, encoded in batch.items():
-                        pipe.set(KEY_PREFIX + task_id, encoded, ex=self._ttl)
+                    for task_id, record in batch.items():
+                        pipe.set(KEY_PREFIX + task_id, json.dumps(record), ex=self._ttl)
                     pipe.execute()
                 except Exception as exc:  # an outage: these records are lost, jobs are not
                     if self._on_error is not None:
