@@ -169,7 +169,8 @@ def http_scenarios(stack: Stack) -> None:
         " ms")
 
 
-def publish_scenarios(stack: Stack) -> None:
+def use_dispatcher(stack: Stack) -> None:
+    """This process dispatches through the stack's Redis, as an API process would."""
     from dispatcher import DispatcherSettings, configure
     from dispatcher.registry import import_task_modules
 
@@ -178,6 +179,9 @@ def publish_scenarios(stack: Stack) -> None:
                                  _env_file=None))  # type: ignore[call-arg]
     os.environ["DISPATCH_BROKER_URL"] = stack.redis.url
     import_task_modules(["bench.worker_tasks"])
+
+
+def publish_scenarios(stack: Stack) -> None:
     from bench.worker_tasks import drain, raw_drain
 
     client = redis.Redis.from_url(stack.redis.url)
@@ -201,6 +205,12 @@ def publish_scenarios(stack: Stack) -> None:
     row("Celery publish: dispatch_many vs apply_async, jobs/s", single["many"], single["raw"],
         ">= 20")
 
+
+def drain_scenarios(stack: Stack) -> None:
+    from bench.worker_tasks import drain, raw_drain
+
+    client = redis.Redis.from_url(stack.redis.url)
+
     def timed_drain(worker: list[str], publish: Callable[[], None]) -> float:
         client.flushdb()
         publish()
@@ -214,6 +224,9 @@ def publish_scenarios(stack: Stack) -> None:
         stack.stop(process)
         return 10_000 / elapsed
 
+    # Like for like: the raw worker sends no task events, so ours does not either here.
+    os.environ["DISPATCH_WORKER_EVENTS"] = "false"
+    stack.env["DISPATCH_WORKER_EVENTS"] = "false"
     ours_worker = [sys.executable, "-m", "worker", "--concurrency", "2", "--pool", "prefork"]
     raw_worker = [sys.executable, "-m", "celery", "-A", "bench.worker_tasks:raw", "worker",
                   "--concurrency", "2", "--pool", "prefork", "--loglevel", "WARNING"]
@@ -230,11 +243,15 @@ def publish_scenarios(stack: Stack) -> None:
 def main() -> None:
     stack = Stack()
     try:
-        which = sys.argv[1:] or ["http", "publish"]
+        which = sys.argv[1:] or ["http", "publish", "drain"]
         if "http" in which:
             http_scenarios(stack)
+        if "publish" in which or "drain" in which:
+            use_dispatcher(stack)
         if "publish" in which:
             publish_scenarios(stack)
+        if "drain" in which:
+            drain_scenarios(stack)
     finally:
         stack.close()
     print()

@@ -82,7 +82,7 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
         broker_connection_max_retries=None,
         broker_connection_timeout=settings.publish_timeout,
         worker_cancel_long_running_tasks_on_connection_loss=True,
-        worker_send_task_events=True,
+        worker_send_task_events=settings.worker_events,
         worker_consumer="dispatcher.consumer:DispatchConsumer",
         enable_utc=True,
     )

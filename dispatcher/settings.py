@@ -131,6 +131,11 @@ class DispatcherSettings(BaseSettings):
     allow_insecure_tls: bool = Field(
         default=False, description="Accept rediss:// URLs that skip certificate checks."
     )
+    worker_events: bool = Field(
+        default=True,
+        description="Workers send Celery task events (what Flower shows); costs "
+        "throughput on very short jobs.",
+    )
     log_format: Literal["text", "json"] = Field(default="text", description="text or json.")
     log_level: str = Field(default="INFO", description="Level of the `dispatcher` logger.")
 

@@ -1,7 +1,8 @@
 """Job records: one record per job id, written at each state change by both routes.
 
 Records live in Redis when a broker (or result backend) is configured, so any API
-process can answer for any job; otherwise in this process's memory. The Redis key
+process can answer for any job, written by a background thread (``BufferedStatusStore``);
+otherwise in this process's memory. The Redis key
 and the core fields follow Celery's result-backend layout (``celery-task-meta-<id>``,
 ``status``, ``result``, ``traceback``, ``date_done``), so Celery's ``AsyncResult`` can
 read them too.
@@ -97,34 +98,6 @@ class MemoryStatusStore:
 
     def flush(self, timeout: float = 5.0) -> bool:
         return True
-
-
-class RedisStatusStore:
-    """Records as JSON strings with a TTL, one ``SET`` per state change."""
-
-    def __init__(self, client: redis.Redis, ttl: int) -> None:
-        self._client = client
-        self._ttl = ttl
-
-    def save(self, record: dict[str, Any]) -> None:
-        self._client.set(KEY_PREFIX + record["task_id"], json.dumps(record), ex=self._ttl)
-
-    def load(self, task_id: str) -> dict[str, Any] | None:
-        raw = self._client.get(KEY_PREFIX + task_id)
-        if raw is None:
-            return None
-        value = json.loads(raw)
-        return value if isinstance(value, dict) else None
-
-    def delete(self, task_id: str) -> None:
-        self._client.delete(KEY_PREFIX + task_id)
-
-    def flush(self, timeout: float = 5.0) -> bool:
-        return True
-
-
-def now() -> float:
-    return time.time()
 
 
 class BufferedStatusStore:

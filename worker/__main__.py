@@ -12,16 +12,39 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from typing import Any
 
 from dispatcher.errors import DispatchError
 
 CHILD_MARK = "DISPATCH_WORKER_CHILD"
+SHUTDOWN_WATCHDOG = 10.0
 CONFIG_ERROR = 2
+
+
+def _watch_failed_stop(sender: Any, **_: Any) -> None:
+    """After an "Unrecoverable error" Celery stops with a failure code, and that warm
+    shutdown can hang for good (seen when Redis vanishes mid-restore). End the process
+    a little later so the supervisor starts a fresh worker; the jobs it held are
+    redelivered (acks_late)."""
+    stop = sender.stop
+
+    def stop_or_exit(*args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("exitcode") not in (None, 0):
+            timer = threading.Timer(SHUTDOWN_WATCHDOG, os._exit, args=(1,))
+            timer.daemon = True
+            timer.start()
+        return stop(*args, **kwargs)
+
+    sender.stop = stop_or_exit
 
 
 def run_worker(argv: list[str]) -> int:
     """Run the Celery worker in this process."""
+    from celery.signals import worker_init
+
+    worker_init.connect(_watch_failed_stop, weak=False)
     try:
         from worker.app import app
     except DispatchError as exc:

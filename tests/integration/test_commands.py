@@ -94,3 +94,52 @@ def test_worker_refuses_bad_settings_with_a_clear_error(bad: str,
     assert result.returncode != 0
     assert "broker_url" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def test_python_m_worker_restarts_a_crashed_celery_worker(
+    broker: str, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    from . import sample_tasks as samples
+
+    supervisor = Process([sys.executable, "-m", "worker", "--concurrency", "1", "-Q",
+                          "restart-test"], service_env, tmp_path / "supervised.log")
+    try:
+        supervisor.wait_for_output(" ready.", timeout=60)
+        (celery_main,) = _children(supervisor.pid)
+        os.kill(celery_main, signal.SIGKILL)  # the Celery worker dies on its own
+        deadline = time.monotonic() + 60
+        while supervisor.output().count(" ready.") < 2:
+            assert time.monotonic() < deadline, supervisor.output()[-3000:]
+            time.sleep(0.2)
+        assert "starting it again" in supervisor.output()
+        handle = samples.echo.options(route="celery", queue="restart-test").dispatch({"a": 1})
+        assert handle.get(timeout=30) == {"a": 1}
+        assert supervisor.stop(signal.SIGTERM, timeout=30) == 0  # a warm shutdown of both
+    finally:
+        supervisor.stop(signal.SIGKILL)
+
+
+def test_failed_celery_stop_is_bounded_by_a_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+    import worker.__main__ as entry
+
+    exits: list[int] = []
+    monkeypatch.setattr(entry, "SHUTDOWN_WATCHDOG", 0.05)
+    monkeypatch.setattr(entry.os, "_exit", exits.append)
+
+    class FakeController:
+        def stop(self, in_sighandler: bool = False, exitcode: int | None = None) -> str:
+            return "stopping"
+
+    controller = FakeController()
+    entry._watch_failed_stop(controller)
+    assert controller.stop(exitcode=0) == "stopping"
+    time.sleep(0.2)
+    assert exits == []  # a clean stop is left alone
+    assert controller.stop(exitcode=1) == "stopping"
+    time.sleep(0.2)
+    assert exits == [1]  # a failed stop that hangs ends the process
