@@ -40,6 +40,7 @@ from .wire import (
     queue_key,
     redis_client,
     task_message,
+    task_messages,
 )
 
 if TYPE_CHECKING:
@@ -137,10 +138,29 @@ class CeleryRoute:
         monitor.start()
         return monitor.status()
 
+    def _prepared_all(
+        self, jobs: Sequence[Job], countdown: float | None, fresh: bool
+    ) -> list[tuple[str, str, str | None]]:
+        first = jobs[0]
+        uniform = len(jobs) > 1 and all(
+            (j.spec, j.queue, j.priority, j.request_id, j.attempt, j.dispatched_at)
+            == (first.spec, first.queue, first.priority, first.request_id, first.attempt,
+                first.dispatched_at)
+            for j in jobs
+        )
+        if not uniform:
+            return [self._prepared(job, countdown, fresh) for job in jobs]
+        messages = task_messages(jobs, countdown)
+        return [
+            self._prepared(job, countdown, fresh, message)
+            for job, message in zip(jobs, messages, strict=True)
+        ]
+
     def _prepared(
-        self, job: Job, countdown: float | None, fresh: bool
+        self, job: Job, countdown: float | None, fresh: bool, message: str | None = None
     ) -> tuple[str, str, str | None]:
-        message = json.dumps(task_message(job, countdown))
+        if message is None:
+            message = json.dumps(task_message(job, countdown))
         if len(message) > self.settings.max_payload_bytes:
             raise TaskValidationError(
                 job.spec.name,
@@ -181,7 +201,7 @@ class CeleryRoute:
     ) -> list[RouteName]:
         """``dispatch`` for many jobs: one pipelined round trip per ``PUBLISH_BATCH`` jobs."""
         monitor = self.monitor
-        prepared = [self._prepared(job, countdown, fresh) for job in jobs]
+        prepared = self._prepared_all(jobs, countdown, fresh) if jobs else []
         routes: list[RouteName] = []
         for start in range(0, len(jobs), PUBLISH_BATCH):
             chunk = list(zip(jobs[start:start + PUBLISH_BATCH],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, TypeVar, overload
@@ -153,7 +154,10 @@ class Task(Generic[P, R]):
         decision = decide_route(self.spec, self.call_options, get_settings())
         if decision.route == "inline":
             return [self._dispatch_validated(payload, decision) for _, payload in validated]
-        jobs = [self._job(str(uuid.uuid4()), payload, decision) for _, payload in validated]
+        now = time.time()
+        jobs = [
+            self._job(str(uuid.uuid4()), payload, decision, now) for _, payload in validated
+        ]
         routes = runtime.celery_route().dispatch_many(
             jobs, self.call_options.countdown, outage=self.spec.broker_outage
         )
@@ -163,8 +167,15 @@ class Task(Generic[P, R]):
             handles.append(self._handle(job))
         return handles
 
-    def _job(self, job_id: str, payload: dict[str, Any], decision: RouteDecision) -> Job:
+    def _job(
+        self,
+        job_id: str,
+        payload: dict[str, Any],
+        decision: RouteDecision,
+        dispatched_at: float | None = None,
+    ) -> Job:
         return Job(
+            dispatched_at=time.time() if dispatched_at is None else dispatched_at,
             id=job_id,
             spec=self.spec,
             route=decision.route,

@@ -10,6 +10,7 @@ A stock ``celery worker`` consumes these messages unchanged.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import logging
@@ -73,17 +74,37 @@ def queue_key(queue: str, priority: int) -> str:
     return queue if step == 0 else f"{queue}{QUEUE_SEP}{step}"
 
 
+_EMBED = ', {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
+
+
+def encode_body(payload: dict[str, Any]) -> str:
+    """Protocol 2's ``[args, kwargs, embed]`` body, JSON then base64 as kombu stores it."""
+    body = "[[], " + json.dumps(payload) + _EMBED
+    return base64.b64encode(body.encode()).decode()
+
+
+def task_messages(jobs: Sequence[Job], countdown: float | None = None) -> list[str]:
+    """JSON messages for jobs that differ only in id and arguments (a ``dispatch_many``
+    batch): the envelope is serialised once and each job's id and body substituted."""
+    first = jobs[0]
+    token, body_token = f"<{os.urandom(8).hex()}>", f"<{os.urandom(8).hex()}>"
+    envelope = task_message(dataclasses.replace(first, id=token), countdown)
+    envelope["body"] = body_token
+    template = json.dumps(envelope)
+    return [
+        template.replace(token, job.id).replace(body_token, encode_body(job.payload))
+        for job in jobs
+    ]
+
+
 def task_message(job: Job, countdown: float | None = None) -> dict[str, Any]:
     """The kombu envelope of a Celery protocol-2 message for ``job``."""
     eta = None
     if countdown:
         eta = (datetime.now(UTC) + timedelta(seconds=countdown)).isoformat()
-    body = json.dumps(
-        [[], job.payload, {"callbacks": None, "errbacks": None, "chain": None, "chord": None}]
-    )
     wire_priority = celery_priority(job.priority)
     return {
-        "body": base64.b64encode(body.encode()).decode(),
+        "body": encode_body(job.payload),
         "content-encoding": "utf-8",
         "content-type": "application/json",
         "headers": {
