@@ -63,6 +63,8 @@ class Task(Generic[P, R]):
         self.validator = validator
         self.call_options = call_options or CallOptions()
         functools.update_wrapper(self, fn)
+        if spec.is_async:
+            _mark_coroutine_function(self, fn)
 
     @property
     def name(self) -> str:
@@ -218,6 +220,18 @@ class Task(Generic[P, R]):
                 idempotency.release(self.spec.name, key, job_id)
             raise
         return self._handle(job)
+
+
+def _mark_coroutine_function(wrapper: object, fn: Callable[..., Any]) -> None:
+    """Let ``inspect.iscoroutinefunction`` see an async task as what it wraps, so code
+    that calls it directly (``BackgroundTasks.add_task(task, ...)``) awaits the result."""
+    marker = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
+    if marker is not None:
+        marker(wrapper)
+        return
+    # Python 3.11 treats an object with a function's code attributes as function-like.
+    for name in ("__code__", "__defaults__", "__kwdefaults__"):
+        setattr(wrapper, name, getattr(fn, name, None))
 
 
 def _build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:
