@@ -50,6 +50,7 @@ def test_run_command_serves_both_routes_and_stops_everything(tmp_path: Path) -> 
                                   timeout=60)["state"] == "SUCCESS"
         pids = [int(p) for p in re.findall(r"pid (\d+)", run.output())]
         assert len(pids) == 3  # redis, API, worker
+        pids += _descendants(run.pid)  # the worker's Celery process and its pool too
         assert run.stop(signal.SIGINT, timeout=40) == 0
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
@@ -94,6 +95,13 @@ def test_worker_refuses_bad_settings_with_a_clear_error(bad: str,
     assert result.returncode != 0
     assert "broker_url" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _descendants(pid: int) -> list[int]:
+    found = []
+    for child in _children(pid):
+        found += [child, *_descendants(child)]
+    return found
 
 
 def _children(pid: int) -> list[int]:
