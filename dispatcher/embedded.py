@@ -67,6 +67,8 @@ class EmbeddedRedis:
         return None if self.process is None else self.process.pid
 
     def start(self, timeout: float = 10.0) -> EmbeddedRedis:
+        if self.process is not None:  # never leave a server we started behind
+            self.stop()
         args = [
             server_binary(),
             "--bind",
@@ -132,12 +134,16 @@ class EmbeddedRedis:
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
         try:
             client.execute_command("SHUTDOWN", "NOSAVE")  # type: ignore[no-untyped-call]
-        except redis.ConnectionError:
+        except redis.RedisError:
             pass  # the server closes the connection as it exits
         finally:
             client.close()
         if self.process is not None:
-            self.process.wait(timeout=10)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
             self.process = None
 
     def pause(self) -> None:
