@@ -240,18 +240,87 @@ def drain_scenarios(stack: Stack) -> None:
         drained["raw"], ">= 0.90")
 
 
+def latency_scenarios(stack: Stack) -> None:
+    """Dispatch-to-start latency on an idle, warm worker: 200 sequential jobs each."""
+    from bench.worker_tasks import latency, raw_latency
+
+    client = redis.Redis.from_url(stack.redis.url)
+
+    def measure(worker: list[str], send: Callable[[float], None], key: str) -> list[float]:
+        client.delete(key)
+        process = stack.start(worker)
+        time.sleep(3)  # warm: connected and idle
+        for _ in range(200):
+            before = client.llen(key)
+            send(time.time())
+            while client.llen(key) == before:
+                time.sleep(0.0005)
+        stack.stop(process)
+        return sorted(float(v) * 1000 for v in client.lrange(key, 0, -1))
+
+    ours = measure([sys.executable, "-m", "worker", "--concurrency", "2"],
+                   lambda sent: latency.dispatch(sent), "bench:latency:ours")
+    raw = measure([sys.executable, "-m", "celery", "-A", "bench.worker_tasks:raw", "worker",
+                   "--concurrency", "2", "--loglevel", "WARNING"],
+                  lambda sent: raw_latency.apply_async((sent,)), "bench:latency:raw")
+    for label, q in (("p50", 0.50), ("p95", 0.95)):
+        row(f"dispatch-to-start latency {label}, idle worker", [ours[int(len(ours) * q)]],
+            [raw[int(len(raw) * q)]], "<= 1.00", " ms", higher_is_better=False)
+
+
+def per_call_scenarios(stack: Stack) -> None:
+    """Microseconds per .dispatch() on each route, and the API process's memory."""
+    from bench.apps import noop_task
+    from bench.worker_tasks import drain
+    from dispatcher.embedded import free_port
+
+    n = 3000
+    for label, call in (("inline", lambda: noop_task.dispatch()),
+                        ("celery", lambda: drain.dispatch())):
+        costs = []
+        for _ in range(ROUNDS):
+            started = time.perf_counter()
+            for _ in range(n):
+                call()
+            costs.append((time.perf_counter() - started) / n * 1e6)
+        ROWS.append((f"per-call cost of .dispatch(), {label} route", spread(costs, " us"),
+                     "-", "-", "info"))
+        print(f"  per-call {label}: {spread(costs, ' us')}", flush=True)
+    from dispatcher.testing import wait_for_inline_jobs
+
+    wait_for_inline_jobs(60)
+    redis.Redis.from_url(stack.redis.url).flushdb()
+
+    def rss(app: str) -> float:
+        url = stack.serve(app, free_port())
+        load(f"{url}/noop", 4, 2.0)
+        pid = stack.processes[-1].pid
+        kb = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
+                  .splitlines() if line.startswith("VmRSS:"))
+        stack.stop(stack.processes[-1])
+        return kb / 1024
+
+    row("API process RSS after load, MiB (with vs without dispatcher)",
+        [rss("bench.apps:ours")], [rss("bench.apps:raw")], "info", " MiB",
+        higher_is_better=False)
+
+
 def main() -> None:
     stack = Stack()
     try:
-        which = sys.argv[1:] or ["http", "publish", "drain"]
+        which = sys.argv[1:] or ["http", "publish", "drain", "latency", "percall"]
         if "http" in which:
             http_scenarios(stack)
-        if "publish" in which or "drain" in which:
+        if {"publish", "drain", "latency", "percall"} & set(which):
             use_dispatcher(stack)
         if "publish" in which:
             publish_scenarios(stack)
         if "drain" in which:
             drain_scenarios(stack)
+        if "latency" in which:
+            latency_scenarios(stack)
+        if "percall" in which:
+            per_call_scenarios(stack)
     finally:
         stack.close()
     print()
