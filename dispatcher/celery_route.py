@@ -9,6 +9,7 @@ priority lists, where 0 is served first: our 9 (most urgent) becomes Celery's 0.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -151,10 +152,23 @@ class CeleryRoute:
         if not uniform:
             return [self._prepared(job, countdown, fresh) for job in jobs]
         messages = task_messages(jobs, countdown)
-        return [
-            self._prepared(job, countdown, fresh, message)
-            for job, message in zip(jobs, messages, strict=True)
-        ]
+        shared_redis = self.settings.result_backend_url in (None, self.settings.broker_url)
+        if not (fresh and shared_redis):
+            return [
+                self._prepared(job, countdown, fresh, message)
+                for job, message in zip(jobs, messages, strict=True)
+            ]
+        # The PENDING records differ only in the id too: serialise one, substitute.
+        token = f"<{os.urandom(8).hex()}>"
+        template = json.dumps(make_record(dataclasses.replace(first, id=token), "PENDING"))
+        key = queue_key(first.queue or self.settings.default_queue, first.priority)
+        limit = self.settings.max_payload_bytes
+        prepared: list[tuple[str, str, str | None]] = []
+        for job, message in zip(jobs, messages, strict=True):
+            if len(message) > limit:
+                self._prepared(job, countdown, fresh, message)  # raises with the details
+            prepared.append((key, message, template.replace(token, job.id)))
+        return prepared
 
     def _prepared(
         self, job: Job, countdown: float | None, fresh: bool, message: str | None = None

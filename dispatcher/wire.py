@@ -38,15 +38,17 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 INFLIGHT = "dispatch:inflight"
 
-# Publishes a batch: ARGV[1] marker ttl, ARGV[2] record ttl, ARGV[3] now, then four
-# arguments per job: publish id, queue key, message, record ('' for none).
+# Publishes a batch: ARGV[1] marker ttl, ARGV[2] record ttl, ARGV[3] now, ARGV[4] a JSON
+# array with four strings per job: publish id, queue key, message, record ('' for none).
+# One argument for the whole batch: redis-py packs arguments one by one in Python.
 # The marker holds "<queue key>\n<message>" until a worker starts the job (then "1"),
 # so the sweeper can put back a message that Redis lost between queue and worker.
 # Keys are built inside the script: the dispatcher needs a single (non-cluster) Redis.
 _PUBLISH_ONCE = r"""
 local pushed = 0
-for base = 4, #ARGV, 4 do
-  local pid, queue, message, record = ARGV[base], ARGV[base + 1], ARGV[base + 2], ARGV[base + 3]
+local jobs = cjson.decode(ARGV[4])
+for base = 1, #jobs, 4 do
+  local pid, queue, message, record = jobs[base], jobs[base + 1], jobs[base + 2], jobs[base + 3]
   if redis.call('SET', 'dispatch:published:' .. pid, queue .. '\n' .. message,
                 'NX', 'EX', ARGV[1]) then
     redis.call('LPUSH', queue, message)
@@ -231,7 +233,9 @@ class Publisher:
             return self._send(items)
 
     def _send(self, items: Sequence[tuple[str, str, str, str | None]]) -> int:
-        args: list[str | int | float] = [self.marker_ttl, self.record_ttl, time.time()]
+        flat: list[str] = []
         for publish_id, key, message, record in items:
-            args += (publish_id, key, message, record or "")
-        return int(self.client.evalsha(self._sha, 0, *args))
+            flat += (publish_id, key, message, record or "")
+        return int(self.client.evalsha(
+            self._sha, 0, self.marker_ttl, self.record_ttl, time.time(), json.dumps(flat)
+        ))
