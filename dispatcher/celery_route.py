@@ -1,4 +1,6 @@
-"""The Celery route: publishing jobs to Redis, and running them inside a Celery worker.
+"""The Celery route, publishing side: the Celery app's settings and ``CeleryRoute``,
+which publishes jobs, retries and hand-overs and applies the broker-outage policy
+(the worker side is ``celery_worker``).
 
 Messages are plain Celery protocol-2 task messages (JSON body, the job id as task
 id), so a stock Celery worker and Flower understand them. Our extra facts (attempt,
@@ -8,46 +10,33 @@ priority lists, where 0 is served first: our 9 (most urgent) becomes Celery's 0.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
-import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from celery import Celery
-from celery.exceptions import Retry, WorkerLostError
-from celery.signals import worker_ready
 
-from . import core, runtime
+from . import core
 from .broker import BROKER_ERRORS, BrokerMonitor
-from .errors import BrokerUnavailable, ConfigurationError, TaskValidationError
+from .errors import BrokerUnavailable, TaskValidationError
 from .events import emit
 from .job import Job
-from .registry import all_tasks
 from .settings import DispatcherSettings
 from .spec import RouteName
 from .spool import Spool, SpooledJob
 from .status import make_record
 from .wire import (
-    HEADER,
     Publisher,
-    Sweeper,
-    mark_started,
     queue_key,
     redis_client,
     task_message,
     task_messages,
 )
 
-if TYPE_CHECKING:
-    from .task import Task
-
-log = logging.getLogger("dispatcher.worker")
 PUBLISH_BATCH = 500
 
 
@@ -274,160 +263,3 @@ class CeleryRoute:
     def publish(self, job: Job, countdown: float | None = None) -> None:
         """Publish the next attempt of a running job (a retry); spools on outage."""
         self.dispatch(job, countdown, outage="spool", fresh=False)
-
-
-# -- worker side ----------------------------------------------------------------------
-_loops = threading.local()
-
-
-def worker_loop() -> asyncio.AbstractEventLoop:
-    """One persistent event loop per worker process (per thread with ``-P threads``) for
-    async tasks, not one per job."""
-    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
-    if loop is None or loop.is_closed() or getattr(_loops, "pid", 0) != os.getpid():
-        loop = asyncio.new_event_loop()
-        _loops.loop, _loops.pid = loop, os.getpid()
-    return loop
-
-
-def job_from_request(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> Job:
-    meta = getattr(request, HEADER, None)
-    meta = meta if isinstance(meta, dict) else {}
-    delivery = getattr(request, "delivery_info", None) or {}
-    priority = meta.get("priority")
-    return Job(
-        id=str(request.id),
-        spec=task.spec,
-        route="celery",
-        queue=meta.get("queue") or delivery.get("routing_key"),
-        priority=priority if isinstance(priority, int) else task.spec.priority,
-        payload=payload,
-        attempt=int(meta.get("attempt") or 1),
-        request_id=meta.get("request_id"),
-        dispatched_at=float(meta.get("dispatched_at") or 0.0),
-    )
-
-
-RUNS_PREFIX = "dispatch:runs:"
-
-
-def count_run(job: Job, ttl: int) -> int | None:
-    """Count this delivery of ``job``; a delivery beyond the header's attempt means an
-    earlier run died with its process (SIGKILL, OOM) and counts as a failed attempt."""
-    settings = runtime.settings()
-    records = runtime.redis_client()
-    broker = runtime.celery_route().monitor.publisher.client
-    try:
-        pipe = broker.pipeline(transaction=False)
-        mark_started(pipe, job.publish_id)
-        if records is not None and settings.results_url == settings.broker_url:
-            pipe.incr(RUNS_PREFIX + job.id)
-            pipe.expire(RUNS_PREFIX + job.id, ttl)
-            return int(pipe.execute()[-2])
-        pipe.execute()
-        if records is None:
-            return None
-        with records.pipeline(transaction=False) as separate:
-            separate.incr(RUNS_PREFIX + job.id)
-            separate.expire(RUNS_PREFIX + job.id, ttl)
-            return int(separate.execute()[0])
-    except BROKER_ERRORS:
-        return None  # no store: trust the message's own attempt number
-
-
-def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> None:
-    """Run one delivered message through the execution core and carry out its outcome."""
-    job = job_from_request(task, request, payload)
-    runs = count_run(job, runtime.settings().result_ttl)
-    if runs is not None and runs > job.attempt:
-        job.attempt = runs
-    if job.attempt > task.spec.retry.max_attempts:
-        error = WorkerLostError(
-            f"the process running task {job.id} died {job.attempt - 1} time(s); "
-            "giving up (poison job)"
-        )
-        job.attempt -= 1
-        core.reject(job, error, reason="crashed")
-        return
-    try:
-        values = task.validator.decode(payload)
-    except TaskValidationError as exc:
-        core.reject(job, exc)
-        return
-    if task.spec.is_async:
-        outcome = worker_loop().run_until_complete(core.run_async(job, values))
-    else:
-        outcome = core.run_sync(job, values)
-    if outcome.retry_delay is not None:
-        runtime.status_store().flush(1.0)  # RETRY lands before the next attempt's STARTED
-        runtime.celery_route().publish(job.next_attempt(), countdown=outcome.retry_delay)
-        # Tell Celery (and Flower) this run ended in a retry we already scheduled.
-        raise Retry(str(outcome.error), when=outcome.retry_delay)  # type: ignore[arg-type]
-
-
-def register_tasks(app: Celery) -> list[str]:
-    """Register every ``@task`` with ``app`` under its own name; returns the names."""
-    names = []
-    for task in all_tasks():
-        _register(app, task)
-        names.append(task.spec.name)
-    return names
-
-
-def _register(app: Celery, task: Task[Any, Any]) -> None:
-    def run(self: Any, /, **payload: Any) -> None:
-        execute(task, self.request, payload)
-
-    run.__name__ = task.spec.name.rsplit(".", 1)[-1]
-    run.__doc__ = task.__doc__
-    app.task(name=task.spec.name, bind=True, ignore_result=True, acks_late=True, typing=False)(run)
-
-
-def require_broker(settings: DispatcherSettings) -> str:
-    if settings.broker_url is None:
-        raise ConfigurationError("DISPATCH_BROKER_URL is not set; a Celery worker needs a broker")
-    return settings.broker_url
-
-
-def worker_queues(settings: DispatcherSettings) -> list[str]:
-    """Every queue a registered task can be routed to: the default, decorators', rules'."""
-    queues = [settings.default_queue]
-    queues += [t.spec.queue for t in all_tasks() if t.spec.queue]
-    queues += [rule.queue for rule in settings.routes if rule.queue and rule.route == "celery"]
-    return list(dict.fromkeys(queues))
-
-
-def create_worker_app(settings: DispatcherSettings) -> Celery:
-    """The worker's Celery app: imports task modules, registers every task, shares the route."""
-    from .checks import check_configuration
-    from .events import configure_logging
-    from .registry import import_task_modules
-
-    require_broker(settings)
-    configure_logging(settings)
-    import_task_modules(settings.task_modules)
-    app = create_celery_app(settings, main="worker")
-    register_tasks(app)
-    check_configuration(settings, app.conf)
-    route = CeleryRoute(settings, app)
-    runtime.use_celery_route(route)
-    worker_ready.connect(lambda **_: start_sweeper(route), weak=False)
-    return app
-
-
-def start_sweeper(route: CeleryRoute) -> threading.Thread:
-    """Re-queue lost publications from the worker's main process, in the background."""
-    sweeper = Sweeper(route.monitor.publisher.client, route.settings.requeue_lost_after)
-    pause = max(1.0, min(10.0, route.settings.requeue_lost_after / 2))
-
-    def loop() -> None:
-        while True:
-            time.sleep(pause)
-            try:
-                sweeper.sweep()
-            except BROKER_ERRORS as exc:
-                log.debug("lost-job sweep skipped: %s", exc)
-
-    thread = threading.Thread(target=loop, name="dispatch-sweeper", daemon=True)
-    thread.start()
-    return thread

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -118,16 +119,25 @@ class BufferedStatusStore:
         self._pending: dict[str, dict[str, Any]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
+        self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._pid = 0
 
+    def _after_fork(self) -> None:
+        """A forked child (a Celery pool process) gets fresh locks, buffer and thread."""
+        if self._pid not in (0, os.getpid()):
+            self._lock = threading.Lock()
+            self._write_lock = threading.Lock()
+            self._wake = threading.Event()
+            self._pending = {}
+            self._thread = None
+            self._pid = 0
+
     def save(self, record: dict[str, Any]) -> None:
         # Encoded by the writer thread, and only the newest state of each job.
+        self._after_fork()
         with self._lock:
             self._pending[record["task_id"]] = record
-            self._idle.clear()
             self._ensure_thread()
         self._wake.set()
 
@@ -148,13 +158,19 @@ class BufferedStatusStore:
         self._client.delete(KEY_PREFIX + task_id)
 
     def flush(self, timeout: float = 5.0) -> bool:
-        """Wait until everything saved so far is written (or ``timeout`` passes)."""
-        self._wake.set()
-        return self._idle.wait(timeout)
+        """Write everything saved so far, now, from this thread; False if Redis failed.
+
+        (``timeout`` bounds the wait for a write the background thread has under way.)
+        """
+        self._after_fork()
+        if not self._write_lock.acquire(timeout=timeout):
+            return False
+        try:
+            return self._write_pending()
+        finally:
+            self._write_lock.release()
 
     def _ensure_thread(self) -> None:
-        import os
-
         if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="dispatch-records",
@@ -162,22 +178,28 @@ class BufferedStatusStore:
             self._thread.start()
             atexit.register(self.flush, 2.0)
 
+    def _write_pending(self) -> bool:
+        """Take the buffer and write it; callers hold ``_write_lock``, so batches reach
+        Redis in the order they were taken and a newer state is never overwritten."""
+        with self._lock:
+            batch, self._pending = self._pending, {}
+        if not batch:
+            return True
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for task_id, record in batch.items():
+                pipe.set(KEY_PREFIX + task_id, json.dumps(record), ex=self._ttl)
+            pipe.execute()
+            return True
+        except Exception as exc:  # an outage: these records are lost, jobs are not
+            if self._on_error is not None:
+                self._on_error(exc)
+            return False
+
     def _run(self) -> None:
         while True:
             self._wake.wait()
             self._wake.clear()
             time.sleep(self._interval)  # let a burst of state changes coalesce
-            with self._lock:
-                batch, self._pending = self._pending, {}
-            if batch:
-                try:
-                    pipe = self._client.pipeline(transaction=False)
-                    for task_id, record in batch.items():
-                        pipe.set(KEY_PREFIX + task_id, json.dumps(record), ex=self._ttl)
-                    pipe.execute()
-                except Exception as exc:  # an outage: these records are lost, jobs are not
-                    if self._on_error is not None:
-                        self._on_error(exc)
-            with self._lock:
-                if not self._pending:
-                    self._idle.set()
+            with self._write_lock:
+                self._write_pending()

@@ -50,7 +50,7 @@ def run_worker(argv: list[str]) -> int:
     except DispatchError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return CONFIG_ERROR
-    from dispatcher.celery_route import worker_queues
+    from dispatcher.celery_worker import worker_queues
     from dispatcher.settings import get_settings
 
     settings = get_settings()

@@ -4,7 +4,7 @@
 Every ``@task`` in ``DISPATCH_TASK_MODULES`` is registered under its own name.
 """
 
-from dispatcher.celery_route import create_worker_app
+from dispatcher.celery_worker import create_worker_app
 from dispatcher.settings import get_settings
 
 app = create_worker_app(get_settings())
