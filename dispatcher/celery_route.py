@@ -113,14 +113,6 @@ class CeleryRoute:
         """The monitor if one was built (no side effects)."""
         return self._monitor
 
-    def ping(self) -> bool:
-        """Whether the broker answered the monitor's last probe (no I/O here)."""
-        if self.settings.broker_url is None:
-            return False
-        monitor = self.monitor
-        monitor.start()
-        return monitor.healthy
-
     def status(self) -> dict[str, Any]:
         if self.settings.broker_url is None:
             return {"reachable": False, "checked_at": None, "spool_depth": 0}

@@ -21,7 +21,7 @@ from .celery_route import CeleryRoute, create_celery_app
 from .errors import ConfigurationError, TaskValidationError
 from .job import Job
 from .registry import all_tasks
-from .settings import DispatcherSettings
+from .settings import DispatcherSettings, get_settings
 from .wire import HEADER, Sweeper, mark_started
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ RUNS_PREFIX = "dispatch:runs:"
 def count_run(job: Job, ttl: int) -> int | None:
     """Count this delivery of ``job``; a delivery beyond the header's attempt means an
     earlier run died with its process (SIGKILL, OOM) and counts as a failed attempt."""
-    settings = runtime.settings()
+    settings = get_settings()
     records = runtime.redis_client()
     broker = runtime.celery_route().monitor.publisher.client
     try:
@@ -96,12 +96,12 @@ def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> None
     try:
         _execute(task, request, payload)
     finally:
-        runtime.status_store().flush(runtime.settings().publish_timeout)
+        runtime.status_store().flush(get_settings().publish_timeout)
 
 
 def _execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> None:
     job = job_from_request(task, request, payload)
-    runs = count_run(job, runtime.settings().result_ttl)
+    runs = count_run(job, get_settings().result_ttl)
     if runs is not None and runs > job.attempt:
         job.attempt = runs
     if job.attempt > task.spec.retry.max_attempts:

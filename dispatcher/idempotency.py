@@ -14,6 +14,7 @@ import time
 from . import runtime
 from .broker import BROKER_ERRORS
 from .handle import TaskHandle
+from .settings import get_settings
 from .spec import RouteName
 
 log = logging.getLogger("dispatcher.idempotency")
@@ -50,7 +51,7 @@ def claim(
     task_name: str, key: str, job_id: str, route: RouteName, queue: str | None
 ) -> TaskHandle | None:
     """Claim ``key`` for a new job; the earlier job's handle if the key is taken."""
-    ttl = runtime.settings().idempotency_ttl
+    ttl = get_settings().idempotency_ttl
     name = f"{PREFIX}{task_name}:{key}"
     value = json.dumps({"id": job_id, "name": task_name, "route": route, "queue": queue})
     client = runtime.redis_client()

@@ -21,6 +21,7 @@ from .events import emit
 from .job import Job
 from .registry import get_task
 from .routing import decide_route
+from .settings import get_settings
 from .spec import CallOptions
 
 log = logging.getLogger("dispatcher.inline")
@@ -37,7 +38,6 @@ class InlineExecutor:
         self._cond = threading.Condition()
         self._outstanding: dict[str, Job] = {}
         self._running = 0
-        self._started: dict[str, Job] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._semaphore: asyncio.Semaphore | None = None
@@ -199,13 +199,7 @@ class InlineExecutor:
             values = get_task(job.spec.name).validator.decode(job.payload)
         except TaskValidationError as exc:
             return core.reject(job, exc)
-        with self._cond:
-            self._started[job.id] = job
-        try:
-            return await core.run_async(job, values, self._pool)
-        finally:
-            with self._cond:
-                self._started.pop(job.id, None)
+        return await core.run_async(job, values, self._pool)
 
     def _release_slot(self) -> None:
         assert self._semaphore is not None
@@ -235,7 +229,7 @@ def hand_over(jobs: Sequence[Job]) -> list[Job]:
 
     A job that was mid-run may then run twice: at-least-once, never lost.
     """
-    settings = runtime.settings()
+    settings = get_settings()
     if settings.broker_url is None:
         return list(jobs)
     stranded = []

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from .deadletter import DeadLetterStore, MemoryDeadLetters, RedisDeadLetters
-from .settings import DispatcherSettings, get_settings
+from .settings import get_settings
 from .status import BufferedStatusStore, MemoryStatusStore, StatusStore
 
 if TYPE_CHECKING:
@@ -23,10 +23,6 @@ _executor: InlineExecutor | None = None
 _celery: CeleryRoute | None = None
 _redis: redis.Redis | None = None
 _dead: DeadLetterStore | None = None
-
-
-def settings() -> DispatcherSettings:
-    return get_settings()
 
 
 def redis_client() -> redis.Redis | None:
