@@ -8,13 +8,13 @@ worker`` runs the same app unsupervised, for a process manager of your own.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
 
 from dispatcher.errors import DispatchError
 
@@ -23,28 +23,8 @@ SHUTDOWN_WATCHDOG = 10.0
 CONFIG_ERROR = 2
 
 
-def _watch_failed_stop(sender: Any, **_: Any) -> None:
-    """After an "Unrecoverable error" Celery stops with a failure code, and that warm
-    shutdown can hang for good (seen when Redis vanishes mid-restore). End the process
-    a little later so the supervisor starts a fresh worker; the jobs it held are
-    redelivered (acks_late)."""
-    stop = sender.stop
-
-    def stop_or_exit(*args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("exitcode") not in (None, 0):
-            timer = threading.Timer(SHUTDOWN_WATCHDOG, os._exit, args=(1,))
-            timer.daemon = True
-            timer.start()
-        return stop(*args, **kwargs)
-
-    sender.stop = stop_or_exit
-
-
 def run_worker(argv: list[str]) -> int:
     """Run the Celery worker in this process."""
-    from celery.signals import worker_init
-
-    worker_init.connect(_watch_failed_stop, weak=False)
     try:
         from worker.app import app
     except DispatchError as exc:
@@ -61,7 +41,39 @@ def run_worker(argv: list[str]) -> int:
     return 0
 
 
-def supervise(argv: list[str]) -> int:
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux /proc; empty elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as listing:
+            children = [int(p) for p in listing.read().split()]
+    except OSError:
+        return []
+    return [d for child in children for d in (child, *_descendants(child))]
+
+
+def _kill_tree(pid: int) -> None:
+    for target in [*_descendants(pid), pid]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signal.SIGKILL)
+
+
+def _relay_output(child: subprocess.Popen[bytes]) -> None:
+    """Pass the worker's output on; after an "Unrecoverable error" Celery's own shutdown
+    can hang for good (seen when Redis vanishes mid-restore), so end the worker from
+    outside a little later and let the loop start a fresh one. Its jobs are redelivered
+    (acks_late)."""
+    assert child.stdout is not None
+    out = sys.stderr.buffer  # Celery logs to stderr; the merged stream goes there
+    for line in child.stdout:
+        out.write(line)
+        out.flush()
+        if b"Unrecoverable error" in line:
+            timer = threading.Timer(SHUTDOWN_WATCHDOG, _kill_tree, args=(child.pid,))
+            timer.daemon = True
+            timer.start()
+
+
+def supervise(argv: list[str], command: list[str] | None = None) -> int:
     """Keep one worker process running until we are told to stop."""
     stopping = False
     child: subprocess.Popen[bytes] | None = None
@@ -80,8 +92,14 @@ def supervise(argv: list[str]) -> int:
     pause = 1.0
     while True:
         started = time.monotonic()
-        child = subprocess.Popen([sys.executable, "-m", "worker", *argv], env=env)
+        child = subprocess.Popen(
+            command or [sys.executable, "-m", "worker", *argv],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        relay = threading.Thread(target=_relay_output, args=(child,), daemon=True)
+        relay.start()
         code = child.wait()
+        relay.join(timeout=5)
         if stopping or code in (0, CONFIG_ERROR):
             return code
         if time.monotonic() - started > 60:

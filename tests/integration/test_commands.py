@@ -132,22 +132,25 @@ def test_python_m_worker_restarts_a_crashed_celery_worker(
         supervisor.stop(signal.SIGKILL)
 
 
-def test_failed_celery_stop_is_bounded_by_a_watchdog(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_supervisor_ends_a_worker_that_hangs_after_an_unrecoverable_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     import worker.__main__ as entry
 
-    exits: list[int] = []
-    monkeypatch.setattr(entry, "SHUTDOWN_WATCHDOG", 0.05)
-    monkeypatch.setattr(entry.os, "_exit", exits.append)
-
-    class FakeController:
-        def stop(self, in_sighandler: bool = False, exitcode: int | None = None) -> str:
-            return "stopping"
-
-    controller = FakeController()
-    entry._watch_failed_stop(controller)
-    assert controller.stop(exitcode=0) == "stopping"
-    time.sleep(0.2)
-    assert exits == []  # a clean stop is left alone
-    assert controller.stop(exitcode=1) == "stopping"
-    time.sleep(0.2)
-    assert exits == [1]  # a failed stop that hangs ends the process
+    monkeypatch.setattr(entry, "SHUTDOWN_WATCHDOG", 0.5)
+    runs = tmp_path / "runs"
+    # First run: says what Celery says, then hangs; second run: exits cleanly.
+    script = (
+        "import pathlib, sys, time\n"
+        f"runs = pathlib.Path({str(runs)!r})\n"
+        "n = len(runs.read_text()) if runs.exists() else 0\n"
+        "runs.write_text('x' * (n + 1))\n"
+        "if n == 0:\n"
+        "    print('CRITICAL/MainProcess] Unrecoverable error: boom', flush=True)\n"
+        "    time.sleep(120)\n"
+        "sys.exit(0)\n"
+    )
+    started = time.monotonic()
+    assert entry.supervise([], command=[sys.executable, "-c", script]) == 0
+    assert runs.read_text() == "xx"  # killed after the watchdog, then started again
+    assert time.monotonic() - started < 30
