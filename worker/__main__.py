@@ -1,9 +1,10 @@
 """``python -m worker [celery worker options]``: a supervised worker for every task queue.
 
-The command supervises one Celery worker process and starts it again if it dies on
-its own (Celery can exit on an "unrecoverable error" when Redis vanishes at the
-wrong moment); SIGTERM/SIGINT are passed on and end both. ``celery -A worker.app
-worker`` runs the same app unsupervised, for a process manager of your own.
+The command supervises one Celery worker process and starts it again whenever it ends
+without being asked to (Celery can exit, or hang, after an "unrecoverable error" when
+Redis vanishes at the wrong moment); SIGTERM/SIGINT are passed on and end both.
+``celery -A worker.app worker`` runs the same app unsupervised, for a process manager
+of your own.
 """
 
 from __future__ import annotations
@@ -100,8 +101,12 @@ def supervise(argv: list[str], command: list[str] | None = None) -> int:
         relay.start()
         code = child.wait()
         relay.join(timeout=5)
-        if stopping or code in (0, CONFIG_ERROR):
+        if stopping:
             return code
+        if code == CONFIG_ERROR and time.monotonic() - started < 30:
+            return code  # refused its settings at start-up: starting again cannot help
+        # Anything else we did not ask for is a crash, even exit code 0: Celery can end
+        # "successfully" after an unrecoverable error when Redis vanished under it.
         if time.monotonic() - started > 60:
             pause = 1.0
         print(f"worker: the Celery worker exited with {code}; starting it again in "

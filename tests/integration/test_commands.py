@@ -139,7 +139,8 @@ def test_supervisor_ends_a_worker_that_hangs_after_an_unrecoverable_error(
 
     monkeypatch.setattr(entry, "SHUTDOWN_WATCHDOG", 0.5)
     runs = tmp_path / "runs"
-    # First run: says what Celery says, then hangs; second run: exits cleanly.
+    # Run 1 says what Celery says, then hangs; run 2 exits 0 unasked (still a crash);
+    # run 3 refuses its settings, which ends the supervisor.
     script = (
         "import pathlib, sys, time\n"
         f"runs = pathlib.Path({str(runs)!r})\n"
@@ -148,9 +149,9 @@ def test_supervisor_ends_a_worker_that_hangs_after_an_unrecoverable_error(
         "if n == 0:\n"
         "    print('CRITICAL/MainProcess] Unrecoverable error: boom', flush=True)\n"
         "    time.sleep(120)\n"
-        "sys.exit(0)\n"
+        "sys.exit(0 if n == 1 else 2)\n"
     )
     started = time.monotonic()
-    assert entry.supervise([], command=[sys.executable, "-c", script]) == 0
-    assert runs.read_text() == "xx"  # killed after the watchdog, then started again
+    assert entry.supervise([], command=[sys.executable, "-c", script]) == entry.CONFIG_ERROR
+    assert runs.read_text() == "xxx"  # killed by the watchdog, restarted twice
     assert time.monotonic() - started < 30
