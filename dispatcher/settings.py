@@ -86,6 +86,24 @@ class DispatcherSettings(BaseSettings):
         description="Run a request's inline jobs inside its request cycle, like plain "
         "BackgroundTasks (TestClient returns after they finish).",
     )
+    inline_max_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        description="weight=\"auto\" tasks move to Celery while their measured p95 run time "
+        "exceeds this, and back once it falls below half of it.",
+    )
+    inline_max_pending: int = Field(
+        default=1000,
+        ge=1,
+        description="Inline jobs waiting in one process before new, not pinned jobs spill "
+        "over to Celery (needs a broker).",
+    )
+    adaptive_window: int = Field(
+        default=20,
+        ge=5,
+        le=1000,
+        description="Run times kept per weight=\"auto\" task for its p95 (shared via Redis).",
+    )
     shutdown_grace: float = Field(
         default=10.0, ge=0, description="Seconds the inline executor may drain at shutdown."
     )
@@ -135,6 +153,15 @@ class DispatcherSettings(BaseSettings):
         default=True,
         description="Workers send Celery task events (what Flower shows); costs "
         "throughput on very short jobs.",
+    )
+    metrics_port: int = Field(
+        default=9808,
+        ge=0,
+        le=65535,
+        description="Port of the worker's Prometheus /metrics endpoint; 0 switches it off.",
+    )
+    metrics_host: str = Field(
+        default="127.0.0.1", description="Address the worker's metrics endpoint binds to."
     )
     log_format: Literal["text", "json"] = Field(default="text", description="text or json.")
     log_level: str = Field(default="INFO", description="Level of the `dispatcher` logger.")

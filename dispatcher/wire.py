@@ -76,6 +76,22 @@ def queue_key(queue: str, priority: int) -> str:
     return queue if step == 0 else f"{queue}{QUEUE_SEP}{step}"
 
 
+def queue_keys(queue: str) -> list[str]:
+    """Every Redis list kombu may keep for ``queue`` (one per priority step)."""
+    return [queue if step == 0 else f"{queue}{QUEUE_SEP}{step}" for step in PRIORITY_STEPS]
+
+
+def queue_depths(client: redis.Redis, queues: Sequence[str]) -> dict[str, int]:
+    """Messages waiting in each queue, all priorities together (one round trip)."""
+    pipe = client.pipeline(transaction=False)
+    for queue in queues:
+        for key in queue_keys(queue):
+            pipe.llen(key)
+    counts = pipe.execute()
+    steps = len(PRIORITY_STEPS)
+    return {q: int(sum(counts[i * steps:(i + 1) * steps])) for i, q in enumerate(queues)}
+
+
 _EMBED = ', {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]'
 
 
