@@ -3,7 +3,7 @@
 Public API, grouped:
 
 - declaring: ``task``, ``Task``, ``RetryPolicy``
-- dispatching: ``TaskHandle``
+- dispatching: ``TaskHandle``; inside a task, ``progress``
 - configuring: ``DispatcherSettings``, ``get_settings``, ``configure``
 - errors: ``DispatchError`` and its subclasses
 """
@@ -19,6 +19,7 @@ from .errors import (
     UnknownTaskError,
 )
 from .handle import TaskHandle
+from .progress import progress
 from .retry import RetryPolicy
 from .settings import DispatcherSettings, configure, get_settings
 from .task import Task, task
@@ -38,5 +39,6 @@ __all__ = [
     "UnknownTaskError",
     "configure",
     "get_settings",
+    "progress",
     "task",
 ]

@@ -125,9 +125,9 @@ class CeleryRoute:
     ) -> list[tuple[str, str, str | None]]:
         first = jobs[0]
         uniform = len(jobs) > 1 and all(
-            (j.spec, j.queue, j.priority, j.request_id, j.attempt, j.dispatched_at)
+            (j.spec, j.queue, j.priority, j.request_id, j.attempt, j.dispatched_at, j.queued_at)
             == (first.spec, first.queue, first.priority, first.request_id, first.attempt,
-                first.dispatched_at)
+                first.dispatched_at, first.queued_at)
             for j in jobs
         )
         if not uniform:

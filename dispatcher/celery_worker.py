@@ -18,7 +18,7 @@ from celery.signals import worker_ready
 from . import core, runtime
 from .broker import BROKER_ERRORS
 from .celery_route import CeleryRoute, create_celery_app
-from .errors import ConfigurationError, TaskValidationError
+from .errors import ConfigurationError, TaskFailed, TaskValidationError
 from .job import Job
 from .registry import all_tasks
 from .settings import DispatcherSettings, get_settings
@@ -57,7 +57,12 @@ def job_from_request(task: Task[Any, Any], request: Any, payload: dict[str, Any]
         attempt=int(meta.get("attempt") or 1),
         request_id=meta.get("request_id"),
         dispatched_at=float(meta.get("dispatched_at") or 0.0),
+        queued_at=_number(meta.get("queued_at")),
     )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 RUNS_PREFIX = "dispatch:runs:"
@@ -87,19 +92,27 @@ def count_run(job: Job, ttl: int) -> int | None:
         return None  # no store: trust the message's own attempt number
 
 
-def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> None:
+def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> Any:
     """Run one delivered message through the execution core and carry out its outcome.
 
     The job's records are flushed before the message is acknowledged: a worker process
     that dies right after (the next job may kill it) must not take them along.
+    Celery's task events (what Flower shows) follow the outcome: the result is returned
+    (``ignore_result``: Celery puts it in the event and stores nothing), and a job that
+    failed for good raises ``TaskFailed``, an expected error Celery logs without a
+    traceback (ours is in the job's record and log line already).
     """
     try:
-        _execute(task, request, payload)
+        outcome = _execute(task, request, payload)
     finally:
         runtime.status_store().flush(get_settings().publish_timeout)
+    if outcome.status == "FAILURE":
+        error = outcome.error
+        raise TaskFailed(str(request.id), type(error).__name__, str(error)) from error
+    return outcome.result
 
 
-def _execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> None:
+def _execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> core.Outcome:
     job = job_from_request(task, request, payload)
     runs = count_run(job, get_settings().result_ttl)
     if runs is not None and runs > job.attempt:
@@ -110,22 +123,22 @@ def _execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> Non
             "giving up (poison job)"
         )
         job.attempt -= 1
-        core.reject(job, error, reason="crashed")
-        return
+        return core.reject(job, error, reason="crashed")
     try:
         values = task.validator.decode(payload)
     except TaskValidationError as exc:
-        core.reject(job, exc)
-        return
+        return core.reject(job, exc)
     if task.spec.is_async:
         outcome = worker_loop().run_until_complete(core.run_async(job, values))
     else:
         outcome = core.run_sync(job, values)
     if outcome.retry_delay is not None:
         runtime.status_store().flush(1.0)  # RETRY lands before the next attempt's STARTED
-        runtime.celery_route().publish(job.next_attempt(), countdown=outcome.retry_delay)
+        runtime.celery_route().publish(job.next_attempt(outcome.retry_delay),
+                                       countdown=outcome.retry_delay)
         # Tell Celery (and Flower) this run ended in a retry we already scheduled.
         raise Retry(str(outcome.error), when=outcome.retry_delay)  # type: ignore[arg-type]
+    return outcome
 
 
 def register_tasks(app: Celery) -> list[str]:
@@ -138,12 +151,13 @@ def register_tasks(app: Celery) -> list[str]:
 
 
 def _register(app: Celery, task: Task[Any, Any]) -> None:
-    def run(self: Any, /, **payload: Any) -> None:
-        execute(task, self.request, payload)
+    def run(self: Any, /, **payload: Any) -> Any:
+        return execute(task, self.request, payload)
 
     run.__name__ = task.spec.name.rsplit(".", 1)[-1]
     run.__doc__ = task.__doc__
-    app.task(name=task.spec.name, bind=True, ignore_result=True, acks_late=True, typing=False)(run)
+    app.task(name=task.spec.name, bind=True, ignore_result=True, acks_late=True, typing=False,
+             throws=(TaskFailed,))(run)
 
 
 def require_broker(settings: DispatcherSettings) -> str:
@@ -164,17 +178,22 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     """The worker's Celery app: imports task modules, registers every task, shares the route."""
     from .checks import check_configuration
     from .events import configure_logging
+    from .metrics import install_worker_metrics
     from .registry import import_task_modules
 
     require_broker(settings)
     configure_logging(settings)
     import_task_modules(settings.task_modules)
     app = create_celery_app(settings, main="worker")
+    # The process's current app, so Celery's tools that use ``current_app`` find our
+    # result backend (Flower's /api/task/result reads job records through it).
+    app.set_current()
     register_tasks(app)
     check_configuration(settings, app.conf)
     route = CeleryRoute(settings, app)
     runtime.use_celery_route(route)
     worker_ready.connect(lambda **_: start_sweeper(route), weak=False)
+    install_worker_metrics(settings)  # /metrics from the main process, once the pool forked
     return app
 
 

@@ -7,6 +7,7 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .core import Attempt
     from .job import Job
 
 request_id_var: ContextVar[str | None] = ContextVar("dispatcher_request_id", default=None)
@@ -43,6 +44,10 @@ class RequestBatch:
 
 
 batch_var: ContextVar[RequestBatch | None] = ContextVar("dispatcher_batch", default=None)
+
+
+#: The attempt running in this context (set by the execution core, read by ``progress``).
+attempt_var: ContextVar[Attempt | None] = ContextVar("dispatcher_attempt", default=None)
 
 
 def current_request_id() -> str | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
+import contextvars
 import dataclasses
 import functools
 import logging
@@ -22,10 +24,12 @@ from typing import Any, Literal
 from pydantic_core import to_jsonable_python
 
 from . import runtime
+from .context import attempt_var
 from .deadletter import make_entry
-from .errors import TaskTimeout
+from .errors import TaskTimeout, UnknownTaskError
 from .events import emit, error_fields
 from .job import Job
+from .settings import get_settings
 from .status import State, make_record
 
 log = logging.getLogger("dispatcher.core")
@@ -43,14 +47,15 @@ class Outcome:
     lingering: asyncio.Future[Any] | None = None
 
 
-def record(job: Job, status: State, **fields: Any) -> None:
+def record(job: Job, status: State, *, transition: bool = True, **fields: Any) -> None:
     """Save the job's record; a store outage is logged, never fatal to the job, and
-    while the store is known to be down the write is skipped instead of waiting."""
+    while the store is known to be down the write is skipped instead of waiting.
+    ``transition=False`` updates the record without a history entry (progress)."""
     if not runtime.records_available():
         log.debug("records store down: %s of task %s not recorded", status, job.id)
         return
     try:
-        runtime.status_store().save(make_record(job, status, **fields))
+        runtime.status_store().save(make_record(job, status, **fields), transition=transition)
     except Exception as exc:
         runtime.records_failed(exc)
         log.warning("could not record %s for task %s: %s", status, job.id, exc)
@@ -64,19 +69,54 @@ def dead_letter(job: Job, error: dict[str, str], reason: str, tb: str = "") -> N
         log.error("could not dead-letter task %s (%s): %s", job.id, reason, exc)
 
 
+def secret_values(job: Job) -> list[str]:
+    """The string values of the job's secret arguments (``SecretStr`` parameters and
+    ``DISPATCH_REDACT`` names), longest first, to scrub from errors and tracebacks."""
+    from .registry import get_task
+
+    names = set(get_settings().redact)
+    with contextlib.suppress(UnknownTaskError):
+        names |= get_task(job.spec.name).validator.secret_names
+    values = {str(v) for n, v in job.payload.items() if n in names and v not in (None, "")}
+    return sorted(values, key=len, reverse=True)
+
+
+def scrub(text: str, secrets: list[str]) -> str:
+    for secret in secrets:
+        text = text.replace(secret, "***")
+    return text
+
+
 class Attempt:
     """The life of one run: started, then succeeded or failed (maybe to be retried)."""
 
     def __init__(self, job: Job, *, announce: bool = True) -> None:
         self.job = job
         self.started_at = time.time()
+        self.queue_wait_ms = round(job.queue_wait(self.started_at) * 1000, 3)
+        self.progress: dict[str, Any] | None = None
         self._t0 = time.perf_counter()
         if announce:
-            record(job, "STARTED", started_at=self.started_at)
-            emit("task.started", job)
+            record(job, "STARTED", **self._fields())
+            emit("task.started", job, queue_wait_ms=self.queue_wait_ms)
+
+    def _fields(self) -> dict[str, Any]:
+        """What every record of this attempt carries besides its state."""
+        return {
+            "started_at": self.started_at,
+            "queue_wait_ms": self.queue_wait_ms,
+            "progress": self.progress,
+        }
 
     def _elapsed_ms(self) -> float:
         return (time.perf_counter() - self._t0) * 1000
+
+    def report_progress(self, current: float, total: float | None, message: str) -> None:
+        """Keep the latest progress and put it in the job's record (no history entry)."""
+        percent = None if total is None else round(min(100.0, 100.0 * current / total), 1)
+        self.progress = {"current": current, "total": total, "percent": percent,
+                         "message": message, "at": time.time()}
+        record(self.job, "STARTED", transition=False, **self._fields())
 
     def succeeded(self, result: Any) -> Outcome:
         try:
@@ -86,13 +126,8 @@ class Attempt:
             error = TypeError(f"result cannot be stored as JSON: {exc}")
             return self.failed(error, final_reason="unserializable_result")
         duration = self._elapsed_ms()
-        record(
-            self.job,
-            "SUCCESS",
-            result=encoded,
-            started_at=self.started_at,
-            duration_ms=round(duration, 3),
-        )
+        record(self.job, "SUCCESS", result=encoded, duration_ms=round(duration, 3),
+               **self._fields())
         emit("task.succeeded", self.job, duration_ms=duration)
         return Outcome("SUCCESS", result=encoded)
 
@@ -102,11 +137,9 @@ class Attempt:
         final = final_reason is not None
         duration = self._elapsed_ms()
         decision = job.spec.retry.decide(job.attempt, error)
-        fields = {
-            "error": error_fields(error),
-            "started_at": self.started_at,
-            "duration_ms": round(duration, 3),
-        }
+        secrets = secret_values(job)
+        error_info = {k: scrub(v, secrets) for k, v in error_fields(error).items()}
+        fields = {"error": error_info, "duration_ms": round(duration, 3), **self._fields()}
         if decision.retry and not final:
             record(job, "RETRY", retry_in=decision.delay, **fields)
             emit(
@@ -118,10 +151,10 @@ class Attempt:
                 retry_in=round(decision.delay, 3),
             )
             return Outcome("RETRY", error=error, retry_delay=decision.delay)
-        tb = "".join(traceback.format_exception(error))
+        tb = scrub("".join(traceback.format_exception(error)), secrets)
         reason = final_reason or decision.reason
         record(job, "FAILURE", traceback=tb, reason=reason, **fields)
-        dead_letter(job, error_fields(error), reason, tb)
+        dead_letter(job, error_info, reason, tb)
         emit(
             "task.failed",
             job,
@@ -163,7 +196,9 @@ def _call_with_timeout(fn: Any, values: dict[str, Any], timeout: float, name: st
         except BaseException as exc:
             future.set_exception(exc)
 
-    threading.Thread(target=call, name="dispatch-timed-call", daemon=True).start()
+    context = contextvars.copy_context()  # progress() in the thread finds its attempt
+    threading.Thread(target=context.run, args=(call,), name="dispatch-timed-call",
+                     daemon=True).start()
     try:
         return future.result(timeout=timeout)
     except concurrent.futures.TimeoutError:
@@ -176,6 +211,7 @@ def run_sync(job: Job, values: dict[str, Any]) -> Outcome:
     """Run a synchronous task function in this thread (the Celery worker's sync path)."""
     attempt = Attempt(job)
     fn, timeout = job.spec.fn, job.spec.timeout
+    token = attempt_var.set(attempt)
     try:
         if timeout is None:
             result = fn(**values)
@@ -185,6 +221,8 @@ def run_sync(job: Job, values: dict[str, Any]) -> Outcome:
         if _must_propagate(exc, job):
             raise
         return attempt.failed(exc)
+    finally:
+        attempt_var.reset(token)
     return attempt.succeeded(result)
 
 
@@ -194,12 +232,14 @@ async def run_async(
     """Run any task function from an event loop: coroutines on the loop, sync ones in ``pool``."""
     attempt = Attempt(job)
     spec = job.spec
+    token = attempt_var.set(attempt)  # copied into the task or thread below
     try:
         if spec.is_async:
             running: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(**values))
         else:
             loop = asyncio.get_running_loop()
-            running = loop.run_in_executor(pool, functools.partial(spec.fn, **values))
+            call = functools.partial(contextvars.copy_context().run, spec.fn, **values)
+            running = loop.run_in_executor(pool, call)
         if spec.timeout is None:
             result = await running
         else:
@@ -217,6 +257,8 @@ async def run_async(
         if _must_propagate(exc, job):
             raise
         return attempt.failed(exc)
+    finally:
+        attempt_var.reset(token)
     return attempt.succeeded(result)
 
 

@@ -184,7 +184,7 @@ class InlineExecutor:
         if outcome.retry_delay is None:
             self._finish(job)
             return
-        retry = job.next_attempt()
+        retry = job.next_attempt(outcome.retry_delay)
         with self._cond:
             if job.id not in self._outstanding:
                 return

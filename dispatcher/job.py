@@ -28,14 +28,23 @@ class Job:
     dispatched_at: float = field(default_factory=time.time)
     #: Routed inline by a decorator pin or a call option: never moved to Celery.
     pinned_inline: bool = False
+    #: When this attempt became due (after a countdown or retry delay): its queue wait
+    #: is measured from here. ``None``: from ``dispatched_at``.
+    queued_at: float | None = None
 
     @property
     def publish_id(self) -> str:
         """Identity of one publication: a job id is published once per attempt."""
         return f"{self.id}:{self.attempt}"
 
-    def next_attempt(self) -> Job:
-        return replace(self, attempt=self.attempt + 1)
+    def next_attempt(self, delay: float = 0.0) -> Job:
+        """The job's next attempt, due ``delay`` seconds from now."""
+        return replace(self, attempt=self.attempt + 1, queued_at=time.time() + delay)
+
+    def queue_wait(self, started_at: float) -> float:
+        """Seconds this attempt waited between being due and starting."""
+        due = self.queued_at if self.queued_at is not None else self.dispatched_at
+        return max(0.0, started_at - due)
 
     def meta(self) -> dict[str, Any]:
         """What travels beside the arguments (a Celery message header)."""
@@ -45,4 +54,5 @@ class Job:
             "dispatched_at": self.dispatched_at,
             "priority": self.priority,
             "queue": self.queue,
+            "queued_at": self.queued_at,
         }

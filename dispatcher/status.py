@@ -24,8 +24,15 @@ import redis
 from .job import Job
 
 State = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"]
+STATES: tuple[State, ...] = ("PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE")
 TERMINAL: frozenset[str] = frozenset({"SUCCESS", "FAILURE"})
 KEY_PREFIX = "celery-task-meta-"
+#: Sorted set of job ids scored by dispatch time: the listing's index (kept for the TTL).
+INDEX_KEY = "dispatch:jobs"
+#: Per job, a Redis list of its state changes after dispatch (JSON entries).
+HISTORY_PREFIX = "dispatch:history:"
+#: A position in the index: (dispatch time, job id); listings go newest first.
+Position = tuple[float, str]
 
 
 def make_record(job: Job, status: State, **fields: Any) -> dict[str, Any]:
@@ -49,7 +56,9 @@ def make_record(job: Job, status: State, **fields: Any) -> dict[str, Any]:
     }
     record.update(fields)
     if status in TERMINAL:
-        record["date_done"] = datetime.now(UTC).isoformat()
+        now = time.time()
+        record["finished_at"] = now
+        record["date_done"] = datetime.fromtimestamp(now, UTC).isoformat()
     error = record.get("error")
     if status == "FAILURE" and isinstance(error, dict):
         # Celery's JSON encoding of an exception, for AsyncResult readers.
@@ -61,12 +70,34 @@ def make_record(job: Job, status: State, **fields: Any) -> dict[str, Any]:
     return record
 
 
-class StatusStore(Protocol):
-    """Where job records are kept."""
+def history_entry(record: dict[str, Any]) -> dict[str, Any]:
+    """What a state change adds to the job's history."""
+    return {"state": record["status"], "at": time.time(), "attempt": record.get("attempt")}
 
-    def save(self, record: dict[str, Any]) -> None: ...
+
+def after(position: Position, before: Position | None) -> bool:
+    """Whether ``position`` comes after ``before`` in the newest-first listing."""
+    return before is None or position < before
+
+
+class StatusStore(Protocol):
+    """Where job records are kept.
+
+    ``save(record, transition=False)`` updates a record without a new history entry
+    (progress reports). PENDING is not stored in the history: it is the dispatch itself.
+    """
+
+    def save(self, record: dict[str, Any], *, transition: bool = True) -> None: ...
 
     def load(self, task_id: str) -> dict[str, Any] | None: ...
+
+    def load_many(self, task_ids: list[str]) -> list[dict[str, Any] | None]: ...
+
+    def history(self, task_id: str) -> list[dict[str, Any]]: ...
+
+    def index_page(
+        self, before: Position | None, since: float | None, count: int
+    ) -> list[Position]: ...
 
     def delete(self, task_id: str) -> None: ...
 
@@ -78,24 +109,47 @@ class MemoryStatusStore:
 
     def __init__(self, limit: int = 10_000) -> None:
         self._records: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._history: dict[str, list[dict[str, Any]]] = {}
         self._limit = limit
         self._lock = threading.Lock()
 
-    def save(self, record: dict[str, Any]) -> None:
+    def save(self, record: dict[str, Any], *, transition: bool = True) -> None:
+        task_id = record["task_id"]
         with self._lock:
-            self._records[record["task_id"]] = record
-            self._records.move_to_end(record["task_id"])
+            self._records[task_id] = record
+            self._records.move_to_end(task_id)
+            if transition and record["status"] != "PENDING":
+                self._history.setdefault(task_id, []).append(history_entry(record))
             while len(self._records) > self._limit:
-                self._records.popitem(last=False)
+                gone, _ = self._records.popitem(last=False)
+                self._history.pop(gone, None)
 
     def load(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
             record = self._records.get(task_id)
             return dict(record) if record is not None else None
 
+    def load_many(self, task_ids: list[str]) -> list[dict[str, Any] | None]:
+        return [self.load(task_id) for task_id in task_ids]
+
+    def history(self, task_id: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(entry) for entry in self._history.get(task_id, [])]
+
+    def index_page(
+        self, before: Position | None, since: float | None, count: int
+    ) -> list[Position]:
+        with self._lock:
+            positions = [(float(r.get("dispatched_at") or 0.0), task_id)
+                         for task_id, r in self._records.items()]
+        positions.sort(reverse=True)
+        return [p for p in positions
+                if after(p, before) and (since is None or p[0] >= since)][:count]
+
     def delete(self, task_id: str) -> None:
         with self._lock:
             self._records.pop(task_id, None)
+            self._history.pop(task_id, None)
 
     def flush(self, timeout: float = 5.0) -> bool:
         return True
@@ -117,6 +171,8 @@ class BufferedStatusStore:
         self._interval = interval
         self._on_error = on_error
         self._pending: dict[str, dict[str, Any]] = {}
+        self._pending_history: dict[str, list[dict[str, Any]]] = {}
+        self._pending_index: dict[str, float] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
@@ -130,14 +186,21 @@ class BufferedStatusStore:
             self._write_lock = threading.Lock()
             self._wake = threading.Event()
             self._pending = {}
+            self._pending_history = {}
+            self._pending_index = {}
             self._thread = None
             self._pid = 0
 
-    def save(self, record: dict[str, Any]) -> None:
+    def save(self, record: dict[str, Any], *, transition: bool = True) -> None:
         # Encoded by the writer thread, and only the newest state of each job.
         self._after_fork()
+        task_id = record["task_id"]
         with self._lock:
-            self._pending[record["task_id"]] = record
+            self._pending[task_id] = record
+            if record["status"] == "PENDING":
+                self._pending_index[task_id] = float(record.get("dispatched_at") or time.time())
+            elif transition:
+                self._pending_history.setdefault(task_id, []).append(history_entry(record))
             self._ensure_thread()
         self._wake.set()
 
@@ -152,10 +215,52 @@ class BufferedStatusStore:
         value = json.loads(raw)
         return value if isinstance(value, dict) else None
 
+    def load_many(self, task_ids: list[str]) -> list[dict[str, Any] | None]:
+        if not task_ids:
+            return []
+        raws = self._client.mget([KEY_PREFIX + task_id for task_id in task_ids])
+        with self._lock:
+            pending = {t: self._pending[t] for t in task_ids if t in self._pending}
+        records: list[dict[str, Any] | None] = []
+        for task_id, raw in zip(task_ids, raws, strict=True):
+            value = pending.get(task_id) or (json.loads(raw) if raw is not None else None)
+            records.append(dict(value) if isinstance(value, dict) else None)
+        return records
+
+    def history(self, task_id: str) -> list[dict[str, Any]]:
+        raws = self._client.lrange(HISTORY_PREFIX + task_id, 0, -1)
+        with self._lock:
+            pending = list(self._pending_history.get(task_id, []))
+        return [json.loads(raw) for raw in raws] + pending
+
+    def index_page(
+        self, before: Position | None, since: float | None, count: int
+    ) -> list[Position]:
+        top = "+inf" if before is None else repr(before[0])
+        bottom = "-inf" if since is None else repr(since)
+        page: list[Position] = []
+        offset = 0
+        while len(page) < count:
+            raw: list[tuple[bytes, float]] = self._client.zrevrangebyscore(  # type: ignore[assignment]
+                INDEX_KEY, top, bottom, start=offset, num=count, withscores=True
+            )
+            offset += len(raw)
+            for member, score in raw:
+                task_id = member.decode() if isinstance(member, bytes) else str(member)
+                position = (float(score), task_id)
+                if after(position, before):
+                    page.append(position)
+            if len(raw) < count:
+                break
+        return page[:count]
+
     def delete(self, task_id: str) -> None:
         with self._lock:
             self._pending.pop(task_id, None)
-        self._client.delete(KEY_PREFIX + task_id)
+            self._pending_history.pop(task_id, None)
+            self._pending_index.pop(task_id, None)
+        self._client.delete(KEY_PREFIX + task_id, HISTORY_PREFIX + task_id)
+        self._client.zrem(INDEX_KEY, task_id)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write everything saved so far, now, from this thread; False if Redis failed.
@@ -183,12 +288,21 @@ class BufferedStatusStore:
         Redis in the order they were taken and a newer state is never overwritten."""
         with self._lock:
             batch, self._pending = self._pending, {}
-        if not batch:
+            history, self._pending_history = self._pending_history, {}
+            index, self._pending_index = self._pending_index, {}
+        if not batch and not history:
             return True
         try:
             pipe = self._client.pipeline(transaction=False)
             for task_id, record in batch.items():
                 pipe.set(KEY_PREFIX + task_id, json.dumps(record), ex=self._ttl)
+            for task_id, entries in history.items():
+                pipe.rpush(HISTORY_PREFIX + task_id, *(json.dumps(e) for e in entries))
+                pipe.expire(HISTORY_PREFIX + task_id, self._ttl)
+            if index:
+                pipe.zadd(INDEX_KEY, index)
+                # Bounded retention: the index forgets what the records' TTL dropped.
+                pipe.zremrangebyscore(INDEX_KEY, "-inf", time.time() - self._ttl)
             pipe.execute()
             return True
         except Exception as exc:  # an outage: these records are lost, jobs are not

@@ -176,8 +176,11 @@ class Task(Generic[P, R]):
         decision: RouteDecision,
         dispatched_at: float | None = None,
     ) -> Job:
+        now = time.time() if dispatched_at is None else dispatched_at
+        countdown = self.call_options.countdown
         return Job(
-            dispatched_at=time.time() if dispatched_at is None else dispatched_at,
+            dispatched_at=now,
+            queued_at=now + countdown if countdown else None,
             id=job_id,
             spec=self.spec,
             route=decision.route,

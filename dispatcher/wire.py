@@ -56,6 +56,7 @@ for base = 1, #jobs, 4 do
     if record ~= '' then
       local job = string.match(pid, '^(.*):%d+$')
       redis.call('SET', 'celery-task-meta-' .. job, record, 'EX', ARGV[2])
+      redis.call('ZADD', 'dispatch:jobs', ARGV[3], job)
     end
     pushed = pushed + 1
   end

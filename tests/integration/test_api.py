@@ -65,7 +65,7 @@ def test_bad_input_gets_clear_4xx(api_url: str) -> None:
 
 
 def test_registry_lists_effective_routes(api_url: str) -> None:
-    rows = {row["task"]: row for row in httpx.get(f"{api_url}/tasks").json()}
+    rows = {row["task"]: row for row in httpx.get(f"{api_url}/routes").json()}
     assert rows["api.tasks.write_notification"]["route"] == "inline"
     report = rows["api.tasks.generate_report"]
     assert (report["route"], report["queue"], report["priority"]) == ("celery", "celery", 8)

@@ -27,6 +27,7 @@ COMMON_FIELDS = {
     "attempt",
     "retry_in",
     "reason",
+    "queue_wait_ms",
     "max_attempts",
     "duration_ms",
     "error",

@@ -170,7 +170,8 @@ def test_nothing_is_recorded_for_a_refused_dispatch(monkeypatch: pytest.MonkeyPa
     saved: list[dict[str, Any]] = []
     store = runtime.status_store()
     original_save = store.save
-    monkeypatch.setattr(store, "save", lambda record: (saved.append(record), original_save(record)))
+    monkeypatch.setattr(store, "save", lambda record, **kw: (saved.append(record),
+                                                              original_save(record, **kw)))
     with pytest.raises(TaskValidationError):
         f.dispatch(object())
     assert saved == []
