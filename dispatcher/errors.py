@@ -72,3 +72,7 @@ class TaskFailed(DispatchError):
         self.error_type = error_type
         self.error_message = error_message
         super().__init__(f"task {task_id} failed: {error_type}: {error_message}")
+
+    def __reduce__(self) -> tuple[type[TaskFailed], tuple[str, str, str]]:
+        # Pickles (Celery's prefork pool sends it to the parent process) with all three.
+        return type(self), (self.task_id, self.error_type, self.error_message)
