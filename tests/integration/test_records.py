@@ -1,0 +1,136 @@
+"""Job records of both routes through the real API, worker and Redis: history, progress,
+the filtered listing, the event stream, retention."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from dispatcher import DispatcherSettings, configure, task
+from dispatcher.jobs import get_job, list_jobs
+from dispatcher.status import HISTORY_PREFIX, INDEX_KEY, KEY_PREFIX
+from tests.support import poll_state
+
+pytestmark = pytest.mark.integration
+
+
+def _dispatch(client: httpx.Client, api_url: str, name: str, **arguments: Any) -> str:
+    response = client.post(f"{api_url}/tasks/{name}", json=arguments)
+    assert response.status_code == 202, response.text
+    return str(response.json()["task_id"])
+
+
+def test_celery_job_record_has_history_timings_and_progress(api_url: str) -> None:
+    with httpx.Client(timeout=10) as client:
+        task_id = _dispatch(client, api_url, "samples.progress_steps", steps=4, pause=0.05,
+                            hold=0.0)
+        view = poll_state(client, api_url, task_id, {"SUCCESS", "FAILURE"})
+    assert view["state"] == "SUCCESS" and view["route"] == "celery"
+    assert view["queue"] == "celery" and view["result"] == 4
+    history: list[dict[str, Any]] = view["history"]  # type: ignore[assignment]
+    assert [h["state"] for h in history] == ["PENDING", "STARTED", "SUCCESS"]
+    assert [h["at"] for h in history] == sorted(h["at"] for h in history)
+    assert view["progress"] == {**view["progress"], "current": 4, "total": 4,  # type: ignore[dict-item]
+                                "percent": 100.0, "message": "step 4 of 4"}
+    assert isinstance(view["queue_wait_ms"], float) and view["queue_wait_ms"] >= 0
+    assert isinstance(view["duration_ms"], float) and view["duration_ms"] >= 150
+
+
+def test_celery_retries_appear_in_the_history(api_url: str) -> None:
+    key = f"ledger:{uuid.uuid4()}"
+    with httpx.Client(timeout=10) as client:
+        task_id = _dispatch(client, api_url, "samples.always_fails", key=key)
+        view = poll_state(client, api_url, task_id, {"FAILURE"}, timeout=30)
+    history: list[dict[str, Any]] = view["history"]  # type: ignore[assignment]
+    assert [(h["state"], h["attempt"]) for h in history] == [
+        ("PENDING", 1), ("STARTED", 1), ("RETRY", 1), ("STARTED", 2), ("RETRY", 2),
+        ("STARTED", 3), ("FAILURE", 3),
+    ]
+    assert "RuntimeError: boom" in str(view["traceback"])
+    assert view["error"] == {"type": "RuntimeError", "message": "boom"}
+
+
+def test_listing_covers_both_routes_with_filters_and_cursor(api_url: str) -> None:
+    since = time.time()
+    with httpx.Client(timeout=10) as client:
+        inline_ids = [_dispatch(client, api_url, "samples.echo", value={"i": i})
+                      for i in range(3)]
+        celery_ids = [_dispatch(client, api_url, "samples.progress_steps", steps=1, pause=0,
+                                hold=0) for _ in range(3)]
+        notify = client.post(f"{api_url}/send-notification/ops@example.com")
+        assert notify.status_code == 202
+        inline_ids.append(notify.json()["task_id"])
+        for task_id in inline_ids + celery_ids:
+            poll_state(client, api_url, task_id, {"SUCCESS"})
+        params: dict[str, Any] = {"since": since, "limit": 2}
+        seen: list[dict[str, Any]] = []
+        while True:
+            page = client.get(f"{api_url}/tasks", params=params).json()
+            seen += page["items"]
+            if page["next_cursor"] is None:
+                break
+            params["cursor"] = page["next_cursor"]
+        ids = [v["task_id"] for v in seen]
+        assert len(ids) == len(set(ids))
+        assert set(inline_ids + celery_ids) <= set(ids)
+        routes = {v["task_id"]: v["route"] for v in seen}
+        assert {routes[i] for i in inline_ids} == {"inline"}
+        assert {routes[i] for i in celery_ids} == {"celery"}
+        only_celery = client.get(f"{api_url}/tasks", params={
+            "since": since, "route": "celery", "name": "samples.progress_*",
+            "state": "SUCCESS", "limit": 100}).json()["items"]
+        assert {v["task_id"] for v in only_celery} == set(celery_ids)
+
+
+def test_event_stream_of_a_celery_job(api_url: str) -> None:
+    with httpx.Client(timeout=30) as client:
+        task_id = _dispatch(client, api_url, "samples.progress_steps", steps=3, pause=0.4,
+                            hold=0.2)
+        events: list[tuple[str, dict[str, Any]]] = []
+        kind = None
+        with client.stream("GET", f"{api_url}/tasks/{task_id}/events") as response:
+            assert response.status_code == 200
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    kind = line.removeprefix("event: ")
+                elif line.startswith("data: ") and kind:
+                    events.append((kind, json.loads(line.removeprefix("data: "))))
+    states = [d["state"] for k, d in events if k == "state"]
+    assert states[-1] == "SUCCESS" and "STARTED" in states
+    percents = [d["progress"]["percent"] for k, d in events if k == "progress"]
+    assert percents and percents == sorted(percents)
+    assert events[-1][1]["progress"]["percent"] == 100.0
+
+
+def test_records_expire_with_the_result_ttl(broker: str, redis_server: Any) -> None:
+    configure(DispatcherSettings(broker_url=broker, result_ttl=2,  # type: ignore[call-arg]
+                                 _env_file=None))
+
+    @task(name="integration.records.short_lived")
+    def short_lived() -> str:
+        return "gone soon"
+
+    handle = short_lived.dispatch()
+    assert handle.get(timeout=5) == "gone soon"
+    client = redis.Redis.from_url(broker)
+    assert get_job(handle.id) is not None
+    assert 0 < client.ttl(KEY_PREFIX + handle.id) <= 2
+    assert 0 < client.ttl(HISTORY_PREFIX + handle.id) <= 2
+    assert client.zscore(INDEX_KEY, handle.id) is not None
+    deadline = time.monotonic() + 10
+    while client.exists(KEY_PREFIX + handle.id) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert get_job(handle.id) is None
+    assert handle.id not in {v["task_id"] for v in list_jobs(limit=1000).items}
+    # the next dispatch trims the index of what expired
+    short_lived.dispatch().get(timeout=5)
+    deadline = time.monotonic() + 5
+    while client.zscore(INDEX_KEY, handle.id) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert client.zscore(INDEX_KEY, handle.id) is None
