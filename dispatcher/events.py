@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .job import Job
+from .metrics import observe_event
 from .settings import DispatcherSettings
 
 logger = logging.getLogger("dispatcher")
@@ -33,7 +34,9 @@ def emit(
     error: BaseException | None = None,
     **extra: Any,
 ) -> None:
-    """Log ``event`` for ``job`` with the common fields (cheap when the level is off)."""
+    """Log ``event`` for ``job`` with the common fields (cheap when the level is off)
+    and count it in the metrics (whatever the level)."""
+    observe_event(event, job, duration_ms, extra)
     if not logger.isEnabledFor(level):
         return
     fields: dict[str, Any] = {

@@ -41,3 +41,14 @@ def test_api_and_worker_point_at_the_redis_service_with_valid_settings() -> None
         assert settings.broker_url == url
         assert settings.task_modules == ["api.tasks"]
     assert "worker" in " ".join(services["worker"]["command"])
+
+
+def test_worker_serves_metrics_outside_its_container() -> None:
+    worker = _compose()["services"]["worker"]
+    env = worker["environment"]
+    settings = DispatcherSettings(
+        **{k.removeprefix("DISPATCH_").lower(): v for k, v in env.items()},
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    assert settings.metrics_host == "0.0.0.0"
+    assert f"127.0.0.1:{settings.metrics_port}:{settings.metrics_port}" in worker["ports"]

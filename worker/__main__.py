@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 from dispatcher.errors import DispatchError
 
 CHILD_MARK = "DISPATCH_WORKER_CHILD"
+METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 SHUTDOWN_WATCHDOG = 10.0
 CONFIG_ERROR = 2
 
@@ -93,14 +96,21 @@ def supervise(argv: list[str], command: list[str] | None = None) -> int:
     pause = 1.0
     while True:
         started = time.monotonic()
-        child = subprocess.Popen(
-            command or [sys.executable, "-m", "worker", *argv],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
-        relay = threading.Thread(target=_relay_output, args=(child,), daemon=True)
-        relay.start()
-        code = child.wait()
-        relay.join(timeout=5)
+        # Each worker's pool processes write their metrics into files of a fresh
+        # directory (prometheus-client's multiprocess mode); counters restart with it.
+        metrics_dir = tempfile.mkdtemp(prefix="dispatch-metrics-", dir=os.environ.get(METRICS_DIR))
+        try:
+            child = subprocess.Popen(
+                command or [sys.executable, "-m", "worker", *argv],
+                env={**env, METRICS_DIR: metrics_dir},
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            )
+            relay = threading.Thread(target=_relay_output, args=(child,), daemon=True)
+            relay.start()
+            code = child.wait()
+            relay.join(timeout=5)
+        finally:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if stopping:
             return code
         if code == CONFIG_ERROR and time.monotonic() - started < 30:

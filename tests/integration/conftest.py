@@ -37,15 +37,26 @@ def service_env(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFa
         PYTHONUNBUFFERED="1",
         API_NOTIFICATIONS_FILE=str(tmp_path_factory.mktemp("api") / "notifications.log"),
         DISPATCH_SPOOL_PATH=str(tmp_path_factory.mktemp("spool") / "spool.sqlite3"),
+        # Only the session worker serves /metrics (on its own free port): other workers
+        # started by tests would fight over the default 9808.
+        DISPATCH_METRICS_PORT="0",
     )
     return env
 
 
 @pytest.fixture(scope="session")
-def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[Process]:
+def worker_metrics_url() -> str:
+    """The session worker's Prometheus endpoint."""
+    return f"http://127.0.0.1:{free_port()}/metrics"
+
+
+@pytest.fixture(scope="session")
+def worker(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+           worker_metrics_url: str) -> Iterator[Process]:
     log = tmp_path_factory.mktemp("worker") / "worker.log"
-    process = Process([sys.executable, "-m", "worker", "--concurrency", "2"], service_env, log)
+    port = worker_metrics_url.split(":")[-1].split("/")[0]
+    env = {**service_env, "DISPATCH_METRICS_PORT": port}
+    process = Process([sys.executable, "-m", "worker", "--concurrency", "2"], env, log)
     try:
         process.wait_for_output(" ready.", timeout=60)
         yield process

@@ -53,6 +53,7 @@ class Cluster:
             DISPATCH_REQUEUE_LOST_AFTER="5",
             DISPATCH_SPOOL_PATH=str(self.root / "spool.sqlite3"),
             DISPATCH_LOG_FORMAT="json",
+            DISPATCH_METRICS_PORT="0",
             RELIABILITY_LEDGER=str(self.ledger),
             PYTHONUNBUFFERED="1",
         )
