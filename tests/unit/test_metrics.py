@@ -337,3 +337,35 @@ def test_every_metric_is_documented_in_the_readme() -> None:
     names = [f"`{f.name}{suffix.get(f.type, '')}`" for f in families]
     assert len(names) == 12
     assert [n for n in names if n not in readme] == []
+
+
+def test_supervisor_gives_each_worker_a_fresh_metrics_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    import worker.__main__ as entry
+
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    seen = tmp_path / "seen"
+    # Run 1 leaves a file in its directory and exits unasked (restarted); run 2 refuses
+    # its settings, which ends the supervisor.
+    script = (
+        "import os, pathlib, sys\n"
+        "d = pathlib.Path(os.environ['PROMETHEUS_MULTIPROC_DIR'])\n"
+        f"seen = pathlib.Path({str(seen)!r})\n"
+        "lines = seen.read_text().splitlines() if seen.exists() else []\n"
+        "seen.write_text('\\n'.join([*lines, f'{d} {sorted(os.listdir(d))}']))\n"
+        "(d / 'counter_1.db').write_bytes(b'')\n"
+        "sys.exit(2 if lines else 0)\n"
+    )
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        assert entry.supervise([], command=[sys.executable, "-c", script]) == entry.CONFIG_ERROR
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    runs = [line.split(" ", 1) for line in seen.read_text().splitlines()]
+    assert [listing for _, listing in runs] == ["[]", "[]"]  # empty at every start
+    assert runs[0][0] != runs[1][0]
+    assert not any(Path(directory).exists() for directory, _ in runs)  # removed afterwards
