@@ -15,7 +15,7 @@ from functools import cache
 import redis
 from pydantic import SecretStr
 
-from dispatcher import RetryPolicy, task
+from dispatcher import RetryPolicy, progress, task
 
 NO_JITTER = RetryPolicy(max_attempts=3, base_delay=0.3, multiplier=2.0, max_delay=5.0,
                         jitter=False)
@@ -104,3 +104,40 @@ def on_own_queue(value: int) -> int:
 @task(name="samples.charge", weight=8, retry=RetryPolicy(max_attempts=1))
 def charge(account: str, card_token: SecretStr, pin: str = "0000") -> None:
     raise PermissionError(f"card declined for {account}")
+
+
+def _steps(steps: int, pause: float, hold: float) -> int:
+    for done in range(1, steps + 1):
+        time.sleep(pause)
+        progress(done, steps, f"step {done} of {steps}")
+    time.sleep(hold)  # stays at 100 % a moment before it ends, so watchers see it there
+    return steps
+
+
+@task(name="samples.progress_steps", weight=8)
+def progress_steps(steps: int = 10, pause: float = 0.3, hold: float = 1.0) -> int:
+    """Reports its progress in ``steps`` steps up to 100 % (Celery route)."""
+    return _steps(steps, pause, hold)
+
+
+@task(name="samples.progress_steps_inline", weight=1)
+def progress_steps_inline(steps: int = 10, pause: float = 0.3, hold: float = 1.0) -> int:
+    """The same on the inline route."""
+    return _steps(steps, pause, hold)
+
+
+@task(name="samples.fails_first_time", weight=8, retry=RetryPolicy(max_attempts=1))
+def fails_first_time(key: str) -> int:
+    """Fails its first run (so it is dead-lettered) and succeeds when dispatched again."""
+    count = note(key)
+    if count == 1:
+        raise RuntimeError("first run fails on purpose")
+    return count
+
+
+@task(name="samples.auto_sleep", weight="auto")
+def auto_sleep(key: str, seconds: float) -> str:
+    """Routed by its measured run time (adaptive routing); notes where it ran."""
+    time.sleep(seconds)
+    note(key, seconds=seconds)
+    return "slept"
