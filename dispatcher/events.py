@@ -54,6 +54,7 @@ def emit(
         "request_id": job.request_id,
         "retry_in": None,
         "reason": None,
+        "queue_wait_ms": None,
     }
     fields.update(extra)
     # makeRecord + handle: logger.log would walk the stack for the caller's file and
