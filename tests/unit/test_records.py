@@ -3,6 +3,7 @@ scrubbed secrets, listings with filters and cursors, and the operator endpoints.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -155,10 +156,8 @@ def _dispatch_mix() -> dict[str, list[str]]:
         ids["a"].append(ha.id)
         ids["b"].append(hb.id)
         for h in (ha, hb):
-            try:
+            with contextlib.suppress(TaskFailed):
                 h.get(timeout=5)
-            except TaskFailed:
-                pass
     return ids
 
 
