@@ -474,13 +474,22 @@
     const active = rows.filter((r) => r.state === "STARTED" || r.state === "RETRY").length;
     $("running-count").textContent = active + " running" + (rows.length > active ? " · " + (rows.length - active) + " just finished" : "");
     if (!rows.length) { replace(el, empty("nothing running")); return; }
+    // Bars start where they were drawn last time and slide to the new value.
+    const before = {};
+    el.querySelectorAll(".job").forEach((j) => {
+      const fill = j.querySelector(".fill");
+      if (fill) before[j.dataset.taskId] = fill.style.width;
+    });
+    const moves = [];
     replace(el, rows.map((r) => {
       const p = r.progress || null;
       const finished = r.state === "SUCCESS" || r.state === "FAILURE";
       const pct = p && p.percent !== null && p.percent !== undefined ? Math.max(0, Math.min(100, p.percent)) : null;
-      const bar = h("div", { class: "bar" + (pct === null ? " unknown" : "") },
-        h("div", { class: "fill" + (r.state === "FAILURE" ? " failed" : pct === 100 ? " done" : ""),
-          style: "width:" + (pct === null ? 0 : pct) + "%" }));
+      const target = (pct === null ? 0 : pct) + "%";
+      const fill = h("div", { class: "fill" + (r.state === "FAILURE" ? " failed" : pct === 100 ? " done" : ""),
+        style: "width:" + (before[r.task_id] || "0%") });
+      moves.push([fill, target]);
+      const bar = h("div", { class: "bar" + (pct === null ? " unknown" : "") }, fill);
       const since = r.started_at || r.dispatched_at;
       const label = pct !== null ? Math.round(pct) + " %" : p ? String(p.current) : "…";
       const msg = p ? [p.message, p.total ? p.current + " / " + p.total : null].filter(Boolean).join(" · ") : "";
@@ -494,6 +503,8 @@
           bar, h("span", { class: "pct", text: label }),
           msg ? h("div", { class: "msg", text: msg }) : null));
     }));
+    el.getBoundingClientRect(); // lay out the starting widths before moving them
+    for (const [fill, target] of moves) fill.style.width = target;
   }
 
   function renderFailures(rows, now) {
@@ -592,6 +603,26 @@
     return String(v);
   }
 
+  // weight="auto": the task's shared p95 against the inline limit (moves to Celery above
+  // it, back below half of it), then the numbers and since when it is on its route.
+  function adaptiveCell(a) {
+    const limit = a.max_seconds, p95 = a.p95_seconds;
+    const w = 120, hgt = 14, scale = (v) => Math.min(w, (v / (2 * limit)) * w);
+    const over = p95 !== null && p95 !== undefined && p95 > limit;
+    const bar = s("svg", { width: w, height: hgt, class: "gauge", role: "img" },
+      s("rect", { x: 0, y: 3, width: w, height: 8, rx: 4, fill: "#eef1f5" }),
+      p95 === null || p95 === undefined ? null
+        : s("rect", { x: 0, y: 3, width: Math.max(2, scale(p95)), height: 8, rx: 4, fill: over ? COLORS.celery : COLORS.inline }),
+      s("line", { x1: scale(limit / 2), x2: scale(limit / 2), y1: 0, y2: hgt, stroke: "#6b7385", "stroke-dasharray": "2,2" }),
+      s("line", { x1: scale(limit), x2: scale(limit), y1: 0, y2: hgt, stroke: COLORS.fail, "stroke-width": 1.5 }),
+      s("title", { text: "p95 " + (p95 === null || p95 === undefined ? "–" : p95 + " s") + "; moves to celery above " +
+        limit + " s, back to inline below " + limit / 2 + " s" }));
+    const since = a.since ? " since " + fmtClock(a.since) : "";
+    return h("div", { class: "adaptive" }, bar,
+      h("span", { class: "small", text: "p95 " + (p95 === null || p95 === undefined ? "–" : fmtMs(p95 * 1000)) +
+        " of " + a.samples + "/" + a.window + " runs → " + a.route + since }));
+  }
+
   function renderRoutes(rows) {
     const el = $("routes");
     if (!rows.length) { replace(el, empty("no tasks registered")); return; }
@@ -604,6 +635,7 @@
       if (k === "retry") return h("td", { class: "small", text: retrySummary(v) });
       if (k === "timeout") return h("td", { class: "num", text: v === null || v === undefined ? "–" : v + " s" });
       if (k === "task") return h("td", { class: "mono", text: v });
+      if (k === "adaptive" && v && typeof v === "object" && "max_seconds" in v) return h("td", null, adaptiveCell(v));
       return h("td", { class: typeof v === "number" ? "num" : "small" }, formatValue(v));
     };
     replace(el, h("table", null,
