@@ -7,6 +7,9 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field
 
 from dispatcher import RetryPolicy, task
 
@@ -36,3 +39,13 @@ async def generate_report(report_id: int) -> dict[str, object]:
     await asyncio.sleep(0.2)
     took = round(time.time() - started, 3)
     return {"report_id": report_id, "rows": report_id * 10, "took_s": took}
+
+
+@task(weight="auto")
+def make_thumbnail(
+    image_id: int, size: Annotated[int, Field(ge=16, le=1024)] = 128
+) -> dict[str, int]:
+    """Render a thumbnail (simulated): routed by its measured run time, inline while it
+    is quick, on Celery once its p95 exceeds DISPATCH_INLINE_MAX_SECONDS."""
+    time.sleep(size / 100_000)
+    return {"image_id": image_id, "size": size}

@@ -178,13 +178,16 @@ class CeleryRoute:
         *,
         outage: str | None = None,
         fresh: bool = True,
+        reason: str | None = None,
     ) -> RouteName:
         """Record, publish and announce ``job``; returns the route it finally took.
 
         If the broker is down (or stops answering within ``DISPATCH_PUBLISH_TIMEOUT``),
         the outage policy decides: ``spool`` (default), ``inline`` or ``raise``.
+        ``reason`` goes into the ``task.dispatched`` event (e.g. ``spill_over``).
         """
-        return self.dispatch_many([job], countdown, outage=outage, fresh=fresh)[0]
+        return self.dispatch_many([job], countdown, outage=outage, fresh=fresh,
+                                  reason=reason)[0]
 
     def dispatch_many(
         self,
@@ -193,6 +196,7 @@ class CeleryRoute:
         *,
         outage: str | None = None,
         fresh: bool = True,
+        reason: str | None = None,
     ) -> list[RouteName]:
         """``dispatch`` for many jobs: one pipelined round trip per ``PUBLISH_BATCH`` jobs."""
         monitor = self.monitor
@@ -215,7 +219,7 @@ class CeleryRoute:
                     monitor.mark_down(exc)
                 else:
                     for job, _ in chunk:
-                        emit("task.dispatched", job)
+                        emit("task.dispatched", job, reason=reason)
                     routes += ["celery"] * len(chunk)
                     continue
             routes += [self._on_outage(job, countdown, key, message, record, outage)

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
-from . import runtime
+from . import adaptive, runtime
 from .context import attempt_var
 from .deadletter import make_entry
 from .errors import TaskTimeout, UnknownTaskError
@@ -119,6 +119,7 @@ class Attempt:
         record(self.job, "STARTED", transition=False, **self._fields())
 
     def succeeded(self, result: Any) -> Outcome:
+        adaptive.observe(self.job.spec, self._elapsed_ms() / 1000)  # weight="auto" only
         try:
             encoded = to_jsonable_python(result)
         except Exception as exc:
@@ -136,6 +137,8 @@ class Attempt:
         job = self.job
         final = final_reason is not None
         duration = self._elapsed_ms()
+        if not final:  # a run that failed (or timed out) took its time too
+            adaptive.observe(job.spec, duration / 1000)
         decision = job.spec.retry.decide(job.attempt, error)
         secrets = secret_values(job)
         error_info = {k: scrub(v, secrets) for k, v in error_fields(error).items()}

@@ -73,6 +73,11 @@ class InlineExecutor:
         with self._cond:
             return self._running
 
+    def waiting(self) -> int:
+        """Jobs accepted and not running: queued for a slot, or waiting to retry."""
+        with self._cond:
+            return max(0, len(self._outstanding) - self._running)
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no job is outstanding; False if ``timeout`` passed first."""
         with self._cond:

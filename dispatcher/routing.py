@@ -5,7 +5,10 @@ First match wins:
 2. ``DISPATCH_FORCE_ROUTE``;
 3. the first ``DISPATCH_ROUTES`` rule matching name glob, priority and weight range;
 4. the decorator's ``route=`` pin;
-5. ``weight > DISPATCH_INLINE_MAX_WEIGHT`` goes to Celery, anything lighter stays inline.
+5. ``weight="auto"``: the task's current adaptive route (``auto``, kept by
+   ``dispatcher.adaptive`` from measured run times; inline until it moves, and always
+   inline without a broker); otherwise ``weight > DISPATCH_INLINE_MAX_WEIGHT`` goes to
+   Celery, anything lighter stays inline.
 
 The Celery queue is the call's ``queue``, else the matching rule's, else the
 decorator's, else ``DISPATCH_DEFAULT_QUEUE``. Inline jobs have no queue.
@@ -39,9 +42,15 @@ def rule_matches(rule: RouteRule, spec: TaskSpec, priority: int) -> bool:
 
 
 def decide_route(
-    spec: TaskSpec, options: CallOptions, settings: DispatcherSettings
+    spec: TaskSpec,
+    options: CallOptions,
+    settings: DispatcherSettings,
+    auto: tuple[RouteName, str] | None = None,
 ) -> RouteDecision:
-    """Where a dispatch of ``spec`` with ``options`` goes under ``settings``, and why."""
+    """Where a dispatch of ``spec`` with ``options`` goes under ``settings``, and why.
+
+    ``auto`` is the adaptive route of a ``weight="auto"`` task and its reason (``None``:
+    not moved yet, so inline)."""
     priority = spec.priority if options.priority is None else options.priority
     rule = next((r for r in settings.routes if rule_matches(r, spec, priority)), None)
 
@@ -54,6 +63,13 @@ def decide_route(
         route, reason = rule.route, f"rule {rule.match!r}"
     elif spec.route is not None:
         route, reason = spec.route, "decorator pin"
+    elif spec.adaptive:
+        if settings.broker_url is None:
+            route, reason = "inline", "weight auto, no broker"
+        elif auto is None:
+            route, reason = "inline", "weight auto: starts inline"
+        else:
+            route, reason = auto[0], f"weight auto: {auto[1]}"
     elif spec.weight > settings.inline_max_weight:
         route, reason = "celery", f"weight {spec.weight} > {settings.inline_max_weight}"
     else:

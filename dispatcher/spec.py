@@ -51,6 +51,9 @@ class TaskSpec:
     timeout: float | None = None
     is_async: bool = False
     broker_outage: OutageMode | None = None
+    #: ``weight="auto"``: routed by measured run time (``dispatcher.adaptive``);
+    #: ``weight`` is then 1 for rule matching.
+    adaptive: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,14 +12,15 @@ import inspect
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, ParamSpec, TypeVar, overload
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
-from . import idempotency, runtime
+from . import adaptive, idempotency, runtime
 from .context import request_id_var
 from .errors import TaskDefinitionError, TaskValidationError
 from .handle import TaskHandle
 from .inline import dispatch_inline
 from .job import Job
+from .metrics import count_route_decision
 from .registry import register
 from .retry import RetryPolicy
 from .routing import RouteDecision, decide_route
@@ -41,6 +42,10 @@ R = TypeVar("R")
 
 #: Called with each new handle; used by ``dispatcher.testing.capture_dispatches``.
 dispatch_listeners: list[Callable[[TaskHandle], None]] = []
+
+#: Inline decisions never spilled over to Celery: explicit pins, and
+#: ``DISPATCH_FORCE_ROUTE=inline`` (runs without a worker).
+PINNED_INLINE = ("call option", "decorator pin", "DISPATCH_FORCE_ROUTE")
 
 _OPTIONS = ("name", "weight", "priority", "queue", "route", "retry", "timeout", "broker_outage")
 
@@ -75,7 +80,8 @@ class Task(Generic[P, R]):
         return self.fn(*args, **kwargs)
 
     def __repr__(self) -> str:
-        return f"<Task {self.spec.name} weight={self.spec.weight} priority={self.spec.priority}>"
+        weight = "auto" if self.spec.adaptive else self.spec.weight
+        return f"<Task {self.spec.name} weight={weight} priority={self.spec.priority}>"
 
     def options(
         self,
@@ -118,9 +124,43 @@ class Task(Generic[P, R]):
         )
         return Task(self.fn, self.spec, self.validator, merged)
 
-    def route_for(self, settings: DispatcherSettings | None = None) -> RouteDecision:
-        """Where a dispatch of this task goes now, and why."""
-        return decide_route(self.spec, self.call_options, settings or get_settings())
+    def route_for(
+        self,
+        settings: DispatcherSettings | None = None,
+        auto: tuple[RouteName, str] | None = None,
+    ) -> RouteDecision:
+        """Where a dispatch of this task goes now, and why (``auto``: the adaptive route
+        to assume instead of this process's cached one)."""
+        settings = settings or get_settings()
+        if auto is None:
+            auto = adaptive.auto_route(self.spec, settings)
+        return decide_route(self.spec, self.call_options, settings, auto)
+
+    def _spill_room(self, decision: RouteDecision, settings: DispatcherSettings) -> int | None:
+        """How many more jobs of this decision may queue inline before the rest spill
+        over to Celery; None when spill-over does not apply (not inline, pinned inline,
+        no broker)."""
+        if (
+            decision.route != "inline"
+            or decision.reason in PINNED_INLINE
+            or settings.broker_url is None
+        ):
+            return None
+        executor = runtime.current_inline_executor()
+        waiting = 0 if executor is None else executor.waiting()
+        return max(0, settings.inline_max_pending - waiting)
+
+    def _spilled(self, decision: RouteDecision, settings: DispatcherSettings) -> RouteDecision:
+        """``decision`` sent to Celery because the inline executor is full."""
+        queue = decide_route(
+            self.spec, CallOptions(route="celery", queue=self.call_options.queue), settings
+        ).queue
+        return RouteDecision(
+            "celery",
+            queue,
+            decision.priority,
+            f"spill-over: >= {settings.inline_max_pending} inline jobs waiting",
+        )
 
     def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Validate the arguments, route the job and schedule it; returns its handle.
@@ -153,19 +193,36 @@ class Task(Generic[P, R]):
             except TaskValidationError as exc:
                 errors = [{**e, "field": f"[{index}].{e['field']}"} for e in exc.errors]
                 raise TaskValidationError(self.spec.name, errors) from None
-        decision = decide_route(self.spec, self.call_options, get_settings())
+        settings = get_settings()
+        decision = self.route_for(settings)
+        handles = []
         if decision.route == "inline":
-            return [self._dispatch_validated(payload, decision) for _, payload in validated]
+            room = self._spill_room(decision, settings)
+            if room is None or room >= len(validated):
+                return [
+                    self._dispatch_validated(payload, decision, settings)
+                    for _, payload in validated
+                ]
+            # As many as fit queue inline; the rest spill over to Celery.
+            handles = [
+                self._dispatch_validated(payload, decision, settings)
+                for _, payload in validated[:room]
+            ]
+            validated = validated[room:]
+            decision = self._spilled(decision, settings)
         now = time.time()
         jobs = [
             self._job(str(uuid.uuid4()), payload, decision, now) for _, payload in validated
         ]
+        spilled = decision.reason.startswith("spill-over")
         routes = runtime.celery_route().dispatch_many(
-            jobs, self.call_options.countdown, outage=self.spec.broker_outage
+            jobs, self.call_options.countdown, outage=self.spec.broker_outage,
+            reason="spill_over" if spilled else None,
         )
-        handles = []
         for job, route in zip(jobs, routes, strict=True):
             job.route = route
+            if spilled:
+                count_route_decision(self.spec.name, "celery", "spill_over")
             handles.append(self._handle(job))
         return handles
 
@@ -199,10 +256,17 @@ class Task(Generic[P, R]):
         return handle
 
     def _dispatch_validated(
-        self, payload: dict[str, Any], decision: RouteDecision | None = None
+        self,
+        payload: dict[str, Any],
+        decision: RouteDecision | None = None,
+        settings: DispatcherSettings | None = None,
     ) -> TaskHandle:
+        settings = settings or get_settings()
         if decision is None:
-            decision = decide_route(self.spec, self.call_options, get_settings())
+            decision = self.route_for(settings)
+        spilled = False
+        if decision.route == "inline" and self._spill_room(decision, settings) == 0:
+            decision, spilled = self._spilled(decision, settings), True
         job_id = str(uuid.uuid4())
         key = self.call_options.idempotency_key
         if key is not None:
@@ -214,7 +278,8 @@ class Task(Generic[P, R]):
         try:
             if job.route == "celery":
                 job.route = runtime.celery_route().dispatch(
-                    job, countdown, outage=self.spec.broker_outage
+                    job, countdown, outage=self.spec.broker_outage,
+                    reason="spill_over" if spilled else None,
                 )
             else:
                 dispatch_inline(job, countdown)
@@ -222,6 +287,8 @@ class Task(Generic[P, R]):
             if key is not None:  # nothing was accepted: the key is free again
                 idempotency.release(self.spec.name, key, job_id)
             raise
+        if spilled:
+            count_route_decision(self.spec.name, "celery", "spill_over")
         return self._handle(job)
 
 
@@ -259,8 +326,13 @@ def _build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:
             f"{where}: functions defined inside another function need an explicit name=..."
         )
     weight = options.get("weight", 1)
-    if isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
-        raise TaskDefinitionError(f"{where}: weight must be an int >= 1, got {weight!r}")
+    adaptive_weight = weight == "auto"
+    if adaptive_weight:
+        weight = 1  # what DISPATCH_ROUTES weight ranges see
+    elif isinstance(weight, bool) or not isinstance(weight, int) or weight < 1:
+        raise TaskDefinitionError(
+            f"{where}: weight must be an int >= 1 or \"auto\", got {weight!r}"
+        )
     try:
         priority = parse_priority(options.get("priority", "normal"))
         route = None if options.get("route") is None else parse_route(options["route"])
@@ -293,6 +365,7 @@ def _build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:
         retry=retry if retry is not None else RetryPolicy.never(),
         timeout=None if timeout is None else float(timeout),
         is_async=inspect.iscoroutinefunction(fn),
+        adaptive=adaptive_weight,
     )
 
 
@@ -311,7 +384,7 @@ def task(fn: Callable[P, R], /) -> Task[P, R]: ...
 def task(
     *,
     name: str | None = None,
-    weight: int = 1,
+    weight: int | Literal["auto"] = 1,
     priority: PriorityName | int = "normal",
     queue: str | None = None,
     route: RouteName | None = None,
