@@ -43,6 +43,9 @@ class InlineExecutor:
         self._semaphore: asyncio.Semaphore | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        #: Chains handed over by other threads, taken by the loop on its next wake-up.
+        self._incoming: list[tuple[list[Job], float, concurrent.futures.Future[None]]] = []
+        self._wake_pending = False
 
     # -- public API -------------------------------------------------------------------
     def submit(
@@ -60,8 +63,12 @@ class InlineExecutor:
             for job in jobs:
                 self._outstanding[job.id] = job
             loop = self._ensure_loop()
-        delay = countdown or 0.0
-        loop.call_soon_threadsafe(self._schedule_chain, list(jobs), delay, done)
+            self._incoming.append((list(jobs), countdown or 0.0, done))
+            wake, self._wake_pending = not self._wake_pending, True
+        # One wake-up per burst, not per submit: waking the loop writes to a socket,
+        # which hands the GIL to a background thread while the request thread waits.
+        if wake:
+            loop.call_soon_threadsafe(self._take_incoming)
         return done
 
     def outstanding(self) -> int:
@@ -147,6 +154,13 @@ class InlineExecutor:
         task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _take_incoming(self) -> None:
+        with self._cond:
+            incoming, self._incoming = self._incoming, []
+            self._wake_pending = False
+        for jobs, delay, done in incoming:
+            self._schedule_chain(jobs, delay, done)
 
     def _schedule_chain(
         self, jobs: list[Job], delay: float, done: concurrent.futures.Future[None]

@@ -2,11 +2,38 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .spec import RouteName, TaskSpec
+
+_ID_BYTES = 16
+_IDS_PER_READ = 256
+_id_lock = threading.Lock()
+_id_pool = memoryview(b"")
+_id_next = 0
+_id_pid = 0
+
+
+def new_job_id() -> str:
+    """A random (version 4) UUID string, like ``uuid.uuid4()``.
+
+    Reads the OS's randomness 256 ids at a time: each ``os.urandom`` call releases the
+    GIL, and on a busy server every release lets background threads take the request
+    thread's turn. A forked child reads its own randomness, never the parent's.
+    """
+    global _id_pool, _id_next, _id_pid
+    with _id_lock:
+        if _id_next >= len(_id_pool) or _id_pid != os.getpid():
+            _id_pool = memoryview(os.urandom(_ID_BYTES * _IDS_PER_READ))
+            _id_next, _id_pid = 0, os.getpid()
+        raw = _id_pool[_id_next:_id_next + _ID_BYTES].tobytes()
+        _id_next += _ID_BYTES
+    return str(uuid.UUID(bytes=raw, version=4))
 
 
 @dataclass(slots=True)

@@ -10,7 +10,6 @@ import difflib
 import functools
 import inspect
 import time
-import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, overload
 
@@ -19,7 +18,7 @@ from .context import request_id_var
 from .errors import TaskDefinitionError, TaskValidationError
 from .handle import TaskHandle
 from .inline import dispatch_inline
-from .job import Job
+from .job import Job, new_job_id
 from .metrics import count_route_decision
 from .registry import register
 from .retry import RetryPolicy
@@ -212,7 +211,7 @@ class Task(Generic[P, R]):
             decision = self._spilled(decision, settings)
         now = time.time()
         jobs = [
-            self._job(str(uuid.uuid4()), payload, decision, now) for _, payload in validated
+            self._job(new_job_id(), payload, decision, now) for _, payload in validated
         ]
         spilled = decision.reason.startswith("spill-over")
         routes = runtime.celery_route().dispatch_many(
@@ -267,7 +266,7 @@ class Task(Generic[P, R]):
         spilled = False
         if decision.route == "inline" and self._spill_room(decision, settings) == 0:
             decision, spilled = self._spilled(decision, settings), True
-        job_id = str(uuid.uuid4())
+        job_id = new_job_id()
         key = self.call_options.idempotency_key
         if key is not None:
             first = idempotency.claim(self.spec.name, key, job_id, decision.route, decision.queue)
