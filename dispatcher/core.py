@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import contextvars
 import dataclasses
 import functools
@@ -26,10 +25,9 @@ from pydantic_core import to_jsonable_python
 from . import adaptive, runtime
 from .context import attempt_var
 from .deadletter import make_entry
-from .errors import TaskTimeout, UnknownTaskError
+from .errors import TaskTimeout
 from .events import emit, error_fields
 from .job import Job
-from .settings import get_settings
 from .status import State, make_record
 
 log = logging.getLogger("dispatcher.core")
@@ -72,11 +70,9 @@ def dead_letter(job: Job, error: dict[str, str], reason: str, tb: str = "") -> N
 def secret_values(job: Job) -> list[str]:
     """The string values of the job's secret arguments (``SecretStr`` parameters and
     ``DISPATCH_REDACT`` names), longest first, to scrub from errors and tracebacks."""
-    from .registry import get_task
+    from .registry import secret_names
 
-    names = set(get_settings().redact)
-    with contextlib.suppress(UnknownTaskError):
-        names |= get_task(job.spec.name).validator.secret_names
+    names = secret_names(job.spec.name)
     values = {str(v) for n, v in job.payload.items() if n in names and v not in (None, "")}
     return sorted(values, key=len, reverse=True)
 

@@ -20,7 +20,6 @@ shows tracebacks and arguments, so it needs the bearer token when
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -281,20 +280,11 @@ def _older_active(window_start: float) -> list[dict[str, Any]]:
         return active
 
 
-def _secret_names(task_name: str) -> set[str]:
-    from .errors import UnknownTaskError
-    from .registry import get_task
-
-    names = set(get_settings().redact)
-    with contextlib.suppress(UnknownTaskError):
-        names |= get_task(task_name).validator.secret_names
-    return names
-
-
 def _dead_letters(limit: int = 50) -> list[dict[str, Any]]:
     from .deadletter import redacted
+    from .registry import secret_names
 
-    return [redacted(entry, _secret_names(str(entry.get("task_name"))))
+    return [redacted(entry, secret_names(str(entry.get("task_name"))))
             for entry in runtime.dead_letters().list(limit)]
 
 

@@ -8,7 +8,6 @@ tracebacks needs the ``DISPATCH_API_TOKEN`` bearer token when one is set.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -23,12 +22,10 @@ from pydantic import BaseModel
 from . import runtime
 from .cli import route_table
 from .deadletter import redacted
-from .errors import UnknownTaskError
 from .fastapi import require_api_token
 from .handle import TaskHandle
 from .jobs import get_job, list_jobs
-from .registry import get_task
-from .settings import get_settings
+from .registry import get_task, secret_names
 from .status import TERMINAL
 
 router = APIRouter(tags=["jobs"])
@@ -112,18 +109,11 @@ async def dispatch_task(
     return accepted(get_task(name).dispatch(**arguments))
 
 
-def _secret_names(task_name: str) -> set[str]:
-    names = set(get_settings().redact)
-    with contextlib.suppress(UnknownTaskError):
-        names |= get_task(task_name).validator.secret_names
-    return names
-
-
 @router.get("/tasks/dead", dependencies=guarded)
 async def dead_letters(limit: int = Query(100, ge=1, le=1000)) -> list[dict[str, Any]]:
     """Jobs that ended in FAILURE, newest first, with secret arguments hidden."""
     entries = await anyio.to_thread.run_sync(runtime.dead_letters().list, limit)
-    return [redacted(e, _secret_names(e["task_name"])) for e in entries]
+    return [redacted(e, secret_names(e["task_name"])) for e in entries]
 
 
 @router.post("/tasks/{task_id}/retry", status_code=202, response_model=Accepted,

@@ -57,6 +57,16 @@ def get_task(name: str) -> Task[Any, Any]:
         raise UnknownTaskError(name) from None
 
 
+def secret_names(task_name: str) -> set[str]:
+    """Argument names of ``task_name`` never shown: its ``SecretStr`` parameters plus
+    ``DISPATCH_REDACT``; only the latter for a task this process does not know."""
+    from .settings import get_settings
+
+    task = _tasks.get(task_name)
+    names = set(get_settings().redact)
+    return names | task.validator.secret_names if task is not None else names
+
+
 def all_tasks() -> list[Task[Any, Any]]:
     with _lock:
         return sorted(_tasks.values(), key=lambda t: t.spec.name)
