@@ -12,7 +12,6 @@ import asyncio
 import concurrent.futures
 import contextvars
 import dataclasses
-import functools
 import logging
 import threading
 import time
@@ -42,7 +41,7 @@ class Outcome:
     error: BaseException | None = None
     retry_delay: float | None = None
     #: A timed-out sync call still running in its thread (Python cannot stop it).
-    lingering: asyncio.Future[Any] | None = None
+    lingering: concurrent.futures.Future[Any] | None = None
 
 
 def record(job: Job, status: State, *, transition: bool = True, **fields: Any) -> None:
@@ -181,8 +180,11 @@ def _must_propagate(error: BaseException, job: Job) -> bool:
     return False
 
 
-def _call_with_timeout(fn: Any, values: dict[str, Any], timeout: float, name: str) -> Any:
-    """Call ``fn`` in a fresh daemon thread and wait at most ``timeout`` seconds.
+def _call_with_timeout(
+    fn: Any, values: dict[str, Any], timeout: float
+) -> tuple[Any, concurrent.futures.Future[Any] | None]:
+    """Call ``fn`` in a fresh daemon thread and wait at most ``timeout`` seconds:
+    ``(result, None)``, or ``(None, the still running call)`` once the time is up.
 
     The clock starts when the call does. Python cannot stop the thread: a timed-out
     call finishes in the background, and being a daemon it never delays an exit.
@@ -199,58 +201,52 @@ def _call_with_timeout(fn: Any, values: dict[str, Any], timeout: float, name: st
     threading.Thread(target=context.run, args=(call,), name="dispatch-timed-call",
                      daemon=True).start()
     try:
-        return future.result(timeout=timeout)
+        return future.result(timeout=timeout), None
     except concurrent.futures.TimeoutError:
         if future.done():
             raise
-        raise TaskTimeout(name, timeout) from None
+        return None, future
 
 
 def run_sync(job: Job, values: dict[str, Any]) -> Outcome:
-    """Run a synchronous task function in this thread (the Celery worker's sync path)."""
+    """Run a synchronous task function in this thread (the worker's and the inline
+    executor's sync path); a timed-out call comes back as ``Outcome.lingering``."""
     attempt = Attempt(job)
     fn, timeout = job.spec.fn, job.spec.timeout
     token = attempt_var.set(attempt)
+    lingering = None
     try:
         if timeout is None:
             result = fn(**values)
         else:
-            result = _call_with_timeout(fn, values, timeout, job.spec.name)
+            result, lingering = _call_with_timeout(fn, values, timeout)
     except BaseException as exc:
         if _must_propagate(exc, job):
             raise
         return attempt.failed(exc)
     finally:
         attempt_var.reset(token)
+    if lingering is not None:
+        assert timeout is not None
+        outcome = attempt.failed(TaskTimeout(job.spec.name, timeout))
+        return dataclasses.replace(outcome, lingering=lingering)
     return attempt.succeeded(result)
 
 
-async def run_async(
-    job: Job, values: dict[str, Any], pool: concurrent.futures.Executor | None = None
-) -> Outcome:
-    """Run any task function from an event loop: coroutines on the loop, sync ones in ``pool``."""
+async def run_async(job: Job, values: dict[str, Any]) -> Outcome:
+    """Run a coroutine task function on the running loop (both routes' async path)."""
     attempt = Attempt(job)
     spec = job.spec
-    token = attempt_var.set(attempt)  # copied into the task or thread below
+    token = attempt_var.set(attempt)  # copied into the task below
     try:
-        if spec.is_async:
-            running: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(**values))
-        else:
-            loop = asyncio.get_running_loop()
-            call = functools.partial(contextvars.copy_context().run, spec.fn, **values)
-            running = loop.run_in_executor(pool, call)
+        running: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(**values))
         if spec.timeout is None:
             result = await running
         else:
             done, _ = await asyncio.wait({running}, timeout=spec.timeout)
             if not done:
-                outcome = attempt.failed(TaskTimeout(spec.name, spec.timeout))
-                if spec.is_async:
-                    running.cancel()
-                    return outcome
-                # A thread cannot be stopped: let it finish, dropping what it returns.
-                running.add_done_callback(_drop_result)
-                return dataclasses.replace(outcome, lingering=running)
+                running.cancel()
+                return attempt.failed(TaskTimeout(spec.name, spec.timeout))
             result = running.result()
     except BaseException as exc:
         if _must_propagate(exc, job):
@@ -259,11 +255,6 @@ async def run_async(
     finally:
         attempt_var.reset(token)
     return attempt.succeeded(result)
-
-
-def _drop_result(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved, so asyncio does not warn about it
 
 
 def reject(job: Job, error: BaseException, reason: str = "invalid_payload") -> Outcome:

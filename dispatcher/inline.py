@@ -1,9 +1,12 @@
 """The inline route: a process-wide executor that runs jobs in this process.
 
-It owns one event loop in a daemon thread: coroutine tasks run on that loop, sync
-tasks in a bounded thread pool, so background work never takes the web server's
-own threads or loop. At most ``DISPATCH_INLINE_CONCURRENCY`` jobs run at once; a
-retry waits on a loop timer, holding neither a thread nor a slot.
+``DISPATCH_INLINE_CONCURRENCY`` worker threads are its slots: each takes a chain of
+jobs and runs every attempt start to end in itself (decode, records, events, the task)
+with no hop through another thread, so an inline job costs the web server's GIL as
+little as it can. Sync tasks run in the worker thread; coroutine tasks on one shared
+event loop in a daemon thread, while their worker thread waits (the slot stays
+taken). Countdowns and retry delays wait on that loop's timers, holding neither a
+thread nor a slot.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import queue
 import threading
 from collections.abc import Sequence
 
@@ -26,26 +30,28 @@ from .spec import CallOptions
 
 log = logging.getLogger("dispatcher.inline")
 
+#: A chain of jobs run one after another, and the future set once the last has run.
+Chain = tuple[list[Job], "concurrent.futures.Future[None]"]
+
 
 class InlineExecutor:
     """Runs chains of jobs with bounded concurrency; drains on shutdown."""
 
     def __init__(self, concurrency: int) -> None:
         self.concurrency = concurrency
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=concurrency, thread_name_prefix="dispatch-inline"
-        )
-        self._cond = threading.Condition()
+        # A plain lock (no Python-level Condition on the hot path); the condition
+        # shares it and is only notified when the last outstanding job finishes.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._outstanding: dict[str, Job] = {}
+        self._queue: queue.SimpleQueue[Chain | None] = queue.SimpleQueue()
+        self._queued = 0
+        self._threads: list[threading.Thread] = []
+        self._free = 0
         self._running = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
-        self._semaphore: asyncio.Semaphore | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_thread: threading.Thread | None = None
         self._closed = False
-        #: Chains handed over by other threads, taken by the loop on its next wake-up.
-        self._incoming: list[tuple[list[Job], float, concurrent.futures.Future[None]]] = []
-        self._wake_pending = False
 
     # -- public API -------------------------------------------------------------------
     def submit(
@@ -57,38 +63,33 @@ class InlineExecutor:
         attempt (retries continue on their own timers).
         """
         done: concurrent.futures.Future[None] = concurrent.futures.Future()
-        with self._cond:
+        chain = list(jobs)
+        with self._lock:
             if self._closed:
                 raise DispatchError("the inline executor has been shut down")
-            for job in jobs:
+            for job in chain:
                 self._outstanding[job.id] = job
-            loop = self._ensure_loop()
-            self._incoming.append((list(jobs), countdown or 0.0, done))
-            wake, self._wake_pending = not self._wake_pending, True
-        # One wake-up per burst, not per submit: waking the loop writes to a socket,
-        # which hands the GIL to a background thread while the request thread waits.
-        if wake:
-            loop.call_soon_threadsafe(self._take_incoming)
+        if countdown:
+            self._later(countdown, (chain, done))
+        else:
+            self._enqueue((chain, done))
         return done
 
     def outstanding(self) -> int:
         """Jobs accepted and not yet finished (running, queued or waiting to retry)."""
-        with self._cond:
-            return len(self._outstanding)
+        return len(self._outstanding)
 
     def running(self) -> int:
-        with self._cond:
-            return self._running
+        return self._running
 
     def waiting(self) -> int:
         """Jobs accepted and not running: queued for a slot, or waiting to retry."""
-        with self._cond:
-            return max(0, len(self._outstanding) - self._running)
+        return max(0, len(self._outstanding) - self._running)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no job is outstanding; False if ``timeout`` passed first."""
-        with self._cond:
-            return self._cond.wait_for(lambda: not self._outstanding, timeout)
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._outstanding, timeout)
 
     def drain(self, grace: float) -> list[Job]:
         """Wait up to ``grace`` seconds for outstanding jobs, then record the rest as failed.
@@ -98,12 +99,12 @@ class InlineExecutor:
         if self.wait_idle(grace):
             runtime.status_store().flush(2.0)
             return []
-        with self._cond:
+        with self._idle:
             leftover = list(self._outstanding.values())
             self._outstanding.clear()
-            self._cond.notify_all()
+            self._idle.notify_all()
         # Running jobs are handed over too: servers end with their signal's default
-        # action after shutdown (uvicorn re-raises SIGTERM), killing the pool threads
+        # action after shutdown (uvicorn re-raises SIGTERM), killing the worker threads
         # mid-job. A job that still finishes here then runs twice: at-least-once.
         stranded = hand_over([j for j in leftover if not j.pinned_inline])
         stranded += [j for j in leftover if j.pinned_inline]
@@ -112,124 +113,139 @@ class InlineExecutor:
         return leftover
 
     def shutdown(self, grace: float) -> list[Job]:
-        """Drain, then stop the loop thread and the pool; no new jobs are accepted."""
-        with self._cond:
+        """Drain, then stop the worker threads and the loop; no new jobs are accepted."""
+        with self._lock:
             self._closed = True
         leftover = self.drain(grace)
+        for _ in self._threads:
+            self._queue.put(None)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout=5)
         return leftover
 
-    # -- loop side --------------------------------------------------------------------
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is not None and self._thread is not None and self._thread.is_alive():
-            return self._loop
-        loop = asyncio.new_event_loop()
-        started = threading.Event()
+    # -- scheduling ---------------------------------------------------------------------
+    def _enqueue(self, chain: Chain) -> None:
+        """Hand a chain to a free worker thread, starting one if none is free."""
+        with self._lock:
+            self._queued += 1
+            grow = self._queued > self._free and len(self._threads) < self.concurrency
+            if grow:
+                thread = threading.Thread(target=self._work, daemon=True,
+                                          name=f"dispatch-inline-{len(self._threads)}")
+                self._threads.append(thread)
+        if grow:
+            thread.start()
+        self._queue.put(chain)
 
-        def run() -> None:
-            asyncio.set_event_loop(loop)
-            self._semaphore = asyncio.Semaphore(self.concurrency)
-            loop.call_soon(started.set)
-            loop.run_forever()
-            # Stopped by shutdown(): cancel what is left so nothing dangles at exit.
-            leftover = asyncio.all_tasks(loop)
-            for pending in leftover:
-                pending.cancel()
-            loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
-            loop.close()
+    def _later(self, delay: float, chain: Chain) -> None:
+        """Enqueue ``chain`` after ``delay`` seconds, on the loop's timer."""
+        loop = self._ensure_loop()
+        loop.call_soon_threadsafe(loop.call_later, delay, self._enqueue, chain)
 
-        self._thread = threading.Thread(target=run, name="dispatch-inline-loop", daemon=True)
-        self._loop = loop
-        self._thread.start()
-        started.wait()
-        return loop
-
-    def _spawn(self, coro: object) -> None:
-        assert self._loop is not None
-        task: asyncio.Task[None] = self._loop.create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _take_incoming(self) -> None:
-        with self._cond:
-            incoming, self._incoming = self._incoming, []
-            self._wake_pending = False
-        for jobs, delay, done in incoming:
-            self._schedule_chain(jobs, delay, done)
-
-    def _schedule_chain(
-        self, jobs: list[Job], delay: float, done: concurrent.futures.Future[None]
-    ) -> None:
-        assert self._loop is not None
-        if delay > 0:
-            self._loop.call_later(delay, self._spawn, self._run_chain(jobs, done))
-        else:
-            self._spawn(self._run_chain(jobs, done))
-
-    async def _run_chain(self, jobs: list[Job], done: concurrent.futures.Future[None]) -> None:
-        try:
-            for job in jobs:
-                await self._run_one(job)
-        finally:
-            if not done.done():
-                done.set_result(None)
-
-    async def _run_one(self, job: Job) -> None:
-        assert self._semaphore is not None
-        with self._cond:
-            if job.id not in self._outstanding:  # abandoned by a drain meanwhile
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                self._free += 1
+            chain = self._queue.get()
+            with self._lock:
+                self._free -= 1
+                self._queued -= 1
+            if chain is None:  # shutdown
                 return
-        await self._semaphore.acquire()
-        with self._cond:
+            jobs, done = chain
+            try:
+                for job in jobs:
+                    self._run_one(job)
+            finally:
+                if not done.done():
+                    done.set_result(None)
+
+    def _run_one(self, job: Job) -> None:
+        if job.id not in self._outstanding:  # abandoned by a drain meanwhile
+            return
+        with self._lock:
             self._running += 1
-        lingering = None
         try:
-            outcome = await self._attempt(job)
-            lingering = outcome.lingering
-        except Exception:  # a bug here must not lose the job silently
+            outcome = self._attempt(job)
+        except BaseException:  # a bug here must not lose the job silently
             log.exception("inline executor failed while running task %s", job.id)
             self._finish(job)
             return
         finally:
-            if lingering is None:
-                self._release_slot()
-            else:  # a timed-out thread still runs: its slot stays taken until it ends
-                lingering.add_done_callback(lambda _: self._release_slot())
+            with self._lock:
+                self._running -= 1
         if outcome.retry_delay is None:
             self._finish(job)
-            return
-        retry = job.next_attempt(outcome.retry_delay)
-        with self._cond:
-            if job.id not in self._outstanding:
-                return
-            self._outstanding[job.id] = retry
-        assert self._loop is not None
-        self._loop.call_later(outcome.retry_delay, self._spawn, self._run_one(retry))
+        else:
+            retry = job.next_attempt(outcome.retry_delay)
+            with self._lock:
+                if job.id not in self._outstanding:
+                    return
+                self._outstanding[job.id] = retry
+            self._later(outcome.retry_delay, ([retry], concurrent.futures.Future()))
+        if outcome.lingering is not None:
+            # A timed-out call still runs (Python cannot stop a thread): it keeps this
+            # slot until it ends, so a hung task cannot multiply the running threads.
+            with self._lock:
+                self._running += 1
+            try:
+                concurrent.futures.wait([outcome.lingering])
+            finally:
+                with self._lock:
+                    self._running -= 1
 
-    async def _attempt(self, job: Job) -> core.Outcome:
+    def _attempt(self, job: Job) -> core.Outcome:
         # Every attempt decodes the JSON payload, exactly as a worker does: the task
         # gets fresh values (never the caller's objects) and the same types on both routes.
         try:
             values = get_task(job.spec.name).validator.decode(job.payload)
         except TaskValidationError as exc:
             return core.reject(job, exc)
-        return await core.run_async(job, values, self._pool)
-
-    def _release_slot(self) -> None:
-        assert self._semaphore is not None
-        with self._cond:
-            self._running -= 1
-        self._semaphore.release()
+        if not job.spec.is_async:
+            return core.run_sync(job, values)
+        running = asyncio.run_coroutine_threadsafe(
+            core.run_async(job, values), self._ensure_loop()
+        )
+        return running.result()
 
     def _finish(self, job: Job) -> None:
-        with self._cond:
+        with self._lock:
             self._outstanding.pop(job.id, None)
-            self._cond.notify_all()
+            if not self._outstanding:
+                self._idle.notify_all()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop for coroutine tasks and timers, started on first use."""
+        loop = self._loop
+        if loop is not None and self._loop_thread is not None and self._loop_thread.is_alive():
+            return loop
+        with self._lock:
+            if self._loop is not None and self._loop_thread is not None \
+                    and self._loop_thread.is_alive():
+                return self._loop
+            loop = asyncio.new_event_loop()
+            started = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(started.set)
+                loop.run_forever()
+                # Stopped by shutdown(): cancel what is left so nothing dangles at exit.
+                leftover = asyncio.all_tasks(loop)
+                for pending in leftover:
+                    pending.cancel()
+                loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+                loop.close()
+
+            self._loop_thread = threading.Thread(target=run, name="dispatch-inline-loop",
+                                                 daemon=True)
+            self._loop = loop
+            self._loop_thread.start()
+        started.wait()
+        return loop
 
 
 def dispatch_inline(job: Job, countdown: float | None, reason: str | None = None) -> None:
