@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,7 +32,9 @@ from .checks import check_configuration
 from .context import RequestBatch, batch_var, request_id_var
 from .errors import BrokerUnavailable, TaskValidationError, UnknownTaskError
 from .events import configure_logging
+from .governor import watch_server_thread
 from .inline import abandon
+from .job import new_request_id
 from .registry import import_task_modules
 from .settings import get_settings
 
@@ -41,17 +42,14 @@ REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-def _request_id(scope: Scope) -> str:
-    for key, value in scope.get("headers", ()):
-        if key == b"x-request-id":
-            candidate: str = value.decode("latin-1")
-            if _VALID_REQUEST_ID.match(candidate):
-                return candidate
-    return uuid.uuid4().hex
-
-
 class DispatcherMiddleware:
-    """Request id plus after-the-response hand-off of the request's inline jobs."""
+    """One ASGI layer for every request: its id (``X-Request-ID``), its batch of inline
+    jobs (handed to the executor once the response has been sent), the body size
+    limit; it also shows the governor which thread serves requests.
+
+    One layer rather than several: each ASGI layer costs every request an extra
+    coroutine and wrapped ``send``, paid on the same GIL as the endpoint.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -60,17 +58,54 @@ class DispatcherMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _request_id(scope)
+        settings = get_settings()
+        limit = settings.max_payload_bytes
+        request_id = None
+        declared = None
+        for key, value in scope.get("headers", ()):
+            if key == b"x-request-id":
+                candidate: str = value.decode("latin-1")
+                if _VALID_REQUEST_ID.match(candidate):
+                    request_id = candidate
+            elif key == b"content-length" and value.isdigit():
+                declared = int(value)
+        if declared is not None and declared > limit:
+            await _too_large(limit)(scope, receive, send)
+            return
+        if request_id is None:
+            request_id = new_request_id()
+        header = (REQUEST_ID_HEADER.encode(), request_id.encode())
         batch = RequestBatch()
-        hold = get_settings().inline_hold_request
-        response_sent = False
+        hold = settings.inline_hold_request
+        answered = response_sent = rejected = False
+        seen = 0
+
+        async def counting_receive() -> Message:
+            # Only without a Content-Length (chunked): the server enforces a declared one.
+            nonlocal seen, rejected
+            if rejected:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # Answer 413 now; the app sees the client go away and gives up.
+                    rejected = True
+                    if not answered:
+                        await send_and_hand_off(_PASS_THROUGH)
+                        await _too_large(limit)(scope, receive, send)
+                    return {"type": "http.disconnect"}
+            return message
 
         async def send_and_hand_off(message: Message) -> None:
-            nonlocal response_sent
-            if message["type"] == "http.response.start":
-                headers = list(message.get("headers", []))
-                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
-                message = {**message, "headers": headers}
+            nonlocal answered, response_sent
+            if message is _PASS_THROUGH or message["type"] == "http.response.start":
+                answered = True
+                if message is _PASS_THROUGH:
+                    return
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            if rejected:
+                return  # the 413 has been sent; drop whatever the app answers
             await send(message)
             if message["type"] == "http.response.body" and not message.get("more_body", False):
                 response_sent = True
@@ -82,10 +117,15 @@ class DispatcherMiddleware:
                     if hold:
                         await asyncio.wrap_future(done)
 
+        watch_server_thread()
         request_token = request_id_var.set(request_id)
         batch_token = batch_var.set(batch)
         try:
-            await self.app(scope, receive, send_and_hand_off)
+            await self.app(scope, receive if declared is not None else counting_receive,
+                           send_and_hand_off)
+        except Exception:
+            if not rejected:
+                raise
         finally:
             batch_var.reset(batch_token)
             request_id_var.reset(request_token)
@@ -99,52 +139,8 @@ class DispatcherMiddleware:
                     )
 
 
-class BodyLimitMiddleware:
-    """Refuses request bodies over ``DISPATCH_MAX_PAYLOAD_BYTES`` with 413, before the
-    endpoint reads them, whether or not the client sent a Content-Length."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        limit = get_settings().max_payload_bytes
-        for key, value in scope.get("headers", ()):
-            if key == b"content-length" and value.isdigit() and int(value) > limit:
-                await _too_large(limit)(scope, receive, send)
-                return
-        seen = 0
-        started = rejected = False
-
-        async def counting_receive() -> Message:
-            nonlocal seen, rejected
-            if rejected:
-                return {"type": "http.disconnect"}
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    # Answer 413 now; the app sees the client go away and gives up.
-                    rejected = True
-                    if not started:
-                        await _too_large(limit)(scope, receive, send)
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if rejected:
-                return  # the 413 has been sent; drop whatever the app answers
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except Exception:
-            if not rejected:
-                raise
+#: Marks the request answered without sending anything (the 413 goes out directly).
+_PASS_THROUGH: Message = {"type": "dispatcher.answered"}
 
 
 def _too_large(limit: int) -> JSONResponse:
@@ -214,7 +210,6 @@ def install(app: FastAPI) -> FastAPI:
     import_task_modules(settings.task_modules)
     check_configuration(settings)
     app.add_middleware(DispatcherMiddleware)
-    app.add_middleware(BodyLimitMiddleware)
     app.add_exception_handler(StarletteHTTPException, _http_exception)
     app.add_exception_handler(RequestValidationError, _request_validation)
     app.add_exception_handler(TaskValidationError, _validation_error)

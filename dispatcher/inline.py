@@ -12,16 +12,19 @@ thread nor a slot.
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 
 from . import core, runtime
 from .context import batch_var
 from .errors import DispatchError, TaskValidationError
 from .events import emit
+from .governor import Governor
 from .job import Job
 from .registry import get_task
 from .routing import decide_route
@@ -37,17 +40,23 @@ Chain = tuple[list[Job], "concurrent.futures.Future[None]"]
 class InlineExecutor:
     """Runs chains of jobs with bounded concurrency; drains on shutdown."""
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, busy_share: float = 1.0) -> None:
         self.concurrency = concurrency
+        self.governor = Governor(busy_share)
         # A plain lock (no Python-level Condition on the hot path); the condition
         # shares it and is only notified when the last outstanding job finishes.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._outstanding: dict[str, Job] = {}
-        self._queue: queue.SimpleQueue[Chain | None] = queue.SimpleQueue()
-        self._queued = 0
+        #: Chains waiting for a slot, oldest first.
+        self._ready: collections.deque[Chain] = collections.deque()
+        #: Wakes the thread waiting for work; rung only when the queue was empty.
+        self._doorbell: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._listening = False
+        #: One thread at a time takes the next chain (the others wait on this lock).
+        self._pick = threading.Lock()
         self._threads: list[threading.Thread] = []
-        self._free = 0
+        self._idle_threads = 0
         self._running = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
@@ -117,8 +126,10 @@ class InlineExecutor:
         with self._lock:
             self._closed = True
         leftover = self.drain(grace)
+        with self._lock:
+            self._listening = False
         for _ in self._threads:
-            self._queue.put(None)
+            self._doorbell.put(False)
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(loop.stop)
@@ -128,46 +139,76 @@ class InlineExecutor:
 
     # -- scheduling ---------------------------------------------------------------------
     def _enqueue(self, chain: Chain) -> None:
-        """Hand a chain to a free worker thread, starting one if none is free."""
+        """Queue a chain; wake a thread only if none is already on its way to it.
+
+        While the server is busy the governor holds jobs back and the queue is not
+        empty, so a dispatch costs an append: no thread wakes up on the request's time.
+        """
         with self._lock:
-            self._queued += 1
-            grow = self._queued > self._free and len(self._threads) < self.concurrency
-            if grow:
-                thread = threading.Thread(target=self._work, daemon=True,
-                                          name=f"dispatch-inline-{len(self._threads)}")
-                self._threads.append(thread)
-        if grow:
-            thread.start()
-        self._queue.put(chain)
+            self._ready.append(chain)
+            ring, self._listening = self._listening, False
+            if not self._threads:
+                self._start_thread()
+        if ring:
+            self._doorbell.put(True)
+
+    def _start_thread(self) -> None:
+        """Add a worker thread (callers hold ``_lock``)."""
+        thread = threading.Thread(target=self._work, daemon=True,
+                                  name=f"dispatch-inline-{len(self._threads)}")
+        self._threads.append(thread)
+        self._idle_threads += 1
+        thread.start()
 
     def _later(self, delay: float, chain: Chain) -> None:
         """Enqueue ``chain`` after ``delay`` seconds, on the loop's timer."""
         loop = self._ensure_loop()
         loop.call_soon_threadsafe(loop.call_later, delay, self._enqueue, chain)
 
+    def _next_chain(self) -> Chain | None:
+        """Wait for a chain and for the governor's go; None at shutdown."""
+        with self._pick:
+            while True:
+                with self._lock:
+                    if self._closed and not self._ready and not self._outstanding:
+                        return None
+                    if self._ready:
+                        break
+                    self._listening = True
+                if not self._doorbell.get():
+                    return None
+            self.governor.wait_turn()  # requests first while the server is saturated
+            with self._lock:
+                chain = self._ready.popleft()
+                self._idle_threads -= 1
+                # Someone must wait for the next chain while this one runs.
+                if self._idle_threads == 0 and len(self._threads) < self.concurrency:
+                    self._start_thread()
+            return chain
+
     def _work(self) -> None:
         while True:
-            with self._lock:
-                self._free += 1
-            chain = self._queue.get()
-            with self._lock:
-                self._free -= 1
-                self._queued -= 1
+            chain = self._next_chain()
             if chain is None:  # shutdown
                 return
             jobs, done = chain
             try:
-                for job in jobs:
-                    self._run_one(job)
+                for index, job in enumerate(jobs):
+                    self._run_one(job, paced=index > 0)
             finally:
                 if not done.done():
                     done.set_result(None)
+                with self._lock:
+                    self._idle_threads += 1
 
-    def _run_one(self, job: Job) -> None:
+    def _run_one(self, job: Job, *, paced: bool) -> None:
+        if paced:  # the chain's first job waited for its turn when it was picked
+            self.governor.wait_turn()
         if job.id not in self._outstanding:  # abandoned by a drain meanwhile
             return
         with self._lock:
             self._running += 1
+        cpu = time.thread_time()
         try:
             outcome = self._attempt(job)
         except BaseException:  # a bug here must not lose the job silently
@@ -177,6 +218,7 @@ class InlineExecutor:
         finally:
             with self._lock:
                 self._running -= 1
+            self.governor.spent(time.thread_time() - cpu)
         if outcome.retry_delay is None:
             self._finish(job)
         else:

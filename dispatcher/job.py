@@ -5,22 +5,23 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .spec import RouteName, TaskSpec
 
-_ID_BYTES = 16
+_ID_HEX = 32
 _IDS_PER_READ = 256
 _id_lock = threading.Lock()
-_id_pool = memoryview(b"")
+_id_pool = ""
 _id_next = 0
 _id_pid = 0
+#: The RFC 4122 variant bits (10xx) applied to the id's 17th hex digit.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
-def new_job_id() -> str:
-    """A random (version 4) UUID string, like ``uuid.uuid4()``.
+def _random_hex() -> str:
+    """32 random hex digits.
 
     Reads the OS's randomness 256 ids at a time: each ``os.urandom`` call releases the
     GIL, and on a busy server every release lets background threads take the request
@@ -29,11 +30,22 @@ def new_job_id() -> str:
     global _id_pool, _id_next, _id_pid
     with _id_lock:
         if _id_next >= len(_id_pool) or _id_pid != os.getpid():
-            _id_pool = memoryview(os.urandom(_ID_BYTES * _IDS_PER_READ))
+            _id_pool = os.urandom(_ID_HEX // 2 * _IDS_PER_READ).hex()
             _id_next, _id_pid = 0, os.getpid()
-        raw = _id_pool[_id_next:_id_next + _ID_BYTES].tobytes()
-        _id_next += _ID_BYTES
-    return str(uuid.UUID(bytes=raw, version=4))
+        start = _id_next
+        _id_next += _ID_HEX
+    return _id_pool[start:start + _ID_HEX]
+
+
+def new_job_id() -> str:
+    """A random (version 4) UUID string, like ``str(uuid.uuid4())``."""
+    h = _random_hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+def new_request_id() -> str:
+    """A random 32-hex-digit id for an HTTP request (``X-Request-ID``)."""
+    return _random_hex()
 
 
 @dataclass(slots=True)

@@ -98,7 +98,8 @@ def inline_executor() -> InlineExecutor:
         if _executor is None:
             from .inline import InlineExecutor
 
-            _executor = InlineExecutor(get_settings().inline_concurrency)
+            settings = get_settings()
+            _executor = InlineExecutor(settings.inline_concurrency, settings.inline_busy_share)
         return _executor
 
 

@@ -81,6 +81,13 @@ class DispatcherSettings(BaseSettings):
     inline_concurrency: int = Field(
         default=4, ge=1, description="Inline jobs running at once in one process."
     )
+    inline_busy_share: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="While requests wait and this process is CPU-saturated, inline jobs "
+        "start only as often as keeps their CPU time within this share (1: never yield).",
+    )
     inline_hold_request: bool = Field(
         default=False,
         description="Run a request's inline jobs inside its request cycle, like plain "

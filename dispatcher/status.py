@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 import redis
 
+from .governor import server_busy
 from .job import Job
 
 State = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"]
@@ -32,6 +33,8 @@ KEY_PREFIX = "celery-task-meta-"
 INDEX_KEY = "dispatch:jobs"
 #: Per job, a Redis list of its state changes after dispatch (JSON entries).
 HISTORY_PREFIX = "dispatch:history:"
+#: How often records are written while the web server is saturated (see governor).
+BUSY_INTERVAL = 0.05
 #: A position in the index: (dispatch time, job id); listings go newest first.
 Position = tuple[float, str]
 
@@ -349,6 +352,8 @@ class BufferedStatusStore:
         while True:
             self._wake.wait()
             self._wake.clear()
-            time.sleep(self._interval)  # let a burst of state changes coalesce
+            # Let a burst of state changes coalesce; longer while the server is saturated,
+            # as each wake-up of this thread takes the GIL from request handling.
+            time.sleep(BUSY_INTERVAL if server_busy() else self._interval)
             with self._write_lock:
                 self._write_pending()
