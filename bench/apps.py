@@ -73,6 +73,14 @@ async def raw_sleep(background: BackgroundTasks, ms: float = 10) -> dict[str, bo
     return {"ok": True}
 
 
+# The 10 ms job scenario: no query parameter, so the endpoint differs from /plain by
+# the job alone (FastAPI's parameter parsing costs as much as a dispatch).
+@raw.post("/sleep10")
+async def raw_sleep10(background: BackgroundTasks) -> dict[str, bool]:
+    background.add_task(sleep_job, 10)
+    return {"ok": True}
+
+
 ours = FastAPI()
 install(ours)
 _common(ours)
@@ -87,4 +95,10 @@ async def ours_noop() -> dict[str, bool]:
 @ours.post("/sleep")
 async def ours_sleep(ms: float = 10) -> dict[str, bool]:
     sleep_task.dispatch(ms)
+    return {"ok": True}
+
+
+@ours.post("/sleep10")
+async def ours_sleep10() -> dict[str, bool]:
+    sleep_task.dispatch(10)
     return {"ok": True}

@@ -35,6 +35,8 @@ INDEX_KEY = "dispatch:jobs"
 HISTORY_PREFIX = "dispatch:history:"
 #: How often records are written while the web server is saturated (see governor).
 BUSY_INTERVAL = 0.05
+#: Jobs per write call.
+WRITE_CHUNK = 32
 #: A position in the index: (dispatch time, job id); listings go newest first.
 Position = tuple[float, str]
 
@@ -324,29 +326,36 @@ class BufferedStatusStore:
             index, self._pending_index = self._pending_index, {}
         if not batch and not history:
             return True
-        records: list[str] = []
-        for task_id, record in batch.items():
-            records += (task_id, json.dumps(record))
-        entries: list[str] = []
-        for task_id, changes in history.items():
-            for entry in changes:
-                entries += (task_id, json.dumps(entry))
-        marks: list[str] = []
-        for task_id, score in index.items():
-            marks += (task_id, repr(score))
-        args = (self._ttl, repr(time.time() - self._ttl),
-                json.dumps(records), json.dumps(entries), json.dumps(marks))
+        ids = list(batch)
         try:
-            try:
-                self._client.evalsha(_WRITE_SHA, 0, *args)
-            except redis.exceptions.NoScriptError:  # Redis restarted and forgot it
-                self._client.script_load(_WRITE)
-                self._client.evalsha(_WRITE_SHA, 0, *args)
+            # A few dozen jobs per call: encoding is CPU under the web server's GIL,
+            # and each call's socket I/O hands the GIL back to request handling.
+            for start in range(0, len(ids), WRITE_CHUNK):
+                self._write_chunk(ids[start:start + WRITE_CHUNK], batch, history, index)
             return True
         except Exception as exc:  # an outage: these records are lost, jobs are not
             if self._on_error is not None:
                 self._on_error(exc)
             return False
+
+    def _write_chunk(self, ids: list[str], batch: dict[str, dict[str, Any]],
+                     history: dict[str, list[dict[str, Any]]], index: dict[str, float]) -> None:
+        records: list[str] = []
+        entries: list[str] = []
+        marks: list[str] = []
+        for task_id in ids:
+            records += (task_id, json.dumps(batch[task_id]))
+            for entry in history.get(task_id, ()):
+                entries += (task_id, json.dumps(entry))
+            if task_id in index:
+                marks += (task_id, repr(index[task_id]))
+        args = (self._ttl, repr(time.time() - self._ttl),
+                json.dumps(records), json.dumps(entries), json.dumps(marks))
+        try:
+            self._client.evalsha(_WRITE_SHA, 0, *args)
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it
+            self._client.script_load(_WRITE)
+            self._client.evalsha(_WRITE_SHA, 0, *args)
 
     def _run(self) -> None:
         while True:

@@ -66,6 +66,9 @@ class Task(Generic[P, R]):
         self.spec = spec
         self.validator = validator
         self.call_options = call_options or CallOptions()
+        #: The last routing decision and the settings it was made under (not for auto
+        #: tasks, whose route moves): routing is a pure function of both.
+        self._route_cache: tuple[DispatcherSettings, RouteDecision] | None = None
         functools.update_wrapper(self, fn)
         if spec.is_async:
             _mark_coroutine_function(self, fn)
@@ -131,9 +134,16 @@ class Task(Generic[P, R]):
         """Where a dispatch of this task goes now, and why (``auto``: the adaptive route
         to assume instead of this process's cached one)."""
         settings = settings or get_settings()
-        if auto is None:
-            auto = adaptive.auto_route(self.spec, settings)
-        return decide_route(self.spec, self.call_options, settings, auto)
+        if self.spec.adaptive or auto is not None:
+            if auto is None:
+                auto = adaptive.auto_route(self.spec, settings)
+            return decide_route(self.spec, self.call_options, settings, auto)
+        cached = self._route_cache
+        if cached is not None and cached[0] is settings:
+            return cached[1]
+        decision = decide_route(self.spec, self.call_options, settings)
+        self._route_cache = (settings, decision)
+        return decision
 
     def _spill_room(self, decision: RouteDecision, settings: DispatcherSettings) -> int | None:
         """How many more jobs of this decision may queue inline before the rest spill
