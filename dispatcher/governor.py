@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 #: Share of wall time the server loop's thread must have used to count as saturated.
 SATURATED = 0.5
@@ -84,8 +85,9 @@ def server_busy() -> bool:
 class Governor:
     """Paces the start of inline jobs while the server is busy; see the module docstring."""
 
-    def __init__(self, share: float) -> None:
+    def __init__(self, share: float, busy: Callable[[], bool] = server_busy) -> None:
         self.share = share
+        self._busy = busy
         self._turn = threading.Lock()
         self._pace = threading.Lock()
         self._next_start = 0.0
@@ -96,7 +98,7 @@ class Governor:
         if self.share >= 1.0:
             return
         with self._turn:
-            while server_busy():
+            while self._busy():
                 delay = self._next_start - time.perf_counter()
                 if delay <= 0:
                     return
@@ -105,7 +107,7 @@ class Governor:
     def spent(self, cpu_seconds: float) -> None:
         """A job used ``cpu_seconds``: while busy, the next start waits long enough to
         keep background work, hand-offs included, within its share."""
-        if self.share >= 1.0 or not server_busy():
+        if self.share >= 1.0 or not self._busy():
             return
         pause = (cpu_seconds + HANDOFF) * (1.0 - self.share) / self.share
         with self._pace:

@@ -1,0 +1,106 @@
+"""The governor: inline jobs start at once while the server is idle, and are paced to
+their share while the server loop's thread is saturated."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from dispatcher import governor
+from dispatcher.governor import HANDOFF, Governor
+
+
+@pytest.fixture
+def server_thread() -> Iterator[None]:
+    """Forget the watched thread before and after: tests register their own."""
+    governor._server_thread = governor._server_clock = None
+    yield
+    governor._server_thread = governor._server_clock = None
+
+
+def _watch_from(target_ready: threading.Event, stop: threading.Event, burn: bool) -> None:
+    governor.watch_server_thread()
+    target_ready.set()
+    while not stop.is_set():
+        if not burn:
+            stop.wait(0.01)
+
+
+def _busy_reading(burn: bool, seconds: float = 2.0) -> bool:
+    """Whether server_busy() reports True at some point while a thread that burns CPU
+    (or sleeps) is the watched server thread."""
+    ready, stop = threading.Event(), threading.Event()
+    thread = threading.Thread(target=_watch_from, args=(ready, stop, burn), daemon=True)
+    thread.start()
+    ready.wait(5)
+    seen = False
+    deadline = time.monotonic() + seconds
+    try:
+        while time.monotonic() < deadline and not seen:
+            seen = governor.server_busy()
+            time.sleep(governor.WINDOW)
+    finally:
+        stop.set()
+        thread.join(5)
+    return seen
+
+
+def test_a_saturated_server_thread_reads_as_busy(server_thread: None) -> None:
+    assert _busy_reading(burn=True)
+
+
+def test_an_idle_server_thread_never_reads_as_busy(server_thread: None) -> None:
+    assert not _busy_reading(burn=False, seconds=0.5)
+
+
+def test_without_a_server_thread_nothing_is_held_back(server_thread: None) -> None:
+    assert governor.server_cpu_seconds() is None
+    assert not governor.server_busy()
+
+
+def test_a_finished_server_thread_is_not_busy(server_thread: None) -> None:
+    thread = threading.Thread(target=governor.watch_server_thread)
+    thread.start()
+    thread.join()
+    time.sleep(governor.WINDOW * 2)
+    assert not governor.server_busy()
+
+
+def test_while_busy_the_next_start_waits_for_the_share() -> None:
+    gov = Governor(0.2, busy=lambda: True)
+    gov.wait_turn()  # nothing spent yet: at once
+    before = time.perf_counter()
+    gov.spent(0.002)
+    gov.wait_turn()
+    waited = time.perf_counter() - before
+    # 0.2 share: each second of job time (plus the hand-off) buys four of requests.
+    assert waited >= (0.002 + HANDOFF) * 4 * 0.99
+
+
+def test_while_idle_jobs_are_not_paced() -> None:
+    gov = Governor(0.01, busy=lambda: False)
+    gov.spent(10.0)  # a huge job: would mean a 990 s pause if the server were busy
+    started = time.perf_counter()
+    gov.wait_turn()
+    assert time.perf_counter() - started < 1.0
+
+
+def test_share_one_never_holds_back() -> None:
+    gov = Governor(1.0, busy=lambda: True)
+    gov.spent(10.0)
+    started = time.perf_counter()
+    gov.wait_turn()
+    assert time.perf_counter() - started < 1.0
+
+
+def test_pacing_stops_as_soon_as_the_server_is_idle_again() -> None:
+    busy = [True]
+    gov = Governor(0.01, busy=lambda: busy[0])
+    gov.spent(1.0)  # ~99 s pause while busy
+    threading.Timer(0.05, lambda: busy.__setitem__(0, False)).start()
+    started = time.perf_counter()
+    gov.wait_turn()
+    assert time.perf_counter() - started < 5.0
