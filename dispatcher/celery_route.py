@@ -15,7 +15,7 @@ import json
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -30,14 +30,18 @@ from .spec import RouteName
 from .spool import Spool, SpooledJob
 from .status import make_record
 from .wire import (
+    MessageTemplate,
     Publisher,
+    encode_body,
     queue_key,
     redis_client,
     task_message,
-    task_messages,
 )
 
 PUBLISH_BATCH = 500
+
+Prepared = tuple[str, str, str | None]
+"""``(queue_key, message_json, record_json)`` of one job, ready to publish."""
 
 
 def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") -> Celery:
@@ -120,9 +124,12 @@ class CeleryRoute:
         monitor.start()
         return monitor.status()
 
-    def _prepared_all(
+    def _preparer(
         self, jobs: Sequence[Job], countdown: float | None, fresh: bool
-    ) -> list[tuple[str, str, str | None]]:
+    ) -> Callable[[int, int], list[Prepared]]:
+        """Checks every job's message size now (so one oversized job publishes nothing)
+        and returns ``prepare(start, stop)``, which builds that slice's queue keys,
+        messages and PENDING records when it is about to be sent."""
         first = jobs[0]
         uniform = len(jobs) > 1 and all(
             (j.spec, j.queue, j.priority, j.request_id, j.attempt, j.dispatched_at, j.queued_at)
@@ -130,30 +137,32 @@ class CeleryRoute:
                 first.dispatched_at, first.queued_at)
             for j in jobs
         )
-        if not uniform:
-            return [self._prepared(job, countdown, fresh) for job in jobs]
-        messages = task_messages(jobs, countdown)
         shared_redis = self.settings.result_backend_url in (None, self.settings.broker_url)
-        if not (fresh and shared_redis):
-            return [
-                self._prepared(job, countdown, fresh, message)
-                for job, message in zip(jobs, messages, strict=True)
-            ]
+        if not (uniform and fresh and shared_redis):
+            prepared = [self._prepared(job, countdown, fresh) for job in jobs]
+            return lambda start, stop: prepared[start:stop]
+        template = MessageTemplate(first, countdown)
+        bodies = [encode_body(job.payload) for job in jobs]
+        limit = self.settings.max_payload_bytes
+        for job, body in zip(jobs, bodies, strict=True):
+            if template.size(job.id, body) > limit:
+                self._prepared(job, countdown, fresh)  # raises with the details
         # The PENDING records differ only in the id too: serialise one, substitute.
         token = f"<{os.urandom(8).hex()}>"
-        template = json.dumps(make_record(dataclasses.replace(first, id=token), "PENDING"))
+        record = json.dumps(make_record(dataclasses.replace(first, id=token), "PENDING"))
         key = queue_key(first.queue or self.settings.default_queue, first.priority)
-        limit = self.settings.max_payload_bytes
-        prepared: list[tuple[str, str, str | None]] = []
-        for job, message in zip(jobs, messages, strict=True):
-            if len(message) > limit:
-                self._prepared(job, countdown, fresh, message)  # raises with the details
-            prepared.append((key, message, template.replace(token, job.id)))
-        return prepared
+
+        def prepare(start: int, stop: int) -> list[Prepared]:
+            return [
+                (key, template.render(job.id, body), record.replace(token, job.id))
+                for job, body in zip(jobs[start:stop], bodies[start:stop], strict=True)
+            ]
+
+        return prepare
 
     def _prepared(
         self, job: Job, countdown: float | None, fresh: bool, message: str | None = None
-    ) -> tuple[str, str, str | None]:
+    ) -> Prepared:
         if message is None:
             message = json.dumps(task_message(job, countdown))
         if len(message) > self.settings.max_payload_bytes:
@@ -198,32 +207,54 @@ class CeleryRoute:
         fresh: bool = True,
         reason: str | None = None,
     ) -> list[RouteName]:
-        """``dispatch`` for many jobs: one pipelined round trip per ``PUBLISH_BATCH`` jobs."""
+        """``dispatch`` for many jobs, ``PUBLISH_BATCH`` per script call, the calls
+        pipelined: Redis publishes one batch while this process sends the next.
+
+        Every message is built (and size-checked) before the first is published.
+        """
         monitor = self.monitor
-        prepared = self._prepared_all(jobs, countdown, fresh) if jobs else []
-        routes: list[RouteName] = []
-        for start in range(0, len(jobs), PUBLISH_BATCH):
-            chunk = list(zip(jobs[start:start + PUBLISH_BATCH],
-                             prepared[start:start + PUBLISH_BATCH], strict=True))
-            if fresh:
-                for job, (_, _, record) in chunk:
-                    if record is None:  # separate records store: write before workers see it
-                        core.record(job, "PENDING")
-            if monitor.healthy:
+        if not jobs:
+            return []
+        prepare = self._preparer(jobs, countdown, fresh)
+        routes: list[RouteName] = ["celery"] * len(jobs)
+        sent: dict[int, list[Prepared]] = {}
+
+        def confirmed(start: int) -> None:
+            del sent[start]
+            for job in jobs[start:start + PUBLISH_BATCH]:
+                emit("task.dispatched", job, reason=reason)
+
+        def not_confirmed(start: int, batch: list[Prepared]) -> None:
+            for index, item in enumerate(batch, start):
+                routes[index] = self._on_outage(jobs[index], countdown, *item, outage)
+
+        stream = monitor.publisher.stream()
+        try:
+            for start in range(0, len(jobs), PUBLISH_BATCH):
+                batch = prepare(start, start + PUBLISH_BATCH)
+                chunk = jobs[start:start + PUBLISH_BATCH]
+                if fresh:
+                    for job, (_, _, record) in zip(chunk, batch, strict=True):
+                        if record is None:  # separate records store: write before publishing
+                            core.record(job, "PENDING")
+                if not monitor.healthy:
+                    not_confirmed(start, batch)
+                    continue
+                last = start + PUBLISH_BATCH >= len(jobs)
                 try:
-                    monitor.publisher.publish(
-                        [(job.publish_id, key, message, record)
-                         for job, (key, message, record) in chunk]
-                    )
+                    sent[start] = batch
+                    stream.send(start, [(job.publish_id, *item)
+                                        for job, item in zip(chunk, batch, strict=True)])
+                    while len(stream) > (0 if last else 1):
+                        confirmed(stream.receive()[0])
                 except BROKER_ERRORS as exc:
                     monitor.mark_down(exc)
-                else:
-                    for job, _ in chunk:
-                        emit("task.dispatched", job, reason=reason)
-                    routes += ["celery"] * len(chunk)
-                    continue
-            routes += [self._on_outage(job, countdown, key, message, record, outage)
-                       for job, (key, message, record) in chunk]
+                    for unconfirmed in stream.abandon():
+                        not_confirmed(unconfirmed, sent.pop(unconfirmed))
+                    while len(stream):  # confirmed before the error: no I/O left
+                        confirmed(stream.receive()[0])
+        finally:
+            stream.close()
         return routes
 
     def _on_outage(

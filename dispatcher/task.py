@@ -192,36 +192,27 @@ class Task(Generic[P, R]):
                 [{"field": "idempotency_key", "message": "one key cannot cover many jobs; "
                   "dispatch each item with its own key"}],
             )
-        validated = []
-        for index, item in enumerate(items):
-            try:
-                if isinstance(item, Mapping):
-                    validated.append(self.validator.validate((), item))
-                else:
-                    validated.append(self.validator.validate(tuple(item), {}))
-            except TaskValidationError as exc:
-                errors = [{**e, "field": f"[{index}].{e['field']}"} for e in exc.errors]
-                raise TaskValidationError(self.spec.name, errors) from None
+        payloads = self.validator.payloads(items)
         settings = get_settings()
         decision = self.route_for(settings)
         handles = []
         if decision.route == "inline":
             room = self._spill_room(decision, settings)
-            if room is None or room >= len(validated):
+            if room is None or room >= len(payloads):
                 return [
                     self._dispatch_validated(payload, decision, settings)
-                    for _, payload in validated
+                    for payload in payloads
                 ]
             # As many as fit queue inline; the rest spill over to Celery.
             handles = [
                 self._dispatch_validated(payload, decision, settings)
-                for _, payload in validated[:room]
+                for payload in payloads[:room]
             ]
-            validated = validated[room:]
+            payloads = payloads[room:]
             decision = self._spilled(decision, settings)
         now = time.time()
         jobs = [
-            self._job(new_job_id(), payload, decision, now) for _, payload in validated
+            self._job(new_job_id(), payload, decision, now) for payload in payloads
         ]
         spilled = decision.reason.startswith("spill-over")
         routes = runtime.celery_route().dispatch_many(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from pydantic import (
@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     SecretBytes,
     SecretStr,
+    TypeAdapter,
     ValidationError,
     create_model,
 )
@@ -58,12 +59,22 @@ def _messages(task_name: str, error: ValidationError) -> TaskValidationError:
     items = []
     for item in error.errors(include_url=False):
         loc = [str(part) for part in item["loc"]]
+        if item["loc"] and isinstance(item["loc"][0], int):  # an item of a batch
+            loc = [f"[{loc[0]}]." + (".".join(loc[1:]) or "(arguments)")]
         field = ".".join(loc) if loc else "(arguments)"
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unexpected argument"
         items.append({"field": field, "message": message})
     return TaskValidationError(task_name, items)
+
+
+def _indexed(error: TaskValidationError, index: int) -> TaskValidationError:
+    """``error`` for item ``index`` of a batch: each field becomes ``[index].field``."""
+    return TaskValidationError(
+        error.task_name,
+        [{**e, "field": f"[{index}].{e['field']}"} for e in error.errors],
+    )
 
 
 class ArgumentValidator:
@@ -85,6 +96,7 @@ class ArgumentValidator:
             p.name for p in self.parameters if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
         ]
         self._model: type[BaseModel] | None = None
+        self._list_adapter: TypeAdapter[list[BaseModel]] | None = None
         self._secret_names: set[str] = set()
         # Build now, so definition errors surface at decoration time; forward references
         # that do not resolve yet are tried again at the first dispatch.
@@ -179,6 +191,43 @@ class ArgumentValidator:
             if isinstance(secret, SecretStr):
                 payload[name] = secret.get_secret_value()
         return values, payload
+
+    def payloads(
+        self, items: Iterable[tuple[Any, ...] | Mapping[str, Any]]
+    ) -> list[dict[str, Any]]:
+        """JSON-ready payloads for many calls (a ``dispatch_many``), validated and dumped
+        as one list by pydantic; an error names the item: ``[3].count``."""
+        bound = []
+        for index, item in enumerate(items):
+            try:
+                bound.append(self.bind((), item) if isinstance(item, Mapping)
+                             else self.bind(tuple(item), {}))
+            except TaskValidationError as exc:
+                raise _indexed(exc, index) from None
+        if self._list_adapter is None:
+            self._list_adapter = TypeAdapter(list[self.model])  # type: ignore[name-defined]
+        try:
+            instances = self._list_adapter.validate_python(bound)
+        except ValidationError as exc:
+            raise _messages(self.task_name, exc) from None
+        try:
+            payloads: list[dict[str, Any]] = self._list_adapter.dump_python(
+                instances, mode="json", by_alias=True)
+        except (PydanticSerializationError, ValueError, TypeError):
+            for index, instance in enumerate(instances):
+                try:
+                    instance.model_dump(mode="json", by_alias=True)
+                except (PydanticSerializationError, ValueError, TypeError):
+                    raise _indexed(self._unserializable(instance), index) from None
+            raise
+        if self.secret_names:  # pydantic masks secrets when dumping
+            for instance, payload in zip(instances, payloads, strict=True):
+                values = self._values(instance)
+                for name in self.secret_names:
+                    secret = values.get(name)
+                    if isinstance(secret, SecretStr):
+                        payload[name] = secret.get_secret_value()
+        return payloads
 
     def decode(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Turn a received JSON payload back into typed values (the worker side)."""

@@ -17,12 +17,14 @@ import logging
 import os
 import socket
 import time
+from collections import deque
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import Connection
 from redis.retry import Retry
 
 from .job import Job
@@ -38,29 +40,53 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 
 INFLIGHT = "dispatch:inflight"
 
-# Publishes a batch: ARGV[1] marker ttl, ARGV[2] record ttl, ARGV[3] now, ARGV[4] a JSON
-# array with four strings per job: publish id, queue key, message, record ('' for none).
-# One argument for the whole batch: redis-py packs arguments one by one in Python.
+# Publishes a batch: ARGV[1] marker ttl, ARGV[2] record ttl, ARGV[3] now, ARGV[4] the
+# number of jobs, ARGV[5] four fields per job joined by NUL: publish id, queue key,
+# message, record ('' for none). JSON text never holds a raw NUL, so the split is exact,
+# and neither side pays for a second round of JSON escaping.
 # The marker holds "<queue key>\n<message>" until a worker starts the job (then "1"),
 # so the sweeper can put back a message that Redis lost between queue and worker.
+# Pushes and index entries are gathered and sent as one command per run of jobs: each
+# redis.call has a fixed cost that dominated the script's time when paid per job.
 # Keys are built inside the script: the dispatcher needs a single (non-cluster) Redis.
 _PUBLISH_ONCE = r"""
-local pushed = 0
-local jobs = cjson.decode(ARGV[4])
-for base = 1, #jobs, 4 do
-  local pid, queue, message, record = jobs[base], jobs[base + 1], jobs[base + 2], jobs[base + 3]
+local marker_ttl, record_ttl, now = ARGV[1], ARGV[2], ARGV[3]
+local data, pos = ARGV[5], 1
+local function field()
+  local stop = string.find(data, '\0', pos, true) or (#data + 1)
+  local value = string.sub(data, pos, stop - 1)
+  pos = stop + 1
+  return value
+end
+local function bulk(command, key, values)
+  for first = 1, #values, 1000 do
+    redis.call(command, key, unpack(values, first, math.min(first + 999, #values)))
+  end
+end
+local pushed, run_queue, run, inflight, index = 0, nil, {}, {}, {}
+for _ = 1, tonumber(ARGV[4]) do
+  local pid, queue, message, record = field(), field(), field(), field()
   if redis.call('SET', 'dispatch:published:' .. pid, queue .. '\n' .. message,
-                'NX', 'EX', ARGV[1]) then
-    redis.call('LPUSH', queue, message)
-    redis.call('ZADD', 'dispatch:inflight', ARGV[3], pid)
+                'NX', 'EX', marker_ttl) then
+    if queue ~= run_queue then
+      if run_queue then bulk('LPUSH', run_queue, run) end
+      run_queue, run = queue, {}
+    end
+    run[#run + 1] = message
+    inflight[#inflight + 1] = now
+    inflight[#inflight + 1] = pid
     if record ~= '' then
       local job = string.match(pid, '^(.*):%d+$')
-      redis.call('SET', 'celery-task-meta-' .. job, record, 'EX', ARGV[2])
-      redis.call('ZADD', 'dispatch:jobs', ARGV[3], job)
+      redis.call('SET', 'celery-task-meta-' .. job, record, 'EX', record_ttl)
+      index[#index + 1] = now
+      index[#index + 1] = job
     end
     pushed = pushed + 1
   end
 end
+if run_queue then bulk('LPUSH', run_queue, run) end
+bulk('ZADD', 'dispatch:inflight', inflight)
+bulk('ZADD', 'dispatch:jobs', index)
 return pushed
 """
 
@@ -102,18 +128,26 @@ def encode_body(payload: dict[str, Any]) -> str:
     return base64.b64encode(body.encode()).decode()
 
 
-def task_messages(jobs: Sequence[Job], countdown: float | None = None) -> list[str]:
-    """JSON messages for jobs that differ only in id and arguments (a ``dispatch_many``
-    batch): the envelope is serialised once and each job's id and body substituted."""
-    first = jobs[0]
-    token, body_token = f"<{os.urandom(8).hex()}>", f"<{os.urandom(8).hex()}>"
-    envelope = task_message(dataclasses.replace(first, id=token), countdown)
-    envelope["body"] = body_token
-    template = json.dumps(envelope)
-    return [
-        template.replace(token, job.id).replace(body_token, encode_body(job.payload))
-        for job in jobs
-    ]
+class MessageTemplate:
+    """The message of jobs that differ only in id and arguments (a ``dispatch_many``
+    batch), serialised once: each job's message is the template with its id and body
+    substituted, and its size is known before it is built."""
+
+    def __init__(self, first: Job, countdown: float | None = None) -> None:
+        self._id_token, self._body_token = f"<{os.urandom(8).hex()}>", f"<{os.urandom(8).hex()}>"
+        envelope = task_message(dataclasses.replace(first, id=self._id_token), countdown)
+        envelope["body"] = self._body_token
+        self.text = json.dumps(envelope)
+        self._ids = self.text.count(self._id_token)
+        self._fixed = (len(self.text) - self._ids * len(self._id_token)
+                       - len(self._body_token))
+
+    def size(self, job_id: str, body: str) -> int:
+        """The length of ``render(job_id, body)``, without building it."""
+        return self._fixed + self._ids * len(job_id) + len(body)
+
+    def render(self, job_id: str, body: str) -> str:
+        return self.text.replace(self._id_token, job_id).replace(self._body_token, body)
 
 
 def task_message(job: Job, countdown: float | None = None) -> dict[str, Any]:
@@ -226,6 +260,12 @@ class Sweeper:
         return recovered
 
 
+PublishItem = tuple[str, str, str, str | None]
+"""``(publish_id, queue_key, message_json, record_json)``: one job to publish."""
+
+Tag = TypeVar("Tag")
+
+
 class Publisher:
     """Pushes prepared messages onto their queues, each exactly once per job id."""
 
@@ -237,22 +277,123 @@ class Publisher:
         # a second round trip per publication.
         self._sha = hashlib.sha1(_PUBLISH_ONCE.encode()).hexdigest()
 
-    def publish(self, items: Sequence[tuple[str, str, str, str | None]]) -> int:
-        """Publish ``(publish_id, queue_key, message_json, record_json)`` items in one round
-        trip; returns how many were pushed now (the others had been published already).
+    def publish(self, items: Sequence[PublishItem]) -> int:
+        """Publish ``items`` in one round trip; returns how many were pushed now (the
+        others had been published already).
 
         Raises ``redis.RedisError``/``OSError`` when Redis does not answer in time.
         """
         try:
-            return self._send(items)
+            return int(self.client.evalsha(*self.command(items)[1:]))
         except redis.exceptions.NoScriptError:  # Redis restarted and forgot the script
             self.client.script_load(_PUBLISH_ONCE)
-            return self._send(items)
+            return int(self.client.evalsha(*self.command(items)[1:]))
 
-    def _send(self, items: Sequence[tuple[str, str, str, str | None]]) -> int:
-        flat: list[str] = []
+    def command(self, items: Sequence[PublishItem]) -> tuple[Any, ...]:
+        """The ``EVALSHA`` command (name first) that publishes ``items``."""
+        fields: list[str] = []
         for publish_id, key, message, record in items:
-            flat += (publish_id, key, message, record or "")
-        return int(self.client.evalsha(
-            self._sha, 0, self.marker_ttl, self.record_ttl, time.time(), json.dumps(flat)
-        ))
+            fields += (publish_id, key, message, record or "")
+        data = "\x00".join(fields)
+        if data.count("\x00") != len(fields) - 1:
+            raise ValueError("a queue name or publish id holds a NUL character")
+        return ("EVALSHA", self._sha, 0, self.marker_ttl, self.record_ttl, time.time(),
+                len(items), data)
+
+    def stream(self) -> PublishStream[Any]:
+        return PublishStream(self)
+
+
+class PublishStream(Generic[Tag]):
+    """Publish calls pipelined on one connection: Redis runs one batch while the caller
+    prepares and sends the next, instead of the two taking turns.
+
+    ``send`` a batch with a tag of your choosing; ``receive`` returns the oldest batch's
+    tag and count once Redis confirmed it. On an error the connection is dropped and the
+    error raised: the batches still in ``abandon()`` were not confirmed (some may have
+    been published; re-sending them is safe, the publish markers skip those).
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._connection: Connection | None = None
+        self._in_flight: deque[tuple[Tag, Sequence[PublishItem]]] = deque()
+        self._confirmed: deque[tuple[Tag, int]] = deque()
+
+    def __len__(self) -> int:
+        """Batches sent and not yet returned by ``receive``."""
+        return len(self._in_flight) + len(self._confirmed)
+
+    def send(self, tag: Tag, items: Sequence[PublishItem]) -> None:
+        command = self._publisher.command(items)
+        self._in_flight.append((tag, items))  # unconfirmed from here on, even if this fails
+        try:
+            if self._connection is None:
+                self._connection = self._publisher.client.connection_pool.get_connection()
+            self._connection.send_command(*command)  # type: ignore[no-untyped-call]
+        except BaseException:
+            self._drop()
+            raise
+
+    def receive(self) -> tuple[Tag, int]:
+        if self._confirmed:
+            return self._confirmed.popleft()
+        if not self._in_flight:
+            raise RuntimeError("receive() without a batch in flight")
+        try:
+            count = int(self._read())
+        except redis.exceptions.NoScriptError:
+            self._load_and_resend()
+            return self._confirmed.popleft()
+        tag, _ = self._in_flight.popleft()
+        return tag, count
+
+    def _read(self) -> Any:
+        assert self._connection is not None
+        try:
+            return self._connection.read_response()
+        except redis.exceptions.NoScriptError:
+            raise
+        except BaseException:
+            self._drop()
+            raise
+
+    def _load_and_resend(self) -> None:
+        """Redis did not know the script (first use, or a ``SCRIPT FLUSH``), so the
+        batches sent after the oldest were refused too: read their replies, load the
+        script, re-send the refused ones in order. Until all that succeeded, every batch
+        stays unconfirmed (re-sending one that did land is skipped by its markers)."""
+        counts: list[int | None] = [None]
+        for _ in range(1, len(self._in_flight)):
+            try:
+                counts.append(int(self._read()))
+            except redis.exceptions.NoScriptError:
+                counts.append(None)
+        self._publisher.client.script_load(_PUBLISH_ONCE)
+        confirmed = [
+            (tag, self._publisher.publish(items) if count is None else count)
+            for (tag, items), count in zip(self._in_flight, counts, strict=True)
+        ]
+        self._in_flight.clear()
+        self._confirmed.extend(confirmed)
+
+    def abandon(self) -> list[Tag]:
+        """The tags of the batches sent and not confirmed; forgets them (batches already
+        confirmed are still returned by ``receive``)."""
+        tags = [tag for tag, _ in self._in_flight]
+        self._in_flight.clear()
+        return tags
+
+    def close(self) -> None:
+        """Give the connection back (dropped if replies are still unread)."""
+        if self._in_flight:
+            self._drop()
+        elif self._connection is not None:
+            self._publisher.client.connection_pool.release(self._connection)
+            self._connection = None
+
+    def _drop(self) -> None:
+        if self._connection is not None:
+            self._connection.disconnect()  # type: ignore[no-untyped-call]
+            self._publisher.client.connection_pool.release(self._connection)
+            self._connection = None

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 
 from dispatcher import TaskDefinitionError, TaskValidationError, runtime, task
 from dispatcher.errors import DispatchError
@@ -245,6 +246,35 @@ def test_dispatch_many_dispatches_each_item(calls: Calls) -> None:
     assert len({h.id for h in handles}) == 3
     assert [h.get(timeout=5) for h in handles] == ["1", "#2", "x3"]
     assert sorted(calls.values) == [1, 2, 3]
+
+
+def test_batch_payloads_match_one_by_one_validation() -> None:
+    def f(when: datetime, token: SecretStr, tags: list[int] | None = None) -> None: ...
+
+    v = ArgumentValidator("unit.validation.batch", f)
+    items: list[Any] = [("2024-05-01T12:00:00Z", "s3cret"),
+                        {"when": "2024-05-02T00:00:00Z", "token": "other", "tags": ["7"]}]
+    payloads = v.payloads(items)
+    assert payloads == [v.validate(("2024-05-01T12:00:00Z", "s3cret"), {})[1],
+                        v.validate((), items[1])[1]]
+    assert [p["token"] for p in payloads] == ["s3cret", "other"]  # secrets travel in clear
+    assert payloads[1]["tags"] == [7]
+
+
+def test_batch_errors_name_every_bad_item() -> None:
+    def f(n: int, when: object = None) -> None: ...
+
+    v = ArgumentValidator("unit.validation.batch_errors", f)
+    with pytest.raises(TaskValidationError) as info:
+        v.payloads([(1,), ("x",), {"n": 3, "extra": 1}, ()])
+    assert [e["field"] for e in info.value.errors] == [
+        "[1].n", "[2].extra", "[3].n"]
+    assert info.value.field == "[1].n"
+
+    with pytest.raises(TaskValidationError) as info:
+        v.payloads([(1,), (2, object())])  # a value that cannot travel as JSON
+    assert info.value.field == "[1].when"
+    assert "cannot be sent as JSON" in str(info.value)
 
 
 def test_options_are_validated() -> None:
