@@ -236,7 +236,8 @@ class BufferedStatusStore:
             elif transition:
                 self._pending_history.setdefault(task_id, []).append(history_entry(record))
             self._ensure_thread()
-        self._wake.set()
+        if not self._wake.is_set():  # a plain read; set() takes a lock and notifies
+            self._wake.set()
 
     def load(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -310,7 +311,8 @@ class BufferedStatusStore:
             self._write_lock.release()
 
     def _ensure_thread(self) -> None:
-        if self._thread is None or not self._thread.is_alive() or self._pid != os.getpid():
+        # The writer loops forever: a thread of this process that was started is alive.
+        if self._thread is None or self._pid != os.getpid():
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="dispatch-records",
                                             daemon=True)
