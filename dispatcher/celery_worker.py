@@ -9,8 +9,10 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import redis
 from celery import Celery
 from celery.exceptions import Retry, WorkerLostError
 from celery.signals import worker_ready
@@ -22,7 +24,7 @@ from .errors import ConfigurationError, TaskFailed, TaskValidationError
 from .job import Job
 from .registry import all_tasks
 from .settings import DispatcherSettings, get_settings
-from .wire import HEADER, Sweeper, mark_started
+from .wire import HEADER, Sweeper, started_commands
 
 if TYPE_CHECKING:
     from .task import Task
@@ -68,28 +70,68 @@ def _number(value: Any) -> float | None:
 RUNS_PREFIX = "dispatch:runs:"
 
 
-def count_run(job: Job, ttl: int) -> int | None:
+def count_run(job: Job, ttl: int, *, wait: bool) -> tuple[int | None, Callable[[], object]]:
     """Count this delivery of ``job``; a delivery beyond the header's attempt means an
-    earlier run died with its process (SIGKILL, OOM) and counts as a failed attempt."""
+    earlier run died with its process (SIGKILL, OOM) and counts as a failed attempt.
+
+    Returns the count (None: not known, trust the message's own attempt number) and
+    a function to call once the run is over. The commands go out before the task
+    runs. With ``wait=False`` (a first delivery, which cannot be a crash's re-run) the
+    reply is read only by that function, so counting costs no round trip on the way
+    to the task; a process that dies meanwhile still counted, as the commands were
+    already on their way to Redis.
+    """
     settings = get_settings()
-    records = runtime.redis_client()
     broker = runtime.celery_route().monitor.publisher.client
+    commands = started_commands(job.publish_id)
+    records = runtime.redis_client()
+    shared = records is not None and settings.results_url == settings.broker_url
+    if shared:
+        commands += [("INCR", RUNS_PREFIX + job.id), ("EXPIRE", RUNS_PREFIX + job.id, ttl)]
+    pool = broker.connection_pool
     try:
-        pipe = broker.pipeline(transaction=False)
-        mark_started(pipe, job.publish_id)
-        if records is not None and settings.results_url == settings.broker_url:
-            pipe.incr(RUNS_PREFIX + job.id)
-            pipe.expire(RUNS_PREFIX + job.id, ttl)
-            return int(pipe.execute()[-2])
-        pipe.execute()
-        if records is None:
+        connection = pool.get_connection()
+    except BROKER_ERRORS:
+        return None, _nothing
+    try:
+        connection.send_packed_command(connection.pack_commands(commands))  # type: ignore[no-untyped-call]
+    except BROKER_ERRORS:
+        connection.disconnect()  # type: ignore[no-untyped-call]
+        pool.release(connection)
+        return None, _nothing
+
+    def read() -> int | None:
+        try:
+            replies = [connection.read_response() for _ in commands]
+        except BROKER_ERRORS:
+            connection.disconnect()  # type: ignore[no-untyped-call]
             return None
+        finally:
+            pool.release(connection)
+        if shared:
+            return int(replies[-2])
+        return _count_separately(records, job, ttl)
+
+    if wait:
+        return read(), _nothing
+    return None, read
+
+
+def _nothing() -> None:
+    return None
+
+
+def _count_separately(records: redis.Redis | None, job: Job, ttl: int) -> int | None:
+    """The delivery count in a records store other than the broker."""
+    if records is None:
+        return None
+    try:
         with records.pipeline(transaction=False) as separate:
             separate.incr(RUNS_PREFIX + job.id)
             separate.expire(RUNS_PREFIX + job.id, ttl)
             return int(separate.execute()[0])
     except BROKER_ERRORS:
-        return None  # no store: trust the message's own attempt number
+        return None
 
 
 def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> Any:
@@ -102,9 +144,16 @@ def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> Any:
     failed for good raises ``TaskFailed``, an expected error Celery logs without a
     traceback (ours is in the job's record and log line already).
     """
+    job = job_from_request(task, request, payload)
+    delivery = getattr(request, "delivery_info", None) or {}
+    # kombu marks a message it put back (a dead worker's, or a reject) as redelivered:
+    # only then can the count exceed the attempt, so only then is it waited for.
+    runs, finish_count = count_run(job, get_settings().result_ttl,
+                                   wait=bool(delivery.get("redelivered")))
     try:
-        outcome = _execute(task, request, payload)
+        outcome = _execute(task, job, payload, runs)
     finally:
+        finish_count()
         runtime.status_store().flush(get_settings().publish_timeout)
     if outcome.status == "FAILURE":
         error = outcome.error
@@ -112,9 +161,9 @@ def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> Any:
     return outcome.result
 
 
-def _execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> core.Outcome:
-    job = job_from_request(task, request, payload)
-    runs = count_run(job, get_settings().result_ttl)
+def _execute(
+    task: Task[Any, Any], job: Job, payload: dict[str, Any], runs: int | None
+) -> core.Outcome:
     if runs is not None and runs > job.attempt:
         job.attempt = runs
     if job.attempt > task.spec.retry.max_attempts:

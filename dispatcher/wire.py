@@ -227,10 +227,10 @@ return 1
 """
 
 
-def mark_started(pipe: Any, publish_id: str) -> None:
-    """Queue the commands that tell the sweeper this publication reached a worker."""
-    pipe.zrem(INFLIGHT, publish_id)
-    pipe.set(MARKER_PREFIX + publish_id, "1", xx=True, keepttl=True)
+def started_commands(publish_id: str) -> list[tuple[Any, ...]]:
+    """The commands that tell the sweeper this publication reached a worker."""
+    return [("ZREM", INFLIGHT, publish_id),
+            ("SET", MARKER_PREFIX + publish_id, "1", "XX", "KEEPTTL")]
 
 
 class Sweeper:
