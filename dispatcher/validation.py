@@ -69,6 +69,30 @@ def _messages(task_name: str, error: ValidationError) -> TaskValidationError:
     return TaskValidationError(task_name, items)
 
 
+_REQUIRED = object()
+_EXACT_FLOAT_INT = 2**53  # beyond it pydantic decides (precision, overflow)
+_PLAIN_TYPES = (int, float, str, bool)
+_PLAIN_DEFAULTS = (int, float, str, bool, type(None))
+
+
+def _plain_parameters(
+    parameters: list[inspect.Parameter], hints: dict[str, Any]
+) -> list[tuple[str, type, Any]] | None:
+    """``(name, type, default)`` per parameter if all are plain scalars, else None."""
+    plain = []
+    for param in parameters:
+        kind = hints.get(param.name)
+        if kind not in _PLAIN_TYPES:
+            return None
+        default = param.default
+        if default is inspect.Parameter.empty:
+            default = _REQUIRED
+        elif type(default) not in _PLAIN_DEFAULTS:
+            return None
+        plain.append((param.name, kind, default))
+    return plain
+
+
 def _indexed(error: TaskValidationError, index: int) -> TaskValidationError:
     """``error`` for item ``index`` of a batch: each field becomes ``[index].field``."""
     return TaskValidationError(
@@ -97,6 +121,8 @@ class ArgumentValidator:
         ]
         self._model: type[BaseModel] | None = None
         self._list_adapter: TypeAdapter[list[BaseModel]] | None = None
+        self._plain: list[tuple[str, type, Any]] | None = None
+        self._plain_names: frozenset[str] = frozenset()
         self._secret_names: set[str] = set()
         # Build now, so definition errors surface at decoration time; forward references
         # that do not resolve yet are tried again at the first dispatch.
@@ -131,6 +157,8 @@ class ArgumentValidator:
                 annotation = hints.get(param.name, Any)
                 default = ... if param.default is inspect.Parameter.empty else param.default
                 fields[f"p{index}"] = (annotation, Field(default, alias=param.name))
+            self._plain = _plain_parameters(self.parameters, hints)
+            self._plain_names = frozenset(name for name, _, _ in self._plain or ())
             self._model = create_model(
                 f"{self.task_name}:arguments",
                 __config__=ConfigDict(
@@ -177,6 +205,10 @@ class ArgumentValidator:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Return ``(values, payload)``: typed values to call with, JSON-ready payload to send."""
         model = self.model
+        if self._plain is not None:
+            payload = self._plain_payload(args, kwargs)
+            if payload is not None:
+                return dict(payload), payload
         try:
             instance = model.model_validate(self.bind(args, kwargs))
         except ValidationError as exc:
@@ -191,6 +223,38 @@ class ArgumentValidator:
             if isinstance(secret, SecretStr):
                 payload[name] = secret.get_secret_value()
         return values, payload
+
+    def _plain_payload(
+        self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
+    ) -> dict[str, Any] | None:
+        """The payload pydantic would build, when every parameter is a plain ``int``,
+        ``float``, ``str`` or ``bool`` and every value exactly of that type (a float
+        parameter also takes an int); None otherwise, and pydantic decides. The same
+        answer without building a model instance: most tasks take such arguments."""
+        plain = self._plain
+        assert plain is not None
+        if len(args) > len(self.positional) or (kwargs and not kwargs.keys() <= self._plain_names):
+            return None
+        payload: dict[str, Any] = {}
+        for index, (name, kind, default) in enumerate(plain):
+            if index < len(args):
+                if name in kwargs:
+                    return None  # given twice: pydantic's error message
+                value = args[index]
+            elif name in kwargs:
+                value = kwargs[name]
+            elif default is not _REQUIRED:
+                payload[name] = default
+                continue
+            else:
+                return None
+            actual = type(value)
+            if actual is not kind:
+                if kind is not float or actual is not int or abs(value) > _EXACT_FLOAT_INT:
+                    return None
+                value = float(value)
+            payload[name] = value
+        return payload
 
     def payloads(
         self, items: Iterable[tuple[Any, ...] | Mapping[str, Any]]

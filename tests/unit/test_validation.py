@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from dispatcher import TaskDefinitionError, TaskValidationError, runtime, task
 from dispatcher.errors import DispatchError
@@ -246,6 +246,45 @@ def test_dispatch_many_dispatches_each_item(calls: Calls) -> None:
     assert len({h.id for h in handles}) == 3
     assert [h.get(timeout=5) for h in handles] == ["1", "#2", "x3"]
     assert sorted(calls.values) == [1, 2, 3]
+
+
+def _pydantic_payload(v: ArgumentValidator, args: tuple[Any, ...],
+                     kwargs: dict[str, Any]) -> dict[str, Any] | str:
+    """What pydantic alone makes of a call: the payload, or the first error's field."""
+    try:
+        instance = v.model.model_validate(v.bind(args, kwargs))
+    except ValidationError as exc:
+        return str(exc.errors()[0]["loc"])
+    except TaskValidationError as exc:
+        return str(exc.field)
+    return instance.model_dump(mode="json", by_alias=True)
+
+
+def test_plain_argument_fast_path_agrees_with_pydantic() -> None:
+    def f(n: int, ratio: float, label: str = "x", on: bool = False,
+          limit: int | None = None) -> None: ...
+
+    def g(n: int, ratio: float, label: str = "x", on: bool = False) -> None: ...
+
+    calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((1, 2.5), {}), ((1, 2), {}), ((1,), {"ratio": 3}), ((), {"n": 1, "ratio": 0.0}),
+        ((1, 2.5, "y", True), {}), ((True, 2.5), {}), ((1, True), {}), (("1", 2.5), {}),
+        ((1, "2.5"), {}), ((1, 2**60), {}), ((1, 2.5, 3), {}), ((1, 2.5), {"n": 2}),
+        ((1, 2.5), {"other": 1}), ((1,), {}), ((1, 2.5, None), {}), ((1, float("inf")), {}),
+    ]
+    for fn in (f, g):
+        v = ArgumentValidator(f"unit.validation.fast.{fn.__name__}", fn)
+        for args, kwargs in calls:
+            expected = _pydantic_payload(v, args, kwargs)
+            try:
+                got: dict[str, Any] | str = v.validate(args, kwargs)[1]
+            except TaskValidationError as exc:
+                got = str(exc.field)
+            if isinstance(expected, dict):
+                assert got == expected, (fn.__name__, args, kwargs)
+                assert [type(x) for x in got.values()] == [type(x) for x in expected.values()]
+            else:
+                assert isinstance(got, str), (fn.__name__, args, kwargs, got)
 
 
 def test_batch_payloads_match_one_by_one_validation() -> None:
