@@ -69,6 +69,10 @@ def _number(value: Any) -> float | None:
 
 RUNS_PREFIX = "dispatch:runs:"
 
+#: How often a pool process writes what a running job reported (progress); each job's
+#: records are written before its message is acknowledged in any case.
+WORKER_RECORDS_POLL = 0.1
+
 
 def count_run(job: Job, ttl: int, *, wait: bool) -> tuple[int | None, Callable[[], object]]:
     """Count this delivery of ``job``; a delivery beyond the header's attempt means an
@@ -241,6 +245,7 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     check_configuration(settings, app.conf)
     route = CeleryRoute(settings, app)
     runtime.use_celery_route(route)
+    runtime.poll_records(WORKER_RECORDS_POLL)
     worker_ready.connect(lambda **_: start_sweeper(route), weak=False)
     install_worker_metrics(settings)  # /metrics from the main process, once the pool forked
     return app

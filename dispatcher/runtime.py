@@ -80,7 +80,28 @@ def status_store() -> StatusStore:
                 if client is None
                 else BufferedStatusStore(client, ttl, on_error=records_failed)
             )
+            _configure_store(_store)
         return _store
+
+
+#: Set by the worker: pool processes poll for records to write (see ``poll_records``).
+_records_poll: float | None = None
+
+
+def poll_records(interval: float) -> None:
+    """Make this process's records writer poll every ``interval`` seconds instead of
+    waking on each save (Celery pool processes flush each job's records before its ack
+    anyway; waking a thread per job costs a GIL hand-off)."""
+    global _records_poll
+    _records_poll = interval
+    with _lock:
+        if _store is not None:
+            _configure_store(_store)
+
+
+def _configure_store(store: StatusStore) -> None:
+    if _records_poll is not None and isinstance(store, BufferedStatusStore):
+        store.poll_every(_records_poll)
 
 
 def dead_letters() -> DeadLetterStore:

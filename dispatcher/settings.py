@@ -161,6 +161,11 @@ class DispatcherSettings(BaseSettings):
         description="Workers send Celery task events (what Flower shows); costs "
         "throughput on very short jobs.",
     )
+    worker_mingle: bool = Field(
+        default=False,
+        description="`python -m worker` runs Celery's start-up mingle (syncing revoked "
+        "task ids with other workers, ~1 s per start). Off: the dispatcher never revokes.",
+    )
     metrics_port: int = Field(
         default=9808,
         ge=0,

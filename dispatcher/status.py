@@ -199,10 +199,14 @@ class BufferedStatusStore:
     """
 
     def __init__(self, client: redis.Redis, ttl: int, interval: float = 0.005,
-                 on_error: Any = None) -> None:
+                 on_error: Any = None, *, poll: bool = False) -> None:
         self._client = client
         self._ttl = ttl
         self._interval = interval
+        #: Poll every ``interval`` instead of being woken by each save: for Celery pool
+        #: processes, which flush each job's records themselves before the ack, so the
+        #: writer only matters for what a long job reports while it runs (progress).
+        self.poll = poll
         self._on_error = on_error
         self._pending: dict[str, dict[str, Any]] = {}
         self._pending_history: dict[str, list[dict[str, Any]]] = {}
@@ -236,8 +240,13 @@ class BufferedStatusStore:
             elif transition:
                 self._pending_history.setdefault(task_id, []).append(history_entry(record))
             self._ensure_thread()
-        if not self._wake.is_set():  # a plain read; set() takes a lock and notifies
+        if not self.poll and not self._wake.is_set():  # set() takes a lock, notifies
             self._wake.set()
+
+    def poll_every(self, interval: float) -> None:
+        """Switch the writer to polling (see ``poll``)."""
+        self._interval = interval
+        self.poll = True
 
     def load(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -361,6 +370,11 @@ class BufferedStatusStore:
 
     def _run(self) -> None:
         while True:
+            if self.poll:
+                time.sleep(self._interval)
+                with self._write_lock:
+                    self._write_pending()
+                continue
             self._wake.wait()
             self._wake.clear()
             # Let a burst of state changes coalesce; longer while the server is saturated,
