@@ -24,6 +24,7 @@ import redis
 
 from .governor import server_busy
 from .job import Job
+from .link import Link
 
 State = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"]
 STATES: tuple[State, ...] = ("PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE")
@@ -201,6 +202,8 @@ class BufferedStatusStore:
     def __init__(self, client: redis.Redis, ttl: int, interval: float = 0.005,
                  on_error: Any = None, *, poll: bool = False) -> None:
         self._client = client
+        #: Writes go through a connection of the writer's own (callers hold _write_lock).
+        self._link = Link(client)
         self._ttl = ttl
         self._interval = interval
         #: Poll every ``interval`` instead of being woken by each save: for Celery pool
@@ -363,10 +366,10 @@ class BufferedStatusStore:
         args = (self._ttl, repr(time.time() - self._ttl),
                 json.dumps(records), json.dumps(entries), json.dumps(marks))
         try:
-            self._client.evalsha(_WRITE_SHA, 0, *args)
+            self._link.call("EVALSHA", _WRITE_SHA, 0, *args)
         except redis.exceptions.NoScriptError:  # Redis restarted and forgot it
             self._client.script_load(_WRITE)
-            self._client.evalsha(_WRITE_SHA, 0, *args)
+            self._link.call("EVALSHA", _WRITE_SHA, 0, *args)
 
     def _run(self) -> None:
         while True:

@@ -296,6 +296,10 @@ class ArgumentValidator:
     def decode(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         """Turn a received JSON payload back into typed values (the worker side)."""
         model = self.model
+        if self._plain is not None:
+            values = self._plain_payload((), payload)
+            if values is not None:
+                return values
         try:
             instance = model.model_validate(dict(payload))
         except ValidationError as exc:

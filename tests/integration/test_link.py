@@ -1,0 +1,46 @@
+"""``Link``: the worker's and the records writer's own connection, against real Redis."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+from redis.connection import Connection
+
+from dispatcher.embedded import EmbeddedRedis
+from dispatcher.link import Link, pack_commands
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis() as server:
+        yield server
+
+
+def test_packing_matches_redis_py() -> None:
+    commands = [("SET", "k", "1", "XX", "KEEPTTL"), ("EXPIRE", "x", 100),
+                ("SET", "ü", "é"), ("ZADD", "z", 1.5, "m"), ("SET", b"raw", b"\x00\xff")]
+    assert [pack_commands(commands)] == Connection().pack_commands(commands)
+
+
+def test_send_now_read_later_and_error_replies_keep_step(own_redis: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    link = Link(client)
+    link.send([("SET", "a", "1"), ("INCR", "a"), ("LPUSH", "a", "x"), ("INCR", "a")])
+    assert link.read() is not None
+    assert link.read() == 2
+    with pytest.raises(redis.ResponseError):  # WRONGTYPE: a reply, not a broken link
+        link.read()
+    assert link.read() == 3
+    assert link.call("GET", "a") == b"3"
+
+
+def test_a_broken_link_reconnects_on_the_next_call(own_redis: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(own_redis.url, socket_timeout=2)
+    link = Link(client)
+    assert link.call("PING") in (True, b"PONG", "PONG")
+    own_redis.restart()
+    with pytest.raises((redis.ConnectionError, OSError)):
+        link.call("PING")
+    assert link.call("PING") in (True, b"PONG", "PONG")
