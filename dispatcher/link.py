@@ -16,16 +16,27 @@ from typing import Any
 import redis
 from redis.connection import Connection
 
+#: Parts longer than this are sent as they are rather than copied into a buffer.
+_LARGE = 16_384
 
-def pack_commands(commands: Sequence[tuple[Any, ...]]) -> bytes:
-    """Redis protocol for ``commands`` (str, bytes or number parts)."""
-    out = []
+
+def pack_commands(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """Redis protocol for ``commands`` (str, bytes or number parts), as chunks to send
+    in order: small parts joined, a large one (a batch of messages) never copied."""
+    chunks: list[bytes] = []
+    small: list[bytes] = []
     for command in commands:
-        out.append(b"*%d\r\n" % len(command))
+        small.append(b"*%d\r\n" % len(command))
         for part in command:
             data = part if isinstance(part, bytes) else str(part).encode()
-            out.append(b"$%d\r\n%b\r\n" % (len(data), data))
-    return b"".join(out)
+            if len(data) > _LARGE:
+                small.append(b"$%d\r\n" % len(data))
+                chunks += (b"".join(small), data)
+                small = [b"\r\n"]
+            else:
+                small.append(b"$%d\r\n%b\r\n" % (len(data), data))
+    chunks.append(b"".join(small))
+    return chunks
 
 
 class Link:
@@ -53,7 +64,7 @@ class Link:
         connection = self.connect()
         try:
             connection.send_packed_command(  # type: ignore[no-untyped-call]
-                [pack_commands(commands)], check_health=False)
+                pack_commands(commands), check_health=False)
         except BaseException:
             self.drop()
             raise

@@ -28,6 +28,7 @@ from redis.connection import Connection
 from redis.retry import Retry
 
 from .job import Job
+from .link import pack_commands
 
 log = logging.getLogger("dispatcher.wire")
 
@@ -330,7 +331,8 @@ class PublishStream(Generic[Tag]):
         try:
             if self._connection is None:
                 self._connection = self._publisher.client.connection_pool.get_connection()
-            self._connection.send_command(*command)  # type: ignore[no-untyped-call]
+            self._connection.send_packed_command(  # type: ignore[no-untyped-call]
+                pack_commands([command]), check_health=False)
         except BaseException:
             self._drop()
             raise

@@ -21,7 +21,10 @@ def own_redis() -> Iterator[EmbeddedRedis]:
 def test_packing_matches_redis_py() -> None:
     commands = [("SET", "k", "1", "XX", "KEEPTTL"), ("EXPIRE", "x", 100),
                 ("SET", "ü", "é"), ("ZADD", "z", 1.5, "m"), ("SET", b"raw", b"\x00\xff")]
-    assert [pack_commands(commands)] == Connection().pack_commands(commands)
+    assert b"".join(pack_commands(commands)) == b"".join(Connection().pack_commands(commands))
+    large = ("EVALSHA", "f" * 40, 0, "x" * 100_000, 7)
+    assert b"".join(pack_commands([large, ("PING",)])) == b"".join(
+        Connection().pack_commands([large, ("PING",)]))
 
 
 def test_send_now_read_later_and_error_replies_keep_step(own_redis: EmbeddedRedis) -> None:
