@@ -112,10 +112,11 @@ class DispatcherMiddleware:
                 jobs = batch.close()
                 if jobs and batch.failed:
                     abandon(jobs, "the request ended in an error answer", "request_failed")
+                elif jobs and hold:
+                    await asyncio.wrap_future(runtime.inline_executor().submit(
+                        jobs, tracked=True))
                 elif jobs:
-                    done = runtime.inline_executor().submit(jobs)
-                    if hold:
-                        await asyncio.wrap_future(done)
+                    runtime.inline_executor().submit(jobs)
 
         watch_server_thread()
         request_token = request_id_var.set(request_id)

@@ -19,6 +19,7 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
+from typing import Literal, overload
 
 from . import core, runtime
 from .context import batch_var
@@ -33,8 +34,9 @@ from .spec import CallOptions
 
 log = logging.getLogger("dispatcher.inline")
 
-#: A chain of jobs run one after another, and the future set once the last has run.
-Chain = tuple[list[Job], "concurrent.futures.Future[None]"]
+#: A chain of jobs run one after another, and the future (if asked for) set once the
+#: last has run.
+Chain = tuple[list[Job], "concurrent.futures.Future[None] | None"]
 
 
 class InlineExecutor:
@@ -63,15 +65,25 @@ class InlineExecutor:
         self._closed = False
 
     # -- public API -------------------------------------------------------------------
+    @overload
+    def submit(self, jobs: Sequence[Job], countdown: float | None = None) -> None: ...
+
+    @overload
+    def submit(self, jobs: Sequence[Job], countdown: float | None = None, *,
+               tracked: Literal[True]) -> concurrent.futures.Future[None]: ...
+
     def submit(
-        self, jobs: Sequence[Job], countdown: float | None = None
-    ) -> concurrent.futures.Future[None]:
+        self, jobs: Sequence[Job], countdown: float | None = None, *, tracked: bool = False
+    ) -> concurrent.futures.Future[None] | None:
         """Run ``jobs`` one after another (after ``countdown`` seconds); thread-safe.
 
-        The returned future completes when the last job of the chain has finished its
-        attempt (retries continue on their own timers).
+        With ``tracked=True`` it returns a future that completes when the last job of
+        the chain has finished its attempt (retries continue on their own timers).
+        Untracked chains allocate no future: jobs held back during a burst are many,
+        and each future is several objects for the garbage collector to walk.
         """
-        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        done: concurrent.futures.Future[None] | None = (
+            concurrent.futures.Future() if tracked else None)
         chain = list(jobs)
         with self._lock:
             if self._closed:
@@ -196,7 +208,7 @@ class InlineExecutor:
                 for index, job in enumerate(jobs):
                     self._run_one(job, paced=index > 0)
             finally:
-                if not done.done():
+                if done is not None and not done.done():
                     done.set_result(None)
                 with self._lock:
                     self._idle_threads += 1
@@ -227,7 +239,7 @@ class InlineExecutor:
                 if job.id not in self._outstanding:
                     return
                 self._outstanding[job.id] = retry
-            self._later(outcome.retry_delay, ([retry], concurrent.futures.Future()))
+            self._later(outcome.retry_delay, ([retry], None))
         if outcome.lingering is not None:
             # A timed-out call still runs (Python cannot stop a thread): it keeps this
             # slot until it ends, so a hung task cannot multiply the running threads.
