@@ -85,15 +85,18 @@ class InlineExecutor:
         done: concurrent.futures.Future[None] | None = (
             concurrent.futures.Future() if tracked else None)
         chain = list(jobs)
-        with self._lock:
+        ring = False
+        with self._lock:  # one critical section on the request path
             if self._closed:
                 raise DispatchError("the inline executor has been shut down")
             for job in chain:
                 self._outstanding[job.id] = job
+            if not countdown:
+                ring = self._append((chain, done))
         if countdown:
             self._later(countdown, (chain, done))
-        else:
-            self._enqueue((chain, done))
+        elif ring:
+            self._doorbell.put(True)
         return done
 
     def outstanding(self) -> int:
@@ -157,12 +160,17 @@ class InlineExecutor:
         empty, so a dispatch costs an append: no thread wakes up on the request's time.
         """
         with self._lock:
-            self._ready.append(chain)
-            ring, self._listening = self._listening, False
-            if not self._threads:
-                self._start_thread()
+            ring = self._append(chain)
         if ring:
             self._doorbell.put(True)
+
+    def _append(self, chain: Chain) -> bool:
+        """Queue ``chain`` (callers hold ``_lock``); True if a thread must be woken."""
+        self._ready.append(chain)
+        ring, self._listening = self._listening, False
+        if not self._threads:
+            self._start_thread()
+        return ring
 
     def _start_thread(self) -> None:
         """Add a worker thread (callers hold ``_lock``)."""
