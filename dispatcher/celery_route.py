@@ -145,8 +145,9 @@ class CeleryRoute:
         bodies = [encode_body(job.payload) for job in jobs]
         limit = self.settings.max_payload_bytes
         for job, body in zip(jobs, bodies, strict=True):
-            if template.size(job.id, body) > limit:
-                self._prepared(job, countdown, fresh)  # raises with the details
+            size = template.size(job.id, body)
+            if size > limit:
+                raise self._too_large(job, size)
         # The PENDING records differ only in the id too: serialise one, substitute.
         token = f"<{os.urandom(8).hex()}>"
         record = json.dumps(make_record(dataclasses.replace(first, id=token), "PENDING"))
@@ -166,19 +167,17 @@ class CeleryRoute:
         if message is None:
             message = json.dumps(task_message(job, countdown))
         if len(message) > self.settings.max_payload_bytes:
-            raise TaskValidationError(
-                job.spec.name,
-                [
-                    {
-                        "field": "(arguments)",
-                        "message": f"message of {len(message)} bytes exceeds "
-                        f"DISPATCH_MAX_PAYLOAD_BYTES={self.settings.max_payload_bytes}",
-                    }
-                ],
-            )
+            raise self._too_large(job, len(message))
         shared_redis = self.settings.result_backend_url in (None, self.settings.broker_url)
         record = json.dumps(make_record(job, "PENDING")) if fresh and shared_redis else None
         return queue_key(job.queue or self.settings.default_queue, job.priority), message, record
+
+    def _too_large(self, job: Job, size: int) -> TaskValidationError:
+        return TaskValidationError(job.spec.name, [{
+            "field": "(arguments)",
+            "message": f"message of {size} bytes exceeds "
+            f"DISPATCH_MAX_PAYLOAD_BYTES={self.settings.max_payload_bytes}",
+        }])
 
     def dispatch(
         self,
@@ -229,6 +228,19 @@ class CeleryRoute:
                 routes[index] = self._on_outage(jobs[index], countdown, *item, outage)
 
         stream = monitor.publisher.stream()
+
+        def settle() -> None:
+            """Every batch sent gets its answer, or goes to the outage policy."""
+            try:
+                while len(stream):
+                    confirmed(stream.receive()[0])
+            except BROKER_ERRORS as exc:
+                monitor.mark_down(exc)
+                for unconfirmed in stream.abandon():
+                    not_confirmed(unconfirmed, sent.pop(unconfirmed))
+                while len(stream):  # confirmed before the error: no I/O left
+                    confirmed(stream.receive()[0])
+
         try:
             for start in range(0, len(jobs), PUBLISH_BATCH):
                 batch = prepare(start, start + PUBLISH_BATCH)
@@ -237,7 +249,8 @@ class CeleryRoute:
                     for job, (_, _, record) in zip(chunk, batch, strict=True):
                         if record is None:  # separate records store: write before publishing
                             core.record(job, "PENDING")
-                if not monitor.healthy:
+                if not monitor.healthy:  # found down meanwhile (here or by another thread)
+                    settle()
                     not_confirmed(start, batch)
                     continue
                 last = start + PUBLISH_BATCH >= len(jobs)
@@ -249,10 +262,11 @@ class CeleryRoute:
                         confirmed(stream.receive()[0])
                 except BROKER_ERRORS as exc:
                     monitor.mark_down(exc)
-                    for unconfirmed in stream.abandon():
-                        not_confirmed(unconfirmed, sent.pop(unconfirmed))
-                    while len(stream):  # confirmed before the error: no I/O left
-                        confirmed(stream.receive()[0])
+                    settle()
+            settle()
+        except BaseException:
+            settle()  # whatever went wrong, nothing sent is left without an answer
+            raise
         finally:
             stream.close()
         return routes

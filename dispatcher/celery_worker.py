@@ -92,6 +92,8 @@ def count_run(job: Job, ttl: int, *, wait: bool) -> tuple[int | None, Callable[[
     shared = records is not None and settings.results_url == settings.broker_url
     if shared:
         commands += [("INCR", RUNS_PREFIX + job.id), ("EXPIRE", RUNS_PREFIX + job.id, ttl)]
+    else:
+        wait = True  # the count goes to another store, after these replies
     link = _count_link()
     try:
         link.send(commands)
@@ -113,8 +115,9 @@ def count_run(job: Job, ttl: int, *, wait: bool) -> tuple[int | None, Callable[[
     return None, read
 
 
-#: This process's own connection for run counts, kept across jobs.
-_count: Link | None = None
+#: Each thread's own connection for run counts, kept across jobs (``-P threads`` runs
+#: jobs side by side: their replies must not interleave on one connection).
+_count = threading.local()
 
 
 def connect_early() -> None:
@@ -127,10 +130,10 @@ def connect_early() -> None:
 
 
 def _count_link() -> Link:
-    global _count
-    if _count is None:
-        _count = Link(runtime.celery_route().monitor.publisher.client)
-    return _count
+    link: Link | None = getattr(_count, "link", None)
+    if link is None:
+        link = _count.link = Link(runtime.celery_route().monitor.publisher.client)
+    return link
 
 
 def _nothing() -> None:
@@ -160,13 +163,15 @@ def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> Any:
     failed for good raises ``TaskFailed``, an expected error Celery logs without a
     traceback (ours is in the job's record and log line already).
     """
-    job = job_from_request(task, request, payload)
-    delivery = getattr(request, "delivery_info", None) or {}
-    # kombu marks a message it put back (a dead worker's, or a reject) as redelivered:
-    # only then can the count exceed the attempt, so only then is it waited for.
-    runs, finish_count = count_run(job, get_settings().result_ttl,
-                                   wait=bool(delivery.get("redelivered")))
+    finish_count: Callable[[], object] = _nothing
     try:
+        job = job_from_request(task, request, payload)
+        delivery = getattr(request, "delivery_info", None) or {}
+        # kombu marks a message it put back (a dead worker's, or a reject) as
+        # redelivered: only then can the count exceed the attempt, so only then is it
+        # waited for.
+        runs, finish_count = count_run(job, get_settings().result_ttl,
+                                       wait=bool(delivery.get("redelivered")))
         outcome = _execute(task, job, payload, runs)
     finally:
         finish_count()

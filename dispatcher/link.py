@@ -28,7 +28,14 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
     for command in commands:
         small.append(b"*%d\r\n" % len(command))
         for part in command:
-            data = part if isinstance(part, bytes) else str(part).encode()
+            if isinstance(part, bytes):
+                data = part
+            elif isinstance(part, str):
+                data = part.encode()
+            elif isinstance(part, int | float) and not isinstance(part, bool):
+                data = repr(part).encode()
+            else:
+                raise TypeError(f"cannot send a {type(part).__name__} to Redis: {part!r}")
             if len(data) > _LARGE:
                 small.append(b"$%d\r\n" % len(data))
                 chunks += (b"".join(small), data)
@@ -51,12 +58,28 @@ class Link:
         self.client = client
         self._connection: Connection | None = None
         self._pid = 0
+        self._unread = 0
 
     def connect(self) -> Connection:
-        """The connection, made now if need be (e.g. before a pool process's first job)."""
-        if self._connection is None or self._pid != os.getpid():
-            self._pid = os.getpid()
-            self._connection = self.client.connection_pool.get_connection()
+        """The connection, made now if need be (e.g. before a pool process's first job).
+
+        Between calls (no reply pending) a connection the server closed meanwhile (idle
+        timeout, restart, failover) is replaced, as redis-py's pool does on checkout.
+        """
+        connection = self._connection
+        if connection is not None and self._pid == os.getpid():
+            if self._unread:
+                return connection
+            try:
+                stale = connection.can_read(timeout=0)
+            except (redis.ConnectionError, OSError):
+                stale = True
+            if not stale:
+                return connection
+            self.drop()
+        self._pid = os.getpid()
+        self._unread = 0
+        self._connection = self.client.connection_pool.get_connection()
         return self._connection
 
     def send(self, commands: Sequence[tuple[Any, ...]]) -> None:
@@ -68,18 +91,22 @@ class Link:
         except BaseException:
             self.drop()
             raise
+        self._unread += len(commands)
 
     def read(self) -> Any:
         """The next reply; a command's error reply is raised as its ``ResponseError``."""
         if self._connection is None:
             raise redis.ConnectionError("nothing was sent on this link")
         try:
-            return self._connection.read_response()
+            reply = self._connection.read_response()
         except redis.ResponseError:
+            self._unread -= 1
             raise  # the reply was read whole: still in step
         except BaseException:
             self.drop()
             raise
+        self._unread -= 1
+        return reply
 
     def call(self, *command: Any) -> Any:
         """Send one command and return its reply."""
@@ -88,5 +115,7 @@ class Link:
 
     def drop(self) -> None:
         connection, self._connection = self._connection, None
+        self._unread = 0
         if connection is not None and self._pid == os.getpid():
             connection.disconnect()  # type: ignore[no-untyped-call]
+            self.client.connection_pool.release(connection)

@@ -242,14 +242,18 @@ class BufferedStatusStore:
                 self._pending_index[task_id] = float(record.get("dispatched_at") or time.time())
             elif transition:
                 self._pending_history.setdefault(task_id, []).append(history_entry(record))
-            self._ensure_thread()
-        if not self.poll and not self._wake.is_set():  # set() takes a lock, notifies
+            # Once per writer cycle (set() takes a lock); a polling writer is not woken.
+            wake = self.poll or not self._wake.is_set()
+            if wake:
+                self._ensure_thread()
+        if wake and not self.poll:
             self._wake.set()
 
     def poll_every(self, interval: float) -> None:
         """Switch the writer to polling (see ``poll``)."""
         self._interval = interval
         self.poll = True
+        self._wake.set()  # a writer waiting to be woken now loops on its own
 
     def load(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -323,8 +327,7 @@ class BufferedStatusStore:
             self._write_lock.release()
 
     def _ensure_thread(self) -> None:
-        # The writer loops forever: a thread of this process that was started is alive.
-        if self._thread is None or self._pid != os.getpid():
+        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
             self._pid = os.getpid()
             self._thread = threading.Thread(target=self._run, name="dispatch-records",
                                             daemon=True)

@@ -72,7 +72,6 @@ def _messages(task_name: str, error: ValidationError) -> TaskValidationError:
 _REQUIRED = object()
 _EXACT_FLOAT_INT = 2**53  # beyond it pydantic decides (precision, overflow)
 _PLAIN_TYPES = (int, float, str, bool)
-_PLAIN_DEFAULTS = (int, float, str, bool, type(None))
 
 
 def _plain_parameters(
@@ -87,8 +86,8 @@ def _plain_parameters(
         default = param.default
         if default is inspect.Parameter.empty:
             default = _REQUIRED
-        elif type(default) not in _PLAIN_DEFAULTS:
-            return None
+        elif default is not None and type(default) is not kind:
+            return None  # e.g. ``x: float = 1``: pydantic's dump gives 1.0, leave it to it
         plain.append((param.name, kind, default))
     return plain
 

@@ -351,7 +351,8 @@ class PublishStream(Generic[Tag]):
         return tag, count
 
     def _read(self) -> Any:
-        assert self._connection is not None
+        if self._connection is None:  # dropped after an error: these replies are lost
+            raise redis.ConnectionError("the publish connection was lost")
         try:
             return self._connection.read_response()
         except redis.exceptions.NoScriptError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -39,11 +40,33 @@ def test_send_now_read_later_and_error_replies_keep_step(own_redis: EmbeddedRedi
     assert link.call("GET", "a") == b"3"
 
 
-def test_a_broken_link_reconnects_on_the_next_call(own_redis: EmbeddedRedis) -> None:
+def test_a_restarted_server_gets_a_new_connection(own_redis: EmbeddedRedis) -> None:
     client = redis.Redis.from_url(own_redis.url, socket_timeout=2)
     link = Link(client)
     assert link.call("PING") in (True, b"PONG", "PONG")
     own_redis.restart()
-    with pytest.raises((redis.ConnectionError, OSError)):
-        link.call("PING")
     assert link.call("PING") in (True, b"PONG", "PONG")
+
+
+def test_an_error_mid_reply_drops_the_connection(own_redis: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(own_redis.url, socket_timeout=0.5)
+    link = Link(client)
+    link.send([("PING",)])
+    assert link.read() in (True, b"PONG", "PONG")
+    own_redis.pause()  # the reply never comes: a timeout, the replies out of step
+    try:
+        link.send([("PING",)])
+        with pytest.raises((redis.TimeoutError, redis.ConnectionError, OSError)):
+            link.read()
+    finally:
+        own_redis.resume()
+    assert link.call("PING") in (True, b"PONG", "PONG")  # on a fresh connection
+
+
+def test_a_connection_the_server_closed_while_idle_is_replaced(own_redis: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(own_redis.url)
+    client.config_set("timeout", 1)  # the server closes connections idle for 1 s
+    link = Link(client)
+    assert link.call("SET", "k", "v") is not None
+    time.sleep(2.5)
+    assert link.call("GET", "k") == b"v"  # no error: the dead connection was replaced

@@ -143,3 +143,37 @@ def test_broker_stalling_mid_dispatch_many_spools_the_rest_exactly_once(
     client = redis.Redis.from_url(own_redis.url)
     queued = [m["headers"]["id"] for m in _queued(client)]
     assert sorted(queued) == sorted(h.id for h in handles)  # each exactly once
+
+
+def test_broker_found_down_while_a_batch_is_in_flight_loses_nothing(
+    own_redis: EmbeddedRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another thread marks the broker down after batch 0 was sent and before its answer
+    was read: batch 0 still gets its answer, the rest go to the spool, and each job
+    lands in the queue exactly once."""
+    configure(DispatcherSettings(  # type: ignore[call-arg]
+        broker_url=own_redis.url, spool_path=str(tmp_path / "spool.db"), _env_file=None))
+    route = runtime.celery_route()
+    real_preparer = route._preparer
+
+    def down_after_first_send(*args: Any) -> Callable[[int, int], Any]:
+        prepare = real_preparer(*args)
+
+        def prepare_then_mark_down(start: int, stop: int) -> Any:
+            if start == celery_route.PUBLISH_BATCH:  # batch 0 sent, its answer unread
+                route.monitor.mark_down(RuntimeError("another thread saw an error"))
+            return prepare(start, stop)
+
+        return prepare_then_mark_down
+
+    monkeypatch.setattr(route, "_preparer", down_after_first_send)
+    total = celery_route.PUBLISH_BATCH * 2
+    handles = stream_job.dispatch_many([(n,) for n in range(total)])
+    assert [h.route for h in handles] == ["celery"] * total
+    monitor = route.monitor
+    deadline = time.monotonic() + 30
+    while monitor.spool.depth() or not monitor.healthy:
+        assert time.monotonic() < deadline, monitor.status()
+        time.sleep(0.1)
+    queued = [m["headers"]["id"] for m in _queued(redis.Redis.from_url(own_redis.url))]
+    assert sorted(queued) == sorted(h.id for h in handles)

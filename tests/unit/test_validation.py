@@ -266,13 +266,16 @@ def test_plain_argument_fast_path_agrees_with_pydantic() -> None:
 
     def g(n: int, ratio: float, label: str = "x", on: bool = False) -> None: ...
 
+    def h(n: int = True, ratio: float = 1, *, label: str = "x", on: bool = False) -> None: ...  # type: ignore[assignment]
+
     calls: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
         ((1, 2.5), {}), ((1, 2), {}), ((1,), {"ratio": 3}), ((), {"n": 1, "ratio": 0.0}),
         ((1, 2.5, "y", True), {}), ((True, 2.5), {}), ((1, True), {}), (("1", 2.5), {}),
         ((1, "2.5"), {}), ((1, 2**60), {}), ((1, 2.5, 3), {}), ((1, 2.5), {"n": 2}),
         ((1, 2.5), {"other": 1}), ((1,), {}), ((1, 2.5, None), {}), ((1, float("inf")), {}),
     ]
-    for fn in (f, g):
+    calls += [((), {}), ((2,), {"label": "y"}), ((2, 3.5, "z"), {})]
+    for fn in (f, g, h):
         v = ArgumentValidator(f"unit.validation.fast.{fn.__name__}", fn)
         for args, kwargs in calls:
             expected = _pydantic_payload(v, args, kwargs)
@@ -283,6 +286,9 @@ def test_plain_argument_fast_path_agrees_with_pydantic() -> None:
             if isinstance(expected, dict):
                 assert got == expected, (fn.__name__, args, kwargs)
                 assert [type(x) for x in got.values()] == [type(x) for x in expected.values()]
+                # and the worker decodes it back to the same typed values
+                decoded = v.decode(got)
+                assert decoded == v.model.model_validate(got).model_dump(by_alias=True)
             else:
                 assert isinstance(got, str), (fn.__name__, args, kwargs, got)
 
