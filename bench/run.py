@@ -203,6 +203,7 @@ def publish_scenarios(stack: Stack) -> None:
     client = redis.Redis.from_url(stack.redis.url)
     n = 2000
     single: dict[str, list[float]] = {"ours": [], "raw": [], "many": []}
+    client.flushdb()  # start from an empty Redis, whatever ran before
     for _ in range(ROUNDS):
         started = time.perf_counter()
         for _ in range(n):
