@@ -58,6 +58,19 @@ def record(job: Job, status: State, *, transition: bool = True, **fields: Any) -
         log.warning("could not record %s for task %s: %s", status, job.id, exc)
 
 
+def record_pending(job: Job) -> None:
+    """``record(job, "PENDING")`` for a job just dispatched: the store builds the
+    record later, off the caller's (the request's) time."""
+    if not runtime.records_available():
+        log.debug("records store down: PENDING of task %s not recorded", job.id)
+        return
+    try:
+        runtime.status_store().save_pending(job)
+    except Exception as exc:
+        runtime.records_failed(exc)
+        log.warning("could not record PENDING for task %s: %s", job.id, exc)
+
+
 def dead_letter(job: Job, error: dict[str, str], reason: str, tb: str = "") -> None:
     """Keep a finally failed job, with its arguments, for inspection and re-dispatch."""
     try:

@@ -105,6 +105,11 @@ def make_record(job: Job, status: State, **fields: Any) -> dict[str, Any]:
     return record
 
 
+def _as_record(held: dict[str, Any] | Job) -> dict[str, Any]:
+    """A copy of a held record, or the PENDING record of a held job."""
+    return make_record(held, "PENDING") if isinstance(held, Job) else dict(held)
+
+
 def history_entry(record: dict[str, Any]) -> dict[str, Any]:
     """What a state change adds to the job's history."""
     return {"state": record["status"], "at": time.time(), "attempt": record.get("attempt")}
@@ -123,6 +128,8 @@ class StatusStore(Protocol):
     """
 
     def save(self, record: dict[str, Any], *, transition: bool = True) -> None: ...
+
+    def save_pending(self, job: Job) -> None: ...
 
     def load(self, task_id: str) -> dict[str, Any] | None: ...
 
@@ -158,6 +165,9 @@ class MemoryStatusStore:
             while len(self._records) > self._limit:
                 gone, _ = self._records.popitem(last=False)
                 self._history.pop(gone, None)
+
+    def save_pending(self, job: Job) -> None:
+        self.save(make_record(job, "PENDING"))
 
     def load(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -211,7 +221,9 @@ class BufferedStatusStore:
         #: writer only matters for what a long job reports while it runs (progress).
         self.poll = poll
         self._on_error = on_error
-        self._pending: dict[str, dict[str, Any]] = {}
+        #: Newest state per job: a record, or the Job itself for a PENDING record that
+        #: the writer builds (off the request path).
+        self._pending: dict[str, dict[str, Any] | Job] = {}
         self._pending_history: dict[str, list[dict[str, Any]]] = {}
         self._pending_index: dict[str, float] = {}
         self._lock = threading.Lock()
@@ -249,6 +261,20 @@ class BufferedStatusStore:
         if wake and not self.poll:
             self._wake.set()
 
+    def save_pending(self, job: Job) -> None:
+        """``save(make_record(job, "PENDING"))``, with the record built by the writer
+        when it writes (or by ``load``): a dispatch on the request path only files the
+        job."""
+        self._after_fork()
+        with self._lock:
+            self._pending[job.id] = job
+            self._pending_index[job.id] = job.dispatched_at or time.time()
+            wake = self.poll or not self._wake.is_set()
+            if wake:
+                self._ensure_thread()
+        if wake and not self.poll:
+            self._wake.set()
+
     def poll_every(self, interval: float) -> None:
         """Switch the writer to polling (see ``poll``)."""
         self._interval = interval
@@ -259,7 +285,7 @@ class BufferedStatusStore:
         with self._lock:
             pending = self._pending.get(task_id)
         if pending is not None:
-            return dict(pending)
+            return _as_record(pending)
         raw = self._client.get(KEY_PREFIX + task_id)
         if raw is None:
             return None
@@ -274,7 +300,9 @@ class BufferedStatusStore:
             pending = {t: self._pending[t] for t in task_ids if t in self._pending}
         records: list[dict[str, Any] | None] = []
         for task_id, raw in zip(task_ids, raws, strict=True):
-            value = pending.get(task_id) or (json.loads(raw) if raw is not None else None)
+            held = pending.get(task_id)
+            value = _as_record(held) if held is not None else (
+                json.loads(raw) if raw is not None else None)
             records.append(dict(value) if isinstance(value, dict) else None)
         return records
 
@@ -355,13 +383,13 @@ class BufferedStatusStore:
                 self._on_error(exc)
             return False
 
-    def _write_chunk(self, ids: list[str], batch: dict[str, dict[str, Any]],
+    def _write_chunk(self, ids: list[str], batch: dict[str, dict[str, Any] | Job],
                      history: dict[str, list[dict[str, Any]]], index: dict[str, float]) -> None:
         records: list[str] = []
         entries: list[str] = []
         marks: list[str] = []
         for task_id in ids:
-            records += (task_id, json.dumps(batch[task_id]))
+            records += (task_id, json.dumps(_as_record(batch[task_id])))
             for entry in history.get(task_id, ()):
                 entries += (task_id, json.dumps(entry))
             if task_id in index:

@@ -134,3 +134,26 @@ def test_records_expire_with_the_result_ttl(broker: str, redis_server: Any) -> N
     while client.zscore(INDEX_KEY, handle.id) is not None and time.monotonic() < deadline:
         time.sleep(0.1)
     assert client.zscore(INDEX_KEY, handle.id) is None
+
+
+def test_a_pending_job_is_filed_and_its_record_built_by_the_writer(redis_server: Any) -> None:
+    from dispatcher.job import Job, new_job_id
+    from dispatcher.status import BufferedStatusStore, make_record
+
+    @task(name="it.records.filed")
+    def filed(n: int) -> None: ...
+
+    client = redis.Redis.from_url(redis_server.url)
+    store = BufferedStatusStore(client, ttl=60, interval=10.0)  # no write until flush
+    job = Job(id=new_job_id(), spec=filed.spec, route="inline", queue=None, priority=5,
+              payload={"n": 1}, dispatched_at=time.time())
+    store.save_pending(job)
+    expected = make_record(job, "PENDING")
+    assert store.load(job.id) == expected  # this process reads its own dispatch at once
+    assert store.load_many([job.id]) == [expected]
+    assert client.get(KEY_PREFIX + job.id) is None
+    assert store.flush()
+    assert json.loads(client.get(KEY_PREFIX + job.id)) == expected
+    assert client.zscore(INDEX_KEY, job.id) == pytest.approx(job.dispatched_at)
+    store.save(make_record(job, "STARTED"))
+    assert store.load(job.id)["status"] == "STARTED"  # type: ignore[index]
