@@ -254,11 +254,8 @@ class BufferedStatusStore:
                 self._pending_index[task_id] = float(record.get("dispatched_at") or time.time())
             elif transition:
                 self._pending_history.setdefault(task_id, []).append(history_entry(record))
-            # Once per writer cycle (set() takes a lock); a polling writer is not woken.
-            wake = self.poll or not self._wake.is_set()
-            if wake:
-                self._ensure_thread()
-        if wake and not self.poll:
+            wake = self._writer_due()
+        if wake:
             self._wake.set()
 
     def save_pending(self, job: Job) -> None:
@@ -269,11 +266,17 @@ class BufferedStatusStore:
         with self._lock:
             self._pending[job.id] = job
             self._pending_index[job.id] = job.dispatched_at or time.time()
-            wake = self.poll or not self._wake.is_set()
-            if wake:
-                self._ensure_thread()
-        if wake and not self.poll:
+            wake = self._writer_due()
+        if wake:
             self._wake.set()
+
+    def _writer_due(self) -> bool:
+        """See that the writer runs (callers hold ``_lock``); True if it must be woken:
+        once per cycle (``set()`` takes a lock), a polling writer never."""
+        if self.poll or not self._wake.is_set():
+            self._ensure_thread()
+            return not self.poll
+        return False
 
     def poll_every(self, interval: float) -> None:
         """Switch the writer to polling (see ``poll``)."""
