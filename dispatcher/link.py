@@ -95,8 +95,8 @@ class Link:
 
     def read(self) -> Any:
         """The next reply; a command's error reply is raised as its ``ResponseError``."""
-        if self._connection is None:
-            raise redis.ConnectionError("nothing was sent on this link")
+        if self._connection is None:  # never sent, or dropped after an error
+            raise redis.ConnectionError("no reply to read: the connection was lost")
         try:
             reply = self._connection.read_response()
         except redis.ResponseError:
@@ -112,6 +112,14 @@ class Link:
         """Send one command and return its reply."""
         self.send([command])
         return self.read()
+
+    def close(self) -> None:
+        """Give the connection back to the pool (dropped if replies are still unread)."""
+        if self._unread:
+            self.drop()
+        elif self._connection is not None and self._pid == os.getpid():
+            self.client.connection_pool.release(self._connection)
+        self._connection = None
 
     def drop(self) -> None:
         connection, self._connection = self._connection, None

@@ -24,11 +24,10 @@ from typing import Any, Generic, TypeVar
 
 import redis
 from redis.backoff import NoBackoff
-from redis.connection import Connection
 from redis.retry import Retry
 
 from .job import Job
-from .link import pack_commands
+from .link import Link
 
 log = logging.getLogger("dispatcher.wire")
 
@@ -310,14 +309,14 @@ class PublishStream(Generic[Tag]):
     prepares and sends the next, instead of the two taking turns.
 
     ``send`` a batch with a tag of your choosing; ``receive`` returns the oldest batch's
-    tag and count once Redis confirmed it. On an error the connection is dropped and the
-    error raised: the batches still in ``abandon()`` were not confirmed (some may have
-    been published; re-sending them is safe, the publish markers skip those).
+    tag and count once Redis confirmed it. An error is raised (a broken connection is
+    dropped, see ``Link``): the batches still in ``abandon()`` were not confirmed (some
+    may have been published; re-sending them is safe, the publish markers skip those).
     """
 
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
-        self._connection: Connection | None = None
+        self._link = Link(publisher.client)  # this stream's own connection
         self._in_flight: deque[tuple[Tag, Sequence[PublishItem]]] = deque()
         self._confirmed: deque[tuple[Tag, int]] = deque()
 
@@ -328,14 +327,7 @@ class PublishStream(Generic[Tag]):
     def send(self, tag: Tag, items: Sequence[PublishItem]) -> None:
         command = self._publisher.command(items)
         self._in_flight.append((tag, items))  # unconfirmed from here on, even if this fails
-        try:
-            if self._connection is None:
-                self._connection = self._publisher.client.connection_pool.get_connection()
-            self._connection.send_packed_command(  # type: ignore[no-untyped-call]
-                pack_commands([command]), check_health=False)
-        except BaseException:
-            self._drop()
-            raise
+        self._link.send([command])
 
     def receive(self) -> tuple[Tag, int]:
         if self._confirmed:
@@ -343,23 +335,12 @@ class PublishStream(Generic[Tag]):
         if not self._in_flight:
             raise RuntimeError("receive() without a batch in flight")
         try:
-            count = int(self._read())
+            count = int(self._link.read())
         except redis.exceptions.NoScriptError:
             self._load_and_resend()
             return self._confirmed.popleft()
         tag, _ = self._in_flight.popleft()
         return tag, count
-
-    def _read(self) -> Any:
-        if self._connection is None:  # dropped after an error: these replies are lost
-            raise redis.ConnectionError("the publish connection was lost")
-        try:
-            return self._connection.read_response()
-        except redis.exceptions.NoScriptError:
-            raise
-        except BaseException:
-            self._drop()
-            raise
 
     def _load_and_resend(self) -> None:
         """Redis did not know the script (first use, or a ``SCRIPT FLUSH``), so the
@@ -369,7 +350,7 @@ class PublishStream(Generic[Tag]):
         counts: list[int | None] = [None]
         for _ in range(1, len(self._in_flight)):
             try:
-                counts.append(int(self._read()))
+                counts.append(int(self._link.read()))
             except redis.exceptions.NoScriptError:
                 counts.append(None)
         self._publisher.client.script_load(_PUBLISH_ONCE)
@@ -389,14 +370,4 @@ class PublishStream(Generic[Tag]):
 
     def close(self) -> None:
         """Give the connection back (dropped if replies are still unread)."""
-        if self._in_flight:
-            self._drop()
-        elif self._connection is not None:
-            self._publisher.client.connection_pool.release(self._connection)
-            self._connection = None
-
-    def _drop(self) -> None:
-        if self._connection is not None:
-            self._connection.disconnect()  # type: ignore[no-untyped-call]
-            self._publisher.client.connection_pool.release(self._connection)
-            self._connection = None
+        self._link.close()
