@@ -9,7 +9,6 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -75,16 +74,14 @@ RUNS_PREFIX = "dispatch:runs:"
 WORKER_RECORDS_POLL = 0.1
 
 
-def count_run(job: Job, ttl: int, *, wait: bool) -> tuple[int | None, Callable[[], object]]:
+def count_run(job: Job, ttl: int) -> int | None:
     """Count this delivery of ``job``; a delivery beyond the header's attempt means an
     earlier run died with its process (SIGKILL, OOM) and counts as a failed attempt.
 
-    Returns the count (None: not known, trust the message's own attempt number) and
-    a function to call once the run is over. The commands go out before the task
-    runs. With ``wait=False`` (a first delivery, which cannot be a crash's re-run) the
-    reply is read only by that function, so counting costs no round trip on the way
-    to the task; a process that dies meanwhile still counted, as the commands were
-    already on their way to Redis.
+    Waited for before the task runs: a count sent without waiting was measured to be
+    lost now and then when the task killed its process right after (the fault suite's
+    self-SIGKILL jobs), and a lost count lets a poison job run once too often.
+    None: no count (no store, or it failed), trust the message's own attempt number.
     """
     settings = get_settings()
     commands = started_commands(job.publish_id)
@@ -92,27 +89,16 @@ def count_run(job: Job, ttl: int, *, wait: bool) -> tuple[int | None, Callable[[
     shared = records is not None and settings.results_url == settings.broker_url
     if shared:
         commands += [("INCR", RUNS_PREFIX + job.id), ("EXPIRE", RUNS_PREFIX + job.id, ttl)]
-    else:
-        wait = True  # the count goes to another store, after these replies
     link = _count_link()
     try:
         link.send(commands)
+        replies = [link.read() for _ in commands]
     except BROKER_ERRORS:
-        return None, _nothing
-
-    def read() -> int | None:
-        try:
-            replies = [link.read() for _ in commands]
-        except BROKER_ERRORS:
-            link.drop()  # an error reply too: the rest of them are still unread
-            return None
-        if shared:
-            return int(replies[-2])
-        return _count_separately(records, job, ttl)
-
-    if wait:
-        return read(), _nothing
-    return None, read
+        link.drop()  # an error reply too: the rest of them are still unread
+        return None
+    if shared:
+        return int(replies[-2])
+    return _count_separately(records, job, ttl)
 
 
 #: Each thread's own connection for run counts, kept across jobs (``-P threads`` runs
@@ -134,10 +120,6 @@ def _count_link() -> Link:
     if link is None:
         link = _count.link = Link(runtime.celery_route().monitor.publisher.client)
     return link
-
-
-def _nothing() -> None:
-    return None
 
 
 def _count_separately(records: redis.Redis | None, job: Job, ttl: int) -> int | None:
@@ -163,18 +145,10 @@ def execute(task: Task[Any, Any], request: Any, payload: dict[str, Any]) -> Any:
     failed for good raises ``TaskFailed``, an expected error Celery logs without a
     traceback (ours is in the job's record and log line already).
     """
-    finish_count: Callable[[], object] = _nothing
     try:
         job = job_from_request(task, request, payload)
-        delivery = getattr(request, "delivery_info", None) or {}
-        # kombu marks a message it put back (a dead worker's, or a reject) as
-        # redelivered: only then can the count exceed the attempt, so only then is it
-        # waited for.
-        runs, finish_count = count_run(job, get_settings().result_ttl,
-                                       wait=bool(delivery.get("redelivered")))
-        outcome = _execute(task, job, payload, runs)
+        outcome = _execute(task, job, payload, count_run(job, get_settings().result_ttl))
     finally:
-        finish_count()
         runtime.status_store().flush(get_settings().publish_timeout)
     if outcome.status == "FAILURE":
         error = outcome.error
