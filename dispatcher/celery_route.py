@@ -28,7 +28,7 @@ from .job import Job
 from .settings import DispatcherSettings
 from .spec import RouteName
 from .spool import Spool, SpooledJob
-from .status import make_record
+from .status import make_record, pending_json
 from .wire import (
     MessageTemplate,
     Publisher,
@@ -169,7 +169,7 @@ class CeleryRoute:
         if len(message) > self.settings.max_payload_bytes:
             raise self._too_large(job, len(message))
         shared_redis = self.settings.result_backend_url in (None, self.settings.broker_url)
-        record = json.dumps(make_record(job, "PENDING")) if fresh and shared_redis else None
+        record = pending_json(job) if fresh and shared_redis else None
         return queue_key(job.queue or self.settings.default_queue, job.priority), message, record
 
     def _too_large(self, job: Job, size: int) -> TaskValidationError:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -13,39 +14,62 @@ from .spec import RouteName, TaskSpec
 _ID_HEX = 32
 _IDS_PER_READ = 256
 _id_lock = threading.Lock()
-_id_pool = ""
-_id_next = 0
-_id_pid = 0
+#: Ready random ids, taken with ``list.pop()`` (atomic under the GIL, no lock): hex
+#: strings for request ids, formatted UUIDs for job ids.
+_hex_pool: list[str] = []
+_uuid_pool: list[str] = []
 #: The RFC 4122 variant bits (10xx) applied to the id's 17th hex digit.
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
-def _random_hex() -> str:
-    """32 random hex digits.
+def _fresh_hex() -> list[str]:
+    """256 strings of 32 random hex digits from one ``os.urandom`` call: each call
+    releases the GIL, and on a busy server every release lets background threads take
+    the request thread's turn."""
+    raw = os.urandom(_ID_HEX // 2 * _IDS_PER_READ).hex()
+    return [raw[i:i + _ID_HEX] for i in range(0, len(raw), _ID_HEX)]
 
-    Reads the OS's randomness 256 ids at a time: each ``os.urandom`` call releases the
-    GIL, and on a busy server every release lets background threads take the request
-    thread's turn. A forked child reads its own randomness, never the parent's.
-    """
-    global _id_pool, _id_next, _id_pid
-    with _id_lock:
-        if _id_next >= len(_id_pool) or _id_pid != os.getpid():
-            _id_pool = os.urandom(_ID_HEX // 2 * _IDS_PER_READ).hex()
-            _id_next, _id_pid = 0, os.getpid()
-        start = _id_next
-        _id_next += _ID_HEX
-    return _id_pool[start:start + _ID_HEX]
+
+def _as_uuid(h: str) -> str:
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+def _take(pool: list[str], refill: Callable[[], list[str]]) -> str:
+    while True:
+        try:
+            return pool.pop()
+        except IndexError:
+            with _id_lock:
+                if not pool:
+                    pool.extend(refill())
+
+
+def _forget_pools() -> None:
+    """A forked child reads its own randomness, never ids its parent also holds."""
+    global _id_lock
+    _id_lock = threading.Lock()
+    _hex_pool.clear()
+    _uuid_pool.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools)
 
 
 def new_job_id() -> str:
-    """A random (version 4) UUID string, like ``str(uuid.uuid4())``."""
-    h = _random_hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+    """A random (version 4) UUID string, like ``str(uuid.uuid4())``; formatted a pool at
+    a time, off the request's path."""
+    try:
+        return _uuid_pool.pop()
+    except IndexError:
+        return _take(_uuid_pool, lambda: [_as_uuid(h) for h in _fresh_hex()])
 
 
 def new_request_id() -> str:
     """A random 32-hex-digit id for an HTTP request (``X-Request-ID``)."""
-    return _random_hex()
+    try:
+        return _hex_pool.pop()
+    except IndexError:
+        return _take(_hex_pool, _fresh_hex)
 
 
 @dataclass(slots=True)

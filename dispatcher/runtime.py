@@ -71,6 +71,9 @@ def records_failed(error: BaseException) -> None:
 
 def status_store() -> StatusStore:
     global _store
+    store = _store
+    if store is not None:  # asked on every dispatch: no lock once built
+        return store
     with _lock:
         if _store is None:
             client = redis_client()
@@ -115,6 +118,9 @@ def dead_letters() -> DeadLetterStore:
 
 def inline_executor() -> InlineExecutor:
     global _executor
+    executor = _executor
+    if executor is not None:
+        return executor
     with _lock:
         if _executor is None:
             from .inline import InlineExecutor
@@ -131,6 +137,9 @@ def current_inline_executor() -> InlineExecutor | None:
 
 def celery_route() -> CeleryRoute:
     global _celery
+    route = _celery
+    if route is not None:
+        return route
     with _lock:
         if _celery is None:
             from .celery_route import CeleryRoute

@@ -237,6 +237,9 @@ _current: DispatcherSettings | None = None
 def get_settings() -> DispatcherSettings:
     """The process-wide settings, read from the environment on first use."""
     global _current
+    current = _current
+    if current is not None:  # every dispatch asks: no lock once they are known
+        return current
     with _lock:
         if _current is None:
             try:

@@ -45,6 +45,8 @@ dispatch_listeners: list[Callable[[TaskHandle], None]] = []
 #: Inline decisions never spilled over to Celery: explicit pins, and
 #: ``DISPATCH_FORCE_ROUTE=inline`` (runs without a worker).
 PINNED_INLINE = ("call option", "decorator pin", "DISPATCH_FORCE_ROUTE")
+#: Inline jobs that are never handed over to Celery (at shutdown, for instance).
+_PINNED_BY_CALLER = ("call option", "decorator pin")
 
 _OPTIONS = ("name", "weight", "priority", "queue", "route", "retry", "timeout", "broker_outage")
 
@@ -235,19 +237,11 @@ class Task(Generic[P, R]):
     ) -> Job:
         now = time.time() if dispatched_at is None else dispatched_at
         countdown = self.call_options.countdown
-        return Job(
-            dispatched_at=now,
-            queued_at=now + countdown if countdown else None,
-            id=job_id,
-            spec=self.spec,
-            route=decision.route,
-            queue=decision.queue,
-            priority=decision.priority,
-            payload=payload,
-            request_id=request_id_var.get(),
-            pinned_inline=decision.route == "inline"
-            and decision.reason in ("call option", "decorator pin"),
-        )
+        pinned = decision.route == "inline" and decision.reason in _PINNED_BY_CALLER
+        # Positional: this runs on every dispatch, and keyword arguments cost more.
+        return Job(job_id, self.spec, decision.route, decision.queue, decision.priority,
+                   payload, 1, request_id_var.get(), now, pinned,
+                   now + countdown if countdown else None)
 
     def _handle(self, job: Job) -> TaskHandle:
         handle = TaskHandle(job.id, self.spec.name, job.route, job.queue)

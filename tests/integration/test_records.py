@@ -157,3 +157,51 @@ def test_a_pending_job_is_filed_and_its_record_built_by_the_writer(redis_server:
     assert client.zscore(INDEX_KEY, job.id) == pytest.approx(job.dispatched_at)
     store.save(make_record(job, "STARTED"))
     assert store.load(job.id)["status"] == "STARTED"  # type: ignore[index]
+
+
+def test_a_state_saved_before_the_filed_pending_is_written_wins(redis_server: Any) -> None:
+    from dispatcher.job import Job, new_job_id
+    from dispatcher.status import BufferedStatusStore, make_record
+
+    @task(name="it.records.filed_then_started")
+    def filed(n: int) -> None: ...
+
+    client = redis.Redis.from_url(redis_server.url)
+    store = BufferedStatusStore(client, ttl=60, interval=10.0)
+    job = Job(id=new_job_id(), spec=filed.spec, route="inline", queue=None, priority=5,
+              payload={"n": 1}, dispatched_at=time.time())
+    store.save_pending(job)
+    store.save(make_record(job, "STARTED"))  # before any write: the newer state stays
+    assert store.flush()
+    written = json.loads(client.get(KEY_PREFIX + job.id))
+    assert written["status"] == "STARTED"
+    assert client.zscore(INDEX_KEY, job.id) == pytest.approx(job.dispatched_at)
+    assert [json.loads(e)["state"] for e in client.lrange(HISTORY_PREFIX + job.id, 0, -1)] \
+        == ["STARTED"]
+
+    gone = Job(id=new_job_id(), spec=filed.spec, route="inline", queue=None, priority=5,
+               payload={"n": 2}, dispatched_at=time.time())
+    store.save_pending(gone)
+    store.delete(gone.id)  # deleted before the writer ran: never written afterwards
+    assert store.flush()
+    assert store.load(gone.id) is None and client.get(KEY_PREFIX + gone.id) is None
+
+
+def test_many_filed_jobs_are_written_in_chunks_with_their_index(redis_server: Any) -> None:
+    from dispatcher.job import Job, new_job_id
+    from dispatcher.status import WRITE_CHUNK, BufferedStatusStore, make_record
+
+    @task(name="it.records.many_filed")
+    def filed(n: int) -> None: ...
+
+    client = redis.Redis.from_url(redis_server.url)
+    store = BufferedStatusStore(client, ttl=60, interval=10.0)
+    jobs = [Job(id=new_job_id(), spec=filed.spec, route="inline", queue=None, priority=5,
+                payload={"n": n}, request_id=None if n % 2 else f"req-{n}",
+                dispatched_at=time.time()) for n in range(WRITE_CHUNK * 2 + 3)]
+    for job in jobs:
+        store.save_pending(job)
+    assert store.flush()
+    written = client.mget([KEY_PREFIX + job.id for job in jobs])
+    assert [json.loads(raw) for raw in written] == [make_record(j, "PENDING") for j in jobs]
+    assert all(client.zscore(INDEX_KEY, job.id) is not None for job in jobs)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from dispatcher.job import new_job_id
+from dispatcher.job import new_job_id, new_request_id
 
 
 def test_ids_are_version_4_uuids_and_unique_across_refills() -> None:
@@ -17,16 +17,24 @@ def test_ids_are_version_4_uuids_and_unique_across_refills() -> None:
 
 
 def test_a_forked_child_draws_its_own_ids() -> None:
-    new_job_id()  # the parent holds a partly used pool
+    new_job_id()  # the parent holds partly used pools
+    new_request_id()
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # child: report the next ids it makes, then leave at once
         os.close(read)
-        os.write(write, "\n".join(new_job_id() for _ in range(5)).encode())
+        drawn = [new_job_id() for _ in range(5)] + [new_request_id() for _ in range(5)]
+        os.write(write, "\n".join(drawn).encode())
         os._exit(0)
     os.close(write)
     with os.fdopen(read) as pipe:
         child_ids = pipe.read().split("\n")
     os.waitpid(pid, 0)
-    parent_ids = [new_job_id() for _ in range(5)]
-    assert len(child_ids) == 5 and not set(child_ids) & set(parent_ids)
+    parent_ids = [new_job_id() for _ in range(5)] + [new_request_id() for _ in range(5)]
+    assert len(child_ids) == 10 and not set(child_ids) & set(parent_ids)
+
+
+def test_request_ids_are_32_hex_digits_and_unique_across_refills() -> None:
+    ids = [new_request_id() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    assert all(len(value) == 32 and int(value, 16) >= 0 for value in ids)

@@ -262,3 +262,22 @@ def test_event_stream_follows_state_and_progress_until_the_end(client: TestClien
     assert "progress" in kinds
     percents = [d["progress"]["percent"] for _, d in events if d["progress"]]
     assert percents == sorted(percents) and percents[-1] == 100.0
+
+
+@pytest.mark.parametrize(
+    ("request_id", "queue", "attempt"),
+    [(None, None, 1), ("r-1", "emails", 2), ('odd "quoted" \\ \u00e9 id', "q\u00fc", 3)],
+)
+def test_a_pending_record_from_its_template_equals_the_built_one(
+    request_id: str | None, queue: str | None, attempt: int
+) -> None:
+    from dispatcher.job import Job, new_job_id
+    from dispatcher.status import make_record, pending_json
+
+    @task(name="unit.records.template", retry=RetryPolicy(max_attempts=4))
+    def templated(n: int) -> None: ...
+
+    for dispatched_at in (1700000000.123456, 1.0, 1e-7):
+        job = Job(new_job_id(), templated.spec, "celery", queue, 7, {"n": 1}, attempt,
+                  request_id, dispatched_at)
+        assert pending_json(job) == json.dumps(make_record(job, "PENDING"))
