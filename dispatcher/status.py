@@ -154,9 +154,12 @@ def pending_json(job: Job) -> str:
         record = make_record(job, "PENDING")
         record.update(task_id=_ID_TOKEN, request_id=_REQUEST_TOKEN, dispatched_at=_AT_TOKEN)
         text = json.dumps(record)
-        head, rest = text.split(json.dumps(_ID_TOKEN))
-        middle, rest = rest.split(json.dumps(_REQUEST_TOKEN))
-        tail, end = rest.split(json.dumps(_AT_TOKEN))
+        try:
+            head, rest = text.split(json.dumps(_ID_TOKEN))
+            middle, rest = rest.split(json.dumps(_REQUEST_TOKEN))
+            tail, end = rest.split(json.dumps(_AT_TOKEN))
+        except ValueError:  # a task or queue name that holds a stand-in: no template
+            return json.dumps(make_record(job, "PENDING"))
         parts = (head, middle, tail, end)
         if len(_pending_templates) >= _TEMPLATES_KEPT:
             _pending_templates.clear()

@@ -281,3 +281,15 @@ def test_a_pending_record_from_its_template_equals_the_built_one(
         job = Job(new_job_id(), templated.spec, "celery", queue, 7, {"n": 1}, attempt,
                   request_id, dispatched_at)
         assert pending_json(job) == json.dumps(make_record(job, "PENDING"))
+
+
+def test_a_pending_record_is_right_even_when_a_name_holds_a_template_stand_in() -> None:
+    from dispatcher.job import Job, new_job_id
+    from dispatcher.status import make_record, pending_json
+
+    @task(name='unit.records."@@task-id@@"')
+    def awkward(n: int) -> None: ...
+
+    job = Job(new_job_id(), awkward.spec, "inline", "@@request-id@@", 5, {"n": 1}, 1,
+              "r-2", 1700000000.5)
+    assert pending_json(job) == json.dumps(make_record(job, "PENDING"))
