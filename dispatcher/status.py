@@ -27,7 +27,7 @@ import redis
 
 from .governor import server_busy
 from .job import Job
-from .link import Link
+from .link import LUA_HELPERS, Link, join_fields
 
 log = logging.getLogger("dispatcher.status")
 
@@ -47,44 +47,34 @@ WRITE_CHUNK = 32
 Position = tuple[float, str]
 
 # Writes one flush of the buffer: ARGV[1] ttl, ARGV[2] the index's retention cut-off,
-# then three runs of fields joined by NUL: (job id, record) pairs, (job id, history
-# entry) pairs, (job id, dispatch time) pairs. JSON text never holds a raw NUL, so the
-# split is exact and the records are not escaped a second time (as a JSON array would
-# need); the arguments are one string each, packed without copying (``Link``). Keys
-# are built here, as in the publish script (single Redis).
-_WRITE = r"""
+# then three counted runs of fields (``join_fields``): ARGV[3] pairs in ARGV[4] of
+# (job id, record), ARGV[5] pairs in ARGV[6] of (job id, history entry), ARGV[7] pairs
+# in ARGV[8] of (job id, dispatch time). Keys are built here, as in the publish script
+# (single Redis).
+_WRITE = LUA_HELPERS + r"""
 local ttl = ARGV[1]
-local function fields(data)
-  local out, pos = {}, 1
-  while pos <= #data do
-    local stop = string.find(data, '\0', pos, true) or (#data + 1)
-    out[#out + 1] = string.sub(data, pos, stop - 1)
-    pos = stop + 1
-  end
-  return out
+local field = fields(ARGV[4])
+for _ = 1, tonumber(ARGV[3]) do
+  local job, record = field(), field()
+  redis.call('SET', 'celery-task-meta-' .. job, record, 'EX', ttl)
 end
-local records = fields(ARGV[3])
-for i = 1, #records, 2 do
-  redis.call('SET', 'celery-task-meta-' .. records[i], records[i + 1], 'EX', ttl)
-end
-local entries = fields(ARGV[4])
+field = fields(ARGV[6])
 local touched = {}
-for i = 1, #entries, 2 do
-  local key = 'dispatch:history:' .. entries[i]
-  redis.call('RPUSH', key, entries[i + 1])
+for _ = 1, tonumber(ARGV[5]) do
+  local key, entry = 'dispatch:history:' .. field(), field()
+  redis.call('RPUSH', key, entry)
   touched[key] = true
 end
 for key in pairs(touched) do redis.call('EXPIRE', key, ttl) end
-local marks = fields(ARGV[5])
-if #marks > 0 then
-  local scored = {}
-  for i = 1, #marks, 2 do
-    scored[#scored + 1] = marks[i + 1]
-    scored[#scored + 1] = marks[i]
-  end
-  for first = 1, #scored, 1000 do
-    redis.call('ZADD', 'dispatch:jobs', unpack(scored, first, math.min(first + 999, #scored)))
-  end
+field = fields(ARGV[8])
+local scored = {}
+for _ = 1, tonumber(ARGV[7]) do
+  local job, at = field(), field()
+  scored[#scored + 1] = at
+  scored[#scored + 1] = job
+end
+if #scored > 0 then
+  bulk('ZADD', 'dispatch:jobs', scored)
   redis.call('ZREMRANGEBYSCORE', 'dispatch:jobs', '-inf', ARGV[2])
 end
 return 1
@@ -482,7 +472,8 @@ class BufferedStatusStore:
             if task_id in index:
                 marks += (task_id, repr(index[task_id]))
         args = (self._ttl, repr(time.time() - self._ttl),
-                "\x00".join(records), "\x00".join(entries), "\x00".join(marks))
+                len(records) // 2, join_fields(records), len(entries) // 2, join_fields(entries),
+                len(marks) // 2, join_fields(marks))
         try:
             self._link.call("EVALSHA", _WRITE_SHA, 0, *args)
         except redis.exceptions.NoScriptError:  # Redis restarted and forgot it

@@ -27,7 +27,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .job import Job
-from .link import Link
+from .link import LUA_HELPERS, Link, join_fields
 
 log = logging.getLogger("dispatcher.wire")
 
@@ -41,28 +41,16 @@ _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 INFLIGHT = "dispatch:inflight"
 
 # Publishes a batch: ARGV[1] marker ttl, ARGV[2] record ttl, ARGV[3] now, ARGV[4] the
-# number of jobs, ARGV[5] four fields per job joined by NUL: publish id, queue key,
-# message, record ('' for none). JSON text never holds a raw NUL, so the split is exact,
-# and neither side pays for a second round of JSON escaping.
+# number of jobs, ARGV[5] four fields per job (``join_fields``): publish id, queue key,
+# message, record ('' for none).
 # The marker holds "<queue key>\n<message>" until a worker starts the job (then "1"),
 # so the sweeper can put back a message that Redis lost between queue and worker.
 # Pushes and index entries are gathered and sent as one command per run of jobs: each
 # redis.call has a fixed cost that dominated the script's time when paid per job.
 # Keys are built inside the script: the dispatcher needs a single (non-cluster) Redis.
-_PUBLISH_ONCE = r"""
+_PUBLISH_ONCE = LUA_HELPERS + r"""
 local marker_ttl, record_ttl, now = ARGV[1], ARGV[2], ARGV[3]
-local data, pos = ARGV[5], 1
-local function field()
-  local stop = string.find(data, '\0', pos, true) or (#data + 1)
-  local value = string.sub(data, pos, stop - 1)
-  pos = stop + 1
-  return value
-end
-local function bulk(command, key, values)
-  for first = 1, #values, 1000 do
-    redis.call(command, key, unpack(values, first, math.min(first + 999, #values)))
-  end
-end
+local field = fields(ARGV[5])
 local pushed, run_queue, run, inflight, index = 0, nil, {}, {}, {}
 for _ = 1, tonumber(ARGV[4]) do
   local pid, queue, message, record = field(), field(), field(), field()
@@ -294,9 +282,10 @@ class Publisher:
         fields: list[str] = []
         for publish_id, key, message, record in items:
             fields += (publish_id, key, message, record or "")
-        data = "\x00".join(fields)
-        if data.count("\x00") != len(fields) - 1:
-            raise ValueError("a queue name or publish id holds a NUL character")
+        try:
+            data = join_fields(fields)
+        except ValueError:
+            raise ValueError("a queue name or publish id holds a NUL character") from None
         return ("EVALSHA", self._sha, 0, self.marker_ttl, self.record_ttl, time.time(),
                 len(items), data)
 

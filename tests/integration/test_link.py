@@ -10,7 +10,7 @@ import redis
 from redis.connection import Connection
 
 from dispatcher.embedded import EmbeddedRedis
-from dispatcher.link import Link, pack_commands
+from dispatcher.link import LUA_HELPERS, Link, join_fields, pack_commands
 
 
 @pytest.fixture
@@ -70,3 +70,18 @@ def test_a_connection_the_server_closed_while_idle_is_replaced(own_redis: Embedd
     assert link.call("SET", "k", "v") is not None
     time.sleep(2.5)
     assert link.call("GET", "k") == b"v"  # no error: the dead connection was replaced
+
+
+def test_fields_joined_here_come_back_apart_in_a_script(redis_server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    script = LUA_HELPERS + r"""
+local field, out = fields(ARGV[2]), {}
+for i = 1, tonumber(ARGV[1]) do out[i] = field() end
+return out
+"""
+    values = ["job-1", "", '{"a": "x\\u0000y"}', "é", ""]  # empty first, middle and last
+    data = join_fields(values)
+    assert [v.decode() for v in client.eval(script, 0, len(values), data)] == values
+    assert join_fields([]) == ""
+    with pytest.raises(ValueError, match="NUL"):
+        join_fields(["fine", "not\x00fine"])
