@@ -10,9 +10,7 @@ priority lists, where 0 is served first: our 9 (most urgent) becomes Celery's 0.
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -28,7 +26,7 @@ from .job import Job
 from .settings import DispatcherSettings
 from .spec import RouteName
 from .spool import Spool, SpooledJob
-from .status import make_record, pending_json
+from .status import pending_json
 from .wire import (
     MessageTemplate,
     Publisher,
@@ -148,14 +146,11 @@ class CeleryRoute:
             size = template.size(job.id, body)
             if size > limit:
                 raise self._too_large(job, size)
-        # The PENDING records differ only in the id too: serialise one, substitute.
-        token = f"<{os.urandom(8).hex()}>"
-        record = json.dumps(make_record(dataclasses.replace(first, id=token), "PENDING"))
         key = queue_key(first.queue or self.settings.default_queue, first.priority)
 
         def prepare(start: int, stop: int) -> list[Prepared]:
             return [
-                (key, template.render(job.id, body), record.replace(token, job.id))
+                (key, template.render(job.id, body), pending_json(job))
                 for job, body in zip(jobs[start:stop], bodies[start:stop], strict=True)
             ]
 

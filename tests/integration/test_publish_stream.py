@@ -177,3 +177,21 @@ def test_broker_found_down_while_a_batch_is_in_flight_loses_nothing(
         time.sleep(0.1)
     queued = [m["headers"]["id"] for m in _queued(redis.Redis.from_url(own_redis.url))]
     assert sorted(queued) == sorted(h.id for h in handles)
+
+
+def test_dispatch_many_writes_each_job_its_own_pending_record(
+    own_redis: EmbeddedRedis, tmp_path: Path
+) -> None:
+    from dispatcher.status import KEY_PREFIX
+
+    configure(DispatcherSettings(  # type: ignore[call-arg]
+        broker_url=own_redis.url, spool_path=str(tmp_path / "spool.db"), _env_file=None))
+    handles = stream_job.dispatch_many([(n,) for n in range(celery_route.PUBLISH_BATCH + 3)])
+    client = redis.Redis.from_url(own_redis.url)
+    records = [json.loads(raw) for raw in client.mget([KEY_PREFIX + h.id for h in handles])]
+    assert [r["task_id"] for r in records] == [h.id for h in handles]
+    first = records[0]
+    assert first == {**first, "status": "PENDING", "task_name": "it.stream.job",
+                     "route": "celery", "queue": "stream", "attempt": 1}
+    assert {json.dumps({**r, "task_id": None}, sort_keys=True) for r in records} \
+        == {json.dumps({**first, "task_id": None}, sort_keys=True)}  # differ by id alone
