@@ -47,28 +47,21 @@ class Outcome:
 def record(job: Job, status: State, *, transition: bool = True, **fields: Any) -> None:
     """Save the job's record; a store outage is logged, never fatal to the job, and
     while the store is known to be down the write is skipped instead of waiting.
-    ``transition=False`` updates the record without a history entry (progress)."""
+    ``transition=False`` updates the record without a history entry (progress).
+    A plain PENDING (a dispatch) only files the job: the store builds the record later,
+    off the caller's (the request's) time."""
     if not runtime.records_available():
         log.debug("records store down: %s of task %s not recorded", status, job.id)
         return
     try:
-        runtime.status_store().save(make_record(job, status, **fields), transition=transition)
+        if status == "PENDING" and not fields:
+            runtime.status_store().save_pending(job)
+        else:
+            runtime.status_store().save(make_record(job, status, **fields),
+                                        transition=transition)
     except Exception as exc:
         runtime.records_failed(exc)
         log.warning("could not record %s for task %s: %s", status, job.id, exc)
-
-
-def record_pending(job: Job) -> None:
-    """``record(job, "PENDING")`` for a job just dispatched: the store builds the
-    record later, off the caller's (the request's) time."""
-    if not runtime.records_available():
-        log.debug("records store down: PENDING of task %s not recorded", job.id)
-        return
-    try:
-        runtime.status_store().save_pending(job)
-    except Exception as exc:
-        runtime.records_failed(exc)
-        log.warning("could not record PENDING for task %s: %s", job.id, exc)
 
 
 def dead_letter(job: Job, error: dict[str, str], reason: str, tb: str = "") -> None:

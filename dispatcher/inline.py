@@ -312,7 +312,7 @@ class InlineExecutor:
 
 def dispatch_inline(job: Job, countdown: float | None, reason: str | None = None) -> None:
     """Record and announce ``job``, then attach it to the current request or run it."""
-    core.record_pending(job)
+    core.record(job, "PENDING")
     emit("task.dispatched", job, reason=reason)
     batch = batch_var.get()
     if countdown is None and batch is not None and batch.add(job):
