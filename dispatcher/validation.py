@@ -100,6 +100,17 @@ def _indexed(error: TaskValidationError, index: int) -> TaskValidationError:
     )
 
 
+def _reveal_secrets(
+    names: Iterable[str], values: Mapping[str, Any], payload: dict[str, Any]
+) -> None:
+    """Put the real value of each ``SecretStr`` argument into ``payload``: pydantic
+    masks secrets when dumping, and the task must receive them (logs never do)."""
+    for name in names:
+        secret = values.get(name)
+        if isinstance(secret, SecretStr):
+            payload[name] = secret.get_secret_value()
+
+
 class ArgumentValidator:
     """Validates ``(*args, **kwargs)`` for one task and builds its JSON payload."""
 
@@ -217,10 +228,7 @@ class ArgumentValidator:
             payload = instance.model_dump(mode="json", by_alias=True)
         except (PydanticSerializationError, ValueError, TypeError):
             raise self._unserializable(instance) from None
-        for name in self.secret_names:  # pydantic masks secrets when dumping
-            secret = values.get(name)
-            if isinstance(secret, SecretStr):
-                payload[name] = secret.get_secret_value()
+        _reveal_secrets(self.secret_names, values, payload)
         return values, payload
 
     def _plain_payload(
@@ -283,13 +291,9 @@ class ArgumentValidator:
                 except (PydanticSerializationError, ValueError, TypeError):
                     raise _indexed(self._unserializable(instance), index) from None
             raise
-        if self.secret_names:  # pydantic masks secrets when dumping
+        if self.secret_names:
             for instance, payload in zip(instances, payloads, strict=True):
-                values = self._values(instance)
-                for name in self.secret_names:
-                    secret = values.get(name)
-                    if isinstance(secret, SecretStr):
-                        payload[name] = secret.get_secret_value()
+                _reveal_secrets(self.secret_names, self._values(instance), payload)
         return payloads
 
     def decode(self, payload: Mapping[str, Any]) -> dict[str, Any]:
