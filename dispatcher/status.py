@@ -261,6 +261,13 @@ class BufferedStatusStore:
     Redis; a job that goes PENDING -> STARTED -> SUCCESS within one flush costs one
     write. ``load`` answers from the not-yet-written buffer first, so this process
     always reads its own writes; other processes see them a few milliseconds later.
+
+    While the web server is saturated, the PENDING records of inline jobs are held in
+    memory rather than written: the executor is holding those jobs back too, and
+    writing a record per dispatch (encoding here, a SET and a ZADD in Redis) cost a
+    saturated server ~5 % of its requests. Each is written with the job's next state
+    (STARTED), or as soon as the server has time again, or by ``flush``. Until then
+    other processes do not see it (Celery, too, keeps no record of a job not started).
     """
 
     def __init__(self, client: redis.Redis, ttl: int, interval: float = 0.005,
@@ -283,6 +290,8 @@ class BufferedStatusStore:
         #: Jobs just dispatched, filed without the lock (``deque.append`` is atomic) and
         #: moved into ``_pending`` by whoever next takes the lock (``_absorb_filed``).
         self._filed: collections.deque[Job] = collections.deque()
+        #: PENDING inline jobs held back while the server is saturated (see above).
+        self._held: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
@@ -299,6 +308,7 @@ class BufferedStatusStore:
             self._pending_history = {}
             self._pending_index = {}
             self._filed = collections.deque()
+            self._held = {}
             self._thread = None
             self._pid = 0
 
@@ -308,6 +318,8 @@ class BufferedStatusStore:
         task_id = record["task_id"]
         with self._lock:
             self._pending[task_id] = record
+            if self._held:
+                self._release(task_id)
             if record["status"] == "PENDING":
                 self._pending_index[task_id] = float(record.get("dispatched_at") or time.time())
             elif transition:
@@ -337,6 +349,23 @@ class BufferedStatusStore:
             self._pending.setdefault(job.id, job)
             self._pending_index[job.id] = job.dispatched_at or time.time()
 
+    def _release(self, task_id: str) -> None:
+        """Give a held job's index mark back to the buffer (callers hold ``_lock``); its
+        newer state, already in the buffer, replaces the PENDING record."""
+        job = self._held.pop(task_id, None)
+        if job is not None:
+            self._pending_index[task_id] = job.dispatched_at or time.time()
+
+    def _hold_inline(self, batch: dict[str, dict[str, Any] | Job],
+                     index: dict[str, float]) -> None:
+        """Move plain PENDING inline jobs from ``batch`` to ``_held`` (callers hold
+        ``_lock``). Celery-route jobs are never held: a worker writes their next state."""
+        for task_id, job in [(t, v) for t, v in batch.items()
+                             if isinstance(v, Job) and v.route == "inline"]:
+            del batch[task_id]
+            index.pop(task_id, None)
+            self._held[task_id] = job
+
     def _writer_due(self) -> bool:
         """See that the writer runs (callers hold ``_lock``); True if it must be woken:
         once per cycle (``set()`` takes a lock), a polling writer never."""
@@ -354,7 +383,7 @@ class BufferedStatusStore:
     def load(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
             self._absorb_filed()
-            pending = self._pending.get(task_id)
+            pending = self._pending.get(task_id) or self._held.get(task_id)
         if pending is not None:
             return _as_record(pending)
         raw = self._client.get(KEY_PREFIX + task_id)
@@ -369,7 +398,8 @@ class BufferedStatusStore:
         raws = self._client.mget([KEY_PREFIX + task_id for task_id in task_ids])
         with self._lock:
             self._absorb_filed()
-            pending = {t: self._pending[t] for t in task_ids if t in self._pending}
+            pending = {t: held for t in task_ids
+                       if (held := self._pending.get(t) or self._held.get(t)) is not None}
         records: list[dict[str, Any] | None] = []
         for task_id, raw in zip(task_ids, raws, strict=True):
             held = pending.get(task_id)
@@ -409,6 +439,7 @@ class BufferedStatusStore:
         with self._lock:
             self._absorb_filed()
             self._pending.pop(task_id, None)
+            self._held.pop(task_id, None)
             self._pending_history.pop(task_id, None)
             self._pending_index.pop(task_id, None)
         self._client.delete(KEY_PREFIX + task_id, HISTORY_PREFIX + task_id)
@@ -435,14 +466,23 @@ class BufferedStatusStore:
             self._thread.start()
             atexit.register(self.flush, 2.0)
 
-    def _write_pending(self) -> bool:
+    def _write_pending(self, *, hold_inline: bool = False) -> bool:
         """Take the buffer and write it; callers hold ``_write_lock``, so batches reach
-        Redis in the order they were taken and a newer state is never overwritten."""
+        Redis in the order they were taken and a newer state is never overwritten.
+        ``hold_inline``: keep PENDING inline jobs back (the server is saturated);
+        otherwise the held ones are written too."""
         with self._lock:
             self._absorb_filed()
             batch, self._pending = self._pending, {}
             history, self._pending_history = self._pending_history, {}
             index, self._pending_index = self._pending_index, {}
+            if hold_inline:
+                self._hold_inline(batch, index)
+            elif self._held:
+                for task_id, job in self._held.items():
+                    batch.setdefault(task_id, job)
+                    index[task_id] = job.dispatched_at or time.time()
+                self._held = {}
         if not batch and not history:
             return True
         ids = list(batch)
@@ -493,4 +533,6 @@ class BufferedStatusStore:
             # as each wake-up of this thread takes the GIL from request handling.
             time.sleep(BUSY_INTERVAL if server_busy() else self._interval)
             with self._write_lock:
-                self._write_pending()
+                self._write_pending(hold_inline=server_busy())
+            if self._held:  # look again later: they are written once the load eases
+                self._wake.set()

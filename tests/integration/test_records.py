@@ -205,3 +205,61 @@ def test_many_filed_jobs_are_written_in_chunks_with_their_index(redis_server: An
     written = client.mget([KEY_PREFIX + job.id for job in jobs])
     assert [json.loads(raw) for raw in written] == [make_record(j, "PENDING") for j in jobs]
     assert all(client.zscore(INDEX_KEY, job.id) is not None for job in jobs)
+
+
+def test_pending_inline_records_are_held_while_the_server_is_saturated(
+    redis_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dispatcher.status as status
+    from dispatcher.job import Job, new_job_id
+    from dispatcher.status import BufferedStatusStore, make_record
+
+    @task(name="it.records.held")
+    def held(n: int) -> None: ...
+
+    saturated = [True]
+    monkeypatch.setattr(status, "server_busy", lambda: saturated[0])
+    monkeypatch.setattr(status, "BUSY_INTERVAL", 0.01)
+    client = redis.Redis.from_url(redis_server.url)
+    store = BufferedStatusStore(client, ttl=60, interval=0.01)
+
+    def job(route: str, n: int) -> Job:
+        return Job(id=new_job_id(), spec=held.spec, route=route,  # type: ignore[arg-type]
+                   queue=None if route == "inline" else "default", priority=5,
+                   payload={"n": n}, dispatched_at=time.time())
+
+    def written(job_id: str) -> dict[str, Any] | None:
+        raw = client.get(KEY_PREFIX + job_id)
+        return None if raw is None else json.loads(raw)  # type: ignore[no-any-return]
+
+    def wait_written(job_id: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 5
+        while (record := written(job_id)) is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert record is not None, f"{job_id} was never written"
+        return record
+
+    inline, started, flushed = job("inline", 1), job("inline", 2), job("inline", 3)
+    celery = job("celery", 4)
+    for each in (inline, started, flushed, celery):
+        store.save_pending(each)
+    assert wait_written(celery.id) == make_record(celery, "PENDING")  # never held
+    time.sleep(0.1)  # several writer cycles while saturated
+    assert written(inline.id) is None and client.zscore(INDEX_KEY, inline.id) is None
+    assert store.load(inline.id) == make_record(inline, "PENDING")  # this process knows
+    assert store.load_many([inline.id, celery.id])[0] == make_record(inline, "PENDING")
+
+    store.save(make_record(started, "STARTED"))  # its next state goes out, with its index
+    assert wait_written(started.id)["status"] == "STARTED"
+    assert client.zscore(INDEX_KEY, started.id) == pytest.approx(started.dispatched_at)
+
+    assert store.flush()  # an explicit flush writes everything, held or not
+    assert written(flushed.id) == make_record(flushed, "PENDING")
+
+    late = job("inline", 5)
+    store.save_pending(late)
+    time.sleep(0.1)
+    assert written(late.id) is None
+    saturated[0] = False  # the load eases: the held records are written without a save
+    assert wait_written(late.id) == make_record(late, "PENDING")
+    assert client.zscore(INDEX_KEY, late.id) == pytest.approx(late.dispatched_at)
