@@ -8,7 +8,7 @@ inline executor asks the governor before it starts each job:
 - while the server's event loop has time to spare, jobs start at once;
 - while the loop is saturated (its thread used at least half of the last 10 ms of
   CPU), jobs start only as often as keeps their CPU time within
-  ``DISPATCH_INLINE_BUSY_SHARE`` of the time (0.05 by default): requests keep the
+  ``DISPATCH_INLINE_BUSY_SHARE`` of the time (0.02 by default): requests keep the
   rest, and the backlog drains as soon as the burst ends (or spills over to Celery
   past ``DISPATCH_INLINE_MAX_PENDING``).
 

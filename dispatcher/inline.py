@@ -19,24 +19,26 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import Literal, overload
+from typing import Any, Literal, overload
 
 from . import core, runtime
-from .context import batch_var
+from .context import batch_var, request_id_var
 from .errors import DispatchError, TaskValidationError
-from .events import emit
+from .events import emit, log_event
 from .governor import Governor
-from .job import Job
+from .job import Job, new_job_id
+from .metrics import series_of
 from .registry import get_task
-from .routing import decide_route
-from .settings import get_settings
-from .spec import CallOptions
+from .routing import RouteDecision, decide_route
+from .settings import DispatcherSettings, get_settings
+from .spec import CallOptions, TaskSpec
 
 log = logging.getLogger("dispatcher.inline")
 
 #: A chain of jobs run one after another, and the future (if asked for) set once the
-#: last has run.
-Chain = tuple[list[Job], "concurrent.futures.Future[None] | None"]
+#: last has run; or a lone job without a future, queued as itself (a backlog of held
+#: jobs is then one object each for the garbage collector to walk, not three).
+Chain = tuple[list[Job], "concurrent.futures.Future[None] | None"] | Job
 
 
 class InlineExecutor:
@@ -84,17 +86,17 @@ class InlineExecutor:
         """
         done: concurrent.futures.Future[None] | None = (
             concurrent.futures.Future() if tracked else None)
-        chain = list(jobs)
+        entry: Chain = jobs[0] if done is None and len(jobs) == 1 else (list(jobs), done)
         ring = False
         with self._lock:  # one critical section on the request path
             if self._closed:
                 raise DispatchError("the inline executor has been shut down")
-            for job in chain:
+            for job in jobs:
                 self._outstanding[job.id] = job
             if not countdown:
-                ring = self._append((chain, done))
+                ring = self._append(entry)
         if countdown:
-            self._later(countdown, (chain, done))
+            self._later(countdown, entry)
         elif ring:
             self._doorbell.put(True)
         return done
@@ -211,7 +213,7 @@ class InlineExecutor:
             chain = self._next_chain()
             if chain is None:  # shutdown
                 return
-            jobs, done = chain
+            jobs, done = ([chain], None) if isinstance(chain, Job) else chain
             try:
                 for index, job in enumerate(jobs):
                     self._run_one(job, paced=index > 0)
@@ -247,7 +249,7 @@ class InlineExecutor:
                 if job.id not in self._outstanding:
                     return
                 self._outstanding[job.id] = retry
-            self._later(outcome.retry_delay, ([retry], None))
+            self._later(outcome.retry_delay, retry)
         if outcome.lingering is not None:
             # A timed-out call still runs (Python cannot stop a thread): it keeps this
             # slot until it ends, so a hung task cannot multiply the running threads.
@@ -308,6 +310,47 @@ class InlineExecutor:
             self._loop_thread.start()
         started.wait()
         return loop
+
+
+class InlinePlan:
+    """An inline dispatch of one task, worked out once per settings.
+
+    The common case (inline, no countdown, no idempotency key, inside a request) then
+    costs a job, its filing, a count and an append to the request's batch: on a
+    saturated server every microsecond of a dispatch is a request answered less.
+    """
+
+    __slots__ = ("dispatched", "pinned", "priority", "queue", "settings", "spec", "spill_at")
+
+    def __init__(self, spec: TaskSpec, decision: RouteDecision, settings: DispatcherSettings,
+                 *, pinned: bool, spills: bool) -> None:
+        self.settings = settings
+        self.spec = spec
+        self.queue = decision.queue
+        self.priority = decision.priority
+        self.pinned = pinned
+        #: Waiting jobs at which a dispatch spills over to Celery (None: never).
+        self.spill_at = settings.inline_max_pending if spills else None
+        self.dispatched = series_of(spec.name, "inline").dispatched
+
+    def dispatch(self, payload: dict[str, Any]) -> Job | None:
+        """Dispatch ``payload`` as ``dispatch_inline`` would; None, having done nothing,
+        when the plan does not apply now (no request, or the executor is full)."""
+        batch = batch_var.get()
+        if batch is None:
+            return None
+        if self.spill_at is not None:
+            executor = runtime.current_inline_executor()
+            if executor is not None and executor.waiting() >= self.spill_at:
+                return None
+        job = Job(new_job_id(), self.spec, "inline", self.queue, self.priority, payload, 1,
+                  request_id_var.get(), time.time(), self.pinned, None)
+        core.record(job, "PENDING")
+        self.dispatched.inc()
+        log_event("task.dispatched", job)
+        if not batch.add(job):
+            runtime.inline_executor().submit([job])
+        return job
 
 
 def dispatch_inline(job: Job, countdown: float | None, reason: str | None = None) -> None:

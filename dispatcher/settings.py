@@ -82,7 +82,7 @@ class DispatcherSettings(BaseSettings):
         default=4, ge=1, description="Inline jobs running at once in one process."
     )
     inline_busy_share: float = Field(
-        default=0.05,
+        default=0.02,
         gt=0,
         le=1,
         description="While requests wait and this process is CPU-saturated, inline jobs "

@@ -17,7 +17,7 @@ from . import adaptive, idempotency, runtime
 from .context import request_id_var
 from .errors import TaskDefinitionError, TaskValidationError
 from .handle import TaskHandle
-from .inline import dispatch_inline
+from .inline import InlinePlan, dispatch_inline
 from .job import Job, new_job_id
 from .metrics import count_route_decision
 from .registry import register
@@ -71,6 +71,8 @@ class Task(Generic[P, R]):
         #: The last routing decision and the settings it was made under (not for auto
         #: tasks, whose route moves): routing is a pure function of both.
         self._route_cache: tuple[DispatcherSettings, RouteDecision] | None = None
+        #: The cached decision's inline fast path, when it applies (see ``InlinePlan``).
+        self._inline_plan: InlinePlan | None = None
         functools.update_wrapper(self, fn)
         if spec.is_async:
             _mark_coroutine_function(self, fn)
@@ -145,6 +147,12 @@ class Task(Generic[P, R]):
             return cached[1]
         decision = decide_route(self.spec, self.call_options, settings)
         self._route_cache = (settings, decision)
+        options = self.call_options
+        self._inline_plan = InlinePlan(
+            self.spec, decision, settings, pinned=decision.reason in _PINNED_BY_CALLER,
+            spills=decision.reason not in PINNED_INLINE and settings.broker_url is not None,
+        ) if (decision.route == "inline" and not options.countdown
+              and options.idempotency_key is None) else None
         return decision
 
     def _spill_room(self, decision: RouteDecision, settings: DispatcherSettings) -> int | None:
@@ -179,7 +187,13 @@ class Task(Generic[P, R]):
         Raises ``TaskValidationError`` (naming the field) before anything is scheduled,
         and ``BrokerUnavailable`` when the Celery route cannot take the job.
         """
-        return self._dispatch_validated(self.validator.validate(args, kwargs)[1])
+        payload = self.validator.payload(args, kwargs)
+        plan = self._inline_plan
+        if plan is not None and plan.settings is get_settings():
+            job = plan.dispatch(payload)
+            if job is not None:
+                return self._handle(job)
+        return self._dispatch_validated(payload)
 
     def dispatch_many(
         self, items: Iterable[tuple[Any, ...] | Mapping[str, Any]]
@@ -245,8 +259,9 @@ class Task(Generic[P, R]):
 
     def _handle(self, job: Job) -> TaskHandle:
         handle = TaskHandle(job.id, self.spec.name, job.route, job.queue)
-        for listener in dispatch_listeners:
-            listener(handle)
+        if dispatch_listeners:
+            for listener in dispatch_listeners:
+                listener(handle)
         return handle
 
     def _dispatch_validated(

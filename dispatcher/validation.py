@@ -231,6 +231,14 @@ class ArgumentValidator:
         _reveal_secrets(self.secret_names, values, payload)
         return values, payload
 
+    def payload(self, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """``validate(args, kwargs)[1]``: what a dispatch needs, without the values."""
+        if self._plain is not None:
+            payload = self._plain_payload(args, kwargs)
+            if payload is not None:
+                return payload
+        return self.validate(args, kwargs)[1]
+
     def _plain_payload(
         self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     ) -> dict[str, Any] | None:

@@ -310,3 +310,28 @@ def test_routes_table_shows_the_adaptive_state() -> None:
     table = format_table([row])
     assert "ADAPTIVE" in table.splitlines()[0]
     assert "p95 0.31s of 20/20 runs, max 0.25s: celery since " in table
+
+
+def test_inside_a_request_the_inline_plan_spills_over_like_the_general_path(
+    full_executor: Any, light: Task[[int], int]
+) -> None:
+    from dispatcher.context import RequestBatch, batch_var
+
+    batch = RequestBatch()
+    token = batch_var.set(batch)
+    try:
+        _, general = full_executor(4)
+        light.dispatch(1)  # the first dispatch takes the general path and makes the plan
+        assert light._inline_plan is not None and [j.payload for j in general] == [{"n": 1}]
+        handle = light.dispatch(2)  # through the plan: into the request's batch
+        assert handle.route == "inline"
+        assert [(j.id, j.payload, j.route) for j in batch.close()] == [
+            (handle.id, {"n": 2}, "inline")]
+        celery, _ = full_executor(5)  # now the executor is full
+        before = spilled()
+        assert light.dispatch(3).route == "celery"
+        assert [(job.payload, reason) for job, reason in celery.jobs] == [
+            ({"n": 3}, "spill_over")]
+        assert spilled() == before + 1
+    finally:
+        batch_var.reset(token)

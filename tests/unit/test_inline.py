@@ -376,3 +376,48 @@ def test_sync_timeout_is_not_charged_to_the_next_job(
     except TaskFailed as exc:
         result = f"{exc.error_type} (function ran: {ran.is_set()})"
     assert result == "ok"
+
+
+def test_a_dispatch_in_a_request_files_counts_and_logs_like_one_outside(
+    dispatcher_log: Any, use_settings: Callable[..., DispatcherSettings]
+) -> None:
+    from prometheus_client import REGISTRY
+
+    from dispatcher.context import RequestBatch, batch_var, request_id_var
+
+    use_settings()
+
+    @task(name="unit.inline.planned")
+    def planned(n: int) -> int:
+        return n
+
+    def dispatched() -> float:
+        return REGISTRY.get_sample_value(
+            "dispatch_jobs_dispatched_total", {"task": "unit.inline.planned", "route": "inline"}
+        ) or 0.0
+
+    def fields(handle: TaskHandle) -> dict[str, Any]:
+        [event] = [r for r in dispatcher_log.events(handle.id)
+                   if r.dispatch["event"] == "task.dispatched"]  # type: ignore[attr-defined]
+        return {k: v for k, v in event.dispatch.items()  # type: ignore[attr-defined]
+                if k not in ("task_id", "request_id")}
+
+    before = dispatched()
+    outside = planned.dispatch(1)  # the general path, which also makes the plan
+    batch = RequestBatch()
+    tokens = batch_var.set(batch), request_id_var.set("req-1")
+    try:
+        inside = planned.dispatch(2)  # the plan's path
+    finally:
+        batch_var.reset(tokens[0])
+        request_id_var.reset(tokens[1])
+    [job] = batch.close()
+    assert planned._inline_plan is not None
+    assert (job.id, job.request_id, job.payload) == (inside.id, "req-1", {"n": 2})
+    assert fields(inside) == fields(outside)
+    assert dispatched() == before + 2
+    record = runtime.status_store().load(inside.id)
+    assert record is not None and record["status"] == "PENDING"
+    assert record["request_id"] == "req-1"
+    runtime.inline_executor().submit([job])
+    assert inside.get(timeout=5) == 2 and outside.get(timeout=5) == 1
