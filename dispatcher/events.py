@@ -37,19 +37,6 @@ def emit(
     """Log ``event`` for ``job`` with the common fields (cheap when the level is off)
     and count it in the metrics (whatever the level)."""
     observe_event(event, job, duration_ms, extra)
-    log_event(event, job, level=level, duration_ms=duration_ms, error=error, **extra)
-
-
-def log_event(
-    event: str,
-    job: Job,
-    *,
-    level: int = logging.INFO,
-    duration_ms: float | None = None,
-    error: BaseException | None = None,
-    **extra: Any,
-) -> None:
-    """``emit`` without counting it: for a caller that has counted the event itself."""
     if not logger.isEnabledFor(level):
         return
     fields: dict[str, Any] = {

@@ -24,10 +24,9 @@ from typing import Any, Literal, overload
 from . import core, runtime
 from .context import batch_var, request_id_var
 from .errors import DispatchError, TaskValidationError
-from .events import emit, log_event
+from .events import emit
 from .governor import Governor
 from .job import Job, new_job_id
-from .metrics import series_of
 from .registry import get_task
 from .routing import RouteDecision, decide_route
 from .settings import DispatcherSettings, get_settings
@@ -316,11 +315,11 @@ class InlinePlan:
     """An inline dispatch of one task, worked out once per settings.
 
     The common case (inline, no countdown, no idempotency key, inside a request) then
-    costs a job, its filing, a count and an append to the request's batch: on a
+    costs a job, its filing, its event and an append to the request's batch: on a
     saturated server every microsecond of a dispatch is a request answered less.
     """
 
-    __slots__ = ("dispatched", "pinned", "priority", "queue", "settings", "spec", "spill_at")
+    __slots__ = ("pinned", "priority", "queue", "settings", "spec", "spill_at")
 
     def __init__(self, spec: TaskSpec, decision: RouteDecision, settings: DispatcherSettings,
                  *, pinned: bool, spills: bool) -> None:
@@ -331,7 +330,6 @@ class InlinePlan:
         self.pinned = pinned
         #: Waiting jobs at which a dispatch spills over to Celery (None: never).
         self.spill_at = settings.inline_max_pending if spills else None
-        self.dispatched = series_of(spec.name, "inline").dispatched
 
     def dispatch(self, payload: dict[str, Any]) -> Job | None:
         """Dispatch ``payload`` as ``dispatch_inline`` would; None, having done nothing,
@@ -346,8 +344,7 @@ class InlinePlan:
         job = Job(new_job_id(), self.spec, "inline", self.queue, self.priority, payload, 1,
                   request_id_var.get(), time.time(), self.pinned, None)
         core.record(job, "PENDING")
-        self.dispatched.inc()
-        log_event("task.dispatched", job)
+        emit("task.dispatched", job, reason=None)
         if not batch.add(job):
             runtime.inline_executor().submit([job])
         return job

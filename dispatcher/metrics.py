@@ -93,14 +93,6 @@ class _Series:
 
 
 _series: dict[tuple[str, str], _Series] = {}
-
-
-def series_of(task: str, route: str) -> _Series:
-    """The metric children of one (task, route), made on first use."""
-    series = _series.get((task, route))
-    if series is None:
-        series = _series[(task, route)] = _Series(task, route)
-    return series
 _decisions: dict[tuple[str, str, str], Any] = {}
 _failures_logged = False
 
@@ -120,7 +112,10 @@ def observe_event(
     Never raises: metrics must not break a job.
     """
     try:
-        series = _series.get((job.spec.name, job.route)) or series_of(job.spec.name, job.route)
+        key = (job.spec.name, job.route)
+        series = _series.get(key)
+        if series is None:
+            series = _series[key] = _Series(*key)
         if event == "task.started":
             wait = fields.get("queue_wait_ms")
             if wait is not None:
