@@ -315,8 +315,9 @@ class InlinePlan:
     """An inline dispatch of one task, worked out once per settings.
 
     The common case (inline, no countdown, no idempotency key, inside a request) then
-    costs a job, its filing, its event and an append to the request's batch: on a
-    saturated server every microsecond of a dispatch is a request answered less.
+    costs a job and ``dispatch_inline`` (its filing, its event, an append to the
+    request's batch): on a saturated server every microsecond of a dispatch is a
+    request answered less.
     """
 
     __slots__ = ("pinned", "priority", "queue", "settings", "spec", "spill_at")
@@ -343,10 +344,7 @@ class InlinePlan:
                 return None
         job = Job(new_job_id(), self.spec, "inline", self.queue, self.priority, payload, 1,
                   request_id_var.get(), time.time(), self.pinned, None)
-        core.record(job, "PENDING")
-        emit("task.dispatched", job, reason=None)
-        if not batch.add(job):
-            runtime.inline_executor().submit([job])
+        dispatch_inline(job, None)
         return job
 
 
