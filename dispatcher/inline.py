@@ -314,7 +314,7 @@ class InlineExecutor:
 class InlinePlan:
     """An inline dispatch of one task, worked out once per settings.
 
-    The common case (inline, no countdown, no idempotency key, inside a request) then
+    The common case (inline, no countdown, no idempotency key) then
     costs a job and ``dispatch_inline`` (its filing, its event, an append to the
     request's batch): on a saturated server every microsecond of a dispatch is a
     request answered less.
@@ -334,10 +334,7 @@ class InlinePlan:
 
     def dispatch(self, payload: dict[str, Any]) -> Job | None:
         """Dispatch ``payload`` as ``dispatch_inline`` would; None, having done nothing,
-        when the plan does not apply now (no request, or the executor is full)."""
-        batch = batch_var.get()
-        if batch is None:
-            return None
+        when the plan does not apply now (the executor is full: the job spills over)."""
         if self.spill_at is not None:
             executor = runtime.current_inline_executor()
             if executor is not None and executor.waiting() >= self.spill_at:
