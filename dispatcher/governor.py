@@ -7,10 +7,14 @@ inline executor asks the governor before it starts each job:
 
 - while the server's event loop has time to spare, jobs start at once;
 - while the loop is saturated (its thread used at least half of the last 10 ms of
-  CPU), jobs start only as often as keeps their CPU time within
-  ``DISPATCH_INLINE_BUSY_SHARE`` of the time (0.02 by default): requests keep the
-  rest, and the backlog drains as soon as the burst ends (or spills over to Celery
-  past ``DISPATCH_INLINE_MAX_PENDING``).
+  CPU), a job waits for the burst to end, up to ``DISPATCH_INLINE_MAX_HOLD`` seconds
+  from when it became due (10 by default). A held job costs the server little (its
+  memory); a started one costs it the job's CPU and the GIL's hand-offs;
+- a job held that long starts even though the loop is still saturated, paced to keep
+  the CPU time of such jobs within ``DISPATCH_INLINE_BUSY_SHARE`` of the time (0.02
+  by default): a sustained overload cannot hold background work forever. The backlog
+  drains as soon as the burst ends (or spills over to Celery past
+  ``DISPATCH_INLINE_MAX_PENDING``).
 
 The loop's own CPU clock is the signal, not a count of open requests: requests queue
 in the server's sockets where no middleware sees them, and a request that awaits a
@@ -27,8 +31,12 @@ from collections.abc import Callable
 SATURATED = 0.5
 #: How often the reading is refreshed.
 WINDOW = 0.01
-#: Longest sleep between two looks at whether the server is still busy.
+#: Longest sleep between two looks at whether the server is still busy, for a job
+#: whose hold has passed (it is paced) ...
 MAX_NAP = 0.005
+#: ... and for a held one: it waits for the burst to end, so a later look only starts
+#: it later, and each look takes the GIL from the saturated loop.
+HOLD_NAP = 0.02
 #: What a job costs the server beyond its own CPU time: each time a job's thread
 #: wakes (to start, after a sleep or I/O, to finish) it takes the GIL from the loop,
 #: which then waits its turn back. Measured on a 2-core machine: a raw
@@ -85,20 +93,30 @@ def server_busy() -> bool:
 class Governor:
     """Paces the start of inline jobs while the server is busy; see the module docstring."""
 
-    def __init__(self, share: float, busy: Callable[[], bool] = server_busy) -> None:
+    def __init__(self, share: float, max_hold: float = 0.0,
+                 busy: Callable[[], bool] = server_busy) -> None:
         self.share = share
+        self.max_hold = max_hold
         self._busy = busy
         self._turn = threading.Lock()
         self._pace = threading.Lock()
         self._next_start = 0.0
 
-    def wait_turn(self) -> None:
-        """Return when a job may start; one waiter at a time, the others queue behind
-        it on a lock (blocked without the GIL)."""
+    def wait_turn(self, due: float | None = None) -> None:
+        """Return when a job that became due at ``due`` (``time.time()``; None: no hold)
+        may start; one waiter at a time, the others queue behind it on a lock (blocked
+        without the GIL)."""
         if self.share >= 1.0:
             return
+        held_until = None if due is None else due + self.max_hold
         with self._turn:
             while self._busy():
+                if held_until is not None:
+                    hold = held_until - time.time()
+                    if hold > 0:
+                        time.sleep(min(hold, HOLD_NAP))
+                        continue
+                    held_until = None
                 delay = self._next_start - time.perf_counter()
                 if delay <= 0:
                     return

@@ -43,9 +43,10 @@ Chain = tuple[list[Job], "concurrent.futures.Future[None] | None"] | Job
 class InlineExecutor:
     """Runs chains of jobs with bounded concurrency; drains on shutdown."""
 
-    def __init__(self, concurrency: int, busy_share: float = 1.0) -> None:
+    def __init__(self, concurrency: int, busy_share: float = 1.0,
+                 max_hold: float = 0.0) -> None:
         self.concurrency = concurrency
-        self.governor = Governor(busy_share)
+        self.governor = Governor(busy_share, max_hold)
         # A plain lock (no Python-level Condition on the hot path); the condition
         # shares it and is only notified when the last outstanding job finishes.
         self._lock = threading.Lock()
@@ -194,11 +195,14 @@ class InlineExecutor:
                     if self._closed and not self._ready and not self._outstanding:
                         return None
                     if self._ready:
+                        # Only this thread takes chains: the head stays while it waits.
+                        head = self._ready[0]
                         break
                     self._listening = True
                 if not self._doorbell.get():
                     return None
-            self.governor.wait_turn()  # requests first while the server is saturated
+            # Requests first while the server is saturated.
+            self.governor.wait_turn(_due_at(head))
             with self._lock:
                 chain = self._ready.popleft()
                 self._idle_threads -= 1
@@ -224,7 +228,7 @@ class InlineExecutor:
 
     def _run_one(self, job: Job, *, paced: bool) -> None:
         if paced:  # the chain's first job waited for its turn when it was picked
-            self.governor.wait_turn()
+            self.governor.wait_turn(job.due_at)
         if job.id not in self._outstanding:  # abandoned by a drain meanwhile
             return
         with self._lock:
@@ -309,6 +313,14 @@ class InlineExecutor:
             self._loop_thread.start()
         started.wait()
         return loop
+
+
+def _due_at(chain: Chain) -> float | None:
+    """When the chain's first job became due (None: an empty chain, nothing to hold)."""
+    if isinstance(chain, Job):
+        return chain.due_at
+    jobs = chain[0]
+    return jobs[0].due_at if jobs else None
 
 
 class InlinePlan:

@@ -104,10 +104,14 @@ class Job:
         """The job's next attempt, due ``delay`` seconds from now."""
         return replace(self, attempt=self.attempt + 1, queued_at=time.time() + delay)
 
+    @property
+    def due_at(self) -> float:
+        """When this attempt became due (``time.time()``): its queue wait starts here."""
+        return self.queued_at if self.queued_at is not None else self.dispatched_at
+
     def queue_wait(self, started_at: float) -> float:
         """Seconds this attempt waited between being due and starting."""
-        due = self.queued_at if self.queued_at is not None else self.dispatched_at
-        return max(0.0, started_at - due)
+        return max(0.0, started_at - self.due_at)
 
     def meta(self) -> dict[str, Any]:
         """What travels beside the arguments (a Celery message header)."""

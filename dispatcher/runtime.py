@@ -126,7 +126,8 @@ def inline_executor() -> InlineExecutor:
             from .inline import InlineExecutor
 
             settings = get_settings()
-            _executor = InlineExecutor(settings.inline_concurrency, settings.inline_busy_share)
+            _executor = InlineExecutor(settings.inline_concurrency, settings.inline_busy_share,
+                                       settings.inline_max_hold)
         return _executor
 
 

@@ -85,8 +85,15 @@ class DispatcherSettings(BaseSettings):
         default=0.02,
         gt=0,
         le=1,
-        description="While requests wait and this process is CPU-saturated, inline jobs "
-        "start only as often as keeps their CPU time within this share (1: never yield).",
+        description="While this process's server loop is CPU-saturated, inline jobs held "
+        "past DISPATCH_INLINE_MAX_HOLD start only as often as keeps their CPU time within "
+        "this share (1: never yield, start every job at once).",
+    )
+    inline_max_hold: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds an inline job waits for a burst of requests to end before it "
+        "starts anyway, paced to DISPATCH_INLINE_BUSY_SHARE (0: paced from the start).",
     )
     inline_hold_request: bool = Field(
         default=False,

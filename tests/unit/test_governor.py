@@ -104,3 +104,38 @@ def test_pacing_stops_as_soon_as_the_server_is_idle_again() -> None:
     started = time.perf_counter()
     gov.wait_turn()
     assert time.perf_counter() - started < 5.0
+
+
+def test_while_busy_a_job_is_held_for_its_max_hold_then_starts() -> None:
+    gov = Governor(0.5, max_hold=0.3, busy=lambda: True)
+    due = time.time()
+    gov.wait_turn(due)
+    # Held for its whole hold although the server never eased, and then started.
+    assert time.time() - due >= 0.3 * 0.99
+
+
+def test_a_held_job_starts_as_soon_as_the_burst_ends() -> None:
+    busy = [True]
+    gov = Governor(0.5, max_hold=60.0, busy=lambda: busy[0])
+    threading.Timer(0.05, lambda: busy.__setitem__(0, False)).start()
+    started = time.perf_counter()
+    gov.wait_turn(time.time())
+    assert time.perf_counter() - started < 5.0
+
+
+def test_a_job_due_longer_ago_than_the_hold_is_paced_not_held() -> None:
+    gov = Governor(0.5, max_hold=60.0, busy=lambda: True)
+    started = time.perf_counter()
+    gov.wait_turn(time.time() - 61.0)  # nothing spent yet: its turn is now
+    assert time.perf_counter() - started < 1.0
+    gov.spent(0.002)
+    before = time.perf_counter()
+    gov.wait_turn(time.time() - 61.0)
+    assert time.perf_counter() - before >= (0.002 + HANDOFF) * 0.99  # 0.5 share: 1 for 1
+
+
+def test_while_idle_a_fresh_job_is_not_held() -> None:
+    gov = Governor(0.5, max_hold=60.0, busy=lambda: False)
+    started = time.perf_counter()
+    gov.wait_turn(time.time())
+    assert time.perf_counter() - started < 1.0

@@ -316,6 +316,32 @@ def test_countdown_delays_the_start() -> None:
     assert started_at[0] - before >= 0.25
 
 
+def test_while_the_server_is_saturated_jobs_wait_for_their_max_hold(
+    use_settings: Callable[..., DispatcherSettings]
+) -> None:
+    """Held from when each became due (after its countdown), then started although the
+    server never eased; with the server idle, the next one starts at once."""
+    use_settings(inline_max_hold=0.3, inline_busy_share=0.5)
+    busy = [True]
+    runtime.inline_executor().governor._busy = lambda: busy[0]
+
+    @task(name="unit.inline.held")
+    def held() -> float:
+        return time.time()
+
+    first = held.dispatch()
+    later = held.options(countdown=0.2).dispatch()
+    first_started = first.get(timeout=5)
+    later_started = later.get(timeout=5)
+    for handle, started, due_after in ((first, first_started, 0.0), (later, later_started, 0.2)):
+        record = handle.record()
+        assert record is not None
+        assert started - record["dispatched_at"] >= (due_after + 0.3) * 0.99
+    busy[0] = False
+    dispatched = time.time()
+    assert held.dispatch().get(timeout=5) - dispatched < 0.25
+
+
 def test_get_times_out_while_the_job_runs(release: threading.Event) -> None:
     @task(name="unit.inline.blocked")
     def blocked() -> str:
