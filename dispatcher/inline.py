@@ -360,7 +360,10 @@ class InlinePlan:
 def dispatch_inline(job: Job, countdown: float | None, reason: str | None = None) -> None:
     """Record and announce ``job``, then attach it to the current request or run it."""
     core.record(job, "PENDING")
-    emit("task.dispatched", job, reason=reason)
+    if reason is None:  # the event's reason is None by default: no keyword dict to build
+        emit("task.dispatched", job)
+    else:
+        emit("task.dispatched", job, reason=reason)
     batch = batch_var.get()
     if countdown is None and batch is not None and batch.add(job):
         return

@@ -116,14 +116,14 @@ def observe_event(
         series = _series.get(key)
         if series is None:
             series = _series[key] = _Series(*key)
+        if event == "task.dispatched":  # the most frequent event: asked first
+            if job.attempt == 1:  # a Celery retry is published again; it counts as retried
+                series.dispatched.inc()
+            return
         if event == "task.started":
             wait = fields.get("queue_wait_ms")
             if wait is not None:
                 series.queue_wait.observe(max(0.0, wait / 1000))
-            return
-        if event == "task.dispatched":
-            if job.attempt == 1:  # a Celery retry is published again; it counts as retried
-                series.dispatched.inc()
             return
         if event == "task.succeeded":
             series.succeeded.inc()

@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections import OrderedDict
 from datetime import UTC, datetime
 from json.encoder import encode_basestring_ascii as _json_string
@@ -254,6 +255,18 @@ class MemoryStatusStore:
         return True
 
 
+#: Every buffered store of this process: a forked child resets each (``_after_fork``).
+_stores: weakref.WeakSet[BufferedStatusStore] = weakref.WeakSet()
+
+
+def _reset_stores_in_child() -> None:
+    for store in list(_stores):
+        store._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_stores_in_child)
+
+
 class BufferedStatusStore:
     """Writes records from a background thread, pipelined, newest state per job only.
 
@@ -296,25 +309,25 @@ class BufferedStatusStore:
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self._pid = 0
+        _stores.add(self)
 
     def _after_fork(self) -> None:
-        """A forked child (a Celery pool process) gets fresh locks, buffer and thread."""
-        if self._pid not in (0, os.getpid()):
-            self._lock = threading.Lock()
-            self._write_lock = threading.Lock()
-            self._wake = threading.Event()
-            self._pending = {}
-            self._pending_history = {}
-            self._pending_index = {}
-            self._filed = collections.deque()
-            self._held = {}
-            self._thread = None
-            self._pid = 0
+        """In a forked child (a Celery pool process): fresh locks, buffer and thread.
+        The parent's buffer is the parent's to write; a lock some other thread held at
+        the fork would never be released here. Run by an at-fork hook, so no call on the
+        request path has to ask for the process id."""
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending = {}
+        self._pending_history = {}
+        self._pending_index = {}
+        self._filed = collections.deque()
+        self._held = {}
+        self._thread = None
 
     def save(self, record: dict[str, Any], *, transition: bool = True) -> None:
         # Encoded by the writer thread, and only the newest state of each job.
-        self._after_fork()
         task_id = record["task_id"]
         with self._lock:
             self._pending[task_id] = record
@@ -332,7 +345,6 @@ class BufferedStatusStore:
         """``save(make_record(job, "PENDING"))``, with the record built by the writer
         when it writes (or by ``load``): a dispatch on the request path only files the
         job, without taking the lock."""
-        self._after_fork()
         self._filed.append(job)
         if self.poll or not self._wake.is_set():
             with self._lock:
@@ -450,7 +462,6 @@ class BufferedStatusStore:
 
         (``timeout`` bounds the wait for a write the background thread has under way.)
         """
-        self._after_fork()
         if not self._write_lock.acquire(timeout=timeout):
             return False
         try:
@@ -459,8 +470,7 @@ class BufferedStatusStore:
             self._write_lock.release()
 
     def _ensure_thread(self) -> None:
-        if self._thread is None or self._pid != os.getpid() or not self._thread.is_alive():
-            self._pid = os.getpid()
+        if self._thread is None or not self._thread.is_alive():
             self._thread = threading.Thread(target=self._run, name="dispatch-records",
                                             daemon=True)
             self._thread.start()

@@ -4,6 +4,7 @@ the filtered listing, the event stream, retention."""
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -157,6 +158,46 @@ def test_a_pending_job_is_filed_and_its_record_built_by_the_writer(redis_server:
     assert client.zscore(INDEX_KEY, job.id) == pytest.approx(job.dispatched_at)
     store.save(make_record(job, "STARTED"))
     assert store.load(job.id)["status"] == "STARTED"  # type: ignore[index]
+
+
+def test_a_forked_child_starts_with_an_empty_buffer_and_free_locks(redis_server: Any) -> None:
+    """As a Celery pool process does: the parent's filed job stays the parent's to write,
+    and a lock another parent thread held at the fork does not block the child."""
+    from dispatcher.job import Job, new_job_id
+    from dispatcher.status import BufferedStatusStore
+
+    @task(name="it.records.forked")
+    def forked(n: int) -> None: ...
+
+    def job(n: int) -> Job:
+        return Job(id=new_job_id(), spec=forked.spec, route="inline", queue=None,
+                   priority=5, payload={"n": n}, dispatched_at=time.time())
+
+    client = redis.Redis.from_url(redis_server.url)
+    store = BufferedStatusStore(client, ttl=60, interval=10.0)
+    parents, childs = job(1), job(2)
+    store.save_pending(parents)
+    store._lock.acquire()  # another thread of the parent in the middle of a save
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code, never return to pytest
+            ok = False
+            try:
+                ok = store._lock.acquire(timeout=2)
+                store._lock.release()
+                ok = ok and store.load(parents.id) is None  # not in its buffer, not written
+                store.save_pending(childs)
+                ok = ok and store.flush()
+            finally:
+                os._exit(0 if ok else 1)
+    finally:
+        store._lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert json.loads(client.get(KEY_PREFIX + childs.id))["status"] == "PENDING"
+    assert client.get(KEY_PREFIX + parents.id) is None  # the child did not write it
+    assert store.flush()
+    assert json.loads(client.get(KEY_PREFIX + parents.id))["status"] == "PENDING"
 
 
 def test_a_state_saved_before_the_filed_pending_is_written_wins(redis_server: Any) -> None:
