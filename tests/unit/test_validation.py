@@ -293,6 +293,27 @@ def test_plain_argument_fast_path_agrees_with_pydantic() -> None:
                 assert isinstance(got, str), (fn.__name__, args, kwargs, got)
 
 
+def test_plain_batches_skip_pydantic_and_agree_with_it() -> None:
+    def g(n: int, ratio: float, label: str = "x", on: bool = False) -> None: ...
+
+    v = ArgumentValidator("unit.validation.fast_batch", g)
+    items: list[Any] = [(1, 2.5), (1, 2), {"n": 1, "ratio": 0.0}, (1, 2.5, "y", True),
+                        {"n": 2, "ratio": 3, "label": "z"}]
+    got = v.payloads(items)
+    assert v._list_adapter is None  # every item was plain: pydantic was not asked
+    expected = [_pydantic_payload(v, item, {}) if isinstance(item, tuple)
+                else _pydantic_payload(v, (), item) for item in items]
+    assert got == expected
+    assert [[type(x) for x in p.values()] for p in got] == \
+        [[type(x) for x in p.values()] for p in expected]  # type: ignore[union-attr]
+
+    # One item that is not plain: pydantic decides for the batch, and names the bad items.
+    assert v.payloads([(1, 2.5), ("2", 2.5)]) == [expected[0], {**expected[0], "n": 2}]
+    with pytest.raises(TaskValidationError) as info:
+        v.payloads([(1, 2.5), ("x", 2.5), (1,)])
+    assert [e["field"] for e in info.value.errors] == ["[1].n", "[2].ratio"]
+
+
 def test_batch_payloads_match_one_by_one_validation() -> None:
     def f(when: datetime, token: SecretStr, tags: list[int] | None = None) -> None: ...
 
