@@ -12,6 +12,9 @@ from dispatcher import task
 from dispatcher.fastapi import install
 
 _count = 0
+#: Sleeping jobs running now, and the most seen at once (the executor's bound).
+_running = 0
+_max_running = 0
 _lock = threading.Lock()
 
 
@@ -21,13 +24,25 @@ def _done() -> None:
         _count += 1
 
 
+def _sleep(ms: float) -> None:
+    global _running, _max_running
+    with _lock:
+        _running += 1
+        _max_running = max(_max_running, _running)
+    try:
+        time.sleep(ms / 1000)
+    finally:
+        with _lock:
+            _running -= 1
+    _done()
+
+
 def noop_job() -> None:
     _done()
 
 
 def sleep_job(ms: float) -> None:
-    time.sleep(ms / 1000)
-    _done()
+    _sleep(ms)
 
 
 @task(name="bench.noop", weight=1)
@@ -37,8 +52,7 @@ def noop_task() -> None:
 
 @task(name="bench.sleep", weight=1)
 def sleep_task(ms: float) -> None:
-    time.sleep(ms / 1000)
-    _done()
+    _sleep(ms)
 
 
 def _common(app: FastAPI) -> None:
@@ -54,7 +68,7 @@ def _common(app: FastAPI) -> None:
 
     @app.get("/count")
     async def count() -> dict[str, int]:
-        return {"count": _count}
+        return {"count": _count, "max_running": _max_running}
 
 
 raw = FastAPI()
