@@ -150,7 +150,7 @@ class Task(Generic[P, R]):
         options = self.call_options
         self._inline_plan = InlinePlan(
             self.spec, decision, settings, pinned=decision.reason in _PINNED_BY_CALLER,
-            spills=decision.reason not in PINNED_INLINE and settings.broker_url is not None,
+            spills=self._spill_room(decision, settings) is not None,
         ) if (decision.route == "inline" and not options.countdown
               and options.idempotency_key is None) else None
         return decision
