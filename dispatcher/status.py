@@ -305,6 +305,10 @@ class BufferedStatusStore:
         self._filed: collections.deque[Job] = collections.deque()
         #: PENDING inline jobs held back while the server is saturated (see above).
         self._held: dict[str, Job] = {}
+        #: The batch being written right now: taken from the buffer, not yet in Redis.
+        #: Readers look here too, or a read landing mid-write would see neither.
+        self._inflight: dict[str, dict[str, Any] | Job] = {}
+        self._inflight_history: dict[str, list[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
@@ -324,6 +328,8 @@ class BufferedStatusStore:
         self._pending_index = {}
         self._filed = collections.deque()
         self._held = {}
+        self._inflight = {}
+        self._inflight_history = {}
         self._thread = None
 
     def save(self, record: dict[str, Any], *, transition: bool = True) -> None:
@@ -392,10 +398,16 @@ class BufferedStatusStore:
         self.poll = True
         self._wake.set()  # a writer waiting to be woken now loops on its own
 
+    def _unwritten(self, task_id: str) -> dict[str, Any] | Job | None:
+        """The newest state of ``task_id`` not yet known to be in Redis (callers hold
+        ``_lock``): buffered, held back, or in the write under way."""
+        return (self._pending.get(task_id) or self._held.get(task_id)
+                or self._inflight.get(task_id))
+
     def load(self, task_id: str) -> dict[str, Any] | None:
         with self._lock:
             self._absorb_filed()
-            pending = self._pending.get(task_id) or self._held.get(task_id)
+            pending = self._unwritten(task_id)
         if pending is not None:
             return _as_record(pending)
         raw = self._client.get(KEY_PREFIX + task_id)
@@ -410,8 +422,7 @@ class BufferedStatusStore:
         raws = self._client.mget([KEY_PREFIX + task_id for task_id in task_ids])
         with self._lock:
             self._absorb_filed()
-            pending = {t: held for t in task_ids
-                       if (held := self._pending.get(t) or self._held.get(t)) is not None}
+            pending = {t: held for t in task_ids if (held := self._unwritten(t)) is not None}
         records: list[dict[str, Any] | None] = []
         for task_id, raw in zip(task_ids, raws, strict=True):
             held = pending.get(task_id)
@@ -421,10 +432,13 @@ class BufferedStatusStore:
         return records
 
     def history(self, task_id: str) -> list[dict[str, Any]]:
-        raws = self._client.lrange(HISTORY_PREFIX + task_id, 0, -1)
+        # The unwritten entries are taken before Redis is read: an entry written in
+        # between is then in both (and kept once), never in neither.
         with self._lock:
-            pending = list(self._pending_history.get(task_id, []))
-        return [json.loads(raw) for raw in raws] + pending
+            unwritten = [*self._inflight_history.get(task_id, ()),
+                         *self._pending_history.get(task_id, ())]
+        written = [json.loads(raw) for raw in self._client.lrange(HISTORY_PREFIX + task_id, 0, -1)]
+        return written + [entry for entry in unwritten if entry not in written]
 
     def index_page(
         self, before: Position | None, since: float | None, count: int
@@ -454,6 +468,7 @@ class BufferedStatusStore:
             self._held.pop(task_id, None)
             self._pending_history.pop(task_id, None)
             self._pending_index.pop(task_id, None)
+            self._inflight.pop(task_id, None)
         self._client.delete(KEY_PREFIX + task_id, HISTORY_PREFIX + task_id)
         self._client.zrem(INDEX_KEY, task_id)
 
@@ -493,8 +508,9 @@ class BufferedStatusStore:
                     batch.setdefault(task_id, job)
                     index[task_id] = job.dispatched_at or time.time()
                 self._held = {}
-        if not batch and not history:
-            return True
+            if not batch and not history:
+                return True
+            self._inflight, self._inflight_history = batch, history
         ids = list(batch)
         try:
             # A few dozen jobs per call: encoding is CPU under the web server's GIL,
@@ -506,6 +522,9 @@ class BufferedStatusStore:
             if self._on_error is not None:
                 self._on_error(exc)
             return False
+        finally:
+            with self._lock:
+                self._inflight, self._inflight_history = {}, {}
 
     def _write_chunk(self, ids: list[str], batch: dict[str, dict[str, Any] | Job],
                      history: dict[str, list[dict[str, Any]]], index: dict[str, float]) -> None:

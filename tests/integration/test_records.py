@@ -43,11 +43,21 @@ def test_celery_job_record_has_history_timings_and_progress(api_url: str) -> Non
     assert isinstance(view["duration_ms"], float) and view["duration_ms"] >= 150
 
 
-def test_celery_retries_appear_in_the_history(api_url: str) -> None:
+@pytest.mark.parametrize("route", ["inline", "celery"])
+def test_retries_appear_in_the_history_on_both_routes(api_url: str, broker: str,
+                                                      route: str) -> None:
+    """Inline, the job runs in the API process, which answers from its own records
+    while its writer is writing them: the answer must not lose entries in between."""
+    from . import sample_tasks as samples
+
     key = f"ledger:{uuid.uuid4()}"
     with httpx.Client(timeout=10) as client:
-        task_id = _dispatch(client, api_url, "samples.always_fails", key=key)
+        if route == "inline":  # the API's default for this task
+            task_id = _dispatch(client, api_url, "samples.always_fails", key=key)
+        else:
+            task_id = samples.always_fails.options(route="celery").dispatch(key).id
         view = poll_state(client, api_url, task_id, {"FAILURE"}, timeout=30)
+    assert view["route"] == route
     history: list[dict[str, Any]] = view["history"]  # type: ignore[assignment]
     assert [(h["state"], h["attempt"]) for h in history] == [
         ("PENDING", 1), ("STARTED", 1), ("RETRY", 1), ("STARTED", 2), ("RETRY", 2),
@@ -226,6 +236,49 @@ def test_a_state_saved_before_the_filed_pending_is_written_wins(redis_server: An
     store.delete(gone.id)  # deleted before the writer ran: never written afterwards
     assert store.flush()
     assert store.load(gone.id) is None and client.get(KEY_PREFIX + gone.id) is None
+
+
+def test_reads_during_a_write_see_the_batch_being_written(redis_server: Any) -> None:
+    """A read between the writer taking its batch and Redis having it must still find
+    the newest state and every history entry (it used to find neither)."""
+    import threading
+
+    from dispatcher.job import Job, new_job_id
+    from dispatcher.status import BufferedStatusStore, make_record
+
+    @task(name="it.records.mid_write")
+    def mid_write(n: int) -> None: ...
+
+    class PausedWriter(BufferedStatusStore):
+        def _write_chunk(self, *args: Any) -> None:
+            taken.set()
+            assert resume.wait(5)
+            super()._write_chunk(*args)
+
+    taken, resume = threading.Event(), threading.Event()
+    client = redis.Redis.from_url(redis_server.url)
+    store = PausedWriter(client, ttl=60, interval=10.0)
+    job = Job(id=new_job_id(), spec=mid_write.spec, route="inline", queue=None, priority=5,
+              payload={"n": 1}, dispatched_at=time.time())
+    store.save_pending(job)
+    store.save(make_record(job, "STARTED"))
+    store.save(make_record(job, "FAILURE", error={"type": "E", "message": "m"}))
+    flushed: list[bool] = []
+    writer = threading.Thread(target=lambda: flushed.append(store.flush()))
+    writer.start()
+    try:
+        assert taken.wait(5)
+        assert client.get(KEY_PREFIX + job.id) is None  # not written yet
+        assert store.load(job.id)["status"] == "FAILURE"  # type: ignore[index]
+        assert [r and r["status"] for r in store.load_many([job.id])] == ["FAILURE"]
+        assert [e["state"] for e in store.history(job.id)] == ["STARTED", "FAILURE"]
+    finally:
+        resume.set()
+        writer.join(5)
+    assert flushed == [True]
+    # Written now: each entry once, from Redis alone.
+    assert [e["state"] for e in store.history(job.id)] == ["STARTED", "FAILURE"]
+    assert json.loads(client.get(KEY_PREFIX + job.id))["status"] == "FAILURE"
 
 
 def test_many_filed_jobs_are_written_in_chunks_with_their_index(redis_server: Any) -> None:
