@@ -272,8 +272,9 @@ class BufferedStatusStore:
 
     ``save`` never does I/O, so dispatching on the request path does not wait for
     Redis; a job that goes PENDING -> STARTED -> SUCCESS within one flush costs one
-    write. ``load`` answers from the not-yet-written buffer first, so this process
-    always reads its own writes; other processes see them a few milliseconds later.
+    write. ``load`` and ``history`` answer from what is not yet in Redis first (the
+    buffer, and the batch being written), so this process always reads its own writes;
+    other processes see them a few milliseconds later.
 
     While the web server is saturated, the PENDING records of inline jobs are held in
     memory rather than written: the executor is holding those jobs back too, and
