@@ -23,6 +23,8 @@ CHILD_MARK = "DISPATCH_WORKER_CHILD"
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 SHUTDOWN_WATCHDOG = 10.0
 CONFIG_ERROR = 2
+#: The Celery node name of ``python -m worker`` unless ``-n``/``--hostname`` is given.
+DEFAULT_NODE_NAME = "dispatcher@%h"
 
 
 def run_worker(argv: list[str]) -> int:
@@ -43,10 +45,18 @@ def run_worker(argv: list[str]) -> int:
         # Mingle asks the other workers for revoked ids at start-up and waits ~1 s for
         # answers; we never revoke, so a worker starts a second sooner without it.
         args.append("--without-mingle")
-    if not any(a in ("-Q", "--queues") or a.startswith("--queues=") for a in argv):
+    if not _given(argv, "-Q", "--queues"):
         args += ["--queues", ",".join(worker_queues(settings))]
+    if not _given(argv, "-n", "--hostname"):
+        # Not Celery's "celery@host": a stock worker on the same host must not share
+        # the name, or the sweeper could not tell the two apart (see dispatcher.fleet).
+        args += ["--hostname", DEFAULT_NODE_NAME]
     app.worker_main([*args, *argv])
     return 0
+
+
+def _given(argv: list[str], short: str, long: str) -> bool:
+    return any(a in (short, long) or a.startswith(long + "=") for a in argv)
 
 
 def _descendants(pid: int) -> list[int]:
