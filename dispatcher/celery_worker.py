@@ -15,11 +15,13 @@ import redis
 from celery import Celery
 from celery.exceptions import Retry, WorkerLostError
 from celery.signals import worker_process_init, worker_ready
+from kombu.exceptions import OperationalError
 
 from . import core, runtime
 from .broker import BROKER_ERRORS
 from .celery_route import CeleryRoute, create_celery_app
 from .errors import ConfigurationError, TaskFailed, TaskValidationError
+from .fleet import INSPECT_TIMEOUT, Fleet
 from .job import Job
 from .link import Link
 from .registry import all_tasks
@@ -237,24 +239,36 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     route = CeleryRoute(settings, app)
     runtime.use_celery_route(route)
     runtime.poll_records(WORKER_RECORDS_POLL)
-    worker_ready.connect(lambda **_: start_sweeper(route), weak=False)
+    worker_ready.connect(lambda sender, **_: start_sweeper(route, sender.hostname),
+                         weak=False)
     worker_process_init.connect(lambda **_: connect_early(), weak=False)
     install_worker_metrics(settings)  # /metrics from the main process, once the pool forked
     return app
 
 
-def start_sweeper(route: CeleryRoute) -> threading.Thread:
-    """Re-queue lost publications from the worker's main process, in the background."""
-    sweeper = Sweeper(route.monitor.publisher.client, route.settings.requeue_lost_after)
+#: A broker outage: the sweep waits for the next pass (``OperationalError``: inspect's).
+SWEEP_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, OperationalError)
+
+
+def start_sweeper(route: CeleryRoute, hostname: str) -> threading.Thread:
+    """Re-queue lost publications from the worker's main process, in the background,
+    and keep announcing this worker as one of ours (see ``fleet``)."""
+    client = route.monitor.publisher.client
     pause = max(1.0, min(10.0, route.settings.requeue_lost_after / 2))
+    fleet = Fleet(route.app, client, hostname, ttl=3 * pause + INSPECT_TIMEOUT)
+    sweeper = Sweeper(client, route.settings.requeue_lost_after,
+                      foreign_queues=fleet.foreign_queues)
 
     def loop() -> None:
         while True:
-            time.sleep(pause)
             try:
+                fleet.announce()
                 sweeper.sweep()
-            except BROKER_ERRORS as exc:
+            except SWEEP_ERRORS as exc:
                 log.debug("lost-job sweep skipped: %s", exc)
+            except Exception:  # never the end of the sweeper: the next pass tries again
+                log.exception("lost-job sweep failed")
+            time.sleep(pause)
 
     thread = threading.Thread(target=loop, name="dispatch-sweeper", daemon=True)
     thread.start()

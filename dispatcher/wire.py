@@ -18,7 +18,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -209,6 +209,12 @@ local message = string.sub(held, cut + 1)
 local tag = cjson.decode(message)['properties']['delivery_tag']
 if redis.call('HEXISTS', KEYS[3], tag) == 1 then return 0 end
 if redis.call('LPOS', queue, message) then return 0 end
+for i = 3, #ARGV do
+  if ARGV[i] == queue then  -- another kind of worker may have run it: not ours to judge
+    redis.call('ZREM', KEYS[2], ARGV[1])
+    return -1
+  end
+end
 redis.call('LPUSH', queue, message)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
@@ -226,25 +232,44 @@ class Sweeper:
 
     Runs in the worker's main process; looks only at jobs published more than
     ``after`` seconds ago and still not started, at most ``batch`` per pass.
+
+    A lost publication looks exactly like one a stock Celery worker ran: only our
+    workers mark a job started. ``foreign_queues`` (asked only when something looks
+    lost) names the queues such workers consume; a publication on one of those that
+    left its queue is presumed run there, and no longer watched.
     """
 
-    def __init__(self, client: redis.Redis, after: float, batch: int = 200) -> None:
+    def __init__(self, client: redis.Redis, after: float, batch: int = 200,
+                 foreign_queues: Callable[[], Collection[str]] | None = None) -> None:
         self.client = client
         self.after = after
         self.batch = batch
+        self.foreign_queues = foreign_queues
         self._script = client.register_script(_RECOVER)
 
     def sweep(self) -> int:
+        """One pass; returns how many publications were re-queued."""
         now = time.time()
         stale = self.client.zrangebyscore(INFLIGHT, "-inf", now - self.after, 0, self.batch)
-        recovered = 0
+        if not stale:
+            return 0
+        foreign = self.foreign_queues() if self.foreign_queues is not None else ()
+        skip = [key for queue in sorted(foreign) for key in queue_keys(queue)]
+        recovered = left = 0
         for raw in stale:
             publish_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             keys = [MARKER_PREFIX + publish_id, INFLIGHT, "unacked"]
-            if self._script(keys=keys, args=[publish_id, now]):
+            outcome = self._script(keys=keys, args=[publish_id, now, *skip])
+            if outcome == 1:
                 recovered += 1
                 log.warning("re-queued job %s: published but lost before a worker took it",
                             publish_id)
+            elif outcome == -1:
+                left += 1
+        if left:
+            log.info("%d job(s) left their queue without a dispatcher worker starting them; "
+                     "presumed run by the other Celery workers on %s", left,
+                     ", ".join(sorted(foreign)))
         return recovered
 
 

@@ -118,3 +118,34 @@ def test_sweeper_requeues_only_publications_that_redis_lost(broker: str) -> None
     client.hdel("unacked", tag)
     client.delete(key)
     client.zrem(INFLIGHT, *(f"{h.id}:1" for h in (waiting, reserved, lost)))
+
+
+def test_sweeper_leaves_jobs_that_left_a_queue_other_workers_consume(broker: str) -> None:
+    """A job a stock Celery worker ran looks lost (only our workers mark a start): on a
+    queue such workers consume, it is dropped from the watch, never re-queued."""
+    import redis as redis_lib
+
+    from dispatcher.wire import INFLIGHT, Sweeper, queue_key
+
+    client = redis_lib.Redis.from_url(broker)
+    shared, ours = (f"parked-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    taken = samples.echo.options(route="celery", queue=shared).dispatch({"n": 1})
+    lost = samples.echo.options(route="celery", queue=ours).dispatch({"n": 2})
+    for handle, queue in ((taken, shared), (lost, ours)):
+        assert client.rpop(queue_key(queue, 5)) is not None  # gone from its queue
+    asked: list[int] = []
+
+    def foreign_queues() -> set[str]:
+        asked.append(1)
+        return {shared}
+
+    sweeper = Sweeper(client, after=0, foreign_queues=foreign_queues)
+    assert sweeper.sweep() == 1
+    assert asked == [1]
+    assert client.llen(queue_key(shared, 5)) == 0  # not run a second time
+    assert [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue_key(ours, 5), 0, -1)] \
+        == [lost.id]
+    assert client.zscore(INFLIGHT, f"{taken.id}:1") is None  # no longer watched
+    assert client.zscore(INFLIGHT, f"{lost.id}:1") is not None  # re-queued, watched still
+    client.delete(queue_key(ours, 5))
+    client.zrem(INFLIGHT, f"{lost.id}:1")

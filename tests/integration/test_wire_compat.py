@@ -48,3 +48,44 @@ def test_stock_celery_worker_consumes_dispatch_and_dispatch_many(
     values = sorted(int(v) for v in client.lrange(key, 0, -1))
     assert values == sorted([0, *range(1, 11), *range(1, 11), *range(1, 11)])
     assert "stock.echo" in stock_worker.output()
+
+
+@pytest.fixture
+def quick_sweeper(service_env: dict[str, str], worker: Process, tmp_path: Path) -> Process:
+    """One of our workers that looks for lost jobs every second."""
+    env = {**service_env, "DISPATCH_REQUEUE_LOST_AFTER": "1"}
+    process = Process([sys.executable, "-m", "worker", "--concurrency", "1",
+                       "--hostname", "sweeper@%h"], env, tmp_path / "sweeper.log")
+    process.wait_for_output(" ready.", timeout=60)
+    yield process  # type: ignore[misc]
+    process.stop()
+
+
+def test_jobs_a_stock_worker_ran_are_never_taken_for_lost(
+    broker: str, stock_worker: Process, quick_sweeper: Process
+) -> None:
+    """A mixed fleet (say, mid-migration): a stock worker runs our messages without the
+    start mark our workers leave, and our sweeper must not run them again."""
+    from dispatcher.fleet import Fleet
+    from dispatcher.wire import INFLIGHT
+
+    key = f"stock:{uuid.uuid4()}"
+    handles = [echo.dispatch(key, value) for value in range(5)]
+    client = redis.Redis.from_url(broker)
+    watched = [f"{handle.id}:1" for handle in handles]
+    deadline = time.monotonic() + 60
+    # Dropped from the watch once a sweep finds them gone from the queue; run by then.
+    while (client.llen(key) < 5
+           or any(client.zscore(INFLIGHT, mark) is not None for mark in watched)):
+        assert time.monotonic() < deadline, quick_sweeper.output()[-3000:]
+        time.sleep(0.1)
+    assert sorted(int(v) for v in client.lrange(key, 0, -1)) == list(range(5))  # once each
+    assert "presumed run by the other Celery workers on stock" in quick_sweeper.output()
+    assert "other than the dispatcher's consume stock" in quick_sweeper.output()
+    # Our two workers (announced) are not foreign; the stock one is, with its queue.
+    from dispatcher.celery_route import create_celery_app
+    from dispatcher.settings import get_settings
+
+    app = create_celery_app(get_settings())
+    fleet = Fleet(app, client, "test-process", ttl=10)
+    assert fleet.foreign_queues() == {"stock"}
