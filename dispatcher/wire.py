@@ -209,6 +209,7 @@ local message = string.sub(held, cut + 1)
 local tag = cjson.decode(message)['properties']['delivery_tag']
 if redis.call('HEXISTS', KEYS[3], tag) == 1 then return 0 end
 if redis.call('LPOS', queue, message) then return 0 end
+if ARGV[3] == '' then return 2 end  -- asked first: does it look lost?
 for i = 3, #ARGV do
   if ARGV[i] == queue then  -- another kind of worker may have run it: not ours to judge
     redis.call('ZREM', KEYS[2], ARGV[1])
@@ -219,6 +220,11 @@ redis.call('LPUSH', queue, message)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
+
+
+#: The recover script's third argument that asks whether a job looks lost, and its
+#: answer when it does (nothing is changed then).
+ASK, LOOKS_LOST = "", 2
 
 
 def started_commands(publish_id: str) -> list[tuple[Any, ...]]:
@@ -251,15 +257,20 @@ class Sweeper:
         """One pass; returns how many publications were re-queued."""
         now = time.time()
         stale = self.client.zrangebyscore(INFLIGHT, "-inf", now - self.after, 0, self.batch)
-        if not stale:
-            return 0
-        foreign = self.foreign_queues() if self.foreign_queues is not None else ()
-        skip = [key for queue in sorted(foreign) for key in queue_keys(queue)]
+        # Which queues other workers consume is a broadcast: asked once per pass at
+        # most, and only once a job looks lost (until then, the script is asked first).
+        foreign: Collection[str] = ()
+        skip: list[str] | None = [] if self.foreign_queues is None else None
         recovered = left = 0
         for raw in stale:
             publish_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             keys = [MARKER_PREFIX + publish_id, INFLIGHT, "unacked"]
-            outcome = self._script(keys=keys, args=[publish_id, now, *skip])
+            outcome = self._script(keys=keys,
+                                   args=[publish_id, now, *([ASK] if skip is None else skip)])
+            if outcome == LOOKS_LOST and self.foreign_queues is not None:
+                foreign = self.foreign_queues()
+                skip = [key for queue in sorted(foreign) for key in queue_keys(queue)]
+                outcome = self._script(keys=keys, args=[publish_id, now, *skip])
             if outcome == 1:
                 recovered += 1
                 log.warning("re-queued job %s: published but lost before a worker took it",
