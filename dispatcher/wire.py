@@ -197,6 +197,8 @@ def redis_client(url: str, timeout: float) -> redis.Redis:
 # id, ARGV[2] now. Puts back a job that was published, never started, and is neither
 # waiting in its queue nor reserved by a worker: Redis lost it (a crash between a
 # worker's BRPOP and its bookkeeping). Atomic, so it cannot race a consumer's pop.
+# ARGV[3] '' (``ASK``) only answers 2 for such a job; otherwise ARGV[3..] are queue keys
+# that stock workers consume, whose jobs are dropped from the index instead (-1).
 _RECOVER = r"""
 local held = redis.call('GET', KEYS[1])
 if not held or held == '1' then
