@@ -21,7 +21,7 @@ from . import core, runtime
 from .broker import BROKER_ERRORS
 from .celery_route import CeleryRoute, create_celery_app
 from .errors import ConfigurationError, TaskFailed, TaskValidationError
-from .fleet import INSPECT_TIMEOUT, Fleet
+from .fleet import Fleet
 from .job import Job
 from .link import Link
 from .registry import all_tasks
@@ -251,18 +251,20 @@ SWEEP_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, OperationalErro
 
 
 def start_sweeper(route: CeleryRoute, hostname: str) -> threading.Thread:
-    """Re-queue lost publications from the worker's main process, in the background,
-    and keep announcing this worker as one of ours (see ``fleet``)."""
+    """Re-queue lost publications from the worker's main process, in the background;
+    announce this worker as one of ours and take a turn at watching for the others
+    (see ``fleet``)."""
     client = route.monitor.publisher.client
-    pause = max(1.0, min(10.0, route.settings.requeue_lost_after / 2))
-    fleet = Fleet(route.app, client, hostname, ttl=3 * pause + INSPECT_TIMEOUT)
-    sweeper = Sweeper(client, route.settings.requeue_lost_after,
-                      foreign_queues=fleet.foreign_queues)
+    settings = route.settings
+    pause = max(1.0, min(10.0, settings.requeue_lost_after / 2))
+    fleet = Fleet(route.app, client, hostname, every=pause, memory=settings.result_ttl)
+    sweeper = Sweeper(client, settings.requeue_lost_after, sightings=fleet.sightings)
 
     def loop() -> None:
         while True:
             try:
                 fleet.announce()
+                fleet.observe()
                 sweeper.sweep()
             except SWEEP_ERRORS as exc:
                 log.debug("lost-job sweep skipped: %s", exc)

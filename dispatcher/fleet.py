@@ -2,14 +2,18 @@
 
 Our workers mark each job started in Redis; a stock Celery worker (say, the old fleet
 during a rolling migration) runs the same messages without that mark. The sweeper
-must not take such a job for lost and run it again, so each of our workers announces
-itself in Redis, and the queues other workers consume are learnt from Celery's own
-``inspect active_queues`` (a broadcast, so it is asked only when a job looks lost).
+must not take such a job for lost and run it again. So each of our workers announces
+itself in Redis, and once per sweep interval (across the whole fleet: one worker asks)
+Celery's own ``inspect active_queues`` tells which queues other workers consume. Each
+sighting is kept in Redis, so it is still known after that worker has gone: its last
+jobs are judged a sweep age later.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import time
 from typing import Any
 
 import redis
@@ -17,47 +21,79 @@ from celery import Celery
 
 log = logging.getLogger("dispatcher.fleet")
 
-#: One key per live dispatcher worker, by its Celery host name.
+#: One key per live dispatcher worker, by its Celery node name.
 WORKER_PREFIX = "dispatch:worker:"
+#: Hash: queue name -> until when a worker not ours counts as consuming it (the time it
+#: was last seen, plus the asker's interval: until the next sighting is due); and under
+#: ``OBSERVED`` (no queue's name), when any of our workers last asked.
+FOREIGN_KEY = "dispatch:foreign"
+OBSERVED = ""
+#: Held by the worker whose turn it is to ask (one ask per interval, fleet-wide).
+ASKING_KEY = "dispatch:fleet:asking"
 #: How long ``inspect`` waits for every worker's answer.
 INSPECT_TIMEOUT = 1.0
 
 
 class Fleet:
-    """This worker's announcement, and the queues other kinds of worker consume."""
+    """This worker's announcement, and when other kinds of worker consumed our queues."""
 
-    def __init__(self, app: Celery, client: redis.Redis, hostname: str, ttl: float) -> None:
+    def __init__(self, app: Celery, client: redis.Redis, hostname: str, every: float,
+                 memory: int) -> None:
         self.app = app
         self.client = client
         self.hostname = hostname
-        self.ttl = max(1, int(ttl))
+        self.every = max(1, int(every))
+        #: Seconds the foreign sightings are kept (as long as a job's marker lives).
+        self.memory = memory
         self._foreign: frozenset[str] = frozenset()
 
     def announce(self) -> None:
-        """Say (for ``ttl`` seconds) that this worker is one of ours; repeat within it."""
-        self.client.set(WORKER_PREFIX + self.hostname, "1", ex=self.ttl)
+        """Say that this worker is one of ours, for a few intervals; repeated each one."""
+        self.client.set(WORKER_PREFIX + self.hostname, "1",
+                        ex=3 * self.every + int(INSPECT_TIMEOUT) + 1)
 
-    def foreign_queues(self) -> set[str]:
-        """The queues consumed by live workers that are not the dispatcher's.
-
-        Empty when no worker answers (remote control switched off everywhere): then
-        nothing can be told apart, and the sweeper does what it always did.
-        """
-        replies: dict[str, Any] = self.app.control.inspect(
-            timeout=INSPECT_TIMEOUT).active_queues() or {}
-        hosts = sorted(replies)
-        marks = self.client.mget([WORKER_PREFIX + host for host in hosts]) if hosts else []
-        foreign = {host: sorted(_queue_names(replies[host]))
-                   for host, mark in zip(hosts, marks, strict=True) if mark is None}
+    def observe(self) -> None:
+        """If no worker of ours has asked within the interval, ask which live workers are
+        not ours and note the time against the queues they consume."""
+        if not self.client.set(ASKING_KEY, self.hostname, nx=True, ex=self.every):
+            return
+        asked_at = time.time()
+        foreign = self._foreign_workers()
+        queues = {queue for names in foreign.values() for queue in names}
+        until = repr(asked_at + self.every + INSPECT_TIMEOUT)
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hset(FOREIGN_KEY, mapping={OBSERVED: repr(asked_at),
+                                            **dict.fromkeys(sorted(queues), until)})
+            pipe.expire(FOREIGN_KEY, self.memory)
+            pipe.execute()
         if frozenset(foreign) != self._foreign:
             self._foreign = frozenset(foreign)
             if foreign:
                 log.warning(
                     "Celery workers other than the dispatcher's consume %s (%s): a job "
                     "that leaves those queues is presumed run there, never re-queued as lost",
-                    ", ".join(sorted({q for qs in foreign.values() for q in qs})),
-                    ", ".join(sorted(foreign)))
-        return {queue for queues in foreign.values() for queue in queues}
+                    ", ".join(sorted(queues)), ", ".join(sorted(foreign)))
+
+    def sightings(self) -> tuple[float, dict[str, float]]:
+        """When our workers last asked (``-inf``: never), and per queue until when a
+        worker not ours counts as consuming it."""
+        raw: dict[Any, Any] = self.client.hgetall(FOREIGN_KEY)
+        until = {_text(queue): float(at) for queue, at in raw.items()}
+        return until.pop(OBSERVED, -math.inf), until
+
+    def _foreign_workers(self) -> dict[str, list[str]]:
+        """Live workers that are not ours -> the queues they consume. Empty when no worker
+        answers (remote control off everywhere): nothing can be told apart then."""
+        replies: dict[str, Any] = self.app.control.inspect(
+            timeout=INSPECT_TIMEOUT).active_queues() or {}
+        hosts = sorted(replies)
+        marks = self.client.mget([WORKER_PREFIX + host for host in hosts]) if hosts else []
+        return {host: sorted(_queue_names(replies[host]))
+                for host, mark in zip(hosts, marks, strict=True) if mark is None}
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _queue_names(reply: Any) -> set[str]:

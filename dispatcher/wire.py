@@ -14,11 +14,12 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import socket
 import time
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
@@ -197,8 +198,8 @@ def redis_client(url: str, timeout: float) -> redis.Redis:
 # id, ARGV[2] now. Puts back a job that was published, never started, and is neither
 # waiting in its queue nor reserved by a worker: Redis lost it (a crash between a
 # worker's BRPOP and its bookkeeping). Atomic, so it cannot race a consumer's pop.
-# ARGV[3] '' (``ASK``) only answers 2 for such a job; otherwise ARGV[3..] are queue keys
-# that stock workers consume, whose jobs are dropped from the index instead (-1).
+# ARGV[3] (``Verdict``) 'ask': only answer such a job's queue key; 'drop': stop watching
+# it (-1: a stock worker ran it); otherwise re-queue it (1). Anything else answers 0.
 _RECOVER = r"""
 local held = redis.call('GET', KEYS[1])
 if not held or held == '1' then
@@ -211,22 +212,15 @@ local message = string.sub(held, cut + 1)
 local tag = cjson.decode(message)['properties']['delivery_tag']
 if redis.call('HEXISTS', KEYS[3], tag) == 1 then return 0 end
 if redis.call('LPOS', queue, message) then return 0 end
-if ARGV[3] == '' then return 2 end  -- asked first: does it look lost?
-for i = 3, #ARGV do
-  if ARGV[i] == queue then  -- another kind of worker may have run it: not ours to judge
-    redis.call('ZREM', KEYS[2], ARGV[1])
-    return -1
-  end
+if ARGV[3] == 'ask' then return queue end
+if ARGV[3] == 'drop' then
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  return -1
 end
 redis.call('LPUSH', queue, message)
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
 return 1
 """
-
-
-#: The recover script's third argument that asks whether a job looks lost, and its
-#: answer when it does (nothing is changed then).
-ASK, LOOKS_LOST = "", 2
 
 
 def started_commands(publish_id: str) -> list[tuple[Any, ...]]:
@@ -242,48 +236,74 @@ class Sweeper:
     ``after`` seconds ago and still not started, at most ``batch`` per pass.
 
     A lost publication looks exactly like one a stock Celery worker ran: only our
-    workers mark a job started. ``foreign_queues`` (asked only when something looks
-    lost) names the queues such workers consume; a publication on one of those that
-    left its queue is presumed run there, and no longer watched.
+    workers mark a job started. ``sightings`` (read once a job looks lost) tells when
+    our workers last looked for other kinds of worker, and per queue until when one
+    counts as consuming it (``fleet``). A job that left such a queue after its
+    publication is presumed run there, and no longer watched; one that left any other
+    queue is re-queued once our workers have looked since it was found gone (a later
+    pass: a stock worker that took it would have been seen then).
     """
 
     def __init__(self, client: redis.Redis, after: float, batch: int = 200,
-                 foreign_queues: Callable[[], Collection[str]] | None = None) -> None:
+                 sightings: Callable[[], tuple[float, Mapping[str, float]]] | None = None
+                 ) -> None:
         self.client = client
         self.after = after
         self.batch = batch
-        self.foreign_queues = foreign_queues
+        self.sightings = sightings
+        #: Publication -> when a pass first found it gone from its queue, unstarted.
+        self._suspects: dict[str, float] = {}
         self._script = client.register_script(_RECOVER)
 
     def sweep(self) -> int:
         """One pass; returns how many publications were re-queued."""
         now = time.time()
-        stale = self.client.zrangebyscore(INFLIGHT, "-inf", now - self.after, 0, self.batch)
-        # Which queues other workers consume is a broadcast: asked once per pass at
-        # most, and only once a job looks lost (until then, the script is asked first).
-        foreign: Collection[str] = ()
-        skip: list[str] | None = [] if self.foreign_queues is None else None
+        stale: list[tuple[Any, float]] = self.client.zrangebyscore(  # type: ignore[assignment]
+            INFLIGHT, "-inf", now - self.after, 0, self.batch, withscores=True)
+        seen: tuple[float, Mapping[str, float]] | None = None
         recovered = left = 0
-        for raw in stale:
+        for raw, published in stale:
             publish_id = raw.decode() if isinstance(raw, bytes) else str(raw)
             keys = [MARKER_PREFIX + publish_id, INFLIGHT, "unacked"]
-            outcome = self._script(keys=keys,
-                                   args=[publish_id, now, *([ASK] if skip is None else skip)])
-            if outcome == LOOKS_LOST and self.foreign_queues is not None:
-                foreign = self.foreign_queues()
-                skip = [key for queue in sorted(foreign) for key in queue_keys(queue)]
-                outcome = self._script(keys=keys, args=[publish_id, now, *skip])
+            if self.sightings is None:
+                outcome = self._script(keys=keys, args=[publish_id, now])
+            else:
+                outcome = self._script(keys=keys, args=[publish_id, now, "ask"])
+                if isinstance(outcome, bytes | str):  # it looks lost: its queue key
+                    if seen is None:
+                        seen = self.sightings()
+                    key = outcome.decode() if isinstance(outcome, bytes) else outcome
+                    suspected_at = self._suspects.setdefault(publish_id, now)
+                    verdict = _verdict(seen, key.split(QUEUE_SEP)[0], published, suspected_at)
+                    if verdict == "wait":
+                        continue
+                    outcome = self._script(keys=keys, args=[publish_id, now, verdict])
+                self._suspects.pop(publish_id, None)
             if outcome == 1:
                 recovered += 1
                 log.warning("re-queued job %s: published but lost before a worker took it",
                             publish_id)
             elif outcome == -1:
                 left += 1
+        # Forget suspects no longer among the oldest (resolved, maybe by another worker).
+        looked_at = {raw.decode() if isinstance(raw, bytes) else str(raw) for raw, _ in stale}
+        self._suspects = {p: at for p, at in self._suspects.items() if p in looked_at}
         if left:
             log.info("%d job(s) left their queue without a dispatcher worker starting them; "
-                     "presumed run by the other Celery workers on %s", left,
-                     ", ".join(sorted(foreign)))
+                     "presumed run by the other Celery workers seen on their queues", left)
         return recovered
+
+
+def _verdict(seen: tuple[float, Mapping[str, float]], queue: str, published: float,
+             suspected_at: float) -> str:
+    """What to do with a job published at ``published`` and found gone from ``queue``,
+    unstarted, at ``suspected_at``: ``drop`` it if a stock worker consumed the queue
+    since its publication (it ran there); ``requeue`` it once our workers have looked
+    since it was found gone and seen none; until then ``wait``."""
+    observed_at, until = seen
+    if until.get(queue, -math.inf) >= published:
+        return "drop"
+    return "requeue" if observed_at >= suspected_at else "wait"
 
 
 PublishItem = tuple[str, str, str, str | None]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import uuid
 
 import httpx
@@ -122,30 +123,39 @@ def test_sweeper_requeues_only_publications_that_redis_lost(broker: str) -> None
 
 def test_sweeper_leaves_jobs_that_left_a_queue_other_workers_consume(broker: str) -> None:
     """A job a stock Celery worker ran looks lost (only our workers mark a start): on a
-    queue such workers consume, it is dropped from the watch, never re-queued."""
+    queue such a worker consumed after the job's publication, it is dropped from the
+    watch, never re-queued. A sighting older than the job proves nothing."""
     import redis as redis_lib
 
     from dispatcher.wire import INFLIGHT, Sweeper, queue_key
 
     client = redis_lib.Redis.from_url(broker)
-    shared, ours = (f"parked-{uuid.uuid4().hex[:8]}" for _ in range(2))
-    taken = samples.echo.options(route="celery", queue=shared).dispatch({"n": 1})
-    lost = samples.echo.options(route="celery", queue=ours).dispatch({"n": 2})
-    for queue in (shared, ours):
+    shared, earlier, ours = (f"parked-{uuid.uuid4().hex[:8]}" for _ in range(3))
+    before = time.time() - 1
+    taken, stale, lost = (samples.echo.options(route="celery", queue=q).dispatch({"n": n})
+                          for n, q in enumerate((shared, earlier, ours)))
+    for queue in (shared, earlier, ours):
         assert client.rpop(queue_key(queue, 5)) is not None  # gone from its queue
-    asked: list[int] = []
+    asked: list[float] = []
 
-    def foreign_queues() -> set[str]:
-        asked.append(1)
-        return {shared}
+    def sightings() -> tuple[float, dict[str, float]]:
+        asked.append(time.time())
+        return observed[0], {shared: time.time() + 10, earlier: before}
 
-    sweeper = Sweeper(client, after=0, foreign_queues=foreign_queues)
-    assert sweeper.sweep() == 1
-    assert asked == [1]
+    observed = [before]  # our workers last looked before any of these was published
+    sweeper = Sweeper(client, after=0, sightings=sightings)
+    sweeper.sweep()
+    assert len(asked) == 1  # read once per pass
     assert client.llen(queue_key(shared, 5)) == 0  # not run a second time
-    assert [json.loads(raw)["headers"]["id"] for raw in client.lrange(queue_key(ours, 5), 0, -1)] \
-        == [lost.id]
     assert client.zscore(INFLIGHT, f"{taken.id}:1") is None  # no longer watched
-    assert client.zscore(INFLIGHT, f"{lost.id}:1") is not None  # re-queued, watched still
-    client.delete(queue_key(ours, 5))
-    client.zrem(INFLIGHT, f"{lost.id}:1")
+    # Not re-queued yet: nobody has looked for stock workers since they were found gone.
+    assert client.llen(queue_key(earlier, 5)) == client.llen(queue_key(ours, 5)) == 0
+    observed[0] = time.time()
+    sweeper.sweep()
+    for handle, queue in ((stale, earlier), (lost, ours)):
+        key = queue_key(queue, 5)
+        assert [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)] \
+            == [handle.id]
+        assert client.zscore(INFLIGHT, f"{handle.id}:1") is not None  # re-queued, watched
+        client.delete(key)
+        client.zrem(INFLIGHT, f"{handle.id}:1")

@@ -80,12 +80,18 @@ def test_jobs_a_stock_worker_ran_are_never_taken_for_lost(
         assert time.monotonic() < deadline, quick_sweeper.output()[-3000:]
         time.sleep(0.1)
     assert sorted(int(v) for v in client.lrange(key, 0, -1)) == list(range(5))  # once each
-    assert "presumed run by the other Celery workers on stock" in quick_sweeper.output()
+    assert "presumed run by the other Celery workers" in quick_sweeper.output()
     assert "other than the dispatcher's consume stock" in quick_sweeper.output()
     # Our two workers (announced) are not foreign; the stock one is, with its queue.
     from dispatcher.celery_route import create_celery_app
+    from dispatcher.fleet import ASKING_KEY
     from dispatcher.settings import get_settings
 
-    app = create_celery_app(get_settings())
-    fleet = Fleet(app, client, "test-process", ttl=10)
-    assert fleet.foreign_queues() == {"stock"}
+    fleet = Fleet(create_celery_app(get_settings()), client, "test-process", every=1,
+                  memory=60)
+    client.delete(ASKING_KEY)  # this process's turn
+    asked_at = time.time()
+    fleet.observe()
+    observed_at, until = fleet.sightings()
+    assert observed_at >= asked_at
+    assert set(until) == {"stock"} and until["stock"] >= asked_at + 1
