@@ -34,6 +34,7 @@ from typing import Any
 import redis
 
 from . import runtime
+from .link import as_text
 from .metrics import count_route_decision
 from .settings import DispatcherSettings, get_settings
 from .spec import RouteName, TaskSpec
@@ -122,12 +123,8 @@ class AdaptiveState:
         }
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def _parse_state(raw: Mapping[Any, Any], values: list[float]) -> AdaptiveState:
-    fields = {_text(k): _text(v) for k, v in raw.items()}
+    fields = {as_text(k): as_text(v) for k, v in raw.items()}
     since = fields.get("since")
     return AdaptiveState(
         route="celery" if fields.get("route") == "celery" else "inline",

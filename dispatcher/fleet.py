@@ -19,6 +19,8 @@ from typing import Any
 import redis
 from celery import Celery
 
+from .link import as_text
+
 log = logging.getLogger("dispatcher.fleet")
 
 #: One key per live dispatcher worker, by its Celery node name.
@@ -78,7 +80,7 @@ class Fleet:
         """When our workers last asked (``-inf``: never), and per queue until when a
         worker not ours counts as consuming it."""
         raw: dict[Any, Any] = self.client.hgetall(FOREIGN_KEY)
-        until = {_text(queue): float(at) for queue, at in raw.items()}
+        until = {as_text(queue): float(at) for queue, at in raw.items()}
         return until.pop(OBSERVED, -math.inf), until
 
     def _foreign_workers(self) -> dict[str, list[str]]:
@@ -90,10 +92,6 @@ class Fleet:
         marks = self.client.mget([WORKER_PREFIX + host for host in hosts]) if hosts else []
         return {host: sorted(_queue_names(replies[host]))
                 for host, mark in zip(hosts, marks, strict=True) if mark is None}
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _queue_names(reply: Any) -> set[str]:

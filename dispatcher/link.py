@@ -46,6 +46,11 @@ end
 """
 
 
+def as_text(value: Any) -> str:
+    """A Redis reply as text (clients here do not decode responses)."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def join_fields(fields: Sequence[str]) -> str:
     """``fields`` as one script argument for ``LUA_HELPERS``; ValueError if one of them
     holds a NUL (it would shift every field after it)."""

@@ -28,7 +28,7 @@ import redis
 
 from .governor import server_busy
 from .job import Job
-from .link import LUA_HELPERS, Link, join_fields
+from .link import LUA_HELPERS, Link, as_text, join_fields
 
 log = logging.getLogger("dispatcher.status")
 
@@ -454,7 +454,7 @@ class BufferedStatusStore:
             )
             offset += len(raw)
             for member, score in raw:
-                task_id = member.decode() if isinstance(member, bytes) else str(member)
+                task_id = as_text(member)
                 position = (float(score), task_id)
                 if after(position, before):
                     page.append(position)

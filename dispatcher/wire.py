@@ -28,7 +28,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from .job import Job
-from .link import LUA_HELPERS, Link, join_fields
+from .link import LUA_HELPERS, Link, as_text, join_fields
 
 log = logging.getLogger("dispatcher.wire")
 
@@ -263,7 +263,7 @@ class Sweeper:
         seen: tuple[float, Mapping[str, float]] | None = None
         recovered = left = 0
         for raw, published in stale:
-            publish_id = raw.decode() if isinstance(raw, bytes) else str(raw)
+            publish_id = as_text(raw)
             keys = [MARKER_PREFIX + publish_id, INFLIGHT, "unacked"]
             if self.sightings is None:
                 outcome = self._script(keys=keys, args=[publish_id, now])
@@ -272,9 +272,9 @@ class Sweeper:
                 if isinstance(outcome, bytes | str):  # it looks lost: its queue key
                     if seen is None:
                         seen = self.sightings()
-                    key = outcome.decode() if isinstance(outcome, bytes) else outcome
+                    queue = as_text(outcome).split(QUEUE_SEP)[0]
                     suspected_at = self._suspects.setdefault(publish_id, now)
-                    verdict = _verdict(seen, key.split(QUEUE_SEP)[0], published, suspected_at)
+                    verdict = _verdict(seen, queue, published, suspected_at)
                     if verdict == "wait":
                         continue
                     outcome = self._script(keys=keys, args=[publish_id, now, verdict])
@@ -286,7 +286,7 @@ class Sweeper:
             elif outcome == -1:
                 left += 1
         # Forget suspects no longer among the oldest (resolved, maybe by another worker).
-        looked_at = {raw.decode() if isinstance(raw, bytes) else str(raw) for raw, _ in stale}
+        looked_at = {as_text(raw) for raw, _ in stale}
         self._suspects = {p: at for p, at in self._suspects.items() if p in looked_at}
         if left:
             log.info("%d job(s) left their queue without a dispatcher worker starting them; "
