@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from dispatcher.embedded import EmbeddedRedis
+from dispatcher.store.embedded import EmbeddedRedis
 
 
 def _stop(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:

@@ -8,18 +8,22 @@ from typing import Any
 from fastapi import FastAPI, Query
 from pydantic import BaseModel, Field
 
-from dispatcher import get_settings, ops, runtime
-from dispatcher.dashboard import router as dashboard_router
-from dispatcher.fastapi import install
-from dispatcher.metrics import router as metrics_router
-from dispatcher.ops import Accepted, accepted, guarded
-from dispatcher.settings import redact_url
+from dispatcher.fastapi import (
+    Accepted,
+    accepted,
+    dashboard_router,
+    guarded,
+    health,
+    install,
+    jobs_router,
+    metrics_router,
+)
 
 from .tasks import generate_report, write_notification
 
 app = FastAPI(title="Hybrid dispatcher example API", version="0.1.0")
 install(app)
-app.include_router(ops.router)
+app.include_router(jobs_router)
 app.include_router(metrics_router)  # GET /metrics (Prometheus)
 app.include_router(dashboard_router)  # GET /dashboard (live page) and /dashboard/data
 
@@ -47,21 +51,4 @@ async def create_report(request: ReportRequest) -> Accepted:
 async def healthz() -> dict[str, Any]:
     """Liveness, whether the broker answers, and the outage spool's depth (fast: no
     network call on this path)."""
-    settings = get_settings()
-    broker = runtime.celery_route().status()  # from the monitor's last probe: no I/O wait
-    executor = runtime.current_inline_executor()
-    return {
-        "status": "ok" if broker["reachable"] or settings.broker_url is None else "degraded",
-        "broker": {
-            "configured": settings.broker_url is not None,
-            "reachable": broker["reachable"],
-            "checked_at": broker["checked_at"],
-            "spool_depth": broker["spool_depth"],
-            "url": redact_url(settings.broker_url),
-        },
-        "inline": {
-            "running": executor.running() if executor else 0,
-            "outstanding": executor.outstanding() if executor else 0,
-            "concurrency": settings.inline_concurrency,
-        },
-    }
+    return health()

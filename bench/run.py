@@ -48,7 +48,7 @@ class Stack:
     """Redis plus the processes a scenario needs; everything stopped by pid at the end."""
 
     def __init__(self) -> None:
-        from dispatcher.embedded import EmbeddedRedis
+        from dispatcher.store.embedded import EmbeddedRedis
 
         self.redis = EmbeddedRedis().start()
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("DISPATCH_")}
@@ -124,7 +124,7 @@ def wait_count(url: str, expected: int, timeout: float = 120) -> float:
 
 
 def http_scenarios(stack: Stack) -> None:
-    from dispatcher.embedded import free_port
+    from dispatcher.store.embedded import free_port
 
     # Spill-over off: these rows compare the inline route itself with BackgroundTasks.
     ours = stack.serve("bench.apps:ours", free_port(),
@@ -208,7 +208,7 @@ def http_scenarios(stack: Stack) -> None:
 def use_dispatcher(stack: Stack) -> None:
     """This process dispatches through the stack's Redis, as an API process would."""
     from dispatcher import DispatcherSettings, configure
-    from dispatcher.registry import import_task_modules
+    from dispatcher.core.registry import import_task_modules
 
     configure(DispatcherSettings(broker_url=stack.redis.url, log_level="WARNING",
                                  spool_path=stack.env["DISPATCH_SPOOL_PATH"],
@@ -340,7 +340,7 @@ def per_call_scenarios(stack: Stack) -> None:
     """Microseconds per .dispatch() on each route, and the API process's memory."""
     from bench.apps import noop_task
     from bench.worker_tasks import drain
-    from dispatcher.embedded import free_port
+    from dispatcher.store.embedded import free_port
 
     n = 3000
     for label, call in (("inline", lambda: noop_task.dispatch()),

@@ -3,12 +3,13 @@
 Public API, grouped:
 
 - declaring: ``task``, ``Task``, ``RetryPolicy``
-- dispatching: ``TaskHandle``; inside a task, ``progress``
+- dispatching: ``TaskHandle``; inside a task, ``progress`` and ``current_job``
 - configuring: ``DispatcherSettings``, ``get_settings``, ``configure``
 - errors: ``DispatchError`` and its subclasses
 """
 
-from .errors import (
+from .core.context import JobInfo, current_job
+from .core.errors import (
     BrokerUnavailable,
     ConfigurationError,
     DispatchError,
@@ -18,17 +19,19 @@ from .errors import (
     TaskValidationError,
     UnknownTaskError,
 )
-from .handle import TaskHandle
-from .progress import progress
-from .retry import RetryPolicy
-from .settings import DispatcherSettings, configure, get_settings
-from .task import Task, task
+from .core.progress import progress
+from .core.retry import RetryPolicy
+from .core.settings import DispatcherSettings, get_settings
+from .runtime.container import configure
+from .runtime.handle import TaskHandle
+from .runtime.task import Task, task
 
 __all__ = [
     "BrokerUnavailable",
     "ConfigurationError",
     "DispatchError",
     "DispatcherSettings",
+    "JobInfo",
     "RetryPolicy",
     "Task",
     "TaskDefinitionError",
@@ -38,6 +41,7 @@ __all__ = [
     "TaskValidationError",
     "UnknownTaskError",
     "configure",
+    "current_job",
     "get_settings",
     "progress",
     "task",

@@ -1,3 +1,5 @@
+"""``python -m dispatcher``: the ``dispatcher`` command (see ``dispatcher.cli``)."""
+
 import sys
 
 from .cli import main

@@ -1,120 +1,118 @@
-"""``python -m dispatcher routes [--json]``: every registered task and where it goes."""
+"""The ``dispatcher`` command (also ``python -m dispatcher``).
+
+- ``dispatcher worker [celery worker options]``: a supervised Celery worker for every
+  registered task (``DISPATCH_TASK_MODULES``), consuming every queue they route to;
+- ``dispatcher routes [--json]``: every registered task and where it goes, and why;
+- ``dispatcher redis [--port 6379] [--dir .dispatch/redis]``: the embedded
+  Redis-compatible server for development, on 127.0.0.1, its data kept in ``--dir``.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
-from typing import Any
+from pathlib import Path
 
-from . import adaptive
-from .errors import DispatchError
-from .registry import all_tasks, import_task_modules
-from .routing import decide_route
-from .settings import get_settings
+from .core.errors import DispatchError
+from .core.registry import import_task_modules
+from .core.settings import get_settings
+from .ops.routes_table import format_table
+from .routes.celery.supervisor import CHILD_MARK, CONFIG_ERROR, supervise
+from .routes.celery.worker import worker_queues
+from .runtime.container import current
+from .runtime.worker_app import create_worker_app
+from .store.embedded import EmbeddedRedis
 
-
-def route_table() -> list[dict[str, Any]]:
-    """One row per registered task: effective route, queue, priority, retry policy;
-    ``weight="auto"`` tasks also get ``adaptive``, their shared adaptive state (route,
-    reason, since, p95 over the window, samples), read from Redis now."""
-    settings = get_settings()
-    tasks = all_tasks()
-    auto = [t.spec.name for t in tasks if t.spec.adaptive]
-    states = adaptive.router(settings).read(auto) if settings.broker_url and auto else {}
-    rows = []
-    for task in tasks:
-        spec = task.spec
-        state = states.get(spec.name)
-        moved = None if state is None or state.since is None else (state.route, state.reason)
-        decision = decide_route(spec, task.call_options, settings, moved)
-        row: dict[str, Any] = {
-            "task": spec.name,
-            "route": decision.route,
-            "reason": decision.reason,
-            "queue": decision.queue,
-            "priority": decision.priority,
-            "weight": "auto" if spec.adaptive else spec.weight,
-            "timeout": spec.timeout,
-            "async": spec.is_async,
-            "retry": spec.retry.describe(),
-        }
-        if spec.adaptive:
-            row["adaptive"] = (state or adaptive.AdaptiveState()).describe(settings)
-        rows.append(row)
-    return rows
+#: The Celery node name of ``dispatcher worker`` unless ``-n``/``--hostname`` is given.
+DEFAULT_NODE_NAME = "dispatcher@%h"
 
 
-def _retry_summary(retry: dict[str, Any]) -> str:
-    if retry["max_attempts"] == 1:
-        return "no retry"
-    jitter = ", jitter" if retry["jitter"] else ""
-    return (
-        f"{retry['max_attempts']} attempts, {retry['base_delay']:g}s x{retry['multiplier']:g} "
-        f"<= {retry['max_delay']:g}s{jitter}, on {'/'.join(retry['retry_on'])}"
-    )
+def run_worker(argv: list[str]) -> int:
+    """Run the Celery worker in this process (the supervisor's child)."""
+    try:
+        settings = get_settings()
+        app = create_worker_app(settings)
+    except DispatchError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return CONFIG_ERROR
+    args = ["worker", "--loglevel", settings.log_level]
+    if not settings.worker_mingle:
+        # Mingle asks the other workers for revoked ids at start-up and waits ~1 s for
+        # answers; we never revoke, so a worker starts a second sooner without it.
+        args.append("--without-mingle")
+    if not _given(argv, "-Q", "--queues"):
+        args += ["--queues", ",".join(worker_queues(settings))]
+    if not _given(argv, "-n", "--hostname"):
+        # Not Celery's "celery@host": a stock worker on the same host must not share
+        # the name, or the sweeper could not tell the two apart (see routes.celery.fleet).
+        args += ["--hostname", DEFAULT_NODE_NAME]
+    app.worker_main([*args, *argv])
+    return 0
 
 
-def _adaptive_summary(state: dict[str, Any] | None) -> str:
-    """``p95 0.31s of 20/20 runs, max 0.25s: celery since 12:00:03`` for an auto task."""
-    if state is None:
-        return "-"
-    p95 = "-" if state["p95_seconds"] is None else f"{state['p95_seconds']:.3g}s"
-    since = (
-        "" if state["since"] is None
-        else " since " + time.strftime("%H:%M:%S", time.localtime(state["since"]))
-    )
-    return (
-        f"p95 {p95} of {state['samples']}/{state['window']} runs, max "
-        f"{state['max_seconds']:g}s: {state['route']}{since}"
-    )
+def _given(argv: list[str], short: str, long: str) -> bool:
+    return any(a in (short, long) or a.startswith(long + "=") for a in argv)
 
 
-def format_table(rows: list[dict[str, Any]]) -> str:
-    header = ["TASK", "ROUTE", "QUEUE", "PRIORITY", "WEIGHT", "TIMEOUT", "RETRY", "WHY"]
-    auto = any("adaptive" in row for row in rows)
-    if auto:
-        header.append("ADAPTIVE")
-    lines = [
-        [
-            row["task"],
-            row["route"],
-            row["queue"] or "-",
-            str(row["priority"]),
-            str(row["weight"]),
-            "-" if row["timeout"] is None else f"{row['timeout']:g}s",
-            _retry_summary(row["retry"]),
-            row["reason"],
-            *([_adaptive_summary(row.get("adaptive"))] if auto else []),
-        ]
-        for row in rows
-    ]
-    widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
-    return "\n".join(
-        "  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip()
-        for r in [header, *lines]
-    )
+def worker(argv: list[str]) -> int:
+    return run_worker(argv) if os.environ.get(CHILD_MARK) else supervise(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m dispatcher", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    routes = commands.add_parser("routes", help="print every task's effective route")
-    routes.add_argument("--json", action="store_true", help="machine-readable output")
-    args = parser.parse_args(argv)
-
+def routes(as_json: bool) -> int:
     try:
         settings = get_settings()
         import_task_modules(settings.task_modules)
-        rows = route_table()
+        rows = current().route_table()
     except DispatchError as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return 2
-    if args.json:
+    if as_json:
         print(json.dumps(rows, indent=2))
     elif rows:
         print(format_table(rows))
     else:
         print("no tasks registered (set DISPATCH_TASK_MODULES)", file=sys.stderr)
     return 0
+
+
+def redis_server(port: int, data_dir: str) -> int:
+    folder = Path(data_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        server = EmbeddedRedis(port=port, data_dir=str(folder)).start()
+    except DispatchError as exc:
+        print(f"dispatcher: {exc} (is port {port} taken? use --port)", file=sys.stderr)
+        return 2
+    print(f"embedded Redis on {server.url} (pid {server.pid}), data in {folder}; "
+          f"set DISPATCH_BROKER_URL={server.url}; Ctrl-C stops it", flush=True)
+    try:
+        while server.process is not None and server.process.poll() is None:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:  # everything after it goes to Celery, unparsed
+        return worker(argv[1:])
+    parser = argparse.ArgumentParser(prog="dispatcher", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("worker", help="a supervised Celery worker for every registered task")
+    routes_cmd = commands.add_parser("routes", help="print every task's effective route")
+    routes_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    redis_cmd = commands.add_parser("redis", help="the embedded Redis for development")
+    redis_cmd.add_argument("--port", type=int, default=6379)
+    redis_cmd.add_argument("--dir", default=".dispatch/redis",
+                           help="data directory, kept across restarts")
+    args = parser.parse_args(argv)
+    if args.command == "routes":
+        return routes(args.json)
+    return redis_server(args.port, args.dir)

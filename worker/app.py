@@ -1,6 +1,6 @@
 """The Celery app, built from the same ``DISPATCH_*`` settings as the API.
 
-``celery -A worker.app worker`` finds ``app`` here; ``python -m worker`` uses it too.
+``celery -A worker.app worker`` finds ``app`` here (``python -m worker`` builds the same).
 Every ``@task`` in ``DISPATCH_TASK_MODULES`` is registered under its own name.
 """
 
@@ -20,7 +20,7 @@ if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         lambda: os.getpid() == _owner and shutil.rmtree(_metrics_dir, ignore_errors=True)
     )
 
-from dispatcher.celery_worker import create_worker_app
-from dispatcher.settings import get_settings
+from dispatcher import get_settings
+from dispatcher.runtime.worker_app import create_worker_app
 
 app = create_worker_app(get_settings())

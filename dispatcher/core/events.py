@@ -1,0 +1,73 @@
+"""The one set of structured log events, identical on both routes.
+
+Events go to the ``dispatcher`` logger with the fields under ``record.dispatch``
+(``dispatcher.observability.logging`` prints them as JSON or key=value lines). Each
+event is also passed to the listeners (the Prometheus metrics), whatever the level.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .job import Job
+
+logger = logging.getLogger("dispatcher")
+
+EVENTS = ("task.dispatched", "task.started", "task.retrying", "task.succeeded", "task.failed")
+
+#: ``(event, job, duration_ms, extra fields)``: told of every event; must not raise.
+Listener = Callable[[str, Job, "float | None", Mapping[str, Any]], None]
+_listeners: tuple[Listener, ...] = ()
+
+
+def set_listeners(*listeners: Listener) -> None:
+    """Who hears every event besides the log (set once by ``dispatcher.runtime``)."""
+    global _listeners
+    _listeners = listeners
+
+
+def error_fields(error: BaseException) -> dict[str, str]:
+    return {"type": type(error).__name__, "message": str(error)}
+
+
+def emit(
+    event: str,
+    job: Job,
+    *,
+    level: int = logging.INFO,
+    duration_ms: float | None = None,
+    error: BaseException | None = None,
+    **extra: Any,
+) -> None:
+    """Log ``event`` for ``job`` with the common fields (cheap when the level is off)
+    and tell the listeners (whatever the level)."""
+    for listener in _listeners:
+        listener(event, job, duration_ms, extra)
+    if not logger.isEnabledFor(level):
+        return
+    fields: dict[str, Any] = {
+        "event": event,
+        "task_id": job.id,
+        "task_name": job.spec.name,
+        "route": job.route,
+        "queue": job.queue,
+        "priority": job.priority,
+        "weight": job.spec.weight,
+        "attempt": job.attempt,
+        "max_attempts": job.spec.retry.max_attempts,
+        "duration_ms": None if duration_ms is None else round(duration_ms, 3),
+        "error": None if error is None else error_fields(error),
+        "request_id": job.request_id,
+        "retry_in": None,
+        "reason": None,
+        "queue_wait_ms": None,
+    }
+    fields.update(extra)
+    # makeRecord + handle: logger.log would walk the stack for the caller's file and
+    # line on every event, a cost paid per job for a field we never print.
+    record = logger.makeRecord(
+        logger.name, level, __file__, 0, event, (), None, extra={"dispatch": fields}
+    )
+    logger.handle(record)

@@ -1,0 +1,1 @@
+"""Observability: log formatting and Prometheus metrics, the same on both routes."""

@@ -1,0 +1,1 @@
+"""The Celery route: publishing, the message protocol, the worker side, recovery."""

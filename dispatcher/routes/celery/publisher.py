@@ -1,0 +1,135 @@
+"""Publishing prepared messages straight to Redis, each exactly once per publication.
+
+Publishing through Celery's ``apply_async`` costs a producer, an exchange lookup and
+several round trips per job; here a batch is one ``EVALSHA`` of
+``store/lua/publish.lua``, which pushes each message onto kombu's list for (queue,
+priority) *and* sets a publish marker, so a job re-sent after a timeout or from the
+outage spool lands in the queue exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any, Generic, TypeVar
+
+import redis
+
+from ...store import keys
+from ...store.link import Link, join_fields
+from ...store.scripts import PUBLISH
+
+PublishItem = tuple[str, str, str, str | None]
+"""``(publish_id, queue_key, message_json, record_json)``: one job to publish."""
+
+Tag = TypeVar("Tag")
+
+
+class Publisher:
+    """Pushes prepared messages onto their queues, each exactly once per job id."""
+
+    def __init__(self, client: redis.Redis, marker_ttl: int, record_ttl: int) -> None:
+        self.client = client
+        self.marker_ttl = marker_ttl
+        self.record_ttl = record_ttl
+        # EVALSHA straight away: redis-py's Script in a pipeline asks SCRIPT EXISTS first,
+        # a second round trip per publication.
+        self._sha = PUBLISH.sha
+
+    def publish(self, items: Sequence[PublishItem]) -> int:
+        """Publish ``items`` in one round trip; returns how many were pushed now (the
+        others had been published already).
+
+        Raises ``redis.RedisError``/``OSError`` when Redis does not answer in time.
+        """
+        try:
+            return int(self.client.evalsha(*self.command(items)[1:]))
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot the script
+            self.client.script_load(PUBLISH.source)
+            return int(self.client.evalsha(*self.command(items)[1:]))
+
+    def command(self, items: Sequence[PublishItem]) -> tuple[Any, ...]:
+        """The ``EVALSHA`` command (name first) that publishes ``items``."""
+        fields: list[str] = []
+        for publish_id, key, message, record in items:
+            fields += (publish_id, key, message, record or "")
+        try:
+            data = join_fields(fields)
+        except ValueError:
+            raise ValueError("a queue name or publish id holds a NUL character") from None
+        return ("EVALSHA", self._sha, 2, keys.INFLIGHT, keys.JOBS_INDEX, self.marker_ttl,
+                self.record_ttl, time.time(), len(items), data, keys.MARKER_PREFIX,
+                keys.RECORD_PREFIX)
+
+    def stream(self) -> PublishStream[Any]:
+        return PublishStream(self)
+
+
+class PublishStream(Generic[Tag]):
+    """Publish calls pipelined on one connection: Redis runs one batch while the caller
+    prepares and sends the next, instead of the two taking turns.
+
+    ``send`` a batch with a tag of your choosing; ``receive`` returns the oldest batch's
+    tag and count once Redis confirmed it. An error is raised (a broken connection is
+    dropped, see ``Link``): the batches still in ``abandon()`` were not confirmed (some
+    may have been published; re-sending them is safe, the publish markers skip those).
+    """
+
+    def __init__(self, publisher: Publisher) -> None:
+        self._publisher = publisher
+        self._link = Link(publisher.client)  # this stream's own connection
+        self._in_flight: deque[tuple[Tag, Sequence[PublishItem]]] = deque()
+        self._confirmed: deque[tuple[Tag, int]] = deque()
+
+    def __len__(self) -> int:
+        """Batches sent and not yet returned by ``receive``."""
+        return len(self._in_flight) + len(self._confirmed)
+
+    def send(self, tag: Tag, items: Sequence[PublishItem]) -> None:
+        command = self._publisher.command(items)
+        self._in_flight.append((tag, items))  # unconfirmed from here on, even if this fails
+        self._link.send([command])
+
+    def receive(self) -> tuple[Tag, int]:
+        if self._confirmed:
+            return self._confirmed.popleft()
+        if not self._in_flight:
+            raise RuntimeError("receive() without a batch in flight")
+        try:
+            count = int(self._link.read())
+        except redis.exceptions.NoScriptError:
+            self._load_and_resend()
+            return self._confirmed.popleft()
+        tag, _ = self._in_flight.popleft()
+        return tag, count
+
+    def _load_and_resend(self) -> None:
+        """Redis did not know the script (first use, or a ``SCRIPT FLUSH``), so the
+        batches sent after the oldest were refused too: read their replies, load the
+        script, re-send the refused ones in order. Until all that succeeded, every batch
+        stays unconfirmed (re-sending one that did land is skipped by its markers)."""
+        counts: list[int | None] = [None]
+        for _ in range(1, len(self._in_flight)):
+            try:
+                counts.append(int(self._link.read()))
+            except redis.exceptions.NoScriptError:
+                counts.append(None)
+        self._publisher.client.script_load(PUBLISH.source)
+        confirmed = [
+            (tag, self._publisher.publish(items) if count is None else count)
+            for (tag, items), count in zip(self._in_flight, counts, strict=True)
+        ]
+        self._in_flight.clear()
+        self._confirmed.extend(confirmed)
+
+    def abandon(self) -> list[Tag]:
+        """The tags of the batches sent and not confirmed; forgets them (batches already
+        confirmed are still returned by ``receive``)."""
+        tags = [tag for tag, _ in self._in_flight]
+        self._in_flight.clear()
+        return tags
+
+    def close(self) -> None:
+        """Give the connection back (dropped if replies are still unread)."""
+        self._link.close()

@@ -1,0 +1,252 @@
+"""The worker side of the Celery route: every delivered message runs through the
+execution core here, crash redeliveries count as attempts, retries are re-published,
+and the worker's main process sweeps for publications Redis lost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.exceptions import Retry, WorkerLostError
+from kombu.exceptions import OperationalError
+
+from ...core.errors import ConfigurationError, TaskFailed, TaskValidationError
+from ...core.execution import Execution, Outcome
+from ...core.job import Job
+from ...core.ports import RegisteredTask
+from ...core.registry import all_tasks
+from ...core.settings import DispatcherSettings
+from ...store import keys
+from ...store.link import Link
+from .fleet import Fleet
+from .monitor import BROKER_ERRORS
+from .protocol import HEADER
+from .recovery import Sweeper, started_commands
+from .route import CeleryRoute
+
+log = logging.getLogger("dispatcher.worker")
+
+_loops = threading.local()
+
+
+def worker_loop() -> asyncio.AbstractEventLoop:
+    """One persistent event loop per worker process (per thread with ``-P threads``) for
+    async tasks, not one per job."""
+    loop: asyncio.AbstractEventLoop | None = getattr(_loops, "loop", None)
+    if loop is None or loop.is_closed() or getattr(_loops, "pid", 0) != os.getpid():
+        loop = asyncio.new_event_loop()
+        _loops.loop, _loops.pid = loop, os.getpid()
+    return loop
+
+
+def job_from_request(task: RegisteredTask, request: Any, payload: dict[str, Any]) -> Job:
+    meta = getattr(request, HEADER, None)
+    meta = meta if isinstance(meta, dict) else {}
+    delivery = getattr(request, "delivery_info", None) or {}
+    priority = meta.get("priority")
+    return Job(
+        id=str(request.id),
+        spec=task.spec,
+        route="celery",
+        queue=meta.get("queue") or delivery.get("routing_key"),
+        priority=priority if isinstance(priority, int) else task.spec.priority,
+        payload=payload,
+        attempt=int(meta.get("attempt") or 1),
+        request_id=meta.get("request_id"),
+        dispatched_at=float(meta.get("dispatched_at") or 0.0),
+        queued_at=_number(meta.get("queued_at")),
+    )
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+
+
+class CeleryWorker:
+    """Runs delivered messages in a worker process (each pool process has its own copy
+    after the fork): its ``route`` publishes retries, ``execution`` records attempts,
+    ``records`` is the records Redis (None: none configured)."""
+
+    def __init__(self, settings: DispatcherSettings, route: CeleryRoute, execution: Execution,
+                 records: redis.Redis | None) -> None:
+        self.settings = settings
+        self.route = route
+        self.execution = execution
+        self.records = records
+        #: Each thread's own connection for run counts, kept across jobs (``-P threads``
+        #: runs jobs side by side: their replies must not interleave on one connection).
+        self._count = threading.local()
+
+    def count_run(self, job: Job, ttl: int) -> int | None:
+        """Count this delivery of ``job``; a delivery beyond the header's attempt means an
+        earlier run died with its process (SIGKILL, OOM) and counts as a failed attempt.
+
+        Waited for before the task runs: a count sent without waiting was measured to be
+        lost now and then when the task killed its process right after (the fault suite's
+        self-SIGKILL jobs), and a lost count lets a poison job run once too often.
+        None: no count (no store, or it failed), trust the message's own attempt number.
+        """
+        settings = self.settings
+        commands = started_commands(job.publish_id)
+        records = self.records
+        shared = records is not None and settings.results_url == settings.broker_url
+        if shared:
+            commands += [("INCR", keys.runs(job.id)), ("EXPIRE", keys.runs(job.id), ttl)]
+        link = self._count_link()
+        try:
+            link.send(commands)
+            replies = [link.read() for _ in commands]
+        except BROKER_ERRORS:
+            link.drop()  # an error reply too: the rest of them are still unread
+            return None
+        if shared:
+            return int(replies[-2])
+        return _count_separately(records, job, ttl)
+
+    def connect_early(self) -> None:
+        """Connect a new pool process before its first job, so that job does not wait for
+        it (a connection costs a few milliseconds)."""
+        try:
+            self._count_link().connect()
+        except BROKER_ERRORS as exc:  # the first job will try again
+            log.debug("could not connect ahead of the first job: %s", exc)
+
+    def _count_link(self) -> Link:
+        link: Link | None = getattr(self._count, "link", None)
+        if link is None:
+            link = self._count.link = Link(self.route.monitor.publisher.client)
+        return link
+
+    def execute(self, task: RegisteredTask, request: Any, payload: dict[str, Any]) -> Any:
+        """Run one delivered message through the execution core and carry out its outcome.
+
+        The job's records are flushed before the message is acknowledged: a worker
+        process that dies right after (the next job may kill it) must not take them
+        along. Celery's task events (what Flower shows) follow the outcome: the result
+        is returned (``ignore_result``: Celery puts it in the event and stores nothing),
+        and a job that failed for good raises ``TaskFailed``, an expected error Celery
+        logs without a traceback (ours is in the job's record and log line already).
+        """
+        try:
+            job = job_from_request(task, request, payload)
+            outcome = self._execute(task, job, payload,
+                                    self.count_run(job, self.settings.result_ttl))
+        finally:
+            self.execution.records.flush(self.settings.publish_timeout)
+        if outcome.status == "FAILURE":
+            error = outcome.error
+            raise TaskFailed(str(request.id), type(error).__name__, str(error)) from error
+        return outcome.result
+
+    def _execute(self, task: RegisteredTask, job: Job, payload: dict[str, Any],
+                 runs: int | None) -> Outcome:
+        if runs is not None and runs > job.attempt:
+            job.attempt = runs
+        if job.attempt > task.spec.retry.max_attempts:
+            error = WorkerLostError(
+                f"the process running task {job.id} died {job.attempt - 1} time(s); "
+                "giving up (poison job)"
+            )
+            job.attempt -= 1
+            return self.execution.reject(job, error, reason="crashed")
+        try:
+            values = task.validator.decode(payload)
+        except TaskValidationError as exc:
+            return self.execution.reject(job, exc)
+        if task.spec.is_async:
+            outcome = worker_loop().run_until_complete(self.execution.run_async(job, values))
+        else:
+            outcome = self.execution.run_sync(job, values)
+        if outcome.retry_delay is not None:
+            # The RETRY record lands before the next attempt's STARTED.
+            self.execution.records.flush(1.0)
+            self.route.publish(job.next_attempt(outcome.retry_delay),
+                               countdown=outcome.retry_delay)
+            # Tell Celery (and Flower) this run ended in a retry we already scheduled.
+            raise Retry(str(outcome.error), when=outcome.retry_delay)  # type: ignore[arg-type]
+        return outcome
+
+    def register_tasks(self, app: Celery) -> list[str]:
+        """Register every ``@task`` with ``app`` under its own name; returns the names."""
+        names = []
+        for task in all_tasks():
+            self._register(app, task)
+            names.append(task.spec.name)
+        return names
+
+    def _register(self, app: Celery, task: RegisteredTask) -> None:
+        worker = self
+
+        def run(self: Any, /, **payload: Any) -> Any:
+            return worker.execute(task, self.request, payload)
+
+        run.__name__ = task.spec.name.rsplit(".", 1)[-1]
+        run.__doc__ = task.spec.fn.__doc__
+        app.task(name=task.spec.name, bind=True, ignore_result=True, acks_late=True,
+                 typing=False, throws=(TaskFailed,))(run)
+
+
+def _count_separately(records: redis.Redis | None, job: Job, ttl: int) -> int | None:
+    """The delivery count in a records store other than the broker."""
+    if records is None:
+        return None
+    try:
+        with records.pipeline(transaction=False) as separate:
+            separate.incr(keys.runs(job.id))
+            separate.expire(keys.runs(job.id), ttl)
+            return int(separate.execute()[0])
+    except BROKER_ERRORS:
+        return None
+
+
+def require_broker(settings: DispatcherSettings) -> str:
+    if settings.broker_url is None:
+        raise ConfigurationError("DISPATCH_BROKER_URL is not set; a Celery worker needs a broker")
+    return settings.broker_url
+
+
+def worker_queues(settings: DispatcherSettings) -> list[str]:
+    """Every queue a registered task can be routed to: the default, decorators', rules'."""
+    queues = [settings.default_queue]
+    queues += [q for t in all_tasks() if (q := t.spec.queue)]
+    queues += [rule.queue for rule in settings.routes if rule.queue and rule.route == "celery"]
+    return list(dict.fromkeys(queues))
+
+
+#: A broker outage: the sweep waits for the next pass (``OperationalError``: inspect's).
+SWEEP_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, OperationalError)
+
+
+def start_sweeper(route: CeleryRoute, hostname: str) -> threading.Thread:
+    """Re-queue lost publications from the worker's main process, in the background;
+    announce this worker as one of ours and take a turn at watching for the others
+    (see ``fleet``)."""
+    client = route.monitor.publisher.client
+    settings = route.settings
+    pause = max(1.0, min(10.0, settings.requeue_lost_after / 2))
+    fleet = Fleet(route.app, client, hostname, every=pause, memory=settings.result_ttl)
+    sweeper = Sweeper(client, settings.requeue_lost_after, sightings=fleet.sightings)
+
+    def loop() -> None:
+        while True:
+            try:
+                fleet.announce()
+                fleet.observe()
+                sweeper.sweep()
+            except SWEEP_ERRORS as exc:
+                log.debug("lost-job sweep skipped: %s", exc)
+            except Exception:  # never the end of the sweeper: the next pass tries again
+                log.exception("lost-job sweep failed")
+            time.sleep(pause)
+
+    thread = threading.Thread(target=loop, name="dispatch-sweeper", daemon=True)
+    thread.start()
+    return thread

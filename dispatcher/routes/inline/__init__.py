@@ -1,0 +1,1 @@
+"""The inline route: jobs run in this process after the response."""

@@ -1,0 +1,319 @@
+"""The inline route's executor: runs jobs in this process, after the response.
+
+``DISPATCH_INLINE_CONCURRENCY`` worker threads are its slots: each takes a chain of
+jobs and runs every attempt start to end in itself (decode, records, events, the task)
+with no hop through another thread, so an inline job costs the web server's GIL as
+little as it can. Sync tasks run in the worker thread; coroutine tasks on one shared
+event loop in a daemon thread, while their worker thread waits (the slot stays
+taken). Countdowns and retry delays wait on that loop's timers, holding neither a
+thread nor a slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Literal, overload
+
+from ...core.errors import DispatchError, TaskValidationError
+from ...core.execution import Execution, Outcome
+from ...core.job import Job
+from ...core.registry import get_task
+from ...policy.governor import Governor
+
+log = logging.getLogger("dispatcher.inline")
+
+#: A chain of jobs run one after another, and the future (if asked for) set once the
+#: last has run; or a lone job without a future, queued as itself (a backlog of held
+#: jobs is then one object each for the garbage collector to walk, not three).
+Chain = tuple[list[Job], "concurrent.futures.Future[None] | None"] | Job
+
+
+class InlineExecutor:
+    """Runs chains of jobs with bounded concurrency; drains on shutdown."""
+
+    def __init__(self, concurrency: int, busy_share: float = 1.0, max_hold: float = 0.0, *,
+                 execution: Execution, busy: Callable[[], bool] | None = None,
+                 on_leftover: Callable[[list[Job], float], None] | None = None) -> None:
+        self.concurrency = concurrency
+        self.execution = execution
+        #: Told of the jobs a drain gave up on (the route hands them over or records them).
+        self._on_leftover = on_leftover
+        self.governor = (Governor(busy_share, max_hold) if busy is None
+                         else Governor(busy_share, max_hold, busy))
+        # A plain lock (no Python-level Condition on the hot path); the condition
+        # shares it and is only notified when the last outstanding job finishes.
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._outstanding: dict[str, Job] = {}
+        #: Chains waiting for a slot, oldest first.
+        self._ready: collections.deque[Chain] = collections.deque()
+        #: Wakes the thread waiting for work; rung only when the queue was empty.
+        self._doorbell: queue.SimpleQueue[bool] = queue.SimpleQueue()
+        self._listening = False
+        #: One thread at a time takes the next chain (the others wait on this lock).
+        self._pick = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle_threads = 0
+        self._running = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._closed = False
+
+    # -- public API -------------------------------------------------------------------
+    @overload
+    def submit(self, jobs: Sequence[Job], countdown: float | None = None) -> None: ...
+
+    @overload
+    def submit(self, jobs: Sequence[Job], countdown: float | None = None, *,
+               tracked: Literal[True]) -> concurrent.futures.Future[None]: ...
+
+    def submit(
+        self, jobs: Sequence[Job], countdown: float | None = None, *, tracked: bool = False
+    ) -> concurrent.futures.Future[None] | None:
+        """Run ``jobs`` one after another (after ``countdown`` seconds); thread-safe.
+
+        With ``tracked=True`` it returns a future that completes when the last job of
+        the chain has finished its attempt (retries continue on their own timers).
+        Untracked chains allocate no future: jobs held back during a burst are many,
+        and each future is several objects for the garbage collector to walk.
+        """
+        done: concurrent.futures.Future[None] | None = (
+            concurrent.futures.Future() if tracked else None)
+        entry: Chain = jobs[0] if done is None and len(jobs) == 1 else (list(jobs), done)
+        ring = False
+        with self._lock:  # one critical section on the request path
+            if self._closed:
+                raise DispatchError("the inline executor has been shut down")
+            for job in jobs:
+                self._outstanding[job.id] = job
+            if not countdown:
+                ring = self._append(entry)
+        if countdown:
+            self._later(countdown, entry)
+        elif ring:
+            self._doorbell.put(True)
+        return done
+
+    def outstanding(self) -> int:
+        """Jobs accepted and not yet finished (running, queued or waiting to retry)."""
+        return len(self._outstanding)
+
+    def running(self) -> int:
+        return self._running
+
+    def waiting(self) -> int:
+        """Jobs accepted and not running: queued for a slot, or waiting to retry."""
+        return max(0, len(self._outstanding) - self._running)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no job is outstanding; False if ``timeout`` passed first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._outstanding, timeout)
+
+    def drain(self, grace: float) -> list[Job]:
+        """Wait up to ``grace`` seconds for outstanding jobs, then record the rest as failed.
+
+        Returns the jobs that did not finish. The executor stays usable.
+        """
+        if self.wait_idle(grace):
+            self.execution.records.flush(2.0)
+            return []
+        with self._idle:
+            leftover = list(self._outstanding.values())
+            self._outstanding.clear()
+            self._idle.notify_all()
+        if self._on_leftover is not None:
+            self._on_leftover(leftover, grace)
+        self.execution.records.flush(2.0)
+        return leftover
+
+    def shutdown(self, grace: float) -> list[Job]:
+        """Drain, then stop the worker threads and the loop; no new jobs are accepted."""
+        with self._lock:
+            self._closed = True
+        leftover = self.drain(grace)
+        with self._lock:
+            self._listening = False
+        for _ in self._threads:
+            self._doorbell.put(False)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(loop.stop)
+        if self._loop_thread is not None:
+            self._loop_thread.join(timeout=5)
+        return leftover
+
+    # -- scheduling ---------------------------------------------------------------------
+    def _enqueue(self, chain: Chain) -> None:
+        """Queue a chain; wake a thread only if none is already on its way to it.
+
+        While the server is busy the governor holds jobs back and the queue is not
+        empty, so a dispatch costs an append: no thread wakes up on the request's time.
+        """
+        with self._lock:
+            ring = self._append(chain)
+        if ring:
+            self._doorbell.put(True)
+
+    def _append(self, chain: Chain) -> bool:
+        """Queue ``chain`` (callers hold ``_lock``); True if a thread must be woken."""
+        self._ready.append(chain)
+        ring, self._listening = self._listening, False
+        if not self._threads:
+            self._start_thread()
+        return ring
+
+    def _start_thread(self) -> None:
+        """Add a worker thread (callers hold ``_lock``)."""
+        thread = threading.Thread(target=self._work, daemon=True,
+                                  name=f"dispatch-inline-{len(self._threads)}")
+        self._threads.append(thread)
+        self._idle_threads += 1
+        thread.start()
+
+    def _later(self, delay: float, chain: Chain) -> None:
+        """Enqueue ``chain`` after ``delay`` seconds, on the loop's timer."""
+        loop = self._ensure_loop()
+        loop.call_soon_threadsafe(loop.call_later, delay, self._enqueue, chain)
+
+    def _next_chain(self) -> Chain | None:
+        """Wait for a chain and for the governor's go; None at shutdown."""
+        with self._pick:
+            while True:
+                with self._lock:
+                    if self._closed and not self._ready and not self._outstanding:
+                        return None
+                    if self._ready:
+                        # Only this thread takes chains: the head stays while it waits.
+                        head = self._ready[0]
+                        break
+                    self._listening = True
+                if not self._doorbell.get():
+                    return None
+            # Requests first while the server is saturated.
+            self.governor.wait_turn(_due_at(head))
+            with self._lock:
+                chain = self._ready.popleft()
+                self._idle_threads -= 1
+                # Someone must wait for the next chain while this one runs.
+                if self._idle_threads == 0 and len(self._threads) < self.concurrency:
+                    self._start_thread()
+            return chain
+
+    def _work(self) -> None:
+        while True:
+            chain = self._next_chain()
+            if chain is None:  # shutdown
+                return
+            jobs, done = ([chain], None) if isinstance(chain, Job) else chain
+            try:
+                for index, job in enumerate(jobs):
+                    self._run_one(job, paced=index > 0)
+            finally:
+                if done is not None and not done.done():
+                    done.set_result(None)
+                with self._lock:
+                    self._idle_threads += 1
+
+    def _run_one(self, job: Job, *, paced: bool) -> None:
+        if paced:  # the chain's first job waited for its turn when it was picked
+            self.governor.wait_turn(job.due_at)
+        if job.id not in self._outstanding:  # abandoned by a drain meanwhile
+            return
+        with self._lock:
+            self._running += 1
+        cpu = time.thread_time()
+        try:
+            outcome = self._attempt(job)
+        except BaseException:  # a bug here must not lose the job silently
+            log.exception("inline executor failed while running task %s", job.id)
+            self._finish(job)
+            return
+        finally:
+            with self._lock:
+                self._running -= 1
+            self.governor.spent(time.thread_time() - cpu)
+        if outcome.retry_delay is None:
+            self._finish(job)
+        else:
+            retry = job.next_attempt(outcome.retry_delay)
+            with self._lock:
+                if job.id not in self._outstanding:
+                    return
+                self._outstanding[job.id] = retry
+            self._later(outcome.retry_delay, retry)
+        if outcome.lingering is not None:
+            # A timed-out call still runs (Python cannot stop a thread): it keeps this
+            # slot until it ends, so a hung task cannot multiply the running threads.
+            with self._lock:
+                self._running += 1
+            try:
+                concurrent.futures.wait([outcome.lingering])
+            finally:
+                with self._lock:
+                    self._running -= 1
+
+    def _attempt(self, job: Job) -> Outcome:
+        # Every attempt decodes the JSON payload, exactly as a worker does: the task
+        # gets fresh values (never the caller's objects) and the same types on both routes.
+        try:
+            values = get_task(job.spec.name).validator.decode(job.payload)
+        except TaskValidationError as exc:
+            return self.execution.reject(job, exc)
+        if not job.spec.is_async:
+            return self.execution.run_sync(job, values)
+        running = asyncio.run_coroutine_threadsafe(
+            self.execution.run_async(job, values), self._ensure_loop()
+        )
+        return running.result()
+
+    def _finish(self, job: Job) -> None:
+        with self._lock:
+            self._outstanding.pop(job.id, None)
+            if not self._outstanding:
+                self._idle.notify_all()
+
+    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop for coroutine tasks and timers, started on first use."""
+        loop = self._loop
+        if loop is not None and self._loop_thread is not None and self._loop_thread.is_alive():
+            return loop
+        with self._lock:
+            if self._loop is not None and self._loop_thread is not None \
+                    and self._loop_thread.is_alive():
+                return self._loop
+            loop = asyncio.new_event_loop()
+            started = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(loop)
+                loop.call_soon(started.set)
+                loop.run_forever()
+                # Stopped by shutdown(): cancel what is left so nothing dangles at exit.
+                leftover = asyncio.all_tasks(loop)
+                for pending in leftover:
+                    pending.cancel()
+                loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
+                loop.close()
+
+            self._loop_thread = threading.Thread(target=run, name="dispatch-inline-loop",
+                                                 daemon=True)
+            self._loop = loop
+            self._loop_thread.start()
+        started.wait()
+        return loop
+
+
+def _due_at(chain: Chain) -> float | None:
+    """When the chain's first job became due (None: an empty chain, nothing to hold)."""
+    if isinstance(chain, Job):
+        return chain.due_at
+    jobs = chain[0]
+    return jobs[0].due_at if jobs else None

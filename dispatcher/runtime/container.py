@@ -1,0 +1,332 @@
+"""The composition root: one ``Runtime`` per process builds, holds and resets every
+process-wide object, and wires the ports.
+
+Objects are built on first use from the settings the runtime was made with: the
+records Redis client, the record / dead-letter / idempotency stores, the execution
+core's ports, both routes (each told of the other only as a ``Route``), the broker
+monitor (inside the Celery route), the adaptive router, the server-load meter and the
+metrics gauges. ``dispatcher.configure()`` and ``dispatcher.testing.reset()`` replace
+the runtime; nothing else in the package keeps process-wide state of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import redis
+from celery import Celery
+
+from ..core import events
+from ..core.execution import Execution
+from ..core.job import Job
+from ..core.ports import DeadLetterStore, IdempotencyStore, RecordStore
+from ..core.settings import DispatcherSettings, build_settings, get_settings, replace_settings
+from ..core.spec import RouteName
+from ..observability.logging import configure_logging
+from ..observability.metrics import COLLECTOR, GaugeReadings, observe_event
+from ..ops.dashboard_data import Dashboard, Sources
+from ..ops.routes_table import route_table
+from ..policy.governor import ServerLoad
+from ..routes.celery.depths import QueueDepths
+from ..routes.celery.monitor import BrokerMonitor
+from ..routes.celery.protocol import queue_depths
+from ..routes.celery.route import CeleryRoute
+from ..routes.celery.worker import worker_queues
+from ..routes.inline.route import InlineRoute
+from ..store.adaptive import AdaptiveRouter
+from ..store.client import redis_client
+from ..store.deadletter import RedisDeadLetters
+from ..store.idempotency import MemoryIdempotency, RedisIdempotency
+from ..store.memory import MemoryDeadLetters, MemoryRecordStore
+from ..store.records import RedisRecordStore
+
+#: Seconds the records store is left alone after a failed call.
+RECORDS_BACKOFF = 5.0
+
+
+class RecordsHealth:
+    """The ``Health`` of the records Redis. A failed call marks it down for a while;
+    when it is the broker's Redis, the broker monitor's probe decides, so a hanging
+    Redis costs one timeout, not one per dispatch."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._down_until = 0.0
+
+    def _monitor(self) -> BrokerMonitor | None:
+        runtime = self._runtime
+        route = runtime._celery
+        if route is None or runtime.settings.results_url != runtime.settings.broker_url:
+            return None
+        return route.current_monitor()
+
+    def available(self) -> bool:
+        monitor = self._monitor()
+        if monitor is not None and not monitor.healthy:
+            return False
+        return time.monotonic() >= self._down_until
+
+    def failed(self, error: BaseException) -> None:
+        self._down_until = time.monotonic() + RECORDS_BACKOFF
+        monitor = self._monitor()
+        if monitor is not None:
+            monitor.mark_down(error)
+
+
+class _CeleryPort:
+    """The Celery route as the inline route sees it (a ``Route``), built when first
+    needed: a process that never hands a job over never connects to a broker."""
+
+    name: RouteName = "celery"
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+
+    def accept(self, jobs: Sequence[Job], countdown: float | None, *,
+               reason: str | None = None) -> list[RouteName]:
+        return self._runtime.celery.accept(jobs, countdown, reason=reason)
+
+
+class Runtime:
+    """Every process-wide object of one process, for one set of settings."""
+
+    def __init__(self, settings: DispatcherSettings) -> None:
+        self.settings = settings
+        self.load = ServerLoad()
+        self.health = RecordsHealth(self)
+        self.queue_depths = QueueDepths(settings)
+        self.dashboard = Dashboard()
+        self._lock = threading.RLock()
+        self._redis: redis.Redis | None = None
+        self._broker: redis.Redis | None = None
+        self._records: RecordStore | None = None
+        self._dead: DeadLetterStore | None = None
+        self._idempotency: IdempotencyStore | None = None
+        self._execution: Execution | None = None
+        self._inline: InlineRoute | None = None
+        self._celery: CeleryRoute | None = None
+        self._celery_app: Celery | None = None
+        self._adaptive: AdaptiveRouter | None = None
+        self._records_poll: float | None = None
+
+    # -- stores ---------------------------------------------------------------------
+    @property
+    def redis(self) -> redis.Redis | None:
+        """A client for the records Redis (result backend, else broker); None without."""
+        with self._lock:
+            url = self.settings.results_url
+            if self._redis is None and url is not None:
+                self._redis = redis_client(url, self.settings.publish_timeout)
+            return self._redis
+
+    @property
+    def records(self) -> RecordStore:
+        store = self._records
+        if store is not None:  # asked on every dispatch: no lock once built
+            return store
+        with self._lock:
+            if self._records is None:
+                client = self.redis
+                self._records = (
+                    MemoryRecordStore() if client is None
+                    else RedisRecordStore(client, self.settings.result_ttl,
+                                          on_error=self.health.failed, busy=self.load.busy))
+                self._apply_poll()
+            return self._records
+
+    @property
+    def dead_letters(self) -> DeadLetterStore:
+        with self._lock:
+            if self._dead is None:
+                client = self.redis
+                self._dead = MemoryDeadLetters() if client is None else RedisDeadLetters(client)
+            return self._dead
+
+    @property
+    def idempotency(self) -> IdempotencyStore:
+        with self._lock:
+            if self._idempotency is None:
+                client, ttl = self.redis, self.settings.idempotency_ttl
+                self._idempotency = (MemoryIdempotency(ttl) if client is None
+                                     else RedisIdempotency(client, ttl, self.health))
+            return self._idempotency
+
+    def poll_records(self, interval: float) -> None:
+        """Make this process's records writer poll every ``interval`` seconds instead of
+        waking on each save (Celery pool processes flush each job's records before its
+        ack anyway; waking a thread per job costs a GIL hand-off)."""
+        with self._lock:
+            self._records_poll = interval
+            self._apply_poll()
+
+    def _apply_poll(self) -> None:
+        if self._records_poll is not None and isinstance(self._records, RedisRecordStore):
+            self._records.poll_every(self._records_poll)
+
+    # -- execution and routes ------------------------------------------------------------
+    @property
+    def execution(self) -> Execution:
+        execution = self._execution
+        if execution is not None:
+            return execution
+        with self._lock:
+            if self._execution is None:
+                observe = (self.adaptive.observe_spec if self.settings.broker_url is not None
+                           else None)
+                self._execution = (
+                    Execution(self.records, self.dead_letters, self.health) if observe is None
+                    else Execution(self.records, self.dead_letters, self.health, observe))
+            return self._execution
+
+    @property
+    def inline(self) -> InlineRoute:
+        route = self._inline
+        if route is not None:
+            return route
+        with self._lock:
+            if self._inline is None:
+                self._inline = InlineRoute(self.settings, self.execution, busy=self.load.busy,
+                                           fallback=_CeleryPort(self))
+            return self._inline
+
+    @property
+    def celery(self) -> CeleryRoute:
+        route = self._celery
+        if route is not None:
+            return route
+        with self._lock:
+            if self._celery is None:
+                self._celery = CeleryRoute(self.settings, self.execution, self._celery_app,
+                                           fallback=self.inline)
+            return self._celery
+
+    def use_celery_app(self, app: Celery) -> CeleryRoute:
+        """The worker's app is the route's app too (one connection pool, one config)."""
+        with self._lock:
+            self._celery_app = app
+            self._celery = None
+            return self.celery
+
+    @property
+    def adaptive(self) -> AdaptiveRouter:
+        with self._lock:
+            if self._adaptive is None:
+                client = self.redis if self.settings.broker_url is not None else None
+                self._adaptive = AdaptiveRouter(self.settings, client, self.health)
+            return self._adaptive
+
+    # -- observability -------------------------------------------------------------------
+    def gauges(self) -> GaugeReadings:
+        """What ``/metrics`` shows of this process (built objects only, no waiting)."""
+        running, outstanding = self.inline_load()
+        route = self._celery
+        monitor = route.current_monitor() if route is not None else None
+        spool = None
+        if monitor is not None:
+            try:
+                spool = monitor.spool.depth()
+            except Exception as exc:
+                logging.getLogger("dispatcher.metrics").debug("spool depth not read: %s", exc)
+        configured = self.settings.broker_url is not None
+        known_down = monitor is not None and not monitor.healthy
+        depths = None if not configured or known_down else self.queue_depths.read()
+        return GaugeReadings(running, max(0, outstanding - running), spool, depths, configured)
+
+    def inline_load(self) -> tuple[int, int]:
+        """(running, outstanding) inline jobs of this process; no executor is started."""
+        inline = self._inline
+        executor = inline.current_executor() if inline is not None else None
+        return (0, 0) if executor is None else (executor.running(), executor.outstanding())
+
+    def route_table(self) -> list[dict[str, object]]:
+        adaptive = self.adaptive if self.settings.broker_url is not None else None
+        return route_table(self.settings, adaptive)
+
+    def broker_queue_depths(self) -> dict[str, int]:
+        """Messages waiting per queue, read now; raises when the broker cannot answer."""
+        url = self.settings.broker_url
+        if url is None:
+            return {}
+        with self._lock:
+            if self.settings.results_url == url:
+                client = self.redis
+            else:
+                if self._broker is None:
+                    self._broker = redis_client(url, self.settings.publish_timeout)
+                client = self._broker
+        assert client is not None
+        return queue_depths(client, worker_queues(self.settings))
+
+    def dashboard_sources(self) -> Sources:
+        return Sources(self.settings, self.records, self.dead_letters, self.inline_load,
+                       lambda: self.celery.status().get("spool_depth"),
+                       self.broker_queue_depths, self.route_table)
+
+    def close(self) -> None:
+        """Stop what this runtime started (the inline executor, the adaptive thread)."""
+        with self._lock:
+            inline, self._inline = self._inline, None
+            adaptive, self._adaptive = self._adaptive, None
+        if inline is not None:
+            inline.close()
+        if adaptive is not None:
+            adaptive.close()
+
+
+_lock = threading.Lock()
+_current: Runtime | None = None
+
+
+def current() -> Runtime:
+    """This process's runtime for the current settings, made on first use."""
+    runtime = _current
+    if runtime is not None:
+        return runtime
+    return _make()
+
+
+def _make() -> Runtime:
+    global _current
+    with _lock:
+        if _current is None:
+            settings = get_settings()
+            events.set_listeners(observe_event)
+            _log_to_stderr_if_unconfigured(settings)
+            runtime = Runtime(settings)
+            COLLECTOR.source = runtime.gauges
+            _current = runtime
+        return _current
+
+
+def built() -> Runtime | None:
+    """The runtime if one was made (shutdown paths must not make one)."""
+    return _current
+
+
+def _log_to_stderr_if_unconfigured(settings: DispatcherSettings) -> None:
+    """A plain script that configured no logging at all still sees each event with its
+    fields (Python's last-resort handler would print the event name alone)."""
+    if not logging.getLogger("dispatcher").handlers and not logging.getLogger().handlers:
+        configure_logging(settings)
+
+
+def reset() -> None:
+    """Forget every process-wide object; the next use rebuilds it from the settings."""
+    global _current
+    with _lock:
+        runtime, _current = _current, None
+    if runtime is not None:
+        runtime.close()
+
+
+def configure(settings: DispatcherSettings | None = None, **overrides: object
+              ) -> DispatcherSettings:
+    """Replace the process-wide settings (tests, embedding) and reset everything built
+    from the old ones. ``ConfigurationError`` names a bad value's variable."""
+    new = build_settings(settings, **overrides)
+    replace_settings(new)
+    reset()
+    return new

@@ -1,0 +1,301 @@
+"""The ``@task`` decorator and ``Task``, the object it returns.
+
+A ``Task`` is still the function (calling it runs it directly, with its signature,
+docstring and types) and gains ``.dispatch``, ``.options`` and ``.dispatch_many``.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast, overload
+
+from ..core.context import request_id_var
+from ..core.declaration import build_spec, merge_call_options
+from ..core.errors import TaskValidationError
+from ..core.job import Job, new_job_id
+from ..core.registry import get_task, register
+from ..core.retry import RetryPolicy
+from ..core.settings import DispatcherSettings, get_settings
+from ..core.spec import CallOptions, OutageMode, PriorityName, RouteName, TaskSpec
+from ..core.validation import ArgumentValidator
+from ..observability.metrics import count_route_decision
+from ..policy.routing import Cause, RouteDecision, decide_route, spill_room, spilled
+from ..routes.inline.route import InlinePlan
+from .container import current
+from .handle import TaskHandle
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Called with each new handle; used by ``dispatcher.testing.capture_dispatches``.
+dispatch_listeners: list[Callable[[TaskHandle], None]] = []
+
+
+
+class Task(Generic[P, R]):
+    """A registered task function; see the module docstring."""
+
+    spec: TaskSpec
+    validator: ArgumentValidator
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        spec: TaskSpec,
+        validator: ArgumentValidator,
+        call_options: CallOptions | None = None,
+    ) -> None:
+        self.fn = fn
+        self.spec = spec
+        self.validator = validator
+        self.call_options = call_options or CallOptions()
+        #: The last routing decision and the settings it was made under (not for auto
+        #: tasks, whose route moves): routing is a pure function of both.
+        self._route_cache: tuple[DispatcherSettings, RouteDecision] | None = None
+        #: The cached decision's inline fast path, when it applies (see ``InlinePlan``).
+        self._inline_plan: InlinePlan | None = None
+        functools.update_wrapper(self, fn)
+        if spec.is_async:
+            _mark_coroutine_function(self, fn)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the function here and now, as if undecorated (no routing, no retries)."""
+        return self.fn(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        weight = "auto" if self.spec.adaptive else self.spec.weight
+        return f"<Task {self.spec.name} weight={weight} priority={self.spec.priority}>"
+
+    def options(
+        self,
+        *,
+        route: RouteName | None = None,
+        priority: PriorityName | int | None = None,
+        queue: str | None = None,
+        countdown: float | None = None,
+        idempotency_key: str | None = None,
+    ) -> Task[P, R]:
+        """A copy of this task whose dispatches use these per-call overrides."""
+        merged = merge_call_options(self.spec.name, self.call_options, route=route,
+                                    priority=priority, queue=queue, countdown=countdown,
+                                    idempotency_key=idempotency_key)
+        return Task(self.fn, self.spec, self.validator, merged)
+
+    def route_for(
+        self,
+        settings: DispatcherSettings | None = None,
+        auto: tuple[RouteName, str] | None = None,
+    ) -> RouteDecision:
+        """Where a dispatch of this task goes now, and why (``auto``: the adaptive route
+        to assume instead of this process's cached one)."""
+        settings = settings or get_settings()
+        if self.spec.adaptive or auto is not None:
+            if auto is None and settings.broker_url is not None:
+                auto = current().adaptive.auto_route(self.spec)
+            return decide_route(self.spec, self.call_options, settings, auto)
+        cached = self._route_cache
+        if cached is not None and cached[0] is settings:
+            return cached[1]
+        decision = decide_route(self.spec, self.call_options, settings)
+        self._route_cache = (settings, decision)
+        options = self.call_options
+        self._inline_plan = current().inline.plan(
+            self.spec, decision, spills=spill_room(decision, settings, 0) is not None,
+        ) if (decision.route == "inline" and not options.countdown
+              and options.idempotency_key is None) else None
+        return decision
+
+    def _spill_room(self, decision: RouteDecision, settings: DispatcherSettings) -> int | None:
+        """How many more jobs of this decision may queue inline before the rest spill
+        over to Celery; None when spill-over does not apply."""
+        if decision.route != "inline":
+            return None
+        return spill_room(decision, settings, current().inline.waiting())
+
+    def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
+        """Validate the arguments, route the job and schedule it; returns its handle.
+
+        Raises ``TaskValidationError`` (naming the field) before anything is scheduled,
+        and ``BrokerUnavailable`` when the Celery route cannot take the job.
+        """
+        payload = self.validator.payload(args, kwargs)
+        plan = self._inline_plan
+        if plan is not None and plan.settings is get_settings() and plan.route is current().inline:
+            job = plan.dispatch(payload)
+            if job is not None:
+                return self._handle(job)
+        return self._dispatch_validated(payload)
+
+    def dispatch_many(
+        self, items: Iterable[tuple[Any, ...] | Mapping[str, Any]]
+    ) -> list[TaskHandle]:
+        """Dispatch one job per item (a tuple of positional or a dict of keyword arguments).
+
+        Every item is validated first, so one bad item schedules nothing.
+        """
+        if self.call_options.idempotency_key is not None:
+            raise TaskValidationError(
+                self.spec.name,
+                [{"field": "idempotency_key", "message": "one key cannot cover many jobs; "
+                  "dispatch each item with its own key"}],
+            )
+        payloads = self.validator.payloads(items)
+        settings = get_settings()
+        decision = self.route_for(settings)
+        handles = []
+        if decision.route == "inline":
+            room = self._spill_room(decision, settings)
+            if room is None or room >= len(payloads):
+                return [
+                    self._dispatch_validated(payload, decision, settings)
+                    for payload in payloads
+                ]
+            # As many as fit queue inline; the rest spill over to Celery.
+            handles = [
+                self._dispatch_validated(payload, decision, settings)
+                for payload in payloads[:room]
+            ]
+            payloads = payloads[room:]
+            decision = spilled(decision, self.spec, self.call_options, settings)
+        now = time.time()
+        jobs = [
+            self._job(new_job_id(), payload, decision, now) for payload in payloads
+        ]
+        spill = decision.cause is Cause.SPILL_OVER
+        routes = current().celery.dispatch_many(
+            jobs, self.call_options.countdown, outage=self.spec.broker_outage,
+            reason="spill_over" if spill else None,
+        )
+        for job, route in zip(jobs, routes, strict=True):
+            job.route = route
+            if spill:
+                count_route_decision(self.spec.name, "celery", "spill_over")
+            handles.append(self._handle(job))
+        return handles
+
+    def _job(
+        self,
+        job_id: str,
+        payload: dict[str, Any],
+        decision: RouteDecision,
+        dispatched_at: float | None = None,
+    ) -> Job:
+        now = time.time() if dispatched_at is None else dispatched_at
+        countdown = self.call_options.countdown
+        pinned = decision.pinned_inline
+        # Positional: this runs on every dispatch, and keyword arguments cost more.
+        return Job(job_id, self.spec, decision.route, decision.queue, decision.priority,
+                   payload, 1, request_id_var.get(), now, pinned,
+                   now + countdown if countdown else None)
+
+    def _handle(self, job: Job) -> TaskHandle:
+        handle = TaskHandle(job.id, self.spec.name, job.route, job.queue)
+        if dispatch_listeners:
+            for listener in dispatch_listeners:
+                listener(handle)
+        return handle
+
+    def _dispatch_validated(
+        self,
+        payload: dict[str, Any],
+        decision: RouteDecision | None = None,
+        settings: DispatcherSettings | None = None,
+    ) -> TaskHandle:
+        settings = settings or get_settings()
+        if decision is None:
+            decision = self.route_for(settings)
+        spill = False
+        if decision.route == "inline" and self._spill_room(decision, settings) == 0:
+            decision, spill = spilled(decision, self.spec, self.call_options, settings), True
+        runtime = current()
+        job_id = new_job_id()
+        key = self.call_options.idempotency_key
+        if key is not None:
+            first = runtime.idempotency.claim(self.spec.name, key, job_id, decision.route,
+                                              decision.queue)
+            if first is not None:
+                return TaskHandle(*first)
+        job = self._job(job_id, payload, decision)
+        countdown = self.call_options.countdown
+        try:
+            if job.route == "celery":
+                job.route = runtime.celery.dispatch(
+                    job, countdown, outage=self.spec.broker_outage,
+                    reason="spill_over" if spill else None,
+                )
+            else:
+                runtime.inline.dispatch(job, countdown)
+        except BaseException:
+            if key is not None:  # nothing was accepted: the key is free again
+                runtime.idempotency.release(self.spec.name, key, job_id)
+            raise
+        if spill:
+            count_route_decision(self.spec.name, "celery", "spill_over")
+        return self._handle(job)
+
+
+def _mark_coroutine_function(wrapper: object, fn: Callable[..., Any]) -> None:
+    """Let ``inspect.iscoroutinefunction`` see an async task as what it wraps, so code
+    that calls it directly (``BackgroundTasks.add_task(task, ...)``) awaits the result."""
+    marker = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
+    if marker is not None:
+        marker(wrapper)
+        return
+    # Python 3.11 treats an object with a function's code attributes as function-like.
+    for name in ("__code__", "__defaults__", "__kwdefaults__"):
+        setattr(wrapper, name, getattr(fn, name, None))
+
+
+def _make_task(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
+    spec = build_spec(fn, options)
+    task_obj = Task(fn, spec, ArgumentValidator(spec.name, fn))
+    register(task_obj)
+    return task_obj
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    weight: int | Literal["auto"] = 1,
+    priority: PriorityName | int = "normal",
+    queue: str | None = None,
+    route: RouteName | None = None,
+    retry: RetryPolicy | None = None,
+    timeout: float | None = None,
+    broker_outage: OutageMode | None = None,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(fn: Any = None, /, **options: Any) -> Any:
+    """Declare a task: ``@task`` or ``@task(name=, weight=, priority=, queue=, route=,
+    retry=, timeout=, broker_outage=)``. Invalid or unknown options raise
+    ``TaskDefinitionError`` here."""
+    if fn is not None:
+        return _make_task(fn, options)
+    build_spec(_probe, options)  # fail fast on bad options, even before a function
+
+    def decorate(inner: Callable[P, R]) -> Task[P, R]:
+        return _make_task(inner, options)
+
+    return decorate
+
+
+def _probe() -> None:
+    """Stand-in used to check decorator options before the function is known."""
+
+
+def registered(name: str) -> Task[Any, Any]:
+    """The task registered as ``name`` (``UnknownTaskError`` otherwise)."""
+    return cast("Task[Any, Any]", get_task(name))

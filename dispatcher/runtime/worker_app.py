@@ -1,0 +1,45 @@
+"""The worker process's composition: its Celery app, with every registered task, the
+shared route and runtime, the sweeper and the metrics endpoint wired to Celery's
+signals. ``worker.app`` (this repository) and ``dispatcher worker`` both use it."""
+
+from __future__ import annotations
+
+from celery import Celery
+from celery.signals import worker_process_init, worker_ready
+
+from ..core.registry import import_task_modules
+from ..core.settings import DispatcherSettings
+from ..observability.logging import configure_logging
+from ..ops.checks import check_configuration
+from ..routes.celery.app import create_celery_app
+from ..routes.celery.worker import CeleryWorker, require_broker, start_sweeper
+from ..routes.celery.worker_metrics import install_worker_metrics
+from .container import current
+
+#: How often a pool process writes what a running job reported (progress); each job's
+#: records are written before its message is acknowledged in any case.
+WORKER_RECORDS_POLL = 0.1
+
+
+def create_worker_app(settings: DispatcherSettings) -> Celery:
+    """The worker's Celery app: imports task modules, registers every task, shares the
+    route and the runtime with them."""
+    require_broker(settings)
+    configure_logging(settings)
+    import_task_modules(settings.task_modules)
+    app = create_celery_app(settings, main="worker")
+    # The process's current app, so Celery's tools that use ``current_app`` find our
+    # result backend (Flower's /api/task/result reads job records through it).
+    app.set_current()
+    runtime = current()
+    route = runtime.use_celery_app(app)
+    worker = CeleryWorker(settings, route, runtime.execution, runtime.redis)
+    app.dispatch_worker = worker  # type: ignore[attr-defined]  # read by our consumer
+    worker.register_tasks(app)
+    check_configuration(settings, app.conf)
+    runtime.poll_records(WORKER_RECORDS_POLL)
+    worker_ready.connect(lambda sender, **_: start_sweeper(route, sender.hostname),
+                         weak=False)
+    worker_process_init.connect(lambda **_: worker.connect_early(), weak=False)
+    install_worker_metrics(settings)  # /metrics from the main process, once the pool forked
+    return app

@@ -1,0 +1,68 @@
+"""Every Redis key the dispatcher reads or writes, named in one place.
+
+Scripts (``lua/*.lua``) get their keys and key prefixes from here as arguments, never
+as literals of their own. Record keys follow Celery's result backend
+(``celery-task-meta-<id>``) so Celery's ``AsyncResult`` reads our records; queue lists
+follow kombu's Redis transport (``dispatcher.routes.celery.protocol.queue_key``).
+"""
+
+from __future__ import annotations
+
+#: A job's record (Celery's result-backend key).
+RECORD_PREFIX = "celery-task-meta-"
+#: Sorted set of job ids scored by dispatch time: the listing's index.
+JOBS_INDEX = "dispatch:jobs"
+#: Per job, a list of its state changes after dispatch (JSON entries).
+HISTORY_PREFIX = "dispatch:history:"
+#: Per publication (``<job id>:<attempt>``): "<queue key>\n<message>" until a worker
+#: starts it, then "1" (see the publish and recover scripts).
+MARKER_PREFIX = "dispatch:published:"
+#: Sorted set of publications not yet started, scored by publish time.
+INFLIGHT = "dispatch:inflight"
+#: kombu's hash of messages delivered and not yet acknowledged.
+KOMBU_UNACKED = "unacked"
+#: Per job, how many deliveries a worker started (crash redeliveries count).
+RUNS_PREFIX = "dispatch:runs:"
+#: One key per live dispatcher worker, by its Celery node name.
+WORKER_PREFIX = "dispatch:worker:"
+#: Hash: queue -> until when a worker not ours counts as consuming it ("" -> last look).
+FOREIGN_WORKERS = "dispatch:foreign"
+#: Held by the worker whose turn it is to ask which workers are not ours.
+FLEET_ASKING = "dispatch:fleet:asking"
+#: Dead letters: a hash of entries and a sorted set by time of death.
+DEAD_LETTERS = "dispatch:dead"
+DEAD_LETTERS_INDEX = "dispatch:dead:index"
+IDEMPOTENCY_PREFIX = "dispatch:idem:"
+ADAPTIVE_PREFIX = "dispatch:adaptive:"
+
+
+def record(task_id: str) -> str:
+    return RECORD_PREFIX + task_id
+
+
+def history(task_id: str) -> str:
+    return HISTORY_PREFIX + task_id
+
+
+def marker(publish_id: str) -> str:
+    return MARKER_PREFIX + publish_id
+
+
+def runs(task_id: str) -> str:
+    return RUNS_PREFIX + task_id
+
+
+def worker(hostname: str) -> str:
+    return WORKER_PREFIX + hostname
+
+
+def idempotency(task_name: str, key: str) -> str:
+    return f"{IDEMPOTENCY_PREFIX}{task_name}:{key}"
+
+
+def adaptive_samples(task_name: str) -> str:
+    return f"{ADAPTIVE_PREFIX}{task_name}:samples"
+
+
+def adaptive_state(task_name: str) -> str:
+    return f"{ADAPTIVE_PREFIX}{task_name}:state"

@@ -1,0 +1,38 @@
+-- Publishes a batch of Celery messages, each exactly once per publication.
+-- KEYS[1] the in-flight index, KEYS[2] the jobs index.
+-- ARGV[1] marker ttl, ARGV[2] record ttl, ARGV[3] now, ARGV[4] the number of jobs,
+-- ARGV[5] four fields per job (helpers' fields()): publish id, queue key, message,
+-- record ('' for none); ARGV[6] the marker key prefix, ARGV[7] the record key prefix.
+-- The marker holds "<queue key>\n<message>" until a worker starts the job (then "1"),
+-- so the sweeper can put back a message that Redis lost between queue and worker.
+-- Pushes and index entries are gathered and sent as one command per run of jobs: each
+-- redis.call has a fixed cost that dominated the script's time when paid per job.
+-- Keys are built here from the prefixes: the dispatcher needs a single Redis.
+local marker_ttl, record_ttl, now = ARGV[1], ARGV[2], ARGV[3]
+local marker_prefix, record_prefix = ARGV[6], ARGV[7]
+local field = fields(ARGV[5])
+local pushed, run_queue, run, inflight, index = 0, nil, {}, {}, {}
+for _ = 1, tonumber(ARGV[4]) do
+  local pid, queue, message, record = field(), field(), field(), field()
+  if redis.call('SET', marker_prefix .. pid, queue .. '\n' .. message,
+                'NX', 'EX', marker_ttl) then
+    if queue ~= run_queue then
+      if run_queue then bulk('LPUSH', run_queue, run) end
+      run_queue, run = queue, {}
+    end
+    run[#run + 1] = message
+    inflight[#inflight + 1] = now
+    inflight[#inflight + 1] = pid
+    if record ~= '' then
+      local job = string.match(pid, '^(.*):%d+$')
+      redis.call('SET', record_prefix .. job, record, 'EX', record_ttl)
+      index[#index + 1] = now
+      index[#index + 1] = job
+    end
+    pushed = pushed + 1
+  end
+end
+if run_queue then bulk('LPUSH', run_queue, run) end
+bulk('ZADD', KEYS[1], inflight)
+bulk('ZADD', KEYS[2], index)
+return pushed

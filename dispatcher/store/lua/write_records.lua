@@ -1,0 +1,32 @@
+-- Writes one flush of a records buffer. KEYS[1] the jobs index.
+-- ARGV[1] ttl, ARGV[2] the index's retention cut-off, then three counted runs of
+-- fields (helpers' fields()): ARGV[3] pairs in ARGV[4] of (job id, record), ARGV[5]
+-- pairs in ARGV[6] of (job id, history entry), ARGV[7] pairs in ARGV[8] of (job id,
+-- dispatch time); ARGV[9] the record key prefix, ARGV[10] the history key prefix.
+local ttl = ARGV[1]
+local record_prefix, history_prefix = ARGV[9], ARGV[10]
+local field = fields(ARGV[4])
+for _ = 1, tonumber(ARGV[3]) do
+  local job, record = field(), field()
+  redis.call('SET', record_prefix .. job, record, 'EX', ttl)
+end
+field = fields(ARGV[6])
+local touched = {}
+for _ = 1, tonumber(ARGV[5]) do
+  local key, entry = history_prefix .. field(), field()
+  redis.call('RPUSH', key, entry)
+  touched[key] = true
+end
+for key in pairs(touched) do redis.call('EXPIRE', key, ttl) end
+field = fields(ARGV[8])
+local scored = {}
+for _ = 1, tonumber(ARGV[7]) do
+  local job, at = field(), field()
+  scored[#scored + 1] = at
+  scored[#scored + 1] = job
+end
+if #scored > 0 then
+  bulk('ZADD', KEYS[1], scored)
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+end
+return 1

@@ -1,0 +1,32 @@
+"""The Lua scripts, kept as ``lua/*.lua`` package files and loaded once.
+
+Scripts that take a batch start with ``lua/helpers.lua`` (see ``link.join_fields``).
+``Script.evalsha_args`` gives the arguments of an ``EVALSHA`` without a round trip
+to ask whether Redis knows the script; callers load it on ``NoScriptError``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from importlib import resources
+
+
+class Script:
+    def __init__(self, name: str, *, helpers: bool = False) -> None:
+        self.name = name
+        body = _read(name)
+        self.source = (_read("helpers") + body) if helpers else body
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+@cache
+def _read(name: str) -> str:
+    return resources.files(__package__).joinpath("lua", f"{name}.lua").read_text("utf-8")
+
+
+PUBLISH = Script("publish", helpers=True)
+WRITE_RECORDS = Script("write_records", helpers=True)
+RECOVER = Script("recover")
+ADAPTIVE_MOVE = Script("adaptive_move")
+IDEMPOTENCY_RELEASE = Script("idempotency_release")
