@@ -116,3 +116,13 @@ def build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:
     )
 
 
+def mark_coroutine_function(wrapper: object, fn: Callable[..., Any]) -> None:
+    """Let ``inspect.iscoroutinefunction`` see an async task as what it wraps, so code
+    that calls it directly (``BackgroundTasks.add_task(task, ...)``) awaits the result."""
+    marker = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
+    if marker is not None:
+        marker(wrapper)
+        return
+    # Python 3.11 treats an object with a function's code attributes as function-like.
+    for name in ("__code__", "__defaults__", "__kwdefaults__"):
+        setattr(wrapper, name, getattr(fn, name, None))

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
+from .argument_errors import indexed, pydantic_errors
 from .errors import TaskDefinitionError, TaskValidationError
 from .redaction import hides_secret, is_secret, reveal_secrets
 
@@ -31,20 +32,6 @@ _ALLOWED_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEY
 
 class _Unresolved(TaskDefinitionError):
     """Annotations that cannot be resolved (yet)."""
-
-
-def _messages(task_name: str, error: ValidationError) -> TaskValidationError:
-    items = []
-    for item in error.errors(include_url=False):
-        loc = [str(part) for part in item["loc"]]
-        if item["loc"] and isinstance(item["loc"][0], int):  # an item of a batch
-            loc = [f"[{loc[0]}]." + (".".join(loc[1:]) or "(arguments)")]
-        field = ".".join(loc) if loc else "(arguments)"
-        message = item["msg"]
-        if item["type"] == "extra_forbidden":
-            message = "unexpected argument"
-        items.append({"field": field, "message": message})
-    return TaskValidationError(task_name, items)
 
 
 _REQUIRED = object()
@@ -68,14 +55,6 @@ def _plain_parameters(
             return None  # e.g. ``x: float = 1``: pydantic's dump gives 1.0, leave it to it
         plain.append((param.name, kind, default))
     return plain
-
-
-def _indexed(error: TaskValidationError, index: int) -> TaskValidationError:
-    """``error`` for item ``index`` of a batch: each field becomes ``[index].field``."""
-    return TaskValidationError(
-        error.task_name,
-        [{**e, "field": f"[{index}].{e['field']}"} for e in error.errors],
-    )
 
 
 class ArgumentValidator:
@@ -189,7 +168,7 @@ class ArgumentValidator:
         try:
             instance = model.model_validate(self.bind(args, kwargs))
         except ValidationError as exc:
-            raise _messages(self.task_name, exc) from None
+            raise pydantic_errors(self.task_name, exc) from None
         values = self._values(instance)
         try:
             payload = instance.model_dump(mode="json", by_alias=True)
@@ -264,13 +243,13 @@ class ArgumentValidator:
             try:
                 bound.append(self.bind(args, kwargs))
             except TaskValidationError as exc:
-                raise _indexed(exc, index) from None
+                raise indexed(exc, index) from None
         if self._list_adapter is None:
             self._list_adapter = TypeAdapter(list[self.model])  # type: ignore[name-defined]
         try:
             instances = self._list_adapter.validate_python(bound)
         except ValidationError as exc:
-            raise _messages(self.task_name, exc) from None
+            raise pydantic_errors(self.task_name, exc) from None
         try:
             payloads: list[dict[str, Any]] = self._list_adapter.dump_python(
                 instances, mode="json", by_alias=True)
@@ -279,7 +258,7 @@ class ArgumentValidator:
                 try:
                     instance.model_dump(mode="json", by_alias=True)
                 except (PydanticSerializationError, ValueError, TypeError):
-                    raise _indexed(self._unserializable(instance), index) from None
+                    raise indexed(self._unserializable(instance), index) from None
             raise
         if self.secret_names:
             for instance, payload in zip(instances, payloads, strict=True):
@@ -296,7 +275,7 @@ class ArgumentValidator:
         try:
             instance = model.model_validate(dict(payload))
         except ValidationError as exc:
-            raise _messages(self.task_name, exc) from None
+            raise pydantic_errors(self.task_name, exc) from None
         return self._values(instance)
 
     def _unserializable(self, instance: BaseModel) -> TaskValidationError:

@@ -13,25 +13,20 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Sequence
 
 import redis
 from celery import Celery
 
 from ..core import events
 from ..core.execution import Execution
-from ..core.job import Job
 from ..core.ports import DeadLetterStore, IdempotencyStore, RecordStore
 from ..core.settings import DispatcherSettings, build_settings, get_settings, replace_settings
-from ..core.spec import RouteName
 from ..observability.logging import configure_logging
 from ..observability.metrics import COLLECTOR, GaugeReadings, observe_event
 from ..ops.dashboard_data import Dashboard, Sources
 from ..ops.routes_table import route_table
 from ..policy.governor import ServerLoad
 from ..routes.celery.depths import QueueDepths
-from ..routes.celery.monitor import BrokerMonitor
 from ..routes.celery.protocol import queue_depths
 from ..routes.celery.route import CeleryRoute
 from ..routes.celery.worker import worker_queues
@@ -42,52 +37,7 @@ from ..store.deadletter import RedisDeadLetters
 from ..store.idempotency import MemoryIdempotency, RedisIdempotency
 from ..store.memory import MemoryDeadLetters, MemoryRecordStore
 from ..store.records import RedisRecordStore
-
-#: Seconds the records store is left alone after a failed call.
-RECORDS_BACKOFF = 5.0
-
-
-class RecordsHealth:
-    """The ``Health`` of the records Redis. A failed call marks it down for a while;
-    when it is the broker's Redis, the broker monitor's probe decides, so a hanging
-    Redis costs one timeout, not one per dispatch."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-        self._down_until = 0.0
-
-    def _monitor(self) -> BrokerMonitor | None:
-        runtime = self._runtime
-        route = runtime._celery
-        if route is None or runtime.settings.results_url != runtime.settings.broker_url:
-            return None
-        return route.current_monitor()
-
-    def available(self) -> bool:
-        monitor = self._monitor()
-        if monitor is not None and not monitor.healthy:
-            return False
-        return time.monotonic() >= self._down_until
-
-    def failed(self, error: BaseException) -> None:
-        self._down_until = time.monotonic() + RECORDS_BACKOFF
-        monitor = self._monitor()
-        if monitor is not None:
-            monitor.mark_down(error)
-
-
-class _CeleryPort:
-    """The Celery route as the inline route sees it (a ``Route``), built when first
-    needed: a process that never hands a job over never connects to a broker."""
-
-    name: RouteName = "celery"
-
-    def __init__(self, runtime: Runtime) -> None:
-        self._runtime = runtime
-
-    def accept(self, jobs: Sequence[Job], countdown: float | None, *,
-               reason: str | None = None) -> list[RouteName]:
-        return self._runtime.celery.accept(jobs, countdown, reason=reason)
+from .wiring import CeleryPort, RecordsHealth
 
 
 class Runtime:
@@ -96,7 +46,7 @@ class Runtime:
     def __init__(self, settings: DispatcherSettings) -> None:
         self.settings = settings
         self.load = ServerLoad()
-        self.health = RecordsHealth(self)
+        self.health = RecordsHealth(settings, lambda: self._celery)
         self.queue_depths = QueueDepths(settings)
         self.dashboard = Dashboard()
         self._lock = threading.RLock()
@@ -189,7 +139,7 @@ class Runtime:
         with self._lock:
             if self._inline is None:
                 self._inline = InlineRoute(self.settings, self.execution, busy=self.load.busy,
-                                           fallback=_CeleryPort(self))
+                                           fallback=CeleryPort(lambda: self.celery))
             return self._inline
 
     @property

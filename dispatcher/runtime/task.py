@@ -7,13 +7,12 @@ docstring and types) and gains ``.dispatch``, ``.options`` and ``.dispatch_many`
 from __future__ import annotations
 
 import functools
-import inspect
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast, overload
 
 from ..core.context import request_id_var
-from ..core.declaration import build_spec, merge_call_options
+from ..core.declaration import build_spec, mark_coroutine_function, merge_call_options
 from ..core.errors import TaskValidationError
 from ..core.job import Job, new_job_id
 from ..core.registry import get_task, register
@@ -59,7 +58,7 @@ class Task(Generic[P, R]):
         self._inline_plan: InlinePlan | None = None
         functools.update_wrapper(self, fn)
         if spec.is_async:
-            _mark_coroutine_function(self, fn)
+            mark_coroutine_function(self, fn)
 
     @property
     def name(self) -> str:
@@ -239,18 +238,6 @@ class Task(Generic[P, R]):
         if spill:
             count_route_decision(self.spec.name, "celery", "spill_over")
         return self._handle(job)
-
-
-def _mark_coroutine_function(wrapper: object, fn: Callable[..., Any]) -> None:
-    """Let ``inspect.iscoroutinefunction`` see an async task as what it wraps, so code
-    that calls it directly (``BackgroundTasks.add_task(task, ...)``) awaits the result."""
-    marker = getattr(inspect, "markcoroutinefunction", None)  # Python 3.12+
-    if marker is not None:
-        marker(wrapper)
-        return
-    # Python 3.11 treats an object with a function's code attributes as function-like.
-    for name in ("__code__", "__defaults__", "__kwdefaults__"):
-        setattr(wrapper, name, getattr(fn, name, None))
 
 
 def _make_task(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:

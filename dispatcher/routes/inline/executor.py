@@ -26,6 +26,7 @@ from ...core.execution import Execution, Outcome
 from ...core.job import Job
 from ...core.registry import get_task
 from ...policy.governor import Governor
+from .loop import BackgroundLoop
 
 log = logging.getLogger("dispatcher.inline")
 
@@ -62,8 +63,8 @@ class InlineExecutor:
         self._threads: list[threading.Thread] = []
         self._idle_threads = 0
         self._running = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: threading.Thread | None = None
+        #: Coroutine tasks, countdowns and retry delays run on it (started on first use).
+        self._loop = BackgroundLoop("dispatch-inline-loop")
         self._closed = False
 
     # -- public API -------------------------------------------------------------------
@@ -143,11 +144,7 @@ class InlineExecutor:
             self._listening = False
         for _ in self._threads:
             self._doorbell.put(False)
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(loop.stop)
-        if self._loop_thread is not None:
-            self._loop_thread.join(timeout=5)
+        self._loop.stop(timeout=5)
         return leftover
 
     # -- scheduling ---------------------------------------------------------------------
@@ -180,7 +177,7 @@ class InlineExecutor:
 
     def _later(self, delay: float, chain: Chain) -> None:
         """Enqueue ``chain`` after ``delay`` seconds, on the loop's timer."""
-        loop = self._ensure_loop()
+        loop = self._loop.get()
         loop.call_soon_threadsafe(loop.call_later, delay, self._enqueue, chain)
 
     def _next_chain(self) -> Chain | None:
@@ -270,7 +267,7 @@ class InlineExecutor:
         if not job.spec.is_async:
             return self.execution.run_sync(job, values)
         running = asyncio.run_coroutine_threadsafe(
-            self.execution.run_async(job, values), self._ensure_loop()
+            self.execution.run_async(job, values), self._loop.get()
         )
         return running.result()
 
@@ -279,36 +276,6 @@ class InlineExecutor:
             self._outstanding.pop(job.id, None)
             if not self._outstanding:
                 self._idle.notify_all()
-
-    def _ensure_loop(self) -> asyncio.AbstractEventLoop:
-        """The loop for coroutine tasks and timers, started on first use."""
-        loop = self._loop
-        if loop is not None and self._loop_thread is not None and self._loop_thread.is_alive():
-            return loop
-        with self._lock:
-            if self._loop is not None and self._loop_thread is not None \
-                    and self._loop_thread.is_alive():
-                return self._loop
-            loop = asyncio.new_event_loop()
-            started = threading.Event()
-
-            def run() -> None:
-                asyncio.set_event_loop(loop)
-                loop.call_soon(started.set)
-                loop.run_forever()
-                # Stopped by shutdown(): cancel what is left so nothing dangles at exit.
-                leftover = asyncio.all_tasks(loop)
-                for pending in leftover:
-                    pending.cancel()
-                loop.run_until_complete(asyncio.gather(*leftover, return_exceptions=True))
-                loop.close()
-
-            self._loop_thread = threading.Thread(target=run, name="dispatch-inline-loop",
-                                                 daemon=True)
-            self._loop = loop
-            self._loop_thread.start()
-        started.wait()
-        return loop
 
 
 def _due_at(chain: Chain) -> float | None:

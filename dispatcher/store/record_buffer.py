@@ -1,0 +1,284 @@
+"""The write side of the Redis records store: a buffer of the newest state per job,
+written by a background thread in pipelined script calls (``lua/write_records.lua``).
+The read side, which also looks into this buffer, is ``store.records``."""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Callable
+
+import redis
+
+from ..core.job import Job
+from ..core.record import (
+    HistoryEntry,
+    JobRecord,
+    encode_record,
+    history_entry,
+    make_record,
+    pending_json,
+)
+from . import keys
+from .link import Link, join_fields
+from .scripts import WRITE_RECORDS
+
+log = logging.getLogger("dispatcher.records")
+
+BUSY_INTERVAL = 0.05
+#: Jobs per write call.
+WRITE_CHUNK = 32
+
+
+
+def _as_record(held: JobRecord | Job) -> JobRecord:
+    """A copy of a held record, or the PENDING record of a held job."""
+    return make_record(held, "PENDING") if isinstance(held, Job) else held.copy()
+
+
+def _record_json(held: JobRecord | Job) -> str:
+    return pending_json(held) if isinstance(held, Job) else encode_record(held)
+
+
+def _never_busy() -> bool:
+    return False
+
+
+#: Every buffered store of this process: a forked child resets each (``_after_fork``).
+_stores: weakref.WeakSet[RecordBuffer] = weakref.WeakSet()
+
+
+def _reset_stores_in_child() -> None:
+    for store in list(_stores):
+        store._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_stores_in_child)
+
+
+class RecordBuffer:
+    """Buffered, pipelined writes of job records; see ``RedisRecordStore``."""
+
+    def __init__(self, client: redis.Redis, ttl: int, interval: float = 0.005,
+                 on_error: Callable[[BaseException], None] | None = None, *,
+                 poll: bool = False, busy: Callable[[], bool] = _never_busy) -> None:
+        self._client = client
+        #: Whether the web server is saturated (``policy.governor.ServerLoad.busy``).
+        self._busy = busy
+        #: Writes go through a connection of the writer's own (callers hold _write_lock).
+        self._link = Link(client)
+        self._ttl = ttl
+        self._interval = interval
+        #: Poll every ``interval`` instead of being woken by each save: for Celery pool
+        #: processes, which flush each job's records themselves before the ack, so the
+        #: writer only matters for what a long job reports while it runs (progress).
+        self.poll = poll
+        self._on_error = on_error
+        #: Newest state per job: a record, or the Job itself for a PENDING record that
+        #: the writer builds (off the request path).
+        self._pending: dict[str, JobRecord | Job] = {}
+        self._pending_history: dict[str, list[HistoryEntry]] = {}
+        self._pending_index: dict[str, float] = {}
+        #: Jobs just dispatched, filed without the lock (``deque.append`` is atomic) and
+        #: moved into ``_pending`` by whoever next takes the lock (``_absorb_filed``).
+        self._filed: collections.deque[Job] = collections.deque()
+        #: PENDING inline jobs held back while the server is saturated (see above).
+        self._held: dict[str, Job] = {}
+        #: The batch being written right now: taken from the buffer, not yet in Redis.
+        #: Readers look here too, or a read landing mid-write would see neither.
+        self._inflight: dict[str, JobRecord | Job] = {}
+        self._inflight_history: dict[str, list[HistoryEntry]] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._write_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        _stores.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (a Celery pool process): fresh locks, buffer and thread.
+        The parent's buffer is the parent's to write; a lock some other thread held at
+        the fork would never be released here. Run by an at-fork hook, so no call on the
+        request path has to ask for the process id."""
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._pending = {}
+        self._pending_history = {}
+        self._pending_index = {}
+        self._filed = collections.deque()
+        self._held = {}
+        self._inflight = {}
+        self._inflight_history = {}
+        self._thread = None
+
+    def save(self, record: JobRecord, *, transition: bool = True) -> None:
+        # Encoded by the writer thread, and only the newest state of each job.
+        task_id = record["task_id"]
+        with self._lock:
+            self._pending[task_id] = record
+            if self._held:
+                self._release(task_id)
+            if record["status"] == "PENDING":
+                self._pending_index[task_id] = float(record.get("dispatched_at") or time.time())
+            elif transition:
+                self._pending_history.setdefault(task_id, []).append(history_entry(record))
+            wake = self._writer_due()
+        if wake:
+            self._wake.set()
+
+    def save_pending(self, job: Job) -> None:
+        """``save(make_record(job, "PENDING"))``, with the record built by the writer
+        when it writes (or by ``load``): a dispatch on the request path only files the
+        job, without taking the lock."""
+        self._filed.append(job)
+        if self.poll or not self._wake.is_set():
+            with self._lock:
+                wake = self._writer_due()
+            if wake:
+                self._wake.set()
+
+    def _absorb_filed(self) -> None:
+        """Move filed jobs into the buffer (callers hold ``_lock``). A state saved since
+        (STARTED, ...) is newer than the PENDING a filed job stands for, and stays."""
+        filed = self._filed
+        for _ in range(len(filed)):
+            job = filed.popleft()
+            self._pending.setdefault(job.id, job)
+            self._pending_index[job.id] = job.dispatched_at or time.time()
+
+    def _release(self, task_id: str) -> None:
+        """Give a held job's index mark back to the buffer (callers hold ``_lock``); its
+        newer state, already in the buffer, replaces the PENDING record."""
+        job = self._held.pop(task_id, None)
+        if job is not None:
+            self._pending_index[task_id] = job.dispatched_at or time.time()
+
+    def _hold_inline(self, batch: dict[str, JobRecord | Job],
+                     index: dict[str, float]) -> None:
+        """Move plain PENDING inline jobs from ``batch`` to ``_held`` (callers hold
+        ``_lock``). Celery-route jobs are never held: a worker writes their next state."""
+        for task_id, job in [(t, v) for t, v in batch.items()
+                             if isinstance(v, Job) and v.route == "inline"]:
+            del batch[task_id]
+            index.pop(task_id, None)
+            self._held[task_id] = job
+
+    def _writer_due(self) -> bool:
+        """See that the writer runs (callers hold ``_lock``); True if it must be woken:
+        once per cycle (``set()`` takes a lock), a polling writer never."""
+        if self.poll or not self._wake.is_set():
+            self._ensure_thread()
+            return not self.poll
+        return False
+
+    def poll_every(self, interval: float) -> None:
+        """Switch the writer to polling (see ``poll``)."""
+        self._interval = interval
+        self.poll = True
+        self._wake.set()  # a writer waiting to be woken now loops on its own
+
+    def _unwritten(self, task_id: str) -> JobRecord | Job | None:
+        """The newest state of ``task_id`` not yet known to be in Redis (callers hold
+        ``_lock``): buffered, held back, or in the write under way."""
+        return (self._pending.get(task_id) or self._held.get(task_id)
+                or self._inflight.get(task_id))
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Write everything saved so far, now, from this thread; False if Redis failed.
+
+        (``timeout`` bounds the wait for a write the background thread has under way.)
+        """
+        if not self._write_lock.acquire(timeout=timeout):
+            return False
+        try:
+            return self._write_pending()
+        finally:
+            self._write_lock.release()
+
+    def _ensure_thread(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="dispatch-records",
+                                            daemon=True)
+            self._thread.start()
+            atexit.register(self.flush, 2.0)
+
+    def _write_pending(self, *, hold_inline: bool = False) -> bool:
+        """Take the buffer and write it; callers hold ``_write_lock``, so batches reach
+        Redis in the order they were taken and a newer state is never overwritten.
+        ``hold_inline``: keep PENDING inline jobs back (the server is saturated);
+        otherwise the held ones are written too."""
+        with self._lock:
+            self._absorb_filed()
+            batch, self._pending = self._pending, {}
+            history, self._pending_history = self._pending_history, {}
+            index, self._pending_index = self._pending_index, {}
+            if hold_inline:
+                self._hold_inline(batch, index)
+            elif self._held:
+                for task_id, job in self._held.items():
+                    batch.setdefault(task_id, job)
+                    index[task_id] = job.dispatched_at or time.time()
+                self._held = {}
+            if not batch and not history:
+                return True
+            self._inflight, self._inflight_history = batch, history
+        ids = list(batch)
+        try:
+            # A few dozen jobs per call: encoding is CPU under the web server's GIL,
+            # and each call's socket I/O hands the GIL back to request handling.
+            for start in range(0, len(ids), WRITE_CHUNK):
+                self._write_chunk(ids[start:start + WRITE_CHUNK], batch, history, index)
+            return True
+        except Exception as exc:  # an outage: these records are lost, jobs are not
+            if self._on_error is not None:
+                self._on_error(exc)
+            return False
+        finally:
+            with self._lock:
+                self._inflight, self._inflight_history = {}, {}
+
+    def _write_chunk(self, ids: list[str], batch: dict[str, JobRecord | Job],
+                     history: dict[str, list[HistoryEntry]], index: dict[str, float]) -> None:
+        records: list[str] = []
+        entries: list[str] = []
+        marks: list[str] = []
+        for task_id in ids:
+            if "\x00" in task_id:  # would break the NUL-joined fields; no id of ours
+                log.warning("not recording task %r: its id holds a NUL character", task_id)
+                continue
+            records += (task_id, _record_json(batch[task_id]))
+            for entry in history.get(task_id, ()):
+                entries += (task_id, json.dumps(entry))
+            if task_id in index:
+                marks += (task_id, repr(index[task_id]))
+        args = (self._ttl, repr(time.time() - self._ttl),
+                len(records) // 2, join_fields(records), len(entries) // 2, join_fields(entries),
+                len(marks) // 2, join_fields(marks), keys.RECORD_PREFIX, keys.HISTORY_PREFIX)
+        try:
+            self._link.call("EVALSHA", WRITE_RECORDS.sha, 1, keys.JOBS_INDEX, *args)
+        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it
+            self._client.script_load(WRITE_RECORDS.source)
+            self._link.call("EVALSHA", WRITE_RECORDS.sha, 1, keys.JOBS_INDEX, *args)
+
+    def _run(self) -> None:
+        while True:
+            if self.poll:
+                time.sleep(self._interval)
+                with self._write_lock:
+                    self._write_pending()
+                continue
+            self._wake.wait()
+            self._wake.clear()
+            # Let a burst of state changes coalesce; longer while the server is saturated,
+            # as each wake-up of this thread takes the GIL from request handling.
+            time.sleep(BUSY_INTERVAL if self._busy() else self._interval)
+            with self._write_lock:
+                self._write_pending(hold_inline=self._busy())
+            if self._held:  # look again later: they are written once the load eases
+                self._wake.set()
