@@ -26,14 +26,16 @@ if str(ROOT) not in sys.path:
 
 from dispatcher import DispatcherSettings  # noqa: E402  (after the path set-up)
 
+_YIELD = "[Background work yields to requests](guide.md#background-work-yields-to-requests)"
+
 SEE_ALSO: dict[str, str] = {
     "broker_url": "[Deployment](deployment.md)",
     "force_route": "[Routing rules](guide.md#routing-rules)",
     "routes": "[Routing rules](guide.md#routing-rules)",
     "inline_max_weight": "[Routing rules](guide.md#routing-rules)",
     "inline_concurrency": "[The inline route](guide.md#the-inline-route)",
-    "inline_busy_share": "[Background work yields to requests](guide.md#background-work-yields-to-requests)",
-    "inline_max_hold": "[Background work yields to requests](guide.md#background-work-yields-to-requests)",
+    "inline_busy_share": _YIELD,
+    "inline_max_hold": _YIELD,
     "inline_hold_request": "[Tests for your own app](guide.md#tests-for-your-own-app)",
     "inline_max_seconds": "[Adaptive routing](guide.md#adaptive-routing)",
     "inline_max_pending": "[Spill-over](guide.md#spill-over)",
@@ -135,10 +137,8 @@ def type_text(field: Any) -> str:
 
 
 def default_text(field: Any) -> str:
-    if field.default_factory is not None:
-        value = field.default_factory()
-    else:
-        value = field.default
+    factory = field.default_factory
+    value = factory() if factory is not None else field.default
     if value is None:
         return "unset"
     if value in ([], ()):
