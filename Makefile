@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test reliability bench check worker routes clean
+.PHONY: run test reliability bench check docs worker routes clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -33,6 +33,10 @@ bench: $(STAMP)
 check: $(STAMP)
 	$(BIN)/ruff check dispatcher worker api tests bench
 	$(BIN)/mypy dispatcher
+
+## docs: the documentation site (MkDocs, strict)
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
 
 ## worker: one Celery worker for every registered task (needs DISPATCH_BROKER_URL)
 worker: $(STAMP)
