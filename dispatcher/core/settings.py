@@ -170,7 +170,7 @@ class DispatcherSettings(BaseSettings):
     )
     worker_mingle: bool = Field(
         default=False,
-        description="`python -m worker` runs Celery's start-up mingle (syncing revoked "
+        description="`dispatcher worker` runs Celery's start-up mingle (syncing revoked "
         "task ids with other workers, ~1 s per start). Off: the dispatcher never revokes.",
     )
     metrics_port: int = Field(
@@ -182,7 +182,10 @@ class DispatcherSettings(BaseSettings):
     metrics_host: str = Field(
         default="127.0.0.1", description="Address the worker's metrics endpoint binds to."
     )
-    log_format: Literal["text", "json"] = Field(default="text", description="text or json.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: one `time level event key=value ...` line per event; json: one "
+        "JSON object per line.")
     log_level: str = Field(default="INFO", description="Level of the `dispatcher` logger.")
 
     @field_validator("task_modules", "redact", mode="before")
