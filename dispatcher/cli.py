@@ -84,7 +84,7 @@ def redis_server(port: int, data_dir: str) -> int:
     try:
         server = EmbeddedRedis(port=port, data_dir=str(folder)).start()
     except DispatchError as exc:
-        print(f"dispatcher: {exc} (is port {port} taken? use --port)", file=sys.stderr)
+        print(f"dispatcher: {exc}; choose another with --port", file=sys.stderr)
         return 2
     print(f"embedded Redis on {server.url} (pid {server.pid}), data in {folder}; "
           f"set DISPATCH_BROKER_URL={server.url}; Ctrl-C stops it", flush=True)

@@ -98,18 +98,20 @@ class EmbeddedRedis:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                client.ping()
-                break
+                # Our own server, not another one already listening on the port.
+                if int(client.info("server")["process_id"]) == self.process.pid:
+                    break
             except redis.RedisError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise ConfigurationError(
-                        f"embedded Redis did not start on port {self.port}; "
-                        f"see {self.data_dir / 'server.log'}"
-                    ) from None
-                time.sleep(0.05)
+                pass
             finally:
                 client.close()
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise ConfigurationError(
+                    f"embedded Redis did not start on port {self.port} (is the port taken?); "
+                    f"see {self.data_dir / 'server.log'}"
+                ) from None
+            time.sleep(0.05)
         return self
 
     def stop(self) -> None:
