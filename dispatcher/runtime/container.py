@@ -245,10 +245,17 @@ def _make() -> Runtime:
             settings = get_settings()
             events.set_listeners(observe_event)
             _log_to_stderr_if_unconfigured(settings)
-            runtime = Runtime(settings)
-            COLLECTOR.source = runtime.gauges
-            _current = runtime
+            _current = Runtime(settings)
         return _current
+
+
+def _gauges() -> GaugeReadings:
+    return current().gauges()
+
+
+#: ``/metrics`` reads the gauges of whichever runtime is current when scraped (one
+#: made for it builds nothing and starts nothing: see ``Runtime.gauges``).
+COLLECTOR.source = _gauges
 
 
 def built() -> Runtime | None:

@@ -15,8 +15,10 @@ from typing import Any
 
 import pytest
 
-from dispatcher import DispatcherSettings, configure, registry, runtime
-from dispatcher import settings as settings_module
+from dispatcher import DispatcherSettings, configure
+from dispatcher.core import registry
+from dispatcher.core import settings as settings_module
+from dispatcher.runtime import container
 
 from .helpers import ListHandler, unit_settings
 
@@ -31,12 +33,12 @@ def _isolated_dispatcher(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # monkeypatch puts the previous process-wide settings back after our teardown.
     monkeypatch.setattr(settings_module, "_current", settings_module._current)
     configure(unit_settings())
-    before = {t.name for t in registry.all_tasks()}
+    before = {t.spec.name for t in registry.all_tasks()}
     yield
-    runtime.reset()  # stop this test's inline executor, forget its in-memory store
+    container.reset()  # stop this test's inline executor, forget its in-memory store
     for t in registry.all_tasks():
-        if t.name not in before:
-            registry.unregister(t.name)
+        if t.spec.name not in before:
+            registry.unregister(t.spec.name)
 
 
 @pytest.fixture

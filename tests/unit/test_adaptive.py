@@ -6,24 +6,24 @@ state in Redis and the real worker are covered by tests/integration/test_adaptiv
 
 from __future__ import annotations
 
-import importlib
 import random
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import pytest
 
-from dispatcher import DispatcherSettings, Task, TaskDefinitionError, runtime, task
-from dispatcher.adaptive import MIN_SAMPLES, AdaptiveState, auto_route, next_route, p95
-from dispatcher.cli import format_table
-from dispatcher.job import Job
-from dispatcher.routing import decide_route
-from dispatcher.spec import CallOptions, RouteName, TaskSpec
+from dispatcher import DispatcherSettings, Task, TaskDefinitionError, task
+from dispatcher.core.job import Job
+from dispatcher.core.spec import CallOptions, RouteName, TaskSpec
+from dispatcher.ops.routes_table import format_table
+from dispatcher.policy.adaptive import MIN_SAMPLES, AdaptiveState, next_route, p95
+from dispatcher.policy.routing import decide_route
+from dispatcher.routes.inline.route import InlinePlan, InlineRoute
+from dispatcher.runtime.container import Runtime, current
 
 from .helpers import unit_settings
-
-task_module = importlib.import_module("dispatcher.task")  # the attribute is the decorator
 
 MAX = 1.0
 FAKE_BROKER = "redis://127.0.0.1:1/0"  # never contacted: the routes are faked below
@@ -139,7 +139,7 @@ def test_auto_task_stays_inline_without_a_broker() -> None:
     decision = decide_route(auto_spec(), CallOptions(), unit_settings(),
                             ("celery", "p95 2s > 1s"))
     assert (decision.route, decision.reason) == ("inline", "weight auto, no broker")
-    assert auto_route(auto_spec(), unit_settings()) is None
+    assert current().adaptive.auto_route(auto_spec()) is None  # the runtime: unit_settings()
 
 
 @pytest.mark.parametrize(
@@ -199,6 +199,40 @@ class FakeCeleryRoute:
         return ["celery"] * len(jobs)
 
 
+_real_inline_dispatch = InlineRoute.dispatch
+_real_plan_dispatch = InlinePlan.dispatch
+
+
+def fake_inline(monkeypatch: pytest.MonkeyPatch, waiting: int) -> list[Job]:
+    """Inline routes (this runtime's and any later one's) see a fake executor holding
+    ``waiting`` jobs; the jobs the task's general path dispatches inline are collected
+    instead of run (an inline plan's own dispatches still go the real way, into the
+    request's batch)."""
+    inline: list[Job] = []
+    executor = FakeExecutor(waiting)
+    through_plan = threading.local()
+    monkeypatch.setattr(InlineRoute, "current_executor", lambda self: executor)
+    monkeypatch.setattr(InlineRoute, "waiting", lambda self: executor.waiting())
+
+    def plan_dispatch(self: InlinePlan, payload: dict[str, Any]) -> Job | None:
+        through_plan.active = True
+        try:
+            return _real_plan_dispatch(self, payload)
+        finally:
+            through_plan.active = False
+
+    def dispatch(self: InlineRoute, job: Job, countdown: float | None,
+                 reason: str | None = None) -> None:
+        if getattr(through_plan, "active", False):
+            _real_inline_dispatch(self, job, countdown, reason)
+        else:
+            inline.append(job)
+
+    monkeypatch.setattr(InlinePlan, "dispatch", plan_dispatch)
+    monkeypatch.setattr(InlineRoute, "dispatch", dispatch)
+    return inline
+
+
 @pytest.fixture
 def full_executor(
     monkeypatch: pytest.MonkeyPatch, use_settings: Callable[..., DispatcherSettings]
@@ -209,11 +243,8 @@ def full_executor(
     def _make(waiting: int) -> tuple[FakeCeleryRoute, list[Job]]:
         use_settings(broker_url=FAKE_BROKER, inline_max_pending=5)
         celery = FakeCeleryRoute()
-        inline: list[Job] = []
-        monkeypatch.setattr(runtime, "current_inline_executor", lambda: FakeExecutor(waiting))
-        monkeypatch.setattr(runtime, "celery_route", lambda: celery)
-        monkeypatch.setattr(task_module, "dispatch_inline",
-                            lambda job, countdown, reason=None: inline.append(job))
+        inline = fake_inline(monkeypatch, waiting)
+        monkeypatch.setattr(Runtime, "celery", property(lambda self: celery))
         return celery, inline
 
     return _make
@@ -277,10 +308,7 @@ def test_pinned_jobs_never_spill_over(full_executor: Any, light: Task[[int], int
 
 def test_no_spill_over_without_a_broker(monkeypatch: pytest.MonkeyPatch,
                                         light: Task[[int], int]) -> None:
-    inline: list[Job] = []
-    monkeypatch.setattr(runtime, "current_inline_executor", lambda: FakeExecutor(10_000))
-    monkeypatch.setattr(task_module, "dispatch_inline",
-                        lambda job, countdown, reason=None: inline.append(job))
+    fake_inline(monkeypatch, 10_000)
     assert light.dispatch(1).route == "inline"
 
 
@@ -315,7 +343,7 @@ def test_routes_table_shows_the_adaptive_state() -> None:
 def test_inside_a_request_the_inline_plan_spills_over_like_the_general_path(
     full_executor: Any, light: Task[[int], int]
 ) -> None:
-    from dispatcher.context import RequestBatch, batch_var
+    from dispatcher.core.context import RequestBatch, batch_var
 
     batch = RequestBatch()
     token = batch_var.set(batch)

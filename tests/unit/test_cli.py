@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 
-from dispatcher import DispatcherSettings, RetryPolicy, registry, task
+from dispatcher import DispatcherSettings, RetryPolicy, task
 from dispatcher.cli import main
+from dispatcher.core import registry
 
 
 @pytest.fixture

@@ -13,7 +13,10 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from dispatcher import DispatcherSettings, progress, task
-from dispatcher import dashboard as dash
+from dispatcher.fastapi.dashboard import router as dashboard_router
+from dispatcher.ops import dashboard as dash
+from dispatcher.ops import dashboard_data
+from dispatcher.runtime.container import current
 from dispatcher.testing import wait_for_inline_jobs
 
 NOW = 1_700_000_005.0  # 5 s into a 10 s bucket
@@ -173,13 +176,20 @@ def test_recent_failures_newest_first_with_tracebacks() -> None:
 
 @pytest.fixture
 def fresh_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dash, "_cached", None)
-    monkeypatch.setattr(dash, "_older", (float("-inf"), []))
+    dashboard = current().dashboard
+    monkeypatch.setattr(dashboard, "_cached", None)
+    monkeypatch.setattr(dashboard, "_older", (float("-inf"), []))
+
+
+def collect() -> dict[str, Any]:
+    """The runtime's dashboard snapshot, gathered now from the runtime's sources."""
+    runtime = current()
+    return runtime.dashboard.collect(runtime.dashboard_sources())
 
 
 def _app() -> FastAPI:
     app = FastAPI()
-    app.include_router(dash.router)
+    app.include_router(dashboard_router)
     return app
 
 
@@ -201,14 +211,14 @@ def test_snapshot_from_real_inline_jobs(fresh_snapshot: None) -> None:
     try:
         with pytest.raises(TimeoutError):
             wait_for_inline_jobs(timeout=0.5)  # steps is held at 25 %
-        data = dash.collect()
+        data = collect()
         [row] = [r for r in data["running"] if r["task_id"] == running.id]
         assert (row["state"], row["progress"]["percent"]) == ("STARTED", 25.0)
         assert data["totals"]["running"] == 1
     finally:
         gate.set()
     wait_for_inline_jobs(timeout=5)
-    data = dash.collect()
+    data = collect()
     assert data["errors"] == {}
     assert data["totals"]["succeeded"] == 1 and data["totals"]["failed"] == 1
     assert sum(data["throughput"]["routes"]["inline"]["succeeded"]) == 1
@@ -260,11 +270,11 @@ def test_data_needs_the_token_when_one_is_set(
 def test_one_failing_source_does_not_blank_the_snapshot(
     fresh_snapshot: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def down() -> list[dict[str, Any]]:
+    def down(*_: Any) -> list[dict[str, Any]]:
         raise ConnectionError("redis is down")
 
-    monkeypatch.setattr(dash, "_dead_letters", down)
-    data = dash.collect()
+    monkeypatch.setattr(dashboard_data, "redacted_dead_letters", down)
+    data = collect()
     assert data["dead_letters"] == []
     assert data["errors"] == {"dead_letters": "ConnectionError: redis is down"}
     assert data["routes"] is not None

@@ -9,9 +9,9 @@ import re
 import pytest
 
 from dispatcher import RetryPolicy, Task, TaskDefinitionError, task
-from dispatcher.errors import DispatchError
-from dispatcher.registry import get_task
-from dispatcher.spec import PRIORITY_NAMES
+from dispatcher.core.errors import DispatchError
+from dispatcher.core.registry import get_task
+from dispatcher.core.spec import PRIORITY_NAMES
 
 
 @task

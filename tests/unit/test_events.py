@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from dispatcher import RetryPolicy, TaskFailed, task
-from dispatcher.context import request_id_var
-from dispatcher.events import EVENTS, JsonFormatter, TextFormatter, configure_logging
+from dispatcher.core.context import request_id_var
+from dispatcher.core.events import EVENTS
+from dispatcher.observability.logging import JsonFormatter, TextFormatter, configure_logging
 from dispatcher.testing import wait_for_inline_jobs
 
 from .helpers import ListHandler, unit_settings

@@ -9,38 +9,43 @@ from collections.abc import Iterator
 
 import pytest
 
-from dispatcher import governor
-from dispatcher.governor import HANDOFF, Governor
+from dispatcher.policy import governor
+from dispatcher.policy.governor import HANDOFF, Governor, ServerLoad
+from dispatcher.runtime.container import current
 
 
 @pytest.fixture
-def server_thread() -> Iterator[None]:
-    """Forget the watched thread before and after: tests register their own."""
-    governor._server_thread = governor._server_clock = None
-    yield
-    governor._server_thread = governor._server_clock = None
+def server_thread() -> Iterator[ServerLoad]:
+    """The runtime's server-load meter, its watched thread forgotten before and after:
+    tests register their own."""
+    load = current().load
+    load._thread = load._clock = None
+    yield load
+    load._thread = load._clock = None
 
 
-def _watch_from(target_ready: threading.Event, stop: threading.Event, burn: bool) -> None:
-    governor.watch_server_thread()
+def _watch_from(
+    load: ServerLoad, target_ready: threading.Event, stop: threading.Event, burn: bool
+) -> None:
+    load.watch_server_thread()
     target_ready.set()
     while not stop.is_set():
         if not burn:
             stop.wait(0.01)
 
 
-def _busy_reading(burn: bool, seconds: float = 2.0) -> bool:
-    """Whether server_busy() reports True at some point while a thread that burns CPU
+def _busy_reading(load: ServerLoad, burn: bool, seconds: float = 2.0) -> bool:
+    """Whether busy() reports True at some point while a thread that burns CPU
     (or sleeps) is the watched server thread."""
     ready, stop = threading.Event(), threading.Event()
-    thread = threading.Thread(target=_watch_from, args=(ready, stop, burn), daemon=True)
+    thread = threading.Thread(target=_watch_from, args=(load, ready, stop, burn), daemon=True)
     thread.start()
     ready.wait(5)
     seen = False
     deadline = time.monotonic() + seconds
     try:
         while time.monotonic() < deadline and not seen:
-            seen = governor.server_busy()
+            seen = load.busy()
             time.sleep(governor.WINDOW)
     finally:
         stop.set()
@@ -48,25 +53,25 @@ def _busy_reading(burn: bool, seconds: float = 2.0) -> bool:
     return seen
 
 
-def test_a_saturated_server_thread_reads_as_busy(server_thread: None) -> None:
-    assert _busy_reading(burn=True)
+def test_a_saturated_server_thread_reads_as_busy(server_thread: ServerLoad) -> None:
+    assert _busy_reading(server_thread, burn=True)
 
 
-def test_an_idle_server_thread_never_reads_as_busy(server_thread: None) -> None:
-    assert not _busy_reading(burn=False, seconds=0.5)
+def test_an_idle_server_thread_never_reads_as_busy(server_thread: ServerLoad) -> None:
+    assert not _busy_reading(server_thread, burn=False, seconds=0.5)
 
 
-def test_without_a_server_thread_nothing_is_held_back(server_thread: None) -> None:
-    assert governor.server_cpu_seconds() is None
-    assert not governor.server_busy()
+def test_without_a_server_thread_nothing_is_held_back(server_thread: ServerLoad) -> None:
+    assert server_thread.server_cpu_seconds() is None
+    assert not server_thread.busy()
 
 
-def test_a_finished_server_thread_is_not_busy(server_thread: None) -> None:
-    thread = threading.Thread(target=governor.watch_server_thread)
+def test_a_finished_server_thread_is_not_busy(server_thread: ServerLoad) -> None:
+    thread = threading.Thread(target=server_thread.watch_server_thread)
     thread.start()
     thread.join()
     time.sleep(governor.WINDOW * 2)
-    assert not governor.server_busy()
+    assert not server_thread.busy()
 
 
 def test_while_busy_the_next_start_waits_for_the_share() -> None:

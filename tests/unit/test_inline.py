@@ -18,10 +18,10 @@ from dispatcher import (
     TaskFailed,
     TaskHandle,
     TaskTimeout,
-    runtime,
     task,
 )
-from dispatcher.status import MemoryStatusStore
+from dispatcher.runtime.container import current
+from dispatcher.store.memory import MemoryRecordStore
 from dispatcher.testing import capture_dispatches, wait_for_inline_jobs
 
 
@@ -61,7 +61,7 @@ def release() -> Iterator[threading.Event]:
 
 
 def test_without_a_broker_records_live_in_memory() -> None:
-    assert isinstance(runtime.status_store(), MemoryStatusStore)
+    assert isinstance(current().records, MemoryRecordStore)
 
 
 def test_sync_task_succeeds(counter: Counter) -> None:
@@ -80,7 +80,7 @@ def test_sync_task_succeeds(counter: Counter) -> None:
     assert handle.state() == "SUCCESS"
     record = handle.record()
     assert record is not None
-    assert (record["status"], record["result"], record["attempt"]) == ("SUCCESS", 5, 1)
+    assert (record["state"], record["result"], record["attempt"]) == ("SUCCESS", 5, 1)
     assert record["date_done"] is not None
     assert record["duration_ms"] >= 0
     assert counter.calls == 1
@@ -146,7 +146,7 @@ def test_failing_task_raises_task_failed_with_its_error_type() -> None:
     assert info.value.task_id == handle.id
     record = handle.record()
     assert record is not None
-    assert record["status"] == "FAILURE"
+    assert record["state"] == "FAILURE"
     assert record["error"]["type"] == "KeyError"
     assert "KeyError" in record["traceback"]
     assert record["reason"] == "attempts_exhausted"
@@ -215,7 +215,7 @@ def test_sync_timeout_fails_with_task_timeout(release: threading.Event) -> None:
     assert "timeout of 0.2s" in info.value.error_message
     record = handle.record()
     assert record is not None
-    assert record["status"] == "FAILURE"
+    assert record["state"] == "FAILURE"
     assert record["error"]["type"] == TaskTimeout.__name__
 
 
@@ -323,7 +323,7 @@ def test_while_the_server_is_saturated_jobs_wait_for_their_max_hold(
     server never eased; with the server idle, the next one starts at once."""
     use_settings(inline_max_hold=0.3, inline_busy_share=0.5)
     busy = [True]
-    runtime.inline_executor().governor._busy = lambda: busy[0]
+    current().inline.executor.governor._busy = lambda: busy[0]
 
     @task(name="unit.inline.held")
     def held() -> float:
@@ -366,7 +366,7 @@ def test_celery_route_without_a_broker_is_refused_and_nothing_is_kept() -> None:
     with capture_dispatches() as captured, pytest.raises(BrokerUnavailable, match="no broker"):
         heavy.dispatch()
     assert captured == []
-    assert runtime.inline_executor().outstanding() == 0
+    assert current().inline.executor.outstanding() == 0
 
 
 def test_sync_timeout_is_not_charged_to_the_next_job(
@@ -409,7 +409,7 @@ def test_a_dispatch_in_a_request_files_counts_and_logs_like_one_outside(
 ) -> None:
     from prometheus_client import REGISTRY
 
-    from dispatcher.context import RequestBatch, batch_var, request_id_var
+    from dispatcher.core.context import RequestBatch, batch_var, request_id_var
 
     use_settings()
 
@@ -442,8 +442,8 @@ def test_a_dispatch_in_a_request_files_counts_and_logs_like_one_outside(
     assert (job.id, job.request_id, job.payload) == (inside.id, "req-1", {"n": 2})
     assert fields(inside) == fields(outside)
     assert dispatched() == before + 2
-    record = runtime.status_store().load(inside.id)
+    record = current().records.load(inside.id)
     assert record is not None and record["status"] == "PENDING"
     assert record["request_id"] == "req-1"
-    runtime.inline_executor().submit([job])
+    current().inline.executor.submit([job])
     assert inside.get(timeout=5) == 2 and outside.get(timeout=5) == 1

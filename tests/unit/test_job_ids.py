@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 
-from dispatcher.job import new_job_id, new_request_id
+from dispatcher.core.job import new_job_id, new_request_id
 
 
 def test_ids_are_version_4_uuids_and_unique_across_refills() -> None:

@@ -18,9 +18,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY, generate_latest
 
-from dispatcher import DispatcherSettings, RetryPolicy, metrics, runtime, task
-from dispatcher.embedded import free_port
-from dispatcher.job import Job
+from dispatcher import DispatcherSettings, RetryPolicy, task
+from dispatcher.core.job import Job
+from dispatcher.fastapi import metrics_router
+from dispatcher.observability import metrics
+from dispatcher.routes.celery import worker_metrics
+from dispatcher.runtime import container
+from dispatcher.runtime.container import current
+from dispatcher.store.embedded import free_port
 from dispatcher.testing import wait_for_inline_jobs
 
 from .helpers import ListHandler
@@ -175,9 +180,9 @@ def test_route_decisions_are_counted_by_task_route_and_reason() -> None:
 def test_scrape_reads_the_inline_executor_without_creating_one(
     use_settings: Callable[..., DispatcherSettings],
 ) -> None:
-    runtime.reset()
+    container.reset()
     generate_latest(REGISTRY)
-    assert runtime.current_inline_executor() is None
+    assert current().inline.current_executor() is None
     assert value("dispatch_inline_busy") == 0
     assert REGISTRY.get_sample_value("dispatch_broker_up") is None  # no broker configured
 
@@ -191,7 +196,7 @@ def test_scrape_reads_the_inline_executor_without_creating_one(
     for _ in range(3):
         blocking.dispatch()
     try:
-        executor = runtime.inline_executor()
+        executor = current().inline.executor
         for _ in range(1000):
             if executor.running() == 1:
                 break
@@ -212,7 +217,7 @@ def test_scrape_skips_queue_depths_when_redis_is_down(
     text = generate_latest(REGISTRY).decode()
     assert "dispatch_broker_up 0.0" in text
     assert "dispatch_queue_depth{" not in text
-    assert runtime._celery is None  # a scrape builds no Celery route, starts no monitor
+    assert current()._celery is None  # a scrape builds no Celery route, starts no monitor
 
 
 def test_api_router_serves_the_exposition() -> None:
@@ -223,7 +228,7 @@ def test_api_router_serves_the_exposition() -> None:
     api_task.dispatch()
     wait_for_inline_jobs(timeout=10)
     app = FastAPI()
-    app.include_router(metrics.router)
+    app.include_router(metrics_router)
     with TestClient(app) as client:
         response = client.get("/metrics")
         openmetrics = client.get(
@@ -239,9 +244,9 @@ def test_api_router_serves_the_exposition() -> None:
 
 @pytest.fixture
 def no_worker_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setattr(metrics, "_server", None)
+    monkeypatch.setattr(worker_metrics, "_server", None)
     yield
-    server = metrics._server
+    server = worker_metrics._server
     if server is not None:
         server.shutdown()
         server.server_close()
@@ -257,7 +262,7 @@ def test_worker_server_on_a_port_in_use_logs_an_error_and_carries_on(
         port = taken.getsockname()[1]
         settings = use_settings(metrics_port=port)
         with caplog.at_level(logging.ERROR, logger="dispatcher.metrics"):
-            assert metrics.start_worker_server(settings) is None
+            assert worker_metrics.start_worker_server(settings) is None
     assert f"cannot listen on 127.0.0.1:{port}" in caplog.text
 
 
@@ -265,7 +270,7 @@ def test_worker_server_serves_metrics(
     no_worker_server: None, use_settings: Callable[..., DispatcherSettings],
 ) -> None:
     settings = use_settings(metrics_port=free_port())
-    server = metrics.start_worker_server(settings)
+    server = worker_metrics.start_worker_server(settings)
     assert server is not None
     url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
     with urllib.request.urlopen(url, timeout=10) as response:
@@ -277,13 +282,15 @@ def test_worker_server_serves_metrics(
 def test_worker_server_is_off_with_port_zero(
     no_worker_server: None, use_settings: Callable[..., DispatcherSettings],
 ) -> None:
-    assert metrics.start_worker_server(use_settings(metrics_port=0)) is None
+    assert worker_metrics.start_worker_server(use_settings(metrics_port=0)) is None
 
 
 MULTIPROCESS_SCRIPT = textwrap.dedent("""
     import os, sys
-    from dispatcher import metrics, task
-    from dispatcher.job import Job
+    from dispatcher import task
+    from dispatcher.core.job import Job
+    from dispatcher.observability import metrics
+    from dispatcher.routes.celery import worker_metrics
     from prometheus_client import generate_latest
 
     assert metrics.multiprocess_mode()
@@ -301,7 +308,7 @@ MULTIPROCESS_SCRIPT = textwrap.dedent("""
         pid = os.fork()
         if pid == 0:
             work(n)
-            metrics._pool_process_ended(pid=os.getpid())
+            worker_metrics._pool_process_ended(pid=os.getpid())
             os._exit(0)
         children.append(pid)
     for pid in children:
@@ -344,7 +351,7 @@ def test_supervisor_gives_each_worker_a_fresh_metrics_directory(
 ) -> None:
     import signal
 
-    import worker.__main__ as entry
+    from dispatcher.routes.celery import supervisor as entry
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     seen = tmp_path / "seen"

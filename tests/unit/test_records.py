@@ -15,12 +15,19 @@ from pydantic import SecretStr
 
 from dispatcher import RetryPolicy, TaskFailed, progress, task
 from dispatcher.fastapi import install
-from dispatcher.jobs import InvalidCursor, get_job, list_jobs
-from dispatcher.ops import router
+from dispatcher.fastapi import jobs_router as router
+from dispatcher.ops.jobs import InvalidCursor, JobPage, get_job
+from dispatcher.ops.jobs import list_jobs as list_store_jobs
+from dispatcher.runtime.container import current
+
+
+def list_jobs(**options: Any) -> JobPage:
+    """A listing of the runtime's record store."""
+    return list_store_jobs(current().records, **options)
 
 
 def _job(handle_id: str) -> dict[str, Any]:
-    view = get_job(handle_id)
+    view = get_job(current().records, handle_id)
     assert view is not None
     return view
 
@@ -271,8 +278,8 @@ def test_event_stream_follows_state_and_progress_until_the_end(client: TestClien
 def test_a_pending_record_from_its_template_equals_the_built_one(
     request_id: str | None, queue: str | None, attempt: int
 ) -> None:
-    from dispatcher.job import Job, new_job_id
-    from dispatcher.status import make_record, pending_json
+    from dispatcher.core.job import Job, new_job_id
+    from dispatcher.core.record import make_record, pending_json
 
     @task(name="unit.records.template", retry=RetryPolicy(max_attempts=4))
     def templated(n: int) -> None: ...
@@ -284,8 +291,8 @@ def test_a_pending_record_from_its_template_equals_the_built_one(
 
 
 def test_a_pending_record_is_right_even_when_a_name_holds_a_template_stand_in() -> None:
-    from dispatcher.job import Job, new_job_id
-    from dispatcher.status import make_record, pending_json
+    from dispatcher.core.job import Job, new_job_id
+    from dispatcher.core.record import make_record, pending_json
 
     @task(name='unit.records."@@task-id@@"')
     def awkward(n: int) -> None: ...

@@ -13,12 +13,15 @@ from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
 from dispatcher import ConfigurationError, RetryPolicy, configure, task
-from dispatcher.checks import check_configuration, problems
-from dispatcher.deadletter import REDACTED, make_entry, redacted
+from dispatcher.core.job import Job
+from dispatcher.core.record import make_dead_letter
+from dispatcher.core.redaction import REDACTED
 from dispatcher.fastapi import install, require_api_token
-from dispatcher.job import Job
-from dispatcher.spool import Spool, SpooledJob
-from dispatcher.wire import queue_key, task_message
+from dispatcher.ops.checks import check_configuration, problems
+from dispatcher.ops.dashboard_data import redacted_dead_letters
+from dispatcher.routes.celery.protocol import queue_key, task_message
+from dispatcher.routes.celery.spool import Spool, SpooledJob
+from dispatcher.store.memory import MemoryDeadLetters
 
 from .helpers import unit_settings
 
@@ -104,8 +107,10 @@ def test_secret_arguments_travel_but_are_redacted_in_listings() -> None:
     assert "hunter2" not in repr(values)
     job = Job(id="j", spec=login.spec, route="inline", queue=None, priority=5,
               payload=payload)
-    entry = make_entry(job, {"type": "X", "message": "m"}, "attempts_exhausted", "")
-    shown = redacted(entry, login.validator.secret_names)
+    entry = make_dead_letter(job, {"type": "X", "message": "m"}, "attempts_exhausted", "")
+    store = MemoryDeadLetters()
+    store.add(entry)
+    [shown] = redacted_dead_letters(store, 10)
     assert shown["arguments"] == {"user": "ann", "password": REDACTED}
     assert "hunter2" not in json.dumps(shown)
 

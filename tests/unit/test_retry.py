@@ -8,7 +8,7 @@ import random
 import pytest
 
 from dispatcher import RetryPolicy, TaskTimeout
-from dispatcher.retry import RetryDecision
+from dispatcher.core.retry import RetryDecision
 
 
 @pytest.mark.parametrize(

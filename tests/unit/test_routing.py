@@ -14,9 +14,9 @@ import pytest
 from pydantic import ValidationError
 
 from dispatcher import DispatcherSettings, task
-from dispatcher.routing import RouteDecision, decide_route, rule_matches
-from dispatcher.settings import RouteRule
-from dispatcher.spec import CallOptions, TaskSpec
+from dispatcher.core.settings import RouteRule
+from dispatcher.core.spec import CallOptions, TaskSpec
+from dispatcher.policy.routing import Cause, RouteDecision, decide_route, rule_matches
 
 from .helpers import unit_settings
 
@@ -74,7 +74,7 @@ def test_decorator_pin_beats_weight() -> None:
 
 def test_rule_beats_decorator_pin() -> None:
     decision = decide_route(spec(route="inline"), CallOptions(), settings(routes=[CELERY_RULE]))
-    assert decision == RouteDecision("celery", "rule-q", 5, "rule 'app.*'")
+    assert decision == RouteDecision("celery", "rule-q", 5, Cause.RULE, "rule 'app.*'")
     decision = decide_route(
         spec(route="celery", weight=10), CallOptions(), settings(routes=[INLINE_RULE])
     )
@@ -174,7 +174,7 @@ def test_rule_matches_helper() -> None:
 def test_force_route_beats_rules_pin_and_weight() -> None:
     forced_inline = settings(force_route="inline", routes=[CELERY_RULE])
     decision = decide_route(spec(weight=10, route="celery"), CallOptions(), forced_inline)
-    assert decision == RouteDecision("inline", None, 5, "DISPATCH_FORCE_ROUTE")
+    assert decision == RouteDecision("inline", None, 5, Cause.FORCED, "DISPATCH_FORCE_ROUTE")
     forced_celery = settings(force_route="celery", routes=[INLINE_RULE])
     decision = decide_route(spec(weight=1, route="inline"), CallOptions(), forced_celery)
     assert (decision.route, decision.reason) == ("celery", "DISPATCH_FORCE_ROUTE")
@@ -188,7 +188,7 @@ def test_call_option_beats_everything() -> None:
     decision = decide_route(
         spec(weight=10, route="celery"), CallOptions(route="inline"), everything_celery
     )
-    assert decision == RouteDecision("inline", None, 5, "call option")
+    assert decision == RouteDecision("inline", None, 5, Cause.CALL_OPTION, "call option")
     everything_inline = settings(force_route="inline", routes=[INLINE_RULE])
     decision = decide_route(
         spec(weight=1, route="inline"), CallOptions(route="celery"), everything_inline

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dispatcher import ConfigurationError, DispatcherSettings, configure, get_settings, runtime
-from dispatcher.settings import RouteRule, redact_url
-from dispatcher.status import MemoryStatusStore
+from dispatcher import ConfigurationError, DispatcherSettings, configure, get_settings
+from dispatcher.core.settings import RouteRule, redact_url
+from dispatcher.runtime.container import current
+from dispatcher.store.memory import MemoryRecordStore
 
 from .helpers import unit_settings
 
@@ -182,7 +183,7 @@ def test_unprefixed_broker_url_variable_is_ignored(monkeypatch: pytest.MonkeyPat
 
 
 def test_get_settings_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    import dispatcher.settings as settings_module
+    import dispatcher.core.settings as settings_module
 
     monkeypatch.setattr(settings_module, "_current", None)
     monkeypatch.setenv("DISPATCH_DEFAULT_QUEUE", "first")
@@ -195,7 +196,7 @@ def test_get_settings_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch
 def test_get_settings_names_the_bad_variable(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import dispatcher.settings as settings_module
+    import dispatcher.core.settings as settings_module
 
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.setattr(settings_module, "_current", None)
@@ -205,12 +206,12 @@ def test_get_settings_names_the_bad_variable(
 
 
 def test_configure_replaces_settings_and_resets_services() -> None:
-    store = runtime.status_store()
-    assert isinstance(store, MemoryStatusStore)
+    store = current().records
+    assert isinstance(store, MemoryRecordStore)
     new = configure(unit_settings(inline_max_weight=8))
     assert get_settings() is new
     assert get_settings().inline_max_weight == 8
-    assert runtime.status_store() is not store
+    assert current().records is not store
 
 
 def test_configure_overrides_are_validated() -> None:

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 from pydantic import SecretStr, ValidationError
 
-from dispatcher import TaskDefinitionError, TaskValidationError, runtime, task
-from dispatcher.errors import DispatchError
+from dispatcher import TaskDefinitionError, TaskValidationError, task
+from dispatcher.core.errors import DispatchError
+from dispatcher.core.validation import ArgumentValidator
+from dispatcher.runtime.container import current
 from dispatcher.testing import capture_dispatches, wait_for_inline_jobs
-from dispatcher.validation import ArgumentValidator
 
 
 class Calls:
@@ -38,7 +39,7 @@ def calls() -> Calls:
 def assert_nothing_scheduled(captured: list[Any], calls: Calls) -> None:
     assert captured == []
     wait_for_inline_jobs(timeout=5)
-    assert runtime.inline_executor().outstanding() == 0
+    assert current().inline.executor.outstanding() == 0
     assert calls.count == 0
 
 
@@ -169,7 +170,7 @@ def test_nothing_is_recorded_for_a_refused_dispatch(monkeypatch: pytest.MonkeyPa
     def f(blob: Any) -> None: ...
 
     saved: list[dict[str, Any]] = []
-    store = runtime.status_store()
+    store = current().records
     original_save = store.save
     monkeypatch.setattr(store, "save", lambda record, **kw: (saved.append(record),
                                                               original_save(record, **kw)))
