@@ -86,7 +86,15 @@ def main(argv: list[str] | None = None) -> int:
         while not stopping and all(child.poll() is None for child in children):
             time.sleep(0.2)
         failed = [c for c in children if c.poll() not in (None, 0)]
-        return 1 if failed and not stopping else 0
+        if failed and not stopping:
+            if children[1] in failed:
+                print(f"run: the API exited with {children[1].returncode} (see above); if "
+                      f"port {args.port} is taken, use --port or API_PORT", flush=True)
+            if children[0] in failed:
+                print(f"run: the worker exited with {children[0].returncode} (see above)",
+                      flush=True)
+            return 1
+        return 0
     finally:
         for child in reversed(children):
             _stop(child)
