@@ -79,64 +79,65 @@ class _Series:
         self.queue_wait = QUEUE_WAIT.labels(task, route)
 
 
-_series: dict[tuple[str, str], _Series] = {}
-_decisions: dict[tuple[str, str, str], Any] = {}
-_failures_logged = False
+class EventMetrics:
+    """Counts the events of one process (``dispatcher.runtime`` owns it and makes it a
+    listener of ``core.events``): the labelled children it has made, and whether a
+    failure was logged already. The counters themselves live in prometheus-client's
+    registry, as prometheus-client requires."""
 
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._decisions: dict[tuple[str, str, str], Any] = {}
+        self._failures_logged = False
 
-def _observe_failed(error: Exception) -> None:
-    global _failures_logged
-    if not _failures_logged:  # once: a broken metric must not flood the job logs
-        _failures_logged = True
-        log.warning("metrics not recorded: %s: %s", type(error).__name__, error)
+    def _observe_failed(self, error: Exception) -> None:
+        if not self._failures_logged:  # once: a broken metric must not flood the job logs
+            self._failures_logged = True
+            log.warning("metrics not recorded: %s: %s", type(error).__name__, error)
 
+    def observe_event(
+        self, event: str, job: Job, duration_ms: float | None, fields: Mapping[str, Any]
+    ) -> None:
+        """Count one ``events.emit`` event; called for every event, whatever the log
+        level. Never raises: metrics must not break a job."""
+        try:
+            key = (job.spec.name, job.route)
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series(*key)
+            if event == "task.dispatched":  # the most frequent event: asked first
+                if job.attempt == 1:  # a Celery retry is published again: counted as retried
+                    series.dispatched.inc()
+                return
+            if event == "task.started":
+                wait = fields.get("queue_wait_ms")
+                if wait is not None:
+                    series.queue_wait.observe(max(0.0, wait / 1000))
+                return
+            if event == "task.succeeded":
+                series.succeeded.inc()
+            elif event == "task.failed":
+                series.failed.inc()
+            elif event == "task.retrying":
+                series.retried.inc()
+            else:
+                return
+            if duration_ms is not None:  # None: failed without running (rejected, shutdown)
+                series.duration.observe(duration_ms / 1000)
+        except Exception as exc:
+            self._observe_failed(exc)
 
-def observe_event(
-    event: str, job: Job, duration_ms: float | None, fields: Mapping[str, Any]
-) -> None:
-    """Count one ``events.emit`` event; called for every event, whatever the log level.
-
-    Never raises: metrics must not break a job.
-    """
-    try:
-        key = (job.spec.name, job.route)
-        series = _series.get(key)
-        if series is None:
-            series = _series[key] = _Series(*key)
-        if event == "task.dispatched":  # the most frequent event: asked first
-            if job.attempt == 1:  # a Celery retry is published again; it counts as retried
-                series.dispatched.inc()
-            return
-        if event == "task.started":
-            wait = fields.get("queue_wait_ms")
-            if wait is not None:
-                series.queue_wait.observe(max(0.0, wait / 1000))
-            return
-        if event == "task.succeeded":
-            series.succeeded.inc()
-        elif event == "task.failed":
-            series.failed.inc()
-        elif event == "task.retrying":
-            series.retried.inc()
-        else:
-            return
-        if duration_ms is not None:  # None: failed without running (rejected, shutdown)
-            series.duration.observe(duration_ms / 1000)
-    except Exception as exc:
-        _observe_failed(exc)
-
-
-def count_route_decision(task_name: str, route: str, reason: str) -> None:
-    """Count a route chosen by policy at dispatch time. ``reason`` must be one of a few
-    short words (``"adaptive"``, ``"spill_over"``): every value is a time series."""
-    try:
-        key = (task_name, route, reason)
-        child = _decisions.get(key)
-        if child is None:
-            child = _decisions[key] = ROUTE_DECISIONS.labels(*key)
-        child.inc()
-    except Exception as exc:
-        _observe_failed(exc)
+    def count_route_decision(self, task_name: str, route: str, reason: str) -> None:
+        """Count a route chosen by policy at dispatch time. ``reason`` must be one of a
+        few short words (``"adaptive"``, ``"spill_over"``): every value is a time series."""
+        try:
+            key = (task_name, route, reason)
+            child = self._decisions.get(key)
+            if child is None:
+                child = self._decisions[key] = ROUTE_DECISIONS.labels(*key)
+            child.inc()
+        except Exception as exc:
+            self._observe_failed(exc)
 
 
 # -- gauges read at scrape time ------------------------------------------------------

@@ -22,7 +22,7 @@ from ..core.execution import Execution
 from ..core.ports import DeadLetterStore, IdempotencyStore, RecordStore
 from ..core.settings import DispatcherSettings, build_settings, get_settings, replace_settings
 from ..observability.logging import configure_logging
-from ..observability.metrics import COLLECTOR, GaugeReadings, observe_event
+from ..observability.metrics import COLLECTOR, EventMetrics, GaugeReadings
 from ..ops.dashboard_data import Dashboard, Sources
 from ..ops.routes_table import route_table
 from ..policy.governor import ServerLoad
@@ -46,6 +46,7 @@ class Runtime:
     def __init__(self, settings: DispatcherSettings) -> None:
         self.settings = settings
         self.load = ServerLoad()
+        self.metrics = EventMetrics()
         self.health = RecordsHealth(settings, lambda: self._celery)
         self.queue_depths = QueueDepths(settings)
         self.dashboard = Dashboard()
@@ -165,7 +166,7 @@ class Runtime:
         with self._lock:
             if self._adaptive is None:
                 client = self.redis if self.settings.broker_url is not None else None
-                self._adaptive = AdaptiveRouter(self.settings, client, self.health)
+                self._adaptive = AdaptiveRouter(self.settings, client, self.health, self.metrics)
             return self._adaptive
 
     # -- observability -------------------------------------------------------------------
@@ -243,9 +244,9 @@ def _make() -> Runtime:
     with _lock:
         if _current is None:
             settings = get_settings()
-            events.set_listeners(observe_event)
             _log_to_stderr_if_unconfigured(settings)
             _current = Runtime(settings)
+            events.set_listeners(_current.metrics.observe_event)
         return _current
 
 

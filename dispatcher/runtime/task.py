@@ -20,7 +20,6 @@ from ..core.retry import RetryPolicy
 from ..core.settings import DispatcherSettings, get_settings
 from ..core.spec import CallOptions, OutageMode, PriorityName, RouteName, TaskSpec
 from ..core.validation import ArgumentValidator
-from ..observability.metrics import count_route_decision
 from ..policy.routing import Cause, RouteDecision, decide_route, spill_room, spilled
 from ..routes.inline.route import InlinePlan
 from .container import current
@@ -175,7 +174,7 @@ class Task(Generic[P, R]):
         for job, route in zip(jobs, routes, strict=True):
             job.route = route
             if spill:
-                count_route_decision(self.spec.name, "celery", "spill_over")
+                current().metrics.count_route_decision(self.spec.name, "celery", "spill_over")
             handles.append(self._handle(job))
         return handles
 
@@ -236,7 +235,7 @@ class Task(Generic[P, R]):
                 runtime.idempotency.release(self.spec.name, key, job_id)
             raise
         if spill:
-            count_route_decision(self.spec.name, "celery", "spill_over")
+            runtime.metrics.count_route_decision(self.spec.name, "celery", "spill_over")
         return self._handle(job)
 
 

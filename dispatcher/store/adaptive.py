@@ -35,7 +35,7 @@ import redis
 from ..core.ports import Health
 from ..core.settings import DispatcherSettings
 from ..core.spec import RouteName, TaskSpec
-from ..observability.metrics import count_route_decision
+from ..observability.metrics import EventMetrics
 from ..policy.adaptive import AdaptiveState, next_route, p95
 from . import keys
 from .link import as_text
@@ -83,8 +83,9 @@ class AdaptiveRouter:
     and the background thread that pushes the one and refreshes the other."""
 
     def __init__(self, settings: DispatcherSettings, client: redis.Redis | None,
-                 health: Health) -> None:
+                 health: Health, metrics: EventMetrics | None = None) -> None:
         self.settings = settings
+        self._metrics = metrics if metrics is not None else EventMetrics()
         self._client = client
         self._health = health
         self._lock = threading.Lock()
@@ -199,7 +200,7 @@ class AdaptiveRouter:
         if not won:  # another process moved it first: read what it decided
             values = _floats(client.lrange(samples_key(name), 0, self.settings.adaptive_window - 1))
             return _parse_state(client.hgetall(state_key(name)), values)
-        announce(name, state.route, route, reason, state)
+        announce(name, state.route, route, reason, state, self._metrics)
         return AdaptiveState(route, reason, now, state.p95, state.samples)
 
     def read(self, names: Sequence[str]) -> dict[str, AdaptiveState]:
@@ -245,9 +246,9 @@ class AdaptiveRouter:
 
 
 def announce(name: str, previous: RouteName, route: RouteName, reason: str,
-             state: AdaptiveState) -> None:
+             state: AdaptiveState, metrics: EventMetrics) -> None:
     """Log and count one route change (done once, by the process that made it)."""
-    count_route_decision(name, route, "adaptive")
+    metrics.count_route_decision(name, route, "adaptive")
     fields = {
         "event": "task.route_changed",
         "task_name": name,

@@ -122,10 +122,10 @@ def test_queue_wait_is_observed_when_the_started_event_carries_it() -> None:
     count = value("dispatch_job_queue_wait_seconds_count", **labels)
     total = value("dispatch_job_queue_wait_seconds_sum", **labels)
 
-    metrics.observe_event("task.started", job, None, {})  # no field: nothing observed
+    current().metrics.observe_event("task.started", job, None, {})  # no field: nothing observed
     assert value("dispatch_job_queue_wait_seconds_count", **labels) == count
 
-    metrics.observe_event("task.started", job, None, {"queue_wait_ms": 250.0})
+    current().metrics.observe_event("task.started", job, None, {"queue_wait_ms": 250.0})
     assert value("dispatch_job_queue_wait_seconds_count", **labels) == count + 1
     assert value("dispatch_job_queue_wait_seconds_sum", **labels) == pytest.approx(total + 0.25)
     le_half = value("dispatch_job_queue_wait_seconds_bucket", le="0.5", **labels)
@@ -163,17 +163,17 @@ class _capture_events:
 
 
 def test_observe_event_never_raises_into_the_caller() -> None:
-    metrics.observe_event("task.succeeded", None, 1.0, {})  # type: ignore[arg-type]
+    current().metrics.observe_event("task.succeeded", None, 1.0, {})  # type: ignore[arg-type]
     job = _job("metrics_unit.bad_wait")
-    metrics.observe_event("task.started", job, None, {"queue_wait_ms": "soon"})
+    current().metrics.observe_event("task.started", job, None, {"queue_wait_ms": "soon"})
 
 
 def test_route_decisions_are_counted_by_task_route_and_reason() -> None:
     labels = {"task": "metrics_unit.auto", "route": "celery", "reason": "spill_over"}
     before = value("dispatch_route_decisions_total", **labels)
-    metrics.count_route_decision("metrics_unit.auto", "celery", "spill_over")
-    metrics.count_route_decision("metrics_unit.auto", "celery", "spill_over")
-    metrics.count_route_decision("metrics_unit.auto", "celery", "adaptive")
+    current().metrics.count_route_decision("metrics_unit.auto", "celery", "spill_over")
+    current().metrics.count_route_decision("metrics_unit.auto", "celery", "spill_over")
+    current().metrics.count_route_decision("metrics_unit.auto", "celery", "adaptive")
     assert value("dispatch_route_decisions_total", **labels) == before + 2
 
 
@@ -291,6 +291,7 @@ MULTIPROCESS_SCRIPT = textwrap.dedent("""
     from dispatcher.core.job import Job
     from dispatcher.observability import metrics
     from dispatcher.routes.celery import worker_metrics
+    from dispatcher.runtime.container import current
     from prometheus_client import generate_latest
 
     assert metrics.multiprocess_mode()
@@ -301,7 +302,7 @@ MULTIPROCESS_SCRIPT = textwrap.dedent("""
     def work(n):
         item = Job(id="x", spec=job.spec, route="celery", queue="q", priority=5, payload={})
         for _ in range(n):
-            metrics.observe_event("task.succeeded", item, 5.0, {})
+            current().metrics.observe_event("task.succeeded", item, 5.0, {})
 
     children = []
     for n in (3, 4):  # two forked processes, like a prefork pool
