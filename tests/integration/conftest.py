@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher import DispatcherSettings, configure
-from dispatcher.embedded import EmbeddedRedis, free_port
+from dispatcher.store.embedded import EmbeddedRedis, free_port
 from tests.support import ROOT, Process, poll_state, wait_http
 
 __all__ = ["ROOT", "Process", "poll_state", "wait_http"]

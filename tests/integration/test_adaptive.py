@@ -18,8 +18,10 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from dispatcher import TaskHandle, adaptive, configure, get_settings
-from dispatcher.cli import route_table
+from dispatcher import TaskHandle, configure, get_settings
+from dispatcher.policy.adaptive import MIN_SAMPLES
+from dispatcher.runtime.container import current
+from dispatcher.store import adaptive
 
 from . import sample_tasks as samples
 
@@ -83,7 +85,7 @@ def test_auto_task_moves_to_celery_when_slow_and_back_once_fast(
             assert time.monotonic() < deadline, f"never moved to {until}: {routes}"
             streak = streak + 1 if run(seconds) == until else 0
 
-    for _ in range(adaptive.MIN_SAMPLES + 3):  # fast from the start: stays inline
+    for _ in range(MIN_SAMPLES + 3):  # fast from the start: stays inline
         run(0.0)
     assert set(routes) == {"inline"}
     drive(SLOW, "celery", time.monotonic() + 60)
@@ -102,11 +104,11 @@ def test_auto_task_moves_to_celery_when_slow_and_back_once_fast(
     assert decisions(AUTO, "celery", "adaptive") == to_celery + 1
     assert decisions(AUTO, "inline", "adaptive") == to_inline + 1
 
-    row = next(r for r in route_table() if r["task"] == AUTO)
+    row = next(r for r in current().route_table() if r["task"] == AUTO)
     assert row["weight"] == "auto"
     assert row["route"] == "inline"
     assert row["adaptive"]["route"] == "inline"
-    assert row["adaptive"]["samples"] >= adaptive.MIN_SAMPLES
+    assert row["adaptive"]["samples"] >= MIN_SAMPLES
     assert row["adaptive"]["since"] is not None
     assert row["reason"].startswith("weight auto: p95")
 

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 import tests.integration.sample_tasks as samples
-from dispatcher.embedded import free_port
+from dispatcher.store.embedded import free_port
 from tests.support import ROOT, Process, wait_http
 
 # Tools started here must not start (or fight over) the worker's metrics endpoint.

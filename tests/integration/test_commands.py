@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from dispatcher.embedded import free_port
+from dispatcher.store.embedded import free_port
 
 from .conftest import ROOT, Process, poll_state, wait_http
 
@@ -135,7 +135,7 @@ def test_python_m_worker_restarts_a_crashed_celery_worker(
 def test_supervisor_ends_a_worker_that_hangs_after_an_unrecoverable_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import worker.__main__ as entry
+    import dispatcher.routes.celery.supervisor as entry
 
     monkeypatch.setattr(entry, "SHUTDOWN_WATCHDOG", 0.5)
     runs = tmp_path / "runs"

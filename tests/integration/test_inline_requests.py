@@ -154,7 +154,7 @@ def test_jobs_of_a_failed_request_are_recorded_not_silently_dropped(app: FastAPI
     assert [kind for kind, _ in events if kind == "job"] == []
     record = handles[0].record()
     assert record is not None
-    assert (record["status"], record["reason"]) == ("FAILURE", "request_failed")
+    assert (record["state"], record["reason"]) == ("FAILURE", "request_failed")
 
 
 def test_hold_request_setting_keeps_tutorial_style_tests_passing(broker: str) -> None:
@@ -202,7 +202,7 @@ def test_without_a_broker_unfinished_jobs_are_recorded_as_failed() -> None:
         job_id = client.post("/slow", params={"seconds": 1.0}).json()["id"]
     record = TaskHandle(job_id, "", "inline").record()
     assert record is not None
-    assert (record["status"], record["reason"]) == ("FAILURE", "shutdown")
+    assert (record["state"], record["reason"]) == ("FAILURE", "shutdown")
     wait_for_inline_jobs(timeout=5)
 
 
@@ -220,6 +220,6 @@ def test_jobs_pinned_inline_are_not_handed_over(broker: str) -> None:
         job_id = client.post("/pinned").json()["id"]
     record = TaskHandle(job_id, "samples.slow_inline", "inline").record()
     assert record is not None
-    assert (record["status"], record["route"], record["reason"]) == (
+    assert (record["state"], record["route"], record["reason"]) == (
         "FAILURE", "inline", "shutdown")
     wait_for_inline_jobs(timeout=5)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from importlib import resources
 
 import pytest
 import redis
 from redis.connection import Connection
 
-from dispatcher.embedded import EmbeddedRedis
-from dispatcher.link import LUA_HELPERS, Link, join_fields, pack_commands
+from dispatcher.store.embedded import EmbeddedRedis
+from dispatcher.store.link import Link, join_fields, pack_commands
+
+#: What the batch scripts start with (``dispatcher/store/lua/helpers.lua``).
+LUA_HELPERS = resources.files("dispatcher.store").joinpath("lua", "helpers.lua").read_text()
 
 
 @pytest.fixture

@@ -13,9 +13,12 @@ from typing import Any
 import pytest
 import redis
 
-from dispatcher import DispatcherSettings, celery_route, configure, runtime, task
-from dispatcher.embedded import EmbeddedRedis, free_port
-from dispatcher.wire import Publisher, queue_key
+from dispatcher import DispatcherSettings, configure, task
+from dispatcher.routes.celery import route as celery_route
+from dispatcher.routes.celery.protocol import queue_key
+from dispatcher.routes.celery.publisher import Publisher
+from dispatcher.runtime.container import current
+from dispatcher.store.embedded import EmbeddedRedis, free_port
 
 
 @task(name="it.stream.job", weight=9, queue="stream")
@@ -105,7 +108,7 @@ def test_broker_stalling_mid_dispatch_many_spools_the_rest_exactly_once(
     configure(DispatcherSettings(  # type: ignore[call-arg]
         broker_url=own_redis.url, publish_timeout=0.5, spool_path=str(tmp_path / "spool.db"),
         _env_file=None))
-    route = runtime.celery_route()
+    route = current().celery
     real_preparer = route._preparer
 
     def stall_after_first_batch(*args: Any) -> Callable[[int, int], Any]:
@@ -153,7 +156,7 @@ def test_broker_found_down_while_a_batch_is_in_flight_loses_nothing(
     lands in the queue exactly once."""
     configure(DispatcherSettings(  # type: ignore[call-arg]
         broker_url=own_redis.url, spool_path=str(tmp_path / "spool.db"), _env_file=None))
-    route = runtime.celery_route()
+    route = current().celery
     real_preparer = route._preparer
 
     def down_after_first_send(*args: Any) -> Callable[[int, int], Any]:
@@ -182,7 +185,7 @@ def test_broker_found_down_while_a_batch_is_in_flight_loses_nothing(
 def test_dispatch_many_writes_each_job_its_own_pending_record(
     own_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
-    from dispatcher.status import KEY_PREFIX
+    from dispatcher.store.keys import RECORD_PREFIX as KEY_PREFIX
 
     configure(DispatcherSettings(  # type: ignore[call-arg]
         broker_url=own_redis.url, spool_path=str(tmp_path / "spool.db"), _env_file=None))

@@ -14,8 +14,11 @@ import pytest
 import redis
 
 from dispatcher import DispatcherSettings, configure, task
-from dispatcher.jobs import get_job, list_jobs
-from dispatcher.status import HISTORY_PREFIX, INDEX_KEY, KEY_PREFIX
+from dispatcher.ops.jobs import get_job, list_jobs
+from dispatcher.runtime.container import current
+from dispatcher.store.keys import HISTORY_PREFIX
+from dispatcher.store.keys import JOBS_INDEX as INDEX_KEY
+from dispatcher.store.keys import RECORD_PREFIX as KEY_PREFIX
 from tests.support import poll_state
 
 pytestmark = pytest.mark.integration
@@ -130,15 +133,16 @@ def test_records_expire_with_the_result_ttl(broker: str, redis_server: Any) -> N
     handle = short_lived.dispatch()
     assert handle.get(timeout=5) == "gone soon"
     client = redis.Redis.from_url(broker)
-    assert get_job(handle.id) is not None
+    assert get_job(current().records, handle.id) is not None
     assert 0 < client.ttl(KEY_PREFIX + handle.id) <= 2
     assert 0 < client.ttl(HISTORY_PREFIX + handle.id) <= 2
     assert client.zscore(INDEX_KEY, handle.id) is not None
     deadline = time.monotonic() + 10
     while client.exists(KEY_PREFIX + handle.id) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert get_job(handle.id) is None
-    assert handle.id not in {v["task_id"] for v in list_jobs(limit=1000).items}
+    assert get_job(current().records, handle.id) is None
+    listed = list_jobs(current().records, limit=1000).items
+    assert handle.id not in {v["task_id"] for v in listed}
     # the next dispatch trims the index of what expired
     short_lived.dispatch().get(timeout=5)
     deadline = time.monotonic() + 5
@@ -148,8 +152,9 @@ def test_records_expire_with_the_result_ttl(broker: str, redis_server: Any) -> N
 
 
 def test_a_pending_job_is_filed_and_its_record_built_by_the_writer(redis_server: Any) -> None:
-    from dispatcher.job import Job, new_job_id
-    from dispatcher.status import BufferedStatusStore, make_record
+    from dispatcher.core.job import Job, new_job_id
+    from dispatcher.core.record import make_record
+    from dispatcher.store.records import RedisRecordStore as BufferedStatusStore
 
     @task(name="it.records.filed")
     def filed(n: int) -> None: ...
@@ -173,8 +178,8 @@ def test_a_pending_job_is_filed_and_its_record_built_by_the_writer(redis_server:
 def test_a_forked_child_starts_with_an_empty_buffer_and_free_locks(redis_server: Any) -> None:
     """As a Celery pool process does: the parent's filed job stays the parent's to write,
     and a lock another parent thread held at the fork does not block the child."""
-    from dispatcher.job import Job, new_job_id
-    from dispatcher.status import BufferedStatusStore
+    from dispatcher.core.job import Job, new_job_id
+    from dispatcher.store.records import RedisRecordStore as BufferedStatusStore
 
     @task(name="it.records.forked")
     def forked(n: int) -> None: ...
@@ -211,8 +216,9 @@ def test_a_forked_child_starts_with_an_empty_buffer_and_free_locks(redis_server:
 
 
 def test_a_state_saved_before_the_filed_pending_is_written_wins(redis_server: Any) -> None:
-    from dispatcher.job import Job, new_job_id
-    from dispatcher.status import BufferedStatusStore, make_record
+    from dispatcher.core.job import Job, new_job_id
+    from dispatcher.core.record import make_record
+    from dispatcher.store.records import RedisRecordStore as BufferedStatusStore
 
     @task(name="it.records.filed_then_started")
     def filed(n: int) -> None: ...
@@ -243,8 +249,9 @@ def test_reads_during_a_write_see_the_batch_being_written(redis_server: Any) -> 
     the newest state and every history entry (it used to find neither)."""
     import threading
 
-    from dispatcher.job import Job, new_job_id
-    from dispatcher.status import BufferedStatusStore, make_record
+    from dispatcher.core.job import Job, new_job_id
+    from dispatcher.core.record import make_record
+    from dispatcher.store.records import RedisRecordStore as BufferedStatusStore
 
     @task(name="it.records.mid_write")
     def mid_write(n: int) -> None: ...
@@ -282,8 +289,10 @@ def test_reads_during_a_write_see_the_batch_being_written(redis_server: Any) -> 
 
 
 def test_many_filed_jobs_are_written_in_chunks_with_their_index(redis_server: Any) -> None:
-    from dispatcher.job import Job, new_job_id
-    from dispatcher.status import WRITE_CHUNK, BufferedStatusStore, make_record
+    from dispatcher.core.job import Job, new_job_id
+    from dispatcher.core.record import make_record
+    from dispatcher.store.records import WRITE_CHUNK
+    from dispatcher.store.records import RedisRecordStore as BufferedStatusStore
 
     @task(name="it.records.many_filed")
     def filed(n: int) -> None: ...
@@ -304,18 +313,18 @@ def test_many_filed_jobs_are_written_in_chunks_with_their_index(redis_server: An
 def test_pending_inline_records_are_held_while_the_server_is_saturated(
     redis_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import dispatcher.status as status
-    from dispatcher.job import Job, new_job_id
-    from dispatcher.status import BufferedStatusStore, make_record
+    import dispatcher.store.record_buffer as record_buffer
+    from dispatcher.core.job import Job, new_job_id
+    from dispatcher.core.record import make_record
+    from dispatcher.store.records import RedisRecordStore as BufferedStatusStore
 
     @task(name="it.records.held")
     def held(n: int) -> None: ...
 
     saturated = [True]
-    monkeypatch.setattr(status, "server_busy", lambda: saturated[0])
-    monkeypatch.setattr(status, "BUSY_INTERVAL", 0.01)
+    monkeypatch.setattr(record_buffer, "BUSY_INTERVAL", 0.01)
     client = redis.Redis.from_url(redis_server.url)
-    store = BufferedStatusStore(client, ttl=60, interval=0.01)
+    store = BufferedStatusStore(client, ttl=60, interval=0.01, busy=lambda: saturated[0])
 
     def job(route: str, n: int) -> Job:
         return Job(id=new_job_id(), spec=held.spec, route=route,  # type: ignore[arg-type]

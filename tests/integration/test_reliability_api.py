@@ -13,8 +13,8 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from dispatcher import DispatcherSettings, configure, task
-from dispatcher.embedded import free_port
 from dispatcher.fastapi import install
+from dispatcher.store.embedded import free_port
 
 from . import sample_tasks as samples
 from .conftest import ROOT, Process, poll_state
@@ -97,7 +97,9 @@ def test_worker_refuses_a_task_timeout_beyond_the_visibility_timeout(
 def test_sweeper_requeues_only_publications_that_redis_lost(broker: str) -> None:
     import redis as redis_lib
 
-    from dispatcher.wire import INFLIGHT, Sweeper, queue_key
+    from dispatcher.routes.celery.protocol import queue_key
+    from dispatcher.routes.celery.recovery import Sweeper
+    from dispatcher.store.keys import INFLIGHT
 
     client = redis_lib.Redis.from_url(broker)
     queue = f"parked-{uuid.uuid4().hex[:8]}"  # no worker consumes it
@@ -127,7 +129,9 @@ def test_sweeper_leaves_jobs_that_left_a_queue_other_workers_consume(broker: str
     watch, never re-queued. A sighting older than the job proves nothing."""
     import redis as redis_lib
 
-    from dispatcher.wire import INFLIGHT, Sweeper, queue_key
+    from dispatcher.routes.celery.protocol import queue_key
+    from dispatcher.routes.celery.recovery import Sweeper
+    from dispatcher.store.keys import INFLIGHT
 
     client = redis_lib.Redis.from_url(broker)
     shared, earlier, ours = (f"parked-{uuid.uuid4().hex[:8]}" for _ in range(3))

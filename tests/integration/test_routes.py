@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from dispatcher import TaskFailed, TaskHandle
-from dispatcher.wire import celery_priority, queue_key
+from dispatcher.routes.celery.protocol import celery_priority, queue_key
 
 from . import sample_tasks as samples
 
@@ -32,7 +32,7 @@ def test_same_failing_task_same_attempts_and_delays(broker: str, route: str) -> 
     assert failure.value.error_type == "RuntimeError"
     record = handle.record()
     assert record is not None
-    assert (record["status"], record["attempt"], record["max_attempts"]) == ("FAILURE", 3, 3)
+    assert (record["state"], record["attempt"], record["max_attempts"]) == ("FAILURE", 3, 3)
     assert record["reason"] == "attempts_exhausted"
     gaps = _gaps(key)
     # Policy: base 0.3 s, x2, no jitter -> waits of 0.3 s then 0.6 s on either route.
@@ -48,7 +48,7 @@ def test_transient_failures_are_retried_until_success(broker: str, route: str) -
     assert handle.get(timeout=20) == 3
     record = handle.record()
     assert record is not None
-    assert (record["status"], record["attempt"]) == ("SUCCESS", 3)
+    assert (record["state"], record["attempt"]) == ("SUCCESS", 3)
 
 
 @pytest.mark.parametrize("route", ["inline", "celery"])

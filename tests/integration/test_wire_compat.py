@@ -66,8 +66,8 @@ def test_jobs_a_stock_worker_ran_are_never_taken_for_lost(
 ) -> None:
     """A mixed fleet (say, mid-migration): a stock worker runs our messages without the
     start mark our workers leave, and our sweeper must not run them again."""
-    from dispatcher.fleet import Fleet
-    from dispatcher.wire import INFLIGHT
+    from dispatcher.routes.celery.fleet import Fleet
+    from dispatcher.store.keys import INFLIGHT
 
     key = f"stock:{uuid.uuid4()}"
     handles = [echo.dispatch(key, value) for value in range(5)]
@@ -80,12 +80,14 @@ def test_jobs_a_stock_worker_ran_are_never_taken_for_lost(
         assert time.monotonic() < deadline, quick_sweeper.output()[-3000:]
         time.sleep(0.1)
     assert sorted(int(v) for v in client.lrange(key, 0, -1)) == list(range(5))  # once each
-    assert "presumed run by the other Celery workers" in quick_sweeper.output()
-    assert "other than the dispatcher's consume stock" in quick_sweeper.output()
+    # The sweeper logs after its Redis calls, so a line may lag them: wait for it.
+    for line in ("presumed run by the other Celery workers",
+                 "other than the dispatcher's consume stock"):
+        quick_sweeper.wait_for_output(line, timeout=30)
     # Our two workers (announced) are not foreign; the stock one is, with its queue.
-    from dispatcher.celery_route import create_celery_app
-    from dispatcher.fleet import ASKING_KEY
-    from dispatcher.settings import get_settings
+    from dispatcher import get_settings
+    from dispatcher.routes.celery.app import create_celery_app
+    from dispatcher.store.keys import FLEET_ASKING as ASKING_KEY
 
     fleet = Fleet(create_celery_app(get_settings()), client, "test-process", every=1,
                   memory=60)

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher import DispatcherSettings, configure
-from dispatcher.embedded import EmbeddedRedis, free_port
+from dispatcher.store.embedded import EmbeddedRedis, free_port
 from tests.support import Process, wait_http
 
 FULL = os.environ.get("RELIABILITY_SCALE", "small") == "full"

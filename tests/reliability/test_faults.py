@@ -16,8 +16,8 @@ import httpx
 import redis
 
 from dispatcher import TaskHandle
-from dispatcher.deadletter import HASH
-from dispatcher.wire import PRIORITY_STEPS, QUEUE_SEP
+from dispatcher.routes.celery.protocol import PRIORITY_STEPS, QUEUE_SEP
+from dispatcher.store.keys import DEAD_LETTERS as HASH
 
 from . import tasks
 from .conftest import FULL, Cluster, report, scale
@@ -207,10 +207,15 @@ def test_hostile_messages_are_refused_without_running(cluster: Cluster, tmp_path
     canary = tasks.canary.dispatch("after-hostile")
     assert cluster.wait_done({"after-hostile"}, timeout=30)["after-hostile"] == 1
     TaskHandle(canary.id, "rel.canary", "celery").get(timeout=10)
-    time.sleep(1)
-    log = worker.output()
-    refusals = [line for line in log.splitlines()
+
+    def refused() -> list[str]:
+        return [line for line in worker.output().splitlines()
                 if '"level": "ERROR"' in line and "refused" in line]
+
+    deadline = time.monotonic() + 30  # the log lines may trail the canary's result
+    while len(refused()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    refusals = refused()
     pickle_errors = [e for e in refusals if "pickle" in e]
     decode_errors = [e for e in refusals if "cannot be decoded" in e and "pickle" not in e]
     unregistered = [e for e in refusals if "unregistered" in e]
