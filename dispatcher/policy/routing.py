@@ -34,8 +34,17 @@ class Cause(enum.Enum):
     WEIGHT = "weight"
     ADAPTIVE = "adaptive"
     SPILL_OVER = "spill-over"
+    #: The broker is down and the task's outage policy runs the job inline instead.
     OUTAGE = "outage"
 
+
+#: The short word a policy move carries in its ``task.dispatched`` event and in the
+#: ``dispatch_route_decisions`` metric (a label: a few fixed values only).
+EVENT_REASON: dict[Cause, str] = {
+    Cause.ADAPTIVE: "adaptive",
+    Cause.SPILL_OVER: "spill_over",
+    Cause.OUTAGE: "broker_outage",
+}
 
 #: Inline decisions the caller asked for: never moved to Celery (spill-over, hand-over).
 PINNED_BY_CALLER = frozenset({Cause.CALL_OPTION, Cause.PIN})

@@ -20,7 +20,7 @@ from ..core.retry import RetryPolicy
 from ..core.settings import DispatcherSettings, get_settings
 from ..core.spec import CallOptions, OutageMode, PriorityName, RouteName, TaskSpec
 from ..core.validation import ArgumentValidator
-from ..policy.routing import Cause, RouteDecision, decide_route, spill_room, spilled
+from ..policy.routing import EVENT_REASON, Cause, RouteDecision, decide_route, spill_room, spilled
 from ..routes.inline.route import InlinePlan
 from .container import current
 from .handle import TaskHandle
@@ -169,12 +169,13 @@ class Task(Generic[P, R]):
         spill = decision.cause is Cause.SPILL_OVER
         routes = current().celery.dispatch_many(
             jobs, self.call_options.countdown, outage=self.spec.broker_outage,
-            reason="spill_over" if spill else None,
+            reason=EVENT_REASON[Cause.SPILL_OVER] if spill else None,
         )
         for job, route in zip(jobs, routes, strict=True):
             job.route = route
             if spill:
-                current().metrics.count_route_decision(self.spec.name, "celery", "spill_over")
+                current().metrics.count_route_decision(
+                    self.spec.name, "celery", EVENT_REASON[Cause.SPILL_OVER])
             handles.append(self._handle(job))
         return handles
 
@@ -226,7 +227,7 @@ class Task(Generic[P, R]):
             if job.route == "celery":
                 job.route = runtime.celery.dispatch(
                     job, countdown, outage=self.spec.broker_outage,
-                    reason="spill_over" if spill else None,
+                    reason=EVENT_REASON[Cause.SPILL_OVER] if spill else None,
                 )
             else:
                 runtime.inline.dispatch(job, countdown)
@@ -235,7 +236,8 @@ class Task(Generic[P, R]):
                 runtime.idempotency.release(self.spec.name, key, job_id)
             raise
         if spill:
-            runtime.metrics.count_route_decision(self.spec.name, "celery", "spill_over")
+            runtime.metrics.count_route_decision(self.spec.name, "celery",
+                                                 EVENT_REASON[Cause.SPILL_OVER])
         return self._handle(job)
 
 

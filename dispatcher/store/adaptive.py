@@ -37,6 +37,7 @@ from ..core.settings import DispatcherSettings
 from ..core.spec import RouteName, TaskSpec
 from ..observability.metrics import EventMetrics
 from ..policy.adaptive import AdaptiveState, next_route, p95
+from ..policy.routing import EVENT_REASON, Cause
 from . import keys
 from .link import as_text
 from .scripts import ADAPTIVE_MOVE
@@ -248,7 +249,7 @@ class AdaptiveRouter:
 def announce(name: str, previous: RouteName, route: RouteName, reason: str,
              state: AdaptiveState, metrics: EventMetrics) -> None:
     """Log and count one route change (done once, by the process that made it)."""
-    metrics.count_route_decision(name, route, "adaptive")
+    metrics.count_route_decision(name, route, EVENT_REASON[Cause.ADAPTIVE])
     fields = {
         "event": "task.route_changed",
         "task_name": name,

@@ -23,6 +23,7 @@ from ...core.ports import Route
 from ...core.record import pending_json
 from ...core.settings import DispatcherSettings
 from ...core.spec import RouteName
+from ...policy.routing import EVENT_REASON, Cause
 from ...store.client import redis_client
 from .app import create_celery_app
 from .monitor import BROKER_ERRORS, BrokerMonitor
@@ -244,7 +245,8 @@ class CeleryRoute:
             )
         if mode == "inline" and self.fallback is not None:
             job.route, job.queue = "inline", None
-            return self.fallback.accept([job], countdown, reason="broker_outage")[0]
+            return self.fallback.accept([job], countdown,
+                                        reason=EVENT_REASON[Cause.OUTAGE])[0]
         try:
             self.monitor.spool.put(SpooledJob(job.publish_id, key, message, record))
         except (sqlite3.Error, OSError) as exc:

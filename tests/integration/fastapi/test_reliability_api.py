@@ -15,9 +15,8 @@ from fastapi.testclient import TestClient
 from dispatcher import DispatcherSettings, configure, task
 from dispatcher.fastapi import install
 from dispatcher.store.embedded import free_port
-
-from . import sample_tasks as samples
-from .conftest import ROOT, Process, poll_state
+from tests.integration import sample_tasks as samples
+from tests.integration.conftest import ROOT, Process, poll_state
 
 
 def test_failed_jobs_are_dead_lettered_listed_without_secrets_and_retryable(

@@ -1,7 +1,7 @@
 """Adaptive routing (``weight="auto"``) and spill-over, without a broker.
 
 The hysteresis is a pure function (``next_route``) over the sliding window; the shared
-state in Redis and the real worker are covered by tests/integration/test_adaptive.py.
+state in Redis and the real worker are covered by tests/integration/store/test_adaptive.py.
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ from dispatcher.policy.adaptive import MIN_SAMPLES, AdaptiveState, next_route, p
 from dispatcher.policy.routing import decide_route
 from dispatcher.routes.inline.route import InlinePlan, InlineRoute
 from dispatcher.runtime.container import Runtime, current
-
-from .helpers import unit_settings
+from tests.unit.helpers import unit_settings
 
 MAX = 1.0
 FAKE_BROKER = "redis://127.0.0.1:1/0"  # never contacted: the routes are faked below

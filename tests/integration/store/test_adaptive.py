@@ -22,8 +22,7 @@ from dispatcher import TaskHandle, configure, get_settings
 from dispatcher.policy.adaptive import MIN_SAMPLES
 from dispatcher.runtime.container import current
 from dispatcher.store import adaptive
-
-from . import sample_tasks as samples
+from tests.integration import sample_tasks as samples
 
 AUTO = "samples.auto_sleep"
 SPILL = "samples.slow_inline"

@@ -20,8 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from dispatcher import DispatcherSettings, TaskHandle, configure, get_settings, task
 from dispatcher.fastapi import install
 from dispatcher.testing import capture_dispatches, wait_for_inline_jobs
-
-from . import sample_tasks as samples
+from tests.integration import sample_tasks as samples
 
 events: list[tuple[str, Any]] = []
 lock = threading.Lock()

@@ -18,7 +18,7 @@ from dispatcher.fastapi import install, jobs_router
 from dispatcher.runtime.container import current
 from dispatcher.testing import isolated_settings, reset, wait_for_inline_jobs
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_current_job_is_none_outside_a_job() -> None:

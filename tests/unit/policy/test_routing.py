@@ -17,8 +17,7 @@ from dispatcher import DispatcherSettings, task
 from dispatcher.core.settings import RouteRule
 from dispatcher.core.spec import CallOptions, TaskSpec
 from dispatcher.policy.routing import Cause, RouteDecision, decide_route, rule_matches
-
-from .helpers import unit_settings
+from tests.unit.helpers import unit_settings
 
 
 def _noop() -> None: ...

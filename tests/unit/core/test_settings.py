@@ -11,8 +11,7 @@ from dispatcher import ConfigurationError, DispatcherSettings, configure, get_se
 from dispatcher.core.settings import RouteRule, redact_url
 from dispatcher.runtime.container import current
 from dispatcher.store.memory import MemoryRecordStore
-
-from .helpers import unit_settings
+from tests.unit.helpers import unit_settings
 
 
 def from_env() -> DispatcherSettings:

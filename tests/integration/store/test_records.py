@@ -51,7 +51,7 @@ def test_retries_appear_in_the_history_on_both_routes(api_url: str, broker: str,
                                                       route: str) -> None:
     """Inline, the job runs in the API process, which answers from its own records
     while its writer is writing them: the answer must not lose entries in between."""
-    from . import sample_tasks as samples
+    from tests.integration import sample_tasks as samples
 
     key = f"ledger:{uuid.uuid4()}"
     with httpx.Client(timeout=10) as client:

@@ -27,10 +27,9 @@ from dispatcher.runtime import container
 from dispatcher.runtime.container import current
 from dispatcher.store.embedded import free_port
 from dispatcher.testing import wait_for_inline_jobs
+from tests.unit.helpers import ListHandler
 
-from .helpers import ListHandler
-
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def value(name: str, **labels: str) -> float:

@@ -14,8 +14,7 @@ from dispatcher.core.context import request_id_var
 from dispatcher.core.events import EVENTS
 from dispatcher.observability.logging import JsonFormatter, TextFormatter, configure_logging
 from dispatcher.testing import wait_for_inline_jobs
-
-from .helpers import ListHandler, unit_settings
+from tests.unit.helpers import ListHandler, unit_settings
 
 COMMON_FIELDS = {
     "event",

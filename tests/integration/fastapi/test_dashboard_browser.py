@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import poll_state
-from .sample_tasks import entries
+from tests.integration.conftest import poll_state
+from tests.integration.sample_tasks import entries
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [

@@ -22,8 +22,7 @@ from dispatcher.ops.dashboard_data import redacted_dead_letters
 from dispatcher.routes.celery.protocol import queue_key, task_message
 from dispatcher.routes.celery.spool import Spool, SpooledJob
 from dispatcher.store.memory import MemoryDeadLetters
-
-from .helpers import unit_settings
+from tests.unit.helpers import unit_settings
 
 
 def test_checks_refuse_timeouts_and_delays_beyond_the_visibility_timeout() -> None:

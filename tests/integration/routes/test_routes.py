@@ -13,8 +13,7 @@ import redis
 
 from dispatcher import TaskFailed, TaskHandle
 from dispatcher.routes.celery.protocol import celery_priority, queue_key
-
-from . import sample_tasks as samples
+from tests.integration import sample_tasks as samples
 
 
 def _gaps(key: str) -> list[float]:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import httpx
 
-from .conftest import Process, poll_state
-from .sample_tasks import entries
+from tests.integration.conftest import Process, poll_state
+from tests.integration.sample_tasks import entries
 
 
 def test_notification_runs_inline_after_the_response(api_url: str, service_env: dict[str, str]

@@ -13,7 +13,7 @@ import redis
 
 from dispatcher.store.embedded import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _start(port: int, folder: Path, log: Path) -> subprocess.Popen[bytes]:

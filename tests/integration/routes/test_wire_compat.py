@@ -12,8 +12,7 @@ import pytest
 import redis
 
 from dispatcher import task
-
-from .conftest import Process
+from tests.integration.conftest import Process
 
 
 @task(name="stock.echo", weight=8, queue="stock")

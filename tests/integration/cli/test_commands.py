@@ -15,8 +15,7 @@ import httpx
 import pytest
 
 from dispatcher.store.embedded import free_port
-
-from .conftest import ROOT, Process, poll_state, wait_http
+from tests.integration.conftest import ROOT, Process, poll_state, wait_http
 
 
 def _alive(pid: int) -> bool:
@@ -112,7 +111,7 @@ def _children(pid: int) -> list[int]:
 def test_python_m_worker_restarts_a_crashed_celery_worker(
     broker: str, service_env: dict[str, str], tmp_path: Path
 ) -> None:
-    from . import sample_tasks as samples
+    from tests.integration import sample_tasks as samples
 
     supervisor = Process([sys.executable, "-m", "worker", "--concurrency", "1", "-Q",
                           "restart-test"], service_env, tmp_path / "supervised.log")

@@ -11,9 +11,8 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from dispatcher import TaskFailed
-
-from . import sample_tasks as samples
-from .conftest import poll_state
+from tests.integration import sample_tasks as samples
+from tests.integration.conftest import poll_state
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
