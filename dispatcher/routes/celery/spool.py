@@ -1,7 +1,7 @@
 """The outage spool: jobs accepted while the broker is down, kept on local disk.
 
 SQLite in WAL mode, one row per job, written before ``dispatch()`` returns. The relay
-(see ``broker.BrokerMonitor``) publishes rows once Redis answers again and deletes
+(see ``monitor.BrokerMonitor``) publishes rows once Redis answers again and deletes
 them; the publish marker makes a row sent twice land in the queue only once.
 """
 
