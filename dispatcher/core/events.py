@@ -23,7 +23,8 @@ _listeners: tuple[Listener, ...] = ()
 
 
 def set_listeners(*listeners: Listener) -> None:
-    """Who hears every event besides the log (set once by ``dispatcher.runtime``)."""
+    """Who hears every event besides the log (set by ``dispatcher.runtime`` each time
+    it makes a runtime: that runtime's metrics)."""
     global _listeners
     _listeners = listeners
 

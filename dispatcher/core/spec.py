@@ -51,7 +51,7 @@ class TaskSpec:
     timeout: float | None = None
     is_async: bool = False
     broker_outage: OutageMode | None = None
-    #: ``weight="auto"``: routed by measured run time (``dispatcher.adaptive``);
+    #: ``weight="auto"``: routed by measured run time (``dispatcher.store.adaptive``);
     #: ``weight`` is then 1 for rule matching.
     adaptive: bool = False
 

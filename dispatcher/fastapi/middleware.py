@@ -35,7 +35,6 @@ class DispatcherMiddleware:
             await self.app(scope, receive, send)
             return
         settings = get_settings()
-        runtime = current()
         limit = settings.max_payload_bytes
         request_id = None
         declared = None
@@ -88,15 +87,16 @@ class DispatcherMiddleware:
                 response_sent = True
                 jobs = batch.close()
                 if jobs and batch.failed:
-                    runtime.inline.abandon(jobs, "the request ended in an error answer",
+                    current().inline.abandon(jobs, "the request ended in an error answer",
                                            "request_failed")
                 elif jobs and hold:
-                    await asyncio.wrap_future(runtime.inline.executor.submit(
+                    # The runtime of now, not of the request's start (a reset between).
+                    await asyncio.wrap_future(current().inline.executor.submit(
                         jobs, tracked=True))
                 elif jobs:
-                    runtime.inline.executor.submit(jobs)
+                    current().inline.executor.submit(jobs)
 
-        runtime.load.watch_server_thread()
+        current().load.watch_server_thread()
         request_token = request_id_var.set(request_id)
         batch_token = batch_var.set(batch)
         try:
@@ -111,7 +111,7 @@ class DispatcherMiddleware:
             if not response_sent:
                 leftover = batch.close()
                 if leftover:
-                    runtime.inline.abandon(
+                    current().inline.abandon(
                         leftover,
                         "the request failed before its response was sent",
                         "request_failed",

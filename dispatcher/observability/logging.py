@@ -2,7 +2,8 @@
 
 ``DISPATCH_LOG_FORMAT=json`` prints one JSON object per line, ``text`` (the default)
 ``time level event key=value ...``. ``configure_logging`` runs when ``install(app)``
-does, in every worker, and on the first dispatch of a plain script.
+does and in every worker; a plain script that configured no logging gets the same
+lines on stderr until it configures some (``dispatcher.runtime``).
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ class TextFormatter(logging.Formatter):
 _HANDLER_FLAG = "_dispatcher_handler"
 
 
+def formatter(settings: DispatcherSettings) -> logging.Formatter:
+    return JsonFormatter() if settings.log_format == "json" else TextFormatter()
+
+
 def configure_logging(settings: DispatcherSettings) -> None:
     """Give the ``dispatcher`` logger one stderr handler in the configured format.
 
@@ -74,7 +79,29 @@ def configure_logging(settings: DispatcherSettings) -> None:
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     setattr(handler, _HANDLER_FLAG, True)
-    handler.setFormatter(JsonFormatter() if settings.log_format == "json" else TextFormatter())
+    handler.setFormatter(formatter(settings))
     logger.addHandler(handler)
     logger.setLevel(settings.log_level)
     logger.propagate = False
+
+
+class _UntilConfigured(logging.StreamHandler):  # type: ignore[type-arg]
+    """Prints the dispatcher's events to stderr while the application has configured
+    no logging at all; steps aside (the events propagate as usual) once it has."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not logging.getLogger().handlers:
+            super().emit(record)
+
+
+def log_until_configured(settings: DispatcherSettings) -> None:
+    """A plain script that configured no logging still sees each event with its fields
+    (Python's last-resort handler prints warnings only, and the event name alone)."""
+    logger = logging.getLogger("dispatcher")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = _UntilConfigured(sys.stderr)
+    handler.setFormatter(formatter(settings))
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(settings.log_level)

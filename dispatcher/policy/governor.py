@@ -89,7 +89,8 @@ class ServerLoad:
         return self._saturated
 
 
-def _never_busy() -> bool:
+def never_busy() -> bool:
+    """The load signal of a process that serves no requests."""
     return False
 
 
@@ -97,7 +98,7 @@ class Governor:
     """Paces the start of inline jobs while the server is busy; see the module docstring."""
 
     def __init__(self, share: float, max_hold: float = 0.0,
-                 busy: Callable[[], bool] = _never_busy) -> None:
+                 busy: Callable[[], bool] = never_busy) -> None:
         self.share = share
         self.max_hold = max_hold
         self._busy = busy

@@ -6,7 +6,7 @@ First match wins:
 3. the first ``DISPATCH_ROUTES`` rule matching name glob, priority and weight range;
 4. the decorator's ``route=`` pin;
 5. ``weight="auto"``: the task's current adaptive route (``auto``, kept by
-   ``dispatcher.adaptive`` from measured run times; inline until it moves, and always
+   ``dispatcher.store.adaptive`` from measured run times; inline until it moves, and always
    inline without a broker); otherwise ``weight > DISPATCH_INLINE_MAX_WEIGHT`` goes to
    Celery, anything lighter stays inline.
 

@@ -6,7 +6,9 @@ records Redis client, the record / dead-letter / idempotency stores, the executi
 core's ports, both routes (each told of the other only as a ``Route``), the broker
 monitor (inside the Celery route), the adaptive router, the server-load meter and the
 metrics gauges. ``dispatcher.configure()`` and ``dispatcher.testing.reset()`` replace
-the runtime; nothing else in the package keeps process-wide state of its own.
+the runtime. What else lives as long as the process is process-scoped by nature and
+listed in docs/architecture.md: the task registry, prometheus-client's registry, the
+event listener and the at-fork hooks.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from ..core import events
 from ..core.execution import Execution
 from ..core.ports import DeadLetterStore, IdempotencyStore, RecordStore
 from ..core.settings import DispatcherSettings, build_settings, get_settings, replace_settings
-from ..observability.logging import configure_logging
+from ..observability.logging import log_until_configured
 from ..observability.metrics import COLLECTOR, EventMetrics, GaugeReadings
 from ..ops.dashboard_data import Dashboard, Sources
 from ..ops.routes_table import route_table
@@ -61,7 +63,6 @@ class Runtime:
         self._celery: CeleryRoute | None = None
         self._celery_app: Celery | None = None
         self._adaptive: AdaptiveRouter | None = None
-        self._records_poll: float | None = None
 
     # -- stores ---------------------------------------------------------------------
     @property
@@ -105,17 +106,9 @@ class Runtime:
                                      else RedisIdempotency(client, ttl, self.health))
             return self._idempotency
 
-    def poll_records(self, interval: float) -> None:
-        """Make this process's records writer poll every ``interval`` seconds instead of
-        waking on each save (Celery pool processes flush each job's records before its
-        ack anyway; waking a thread per job costs a GIL hand-off)."""
-        with self._lock:
-            self._records_poll = interval
-            self._apply_poll()
-
     def _apply_poll(self) -> None:
-        if self._records_poll is not None and isinstance(self._records, RedisRecordStore):
-            self._records.poll_every(self._records_poll)
+        if _records_poll is not None and isinstance(self._records, RedisRecordStore):
+            self._records.poll_every(_records_poll)
 
     # -- execution and routes ------------------------------------------------------------
     @property
@@ -163,6 +156,9 @@ class Runtime:
 
     @property
     def adaptive(self) -> AdaptiveRouter:
+        router = self._adaptive
+        if router is not None:  # asked on each dispatch of a weight="auto" task
+            return router
         with self._lock:
             if self._adaptive is None:
                 client = self.redis if self.settings.broker_url is not None else None
@@ -229,6 +225,20 @@ class Runtime:
 
 _lock = threading.Lock()
 _current: Runtime | None = None
+#: Set in worker processes (``poll_records``); every runtime of the process follows it.
+_records_poll: float | None = None
+
+
+def poll_records(interval: float) -> None:
+    """Make this process's records writer poll every ``interval`` seconds instead of
+    waking on each save (Celery pool processes flush each job's records before its ack
+    anyway; waking a thread per job costs a GIL hand-off). Survives ``reset()``."""
+    global _records_poll
+    _records_poll = interval
+    runtime = _current
+    if runtime is not None:
+        with runtime._lock:
+            runtime._apply_poll()
 
 
 def current() -> Runtime:
@@ -244,7 +254,7 @@ def _make() -> Runtime:
     with _lock:
         if _current is None:
             settings = get_settings()
-            _log_to_stderr_if_unconfigured(settings)
+            log_until_configured(settings)
             _current = Runtime(settings)
             events.set_listeners(_current.metrics.observe_event)
         return _current
@@ -262,13 +272,6 @@ COLLECTOR.source = _gauges
 def built() -> Runtime | None:
     """The runtime if one was made (shutdown paths must not make one)."""
     return _current
-
-
-def _log_to_stderr_if_unconfigured(settings: DispatcherSettings) -> None:
-    """A plain script that configured no logging at all still sees each event with its
-    fields (Python's last-resort handler would print the event name alone)."""
-    if not logging.getLogger("dispatcher").handlers and not logging.getLogger().handlers:
-        configure_logging(settings)
 
 
 def reset() -> None:

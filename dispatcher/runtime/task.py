@@ -100,20 +100,29 @@ class Task(Generic[P, R]):
             return decide_route(self.spec, self.call_options, settings, auto)
         cached = self._route_cache
         if cached is not None and cached[0] is settings:
+            plan = self._inline_plan
+            if plan is not None and plan.route is not current().inline:
+                self._inline_plan = self._plan(cached[1], settings)  # a reset since
             return cached[1]
         decision = decide_route(self.spec, self.call_options, settings)
         self._route_cache = (settings, decision)
-        options = self.call_options
-        self._inline_plan = current().inline.plan(
-            self.spec, decision, spills=spill_room(decision, settings, 0) is not None,
-        ) if (decision.route == "inline" and not options.countdown
-              and options.idempotency_key is None) else None
+        self._inline_plan = self._plan(decision, settings)
         return decision
+
+    def _plan(self, decision: RouteDecision, settings: DispatcherSettings) -> InlinePlan | None:
+        """The inline fast path of ``decision``, when it applies: inline, no countdown,
+        no idempotency key, and decided under the process's current settings."""
+        options = self.call_options
+        if (decision.route != "inline" or options.countdown or options.idempotency_key
+                is not None or settings is not get_settings()):
+            return None
+        return current().inline.plan(self.spec, decision, settings,
+                                     spills=spill_room(decision, settings, 0) is not None)
 
     def _spill_room(self, decision: RouteDecision, settings: DispatcherSettings) -> int | None:
         """How many more jobs of this decision may queue inline before the rest spill
         over to Celery; None when spill-over does not apply."""
-        if decision.route != "inline":
+        if spill_room(decision, settings, 0) is None:
             return None
         return spill_room(decision, settings, current().inline.waiting())
 

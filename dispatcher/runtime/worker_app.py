@@ -8,13 +8,13 @@ from celery import Celery
 from celery.signals import worker_process_init, worker_ready
 
 from ..core.registry import import_task_modules
-from ..core.settings import DispatcherSettings
+from ..core.settings import DispatcherSettings, get_settings
 from ..observability.logging import configure_logging
 from ..ops.checks import check_configuration
 from ..routes.celery.app import create_celery_app
 from ..routes.celery.worker import CeleryWorker, require_broker, start_sweeper
 from ..routes.celery.worker_metrics import install_worker_metrics
-from .container import current
+from .container import configure, current, poll_records
 
 #: How often a pool process writes what a running job reported (progress); each job's
 #: records are written before its message is acknowledged in any case.
@@ -25,6 +25,8 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     """The worker's Celery app: imports task modules, registers every task, shares the
     route and the runtime with them."""
     require_broker(settings)
+    if settings is not get_settings():
+        configure(settings)
     configure_logging(settings)
     import_task_modules(settings.task_modules)
     app = create_celery_app(settings, main="worker")
@@ -37,7 +39,7 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     app.dispatch_worker = worker  # type: ignore[attr-defined]  # read by our consumer
     worker.register_tasks(app)
     check_configuration(settings, app.conf)
-    runtime.poll_records(WORKER_RECORDS_POLL)
+    poll_records(WORKER_RECORDS_POLL)
     worker_ready.connect(lambda sender, **_: start_sweeper(route, sender.hostname),
                          weak=False)
     worker_process_init.connect(lambda **_: worker.connect_early(), weak=False)

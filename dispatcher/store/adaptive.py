@@ -2,10 +2,11 @@
 shared by every process (the rule itself is ``dispatcher.policy.adaptive``).
 
 Every attempt of an auto task, on either route, reports its run time from the execution
-core (``observe``): the function is the same wherever it runs, so a task on Celery can
-come back once it is fast again. Run times are buffered in memory and pushed by a
-background thread to a Redis list per task (``LPUSH`` + ``LTRIM`` to
-``DISPATCH_ADAPTIVE_WINDOW``), shared by every API and worker process.
+core (``Execution.observe`` is ``AdaptiveRouter.observe_spec``): the function is the
+same wherever it runs, so a task on Celery can come back once it is fast again. Run
+times are buffered in memory and pushed by a background thread to a Redis list per
+task (``LPUSH`` + ``LTRIM`` to ``DISPATCH_ADAPTIVE_WINDOW``), shared by every API and
+worker process.
 
 The same thread, in a process that dispatches auto tasks, reads each task's window and
 its shared state (a Redis hash) about every ``REFRESH_INTERVAL`` seconds and applies
@@ -16,7 +17,7 @@ compare-and-set of the shared state, so among many processes exactly one makes i
 logs it (``task.route_changed`` on the ``dispatcher`` logger, with its reason) and
 counts it in ``dispatch_route_decisions{reason="adaptive"}``.
 
-Dispatch only reads this process's cached view (``auto_route``): no Redis call on the
+Dispatch only reads this process's cached view (``AdaptiveRouter.auto_route``): no Redis call on the
 request path. While Redis is down the buffer is kept (bounded) and pushed later, and the
 cached routes stay as they were.
 """
@@ -48,14 +49,6 @@ log = logging.getLogger("dispatcher.adaptive")
 REFRESH_INTERVAL = 0.5
 #: Seconds the refresher leaves Redis alone after a failed call.
 BACKOFF = 5.0
-
-def samples_key(name: str) -> str:
-    return keys.adaptive_samples(name)
-
-
-def state_key(name: str) -> str:
-    return keys.adaptive_state(name)
-
 
 def _parse_state(raw: Mapping[Any, Any], values: list[float]) -> AdaptiveState:
     fields = {as_text(k): as_text(v) for k, v in raw.items()}
@@ -171,14 +164,14 @@ class AdaptiveRouter:
         window, ttl = self.settings.adaptive_window, self.settings.result_ttl
         pipe = client.pipeline(transaction=False)
         for name, values in pending.items():
-            key = samples_key(name)
+            key = keys.adaptive_samples(name)
             pipe.lpush(key, *[f"{v:.6f}" for v in values])
             pipe.ltrim(key, 0, window - 1)
             pipe.expire(key, ttl)
-            pipe.expire(state_key(name), ttl)  # a task that keeps running keeps its state
+            pipe.expire(keys.adaptive_state(name), ttl)  # a task that keeps running keeps its state
         for name in watched:
-            pipe.lrange(samples_key(name), 0, window - 1)
-            pipe.hgetall(state_key(name))
+            pipe.lrange(keys.adaptive_samples(name), 0, window - 1)
+            pipe.hgetall(keys.adaptive_state(name))
         results = pipe.execute()[len(pending) * 4:]
         for index, name in enumerate(watched):
             values = _floats(results[2 * index])
@@ -196,11 +189,12 @@ class AdaptiveRouter:
         if self._cas is None:
             self._cas = client.register_script(ADAPTIVE_MOVE.source)
         now = time.time()
-        won = self._cas(keys=[state_key(name)],
+        won = self._cas(keys=[keys.adaptive_state(name)],
                         args=[state.route, route, repr(now), reason, self.settings.result_ttl])
         if not won:  # another process moved it first: read what it decided
-            values = _floats(client.lrange(samples_key(name), 0, self.settings.adaptive_window - 1))
-            return _parse_state(client.hgetall(state_key(name)), values)
+            window = self.settings.adaptive_window
+            values = _floats(client.lrange(keys.adaptive_samples(name), 0, window - 1))
+            return _parse_state(client.hgetall(keys.adaptive_state(name)), values)
         announce(name, state.route, route, reason, state, self._metrics)
         return AdaptiveState(route, reason, now, state.p95, state.samples)
 
@@ -214,8 +208,8 @@ class AdaptiveRouter:
             try:
                 pipe = client.pipeline(transaction=False)
                 for name in names:
-                    pipe.lrange(samples_key(name), 0, self.settings.adaptive_window - 1)
-                    pipe.hgetall(state_key(name))
+                    pipe.lrange(keys.adaptive_samples(name), 0, self.settings.adaptive_window - 1)
+                    pipe.hgetall(keys.adaptive_state(name))
                 results = pipe.execute()
                 return {
                     name: _parse_state(results[2 * i + 1], _floats(results[2 * i]))

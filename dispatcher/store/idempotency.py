@@ -17,11 +17,10 @@ import redis
 from ..core.ports import Claimed, Health
 from ..core.spec import RouteName, parse_route
 from . import keys
+from .client import REDIS_ERRORS
 from .scripts import IDEMPOTENCY_RELEASE
 
 log = logging.getLogger("dispatcher.idempotency")
-
-_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 
 def _value(job_id: str, task_name: str, route: RouteName, queue: str | None) -> str:
@@ -50,7 +49,7 @@ class RedisIdempotency:
                                 ex=self._ttl):
                 return None
             existing: bytes | None = self._client.get(name)  # type: ignore[assignment]
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._health.failed(exc)
             log.warning("idempotency store unavailable, dispatching %s anyway: %s", key, exc)
             return None
@@ -62,7 +61,7 @@ class RedisIdempotency:
         try:
             self._client.eval(IDEMPOTENCY_RELEASE.source, 1,
                               keys.idempotency(task_name, key), job_id)
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             log.warning("could not release idempotency key %s: %s", key, exc)
 
 

@@ -4,7 +4,7 @@ redis-py's pool and command layer cost more than Redis itself on these hot, simp
 calls (about 40 us to pack a command, get and release a connection): a worker makes
 two such calls per job and the records writer one per batch. A ``Link`` packs
 commands itself and keeps one connection, so it can also send now and read the
-replies later (pipelined publish calls in ``wire.PublishStream``).
+replies later (pipelined publish calls in ``routes.celery.publisher.PublishStream``).
 
 Scripts that take a batch take it as one argument of NUL-joined fields
 (``join_fields`` here, ``lua/helpers.lua`` in the script): JSON text never holds a raw

@@ -25,6 +25,7 @@ from ..core.record import (
     make_record,
     pending_json,
 )
+from ..policy.governor import never_busy
 from . import keys
 from .link import Link, join_fields
 from .scripts import WRITE_RECORDS
@@ -46,10 +47,6 @@ def _record_json(held: JobRecord | Job) -> str:
     return pending_json(held) if isinstance(held, Job) else encode_record(held)
 
 
-def _never_busy() -> bool:
-    return False
-
-
 #: Every buffered store of this process: a forked child resets each (``_after_fork``).
 _stores: weakref.WeakSet[RecordBuffer] = weakref.WeakSet()
 
@@ -67,7 +64,7 @@ class RecordBuffer:
 
     def __init__(self, client: redis.Redis, ttl: int, interval: float = 0.005,
                  on_error: Callable[[BaseException], None] | None = None, *,
-                 poll: bool = False, busy: Callable[[], bool] = _never_busy) -> None:
+                 poll: bool = False, busy: Callable[[], bool] = never_busy) -> None:
         self._client = client
         #: Whether the web server is saturated (``policy.governor.ServerLoad.busy``).
         self._busy = busy
@@ -88,7 +85,8 @@ class RecordBuffer:
         #: Jobs just dispatched, filed without the lock (``deque.append`` is atomic) and
         #: moved into ``_pending`` by whoever next takes the lock (``_absorb_filed``).
         self._filed: collections.deque[Job] = collections.deque()
-        #: PENDING inline jobs held back while the server is saturated (see above).
+        #: PENDING inline jobs held back while the server is saturated (see
+        #: ``RedisRecordStore``).
         self._held: dict[str, Job] = {}
         #: The batch being written right now: taken from the buffer, not yet in Redis.
         #: Readers look here too, or a read landing mid-write would see neither.

@@ -43,6 +43,7 @@ class InlineRoute:
         self._busy = busy
         self._lock = threading.Lock()
         self._executor: InlineExecutor | None = None
+        self._closed = False
 
     @property
     def executor(self) -> InlineExecutor:
@@ -51,6 +52,8 @@ class InlineRoute:
         if executor is not None:
             return executor
         with self._lock:
+            if self._closed:  # a reset: this runtime's jobs are over
+                raise DispatchError("the inline executor has been shut down")
             if self._executor is None:
                 settings = self.settings
                 self._executor = InlineExecutor(
@@ -87,8 +90,10 @@ class InlineRoute:
             self.dispatch(job, countdown, reason)
         return ["inline"] * len(jobs)
 
-    def plan(self, spec: TaskSpec, decision: RouteDecision, *, spills: bool) -> InlinePlan:
-        return InlinePlan(self, spec, decision, self.settings, spills=spills)
+    def plan(self, spec: TaskSpec, decision: RouteDecision, settings: DispatcherSettings, *,
+             spills: bool) -> InlinePlan:
+        """The fast path of ``decision`` (made under ``settings``) through this route."""
+        return InlinePlan(self, spec, decision, settings, spills=spills)
 
     def hand_over(self, jobs: Sequence[Job]) -> list[Job]:
         """Give unfinished inline jobs to the Celery route (or its spool) instead of
@@ -131,19 +136,17 @@ class InlineRoute:
         self.abandon(stranded, f"not finished within the shutdown grace of {grace:g}s",
                      "shutdown")
 
-    def drain(self, grace: float) -> list[Job]:
-        executor = self._executor
-        return [] if executor is None else executor.drain(grace)
-
     def close(self, grace: float = 0.0) -> None:
-        """Stop the executor (``dispatcher.runtime`` resets)."""
-        executor, self._executor = self._executor, None
+        """Stop the executor for good (``dispatcher.runtime`` resets)."""
+        with self._lock:
+            self._closed = True
+            executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(grace=grace)
 
 
 class InlinePlan:
-    """An inline dispatch of one task, worked out once per settings.
+    """An inline dispatch of one task, worked out once per settings and runtime.
 
     The common case (inline, no countdown, no idempotency key) then costs a job and
     ``InlineRoute.dispatch`` (its filing, its event, an append to the request's batch):

@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from dispatcher import TaskHandle, configure, get_settings
 from dispatcher.policy.adaptive import MIN_SAMPLES
 from dispatcher.runtime.container import current
-from dispatcher.store import adaptive
+from dispatcher.store import keys
 from tests.integration import sample_tasks as samples
 
 AUTO = "samples.auto_sleep"
@@ -65,7 +65,7 @@ def test_auto_task_moves_to_celery_when_slow_and_back_once_fast(
 ) -> None:
     configure(get_settings(), inline_max_seconds=MAX_SECONDS)
     client = redis.Redis.from_url(broker)
-    client.delete(adaptive.samples_key(AUTO), adaptive.state_key(AUTO))
+    client.delete(keys.adaptive_samples(AUTO), keys.adaptive_state(AUTO))
     to_celery, to_inline = decisions(AUTO, "celery", "adaptive"), decisions(AUTO, "inline",
                                                                              "adaptive")
     key = f"auto:{uuid.uuid4()}"

@@ -158,3 +158,54 @@ def test_a_plain_script_prints_each_events_fields() -> None:
     assert len(lines) == 1, done.stderr
     assert "task_name=script.add" in lines[0] and "route=inline" in lines[0]
     assert "attempt=1" in lines[0] and "duration_ms=" in lines[0]
+
+
+def test_once_the_script_configures_logging_the_events_go_there_once() -> None:
+    script = textwrap.dedent("""
+        import logging, sys
+        from dispatcher import task
+        from dispatcher.testing import isolated_settings, wait_for_inline_jobs
+
+        isolated_settings()
+
+        @task(name="script.mul")
+        def mul(a: int, b: int) -> int:
+            return a * b
+
+        mul.dispatch(2, 3)
+        wait_for_inline_jobs()
+        logging.basicConfig(stream=sys.stdout, level=logging.INFO, format="APP %(message)s")
+        mul.dispatch(4, 5)
+        wait_for_inline_jobs()
+    """)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, check=True)
+    assert len([x for x in done.stderr.splitlines() if "task.succeeded" in x]) == 1
+    assert [x for x in done.stdout.splitlines() if "task.succeeded" in x] == [
+        "APP task.succeeded"]
+
+
+def test_a_decision_for_other_settings_never_steers_a_dispatch() -> None:
+    from dispatcher import BrokerUnavailable, configure
+    from tests.unit.helpers import unit_settings
+
+    @task(name="edges.steer")
+    def steer() -> None: ...
+
+    configure(unit_settings(force_route="celery"))  # no broker: Celery cannot take it
+    assert steer.route_for(unit_settings()).route == "inline"
+    with pytest.raises(BrokerUnavailable):
+        steer.dispatch()
+
+
+def test_the_inline_fast_path_follows_a_reset() -> None:
+    @task(name="edges.fast")
+    def fast() -> None: ...
+
+    fast.dispatch()
+    assert fast._inline_plan is not None and fast._inline_plan.route is current().inline
+    reset()
+    fast.dispatch()  # the stale plan is not used; this dispatch makes a new one
+    fast.dispatch()
+    wait_for_inline_jobs()
+    assert fast._inline_plan is not None and fast._inline_plan.route is current().inline
