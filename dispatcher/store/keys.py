@@ -19,8 +19,11 @@ HISTORY_PREFIX = "dispatch:history:"
 MARKER_PREFIX = "dispatch:published:"
 #: Sorted set of publications not yet started, scored by publish time.
 INFLIGHT = "dispatch:inflight"
-#: kombu's hash of messages delivered and not yet acknowledged.
+#: kombu's hash of messages delivered and not yet acknowledged, its index by delivery
+#: time, and the lock of its restore pass.
 KOMBU_UNACKED = "unacked"
+KOMBU_UNACKED_INDEX = "unacked_index"
+KOMBU_UNACKED_MUTEX = "unacked_mutex"
 #: Per job, how many deliveries a worker started (crash redeliveries count).
 RUNS_PREFIX = "dispatch:runs:"
 #: One key per live dispatcher worker, by its Celery node name.

@@ -7,6 +7,9 @@ from celery import Celery
 
 from ...core.settings import DispatcherSettings
 
+#: How long kombu's restore lock outlives a worker that died holding it.
+RESTORE_LOCK_SECONDS = 10
+
 
 def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") -> Celery:
     """A Celery app configured from our settings: JSON only, at-least-once, priorities on."""
@@ -17,6 +20,10 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
         # (kombu's defaults only look every ~100 s).
         "unacked_restore_interval": max(1, min(10, settings.visibility_timeout // 10)),
         "unacked_restore_throttle": 1,
+        # One restore pass takes milliseconds, but kombu keeps its lock 300 s by default:
+        # a worker killed while it held the lock (SIGKILL, OOM) would stop every restore
+        # in the fleet, its own lost jobs included, for five minutes.
+        "unacked_mutex_expire": RESTORE_LOCK_SECONDS,
         "socket_timeout": settings.publish_timeout,
         "socket_connect_timeout": settings.publish_timeout,
     }
