@@ -15,7 +15,7 @@ from functools import cache
 import redis
 from pydantic import SecretStr
 
-from dispatcher import RetryPolicy, progress, task
+from dispatcher import RetryPolicy, current_job, progress, task
 
 NO_JITTER = RetryPolicy(max_attempts=3, base_delay=0.3, multiplier=2.0, max_delay=5.0,
                         jitter=False)
@@ -141,3 +141,15 @@ def auto_sleep(key: str, seconds: float) -> str:
     time.sleep(seconds)
     note(key, seconds=seconds)
     return "slept"
+
+
+@task(name="samples.whoami", weight=1,
+      retry=RetryPolicy(max_attempts=2, base_delay=0.1, max_delay=0.1, jitter=False))
+def whoami(key: str) -> dict[str, object]:
+    """Fails its first attempt, then answers with what ``current_job()`` says."""
+    job = current_job()
+    assert job is not None
+    if note(key) == 1:
+        raise RuntimeError("first attempt fails on purpose")
+    return job._asdict()
+

@@ -126,3 +126,12 @@ def test_decorator_queue_is_used_and_consumed_by_python_m_worker(broker: str) ->
     assert handle.get(timeout=20) == 42
     record = handle.record()
     assert record is not None and record["queue"] == "samples-heavy"
+
+
+@pytest.mark.parametrize("route", ["inline", "celery"])
+def test_a_task_reads_its_own_job_on_either_route(broker: str, route: str) -> None:
+    handle = samples.whoami.options(route=route).dispatch(f"whoami:{uuid.uuid4()}")
+    assert handle.get(timeout=20) == {
+        "id": handle.id, "name": "samples.whoami", "route": route, "attempt": 2,
+        "max_attempts": 2, "request_id": None}
+
