@@ -130,13 +130,20 @@ def test_records_expire_with_the_result_ttl(broker: str, redis_server: Any) -> N
     def short_lived() -> str:
         return "gone soon"
 
-    handle = short_lived.dispatch()
-    assert handle.get(timeout=5) == "gone soon"
     client = redis.Redis.from_url(broker)
-    assert get_job(current().records, handle.id) is not None
-    assert 0 < client.ttl(KEY_PREFIX + handle.id) <= 2
-    assert 0 < client.ttl(HISTORY_PREFIX + handle.id) <= 2
-    assert client.zscore(INDEX_KEY, handle.id) is not None
+    for _ in range(5):  # a loaded machine may take the 2 s before the look: once more
+        handle = short_lived.dispatch()
+        assert handle.get(timeout=5) == "gone soon"
+        with client.pipeline(transaction=True) as pipe:  # one moment for all three
+            pipe.ttl(KEY_PREFIX + handle.id)
+            pipe.ttl(HISTORY_PREFIX + handle.id)
+            pipe.zscore(INDEX_KEY, handle.id)
+            record_ttl, history_ttl, indexed = pipe.execute()
+        if record_ttl != -2:  # -2: expired before this look
+            break
+    assert 0 < record_ttl <= 2
+    assert 0 < history_ttl <= 2
+    assert indexed is not None
     deadline = time.monotonic() + 10
     while client.exists(KEY_PREFIX + handle.id) and time.monotonic() < deadline:
         time.sleep(0.2)
