@@ -159,8 +159,8 @@ def test_celery_inspect_active_lists_a_running_job(broker: str, service_env: dic
     handle = samples.slow_inline.options(route="celery").dispatch(key, 4.0)
     assert handle.route == "celery"
     deadline = time.monotonic() + 20
-    while handle.state() != "STARTED":
-        assert handle.state() == "PENDING", handle.record()
+    while (state := handle.state()) != "STARTED":  # one read per look: no race
+        assert state == "PENDING", handle.record()
         assert time.monotonic() < deadline, f"job never started: {handle.record()}"
         time.sleep(0.05)
 
