@@ -86,9 +86,9 @@ def redis_server(port: int, data_dir: str) -> int:
     except DispatchError as exc:
         print(f"dispatcher: {exc}; choose another with --port", file=sys.stderr)
         return 2
-    print(f"embedded Redis on {server.url} (pid {server.pid}), data in {folder}; "
-          f"set DISPATCH_BROKER_URL={server.url}; Ctrl-C stops it", flush=True)
-    try:
+    try:  # from here on, Ctrl-C (even during the print) stops the server
+        print(f"embedded Redis on {server.url} (pid {server.pid}), data in {folder}; "
+              f"set DISPATCH_BROKER_URL={server.url}; Ctrl-C stops it", flush=True)
         while server.process is not None and server.process.poll() is None:
             time.sleep(0.5)
     except KeyboardInterrupt:

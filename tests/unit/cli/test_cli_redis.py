@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import redis
 
 from dispatcher.store.embedded import free_port
@@ -30,9 +31,13 @@ def _start(port: int, folder: Path, log: Path) -> subprocess.Popen[bytes]:
     return process
 
 
-def _stop(process: subprocess.Popen[bytes]) -> int:
+def _stop(process: subprocess.Popen[bytes], port: int) -> int:
+    """Ctrl-C; the command must take its server down with it (never leave one behind)."""
     process.send_signal(signal.SIGINT)
-    return process.wait(timeout=30)
+    code = process.wait(timeout=30)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis(host="127.0.0.1", port=port, socket_timeout=5).ping()
+    return code
 
 
 def test_dispatcher_redis_keeps_its_data_across_restarts(tmp_path: Path) -> None:
@@ -43,13 +48,13 @@ def test_dispatcher_redis_keeps_its_data_across_restarts(tmp_path: Path) -> None
         client.set("kept", "yes")
         assert f"redis://127.0.0.1:{port}/0" in log.read_text()
     finally:
-        assert _stop(server) == 0
+        assert _stop(server, port) == 0
     assert folder.is_dir()
     server = _start(port, folder, log)
     try:
         assert redis.Redis(host="127.0.0.1", port=port, socket_timeout=5).get("kept") == b"yes"
     finally:
-        _stop(server)
+        assert _stop(server, port) == 0
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
@@ -63,4 +68,4 @@ def test_a_taken_port_is_a_clear_error(tmp_path: Path) -> None:
         assert second.returncode == 2
         assert f"did not start on port {port} (is the port taken?)" in second.stderr
     finally:
-        _stop(first)
+        _stop(first, port)
