@@ -90,10 +90,10 @@ class Execution:
             log.error("could not dead-letter task %s (%s): %s", job.id, reason, exc)
 
     def run_sync(self, job: Job, values: dict[str, Any]) -> Outcome:
-        return run_sync(self, job, values)
+        return _run_sync(self, job, values)
 
     async def run_async(self, job: Job, values: dict[str, Any]) -> Outcome:
-        return await run_async(self, job, values)
+        return await _run_async(self, job, values)
 
     def reject(self, job: Job, error: BaseException,
                reason: str = "invalid_payload") -> Outcome:
@@ -230,7 +230,7 @@ def _call_with_timeout(
         return None, future
 
 
-def run_sync(execution: Execution, job: Job, values: dict[str, Any]) -> Outcome:
+def _run_sync(execution: Execution, job: Job, values: dict[str, Any]) -> Outcome:
     """Run a synchronous task function in this thread (the worker's and the inline
     executor's sync path); a timed-out call comes back as ``Outcome.lingering``."""
     attempt = Attempt(execution, job)
@@ -255,7 +255,7 @@ def run_sync(execution: Execution, job: Job, values: dict[str, Any]) -> Outcome:
     return attempt.succeeded(result)
 
 
-async def run_async(execution: Execution, job: Job, values: dict[str, Any]) -> Outcome:
+async def _run_async(execution: Execution, job: Job, values: dict[str, Any]) -> Outcome:
     """Run a coroutine task function on the running loop (both routes' async path)."""
     attempt = Attempt(execution, job)
     spec = job.spec
