@@ -27,7 +27,7 @@ from .errors import TaskTimeout
 from .events import emit, error_fields
 from .job import Job
 from .ports import DeadLetterStore, Health, RecordStore
-from .record import ErrorInfo, State, make_dead_letter, make_record
+from .record import ErrorInfo, State, celery_exception, make_dead_letter, make_record
 from .redaction import scrub, secret_values
 from .registry import secret_names
 from .spec import TaskSpec
@@ -173,7 +173,9 @@ class Attempt:
             return Outcome("RETRY", error=error, retry_delay=decision.delay)
         tb = scrub("".join(traceback.format_exception(error)), secrets)
         reason = final_reason or decision.reason
-        self.execution.record(job, "FAILURE", traceback=tb, reason=reason, **fields)
+        self.execution.record(job, "FAILURE", traceback=tb, reason=reason,
+                              result=celery_exception(error_info, _exception_module(error)),
+                              **fields)
         self.execution.dead_letter(job, error_info, reason, tb)
         emit(
             "task.failed",
@@ -184,6 +186,14 @@ class Attempt:
             reason=reason,
         )
         return Outcome("FAILURE", error=error)
+
+
+def _exception_module(error: BaseException) -> str | None:
+    """Where a Celery client finds the failure's class. Not ours: their constructors
+    take more than the one message Celery passes (None: Celery makes up a class of the
+    same name, which carries the message)."""
+    module = type(error).__module__
+    return None if module.split(".")[0] == "dispatcher" else module
 
 
 def _must_propagate(error: BaseException, job: Job) -> bool:

@@ -102,13 +102,20 @@ def finish(record: JobRecord) -> JobRecord:
         record["finished_at"] = now
         record["date_done"] = datetime.fromtimestamp(now, UTC).isoformat()
     error = record.get("error")
-    if record["status"] == "FAILURE" and isinstance(error, dict):
-        record["result"] = {
-            "exc_type": error.get("type"),
-            "exc_message": [error.get("message")],
-            "exc_module": "builtins",
-        }
+    result = record.get("result")
+    if (record["status"] == "FAILURE" and isinstance(error, dict)
+            and not (isinstance(result, dict) and "exc_type" in result)):
+        record["result"] = celery_exception(error)
     return record
+
+
+def celery_exception(error: ErrorInfo, module: str | None = "builtins") -> dict[str, Any]:
+    """A failure's result the way Celery's JSON result backend encodes an exception, so a
+    plain Celery client's ``AsyncResult.get()`` raises the task's exception type (the
+    real class when the client has imported ``module``; a class of that name made up
+    by Celery when ``module`` is None) with the task's message."""
+    return {"exc_type": error.get("type"), "exc_message": [error.get("message")],
+            "exc_module": module}
 
 
 def encode_record(record: JobRecord) -> str:

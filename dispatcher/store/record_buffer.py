@@ -18,6 +18,7 @@ import redis
 
 from ..core.job import Job
 from ..core.record import (
+    TERMINAL,
     HistoryEntry,
     JobRecord,
     encode_record,
@@ -250,13 +251,15 @@ class RecordBuffer:
             if "\x00" in task_id:  # would break the NUL-joined fields; no id of ours
                 log.warning("not recording task %r: its id holds a NUL character", task_id)
                 continue
-            records += (task_id, _record_json(batch[task_id]))
+            held = batch[task_id]
+            ready = isinstance(held, dict) and held["status"] in TERMINAL
+            records += (task_id, _record_json(held), "1" if ready else "")
             for entry in history.get(task_id, ()):
                 entries += (task_id, json.dumps(entry))
             if task_id in index:
                 marks += (task_id, repr(index[task_id]))
         args = (self._ttl, repr(time.time() - self._ttl),
-                len(records) // 2, join_fields(records), len(entries) // 2, join_fields(entries),
+                len(records) // 3, join_fields(records), len(entries) // 2, join_fields(entries),
                 len(marks) // 2, join_fields(marks), keys.RECORD_PREFIX, keys.HISTORY_PREFIX)
         try:
             self._link.call("EVALSHA", WRITE_RECORDS.sha, 1, keys.JOBS_INDEX, *args)

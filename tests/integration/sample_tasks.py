@@ -153,3 +153,11 @@ def whoami(key: str) -> dict[str, object]:
         raise RuntimeError("first attempt fails on purpose")
     return job._asdict()
 
+
+
+@task(name="samples.power", weight=8, retry=RetryPolicy(max_attempts=1))
+def power(base: int, exponent: int = 2) -> int:
+    """Called by plain Celery clients (``send_task``) with positional arguments."""
+    if base < 0:
+        raise ValueError(f"negative base {base}")
+    return int(base ** exponent)

@@ -59,7 +59,9 @@ def job_from_request(task: RegisteredTask, request: Any, payload: dict[str, Any]
         payload=payload,
         attempt=int(meta.get("attempt") or 1),
         request_id=meta.get("request_id"),
-        dispatched_at=float(meta.get("dispatched_at") or 0.0),
+        # A message sent by a plain Celery client carries none of our header: its job
+        # counts as dispatched when it arrives.
+        dispatched_at=float(meta.get("dispatched_at") or time.time()),
         queued_at=_number(meta.get("queued_at")),
     )
 
@@ -125,7 +127,8 @@ class CeleryWorker:
             link = self._count.link = Link(self.route.monitor.publisher.client)
         return link
 
-    def execute(self, task: RegisteredTask, request: Any, payload: dict[str, Any]) -> Any:
+    def execute(self, task: RegisteredTask, request: Any, payload: dict[str, Any],
+                args: tuple[Any, ...] = ()) -> Any:
         """Run one delivered message through the execution core and carry out its outcome.
 
         The job's records are flushed before the message is acknowledged: a worker
@@ -134,11 +137,21 @@ class CeleryWorker:
         is returned (``ignore_result``: Celery puts it in the event and stores nothing),
         and a job that failed for good raises ``TaskFailed``, an expected error Celery
         logs without a traceback (ours is in the job's record and log line already).
+
+        ``args``: positional arguments, which only a plain Celery client sends
+        (``send_task(name, args=[...])``); they are bound to the task's parameter names
+        and then validated like any payload.
         """
         try:
+            refused: TaskValidationError | None = None
+            if args:
+                try:
+                    payload = task.validator.bind(args, payload)
+                except TaskValidationError as exc:
+                    refused = exc
             job = job_from_request(task, request, payload)
             outcome = self._execute(task, job, payload,
-                                    self.count_run(job, self.settings.result_ttl))
+                                    self.count_run(job, self.settings.result_ttl), refused)
         finally:
             self.execution.records.flush(self.settings.publish_timeout)
         if outcome.status == "FAILURE":
@@ -147,7 +160,7 @@ class CeleryWorker:
         return outcome.result
 
     def _execute(self, task: RegisteredTask, job: Job, payload: dict[str, Any],
-                 runs: int | None) -> Outcome:
+                 runs: int | None, refused: TaskValidationError | None = None) -> Outcome:
         if runs is not None and runs > job.attempt:
             job.attempt = runs
         if job.attempt > task.spec.retry.max_attempts:
@@ -157,6 +170,8 @@ class CeleryWorker:
             )
             job.attempt -= 1
             return self.execution.reject(job, error, reason="crashed")
+        if refused is not None:
+            return self.execution.reject(job, refused)
         try:
             values = task.validator.decode(payload)
         except TaskValidationError as exc:
@@ -185,8 +200,8 @@ class CeleryWorker:
     def _register(self, app: Celery, task: RegisteredTask) -> None:
         worker = self
 
-        def run(self: Any, /, **payload: Any) -> Any:
-            return worker.execute(task, self.request, payload)
+        def run(self: Any, /, *args: Any, **payload: Any) -> Any:
+            return worker.execute(task, self.request, payload, args)
 
         run.__name__ = task.spec.name.rsplit(".", 1)[-1]
         run.__doc__ = task.spec.fn.__doc__

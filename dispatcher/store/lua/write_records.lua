@@ -1,14 +1,17 @@
 -- Writes one flush of a records buffer. KEYS[1] the jobs index.
 -- ARGV[1] ttl, ARGV[2] the index's retention cut-off, then three counted runs of
--- fields (helpers' fields()): ARGV[3] pairs in ARGV[4] of (job id, record), ARGV[5]
+-- fields (helpers' fields()): ARGV[3] triples in ARGV[4] of (job id, record, "1" when
+-- the record is ready: published on the record's key, as Celery's Redis result backend
+-- does, for clients waiting in ``AsyncResult.get()``), ARGV[5]
 -- pairs in ARGV[6] of (job id, history entry), ARGV[7] pairs in ARGV[8] of (job id,
 -- dispatch time); ARGV[9] the record key prefix, ARGV[10] the history key prefix.
 local ttl = ARGV[1]
 local record_prefix, history_prefix = ARGV[9], ARGV[10]
 local field = fields(ARGV[4])
 for _ = 1, tonumber(ARGV[3]) do
-  local job, record = field(), field()
+  local job, record, ready = field(), field(), field()
   redis.call('SET', record_prefix .. job, record, 'EX', ttl)
+  if ready == '1' then redis.call('PUBLISH', record_prefix .. job, record) end
 end
 field = fields(ARGV[6])
 local touched = {}
