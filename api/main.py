@@ -3,6 +3,8 @@ endpoints (job records, events, dead letters, routes) and health."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Query
@@ -19,9 +21,18 @@ from dispatcher.fastapi import (
     metrics_router,
 )
 
-from .tasks import generate_report, write_notification
+from .tasks import data_dir, generate_report, write_notification
 
-app = FastAPI(title="Hybrid dispatcher example API", version="0.1.0")
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Refuse to start, saying why, when the tasks could not write their files
+    (``API_DATA_DIR``): better than a failed notification after the first call."""
+    data_dir()
+    yield
+
+
+app = FastAPI(title="Hybrid dispatcher example API", version="0.1.0", lifespan=lifespan)
 install(app)
 app.include_router(jobs_router)
 app.include_router(metrics_router)  # GET /metrics (Prometheus)

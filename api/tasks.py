@@ -13,14 +13,47 @@ from pydantic import Field
 
 from dispatcher import RetryPolicy, task
 
+#: The example app's setting: the directory its tasks write files to.
+DATA_DIR_ENV = "API_DATA_DIR"
+#: Used when API_DATA_DIR is unset or empty; relative to the working directory.
+DEFAULT_DATA_DIR = ".run/api"
+
+
+class DataDirError(RuntimeError):
+    """The example tasks' data directory cannot be created or written."""
+
+
+def data_dir() -> Path:
+    """The directory the example tasks write to: ``$API_DATA_DIR``, else ``.run/api``
+    under the working directory. Created when missing; raises :class:`DataDirError`,
+    naming the setting, when this process cannot write there."""
+    configured = os.environ.get(DATA_DIR_ENV, "")
+    path = Path(configured or DEFAULT_DATA_DIR)
+    source = f"{DATA_DIR_ENV}={configured}" if configured else f"{DATA_DIR_ENV} unset"
+    fix = f"set {DATA_DIR_ENV} to a directory that uid {os.getuid()} can write"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DataDirError(
+            f"cannot create the data directory {path.absolute()} ({source}): "
+            f"{error.strerror}; {fix}"
+        ) from error
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise DataDirError(
+            f"the data directory {path.absolute()} ({source}) is not writable for "
+            f"uid {os.getuid()}; {fix}"
+        )
+    return path
+
 
 def notifications_file() -> Path:
-    return Path(os.environ.get("API_NOTIFICATIONS_FILE", "notifications.log"))
+    return data_dir() / "notifications.log"
 
 
 @task(weight=1)
 def write_notification(email: str, message: str = "") -> None:
-    """Append one notification line to the notifications file (light: runs inline)."""
+    """Append one notification line to ``notifications.log`` in the data directory
+    (light: runs inline)."""
     with notifications_file().open(mode="a") as handle:
         handle.write(f"notification for {email}: {message}\n")
 

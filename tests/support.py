@@ -16,12 +16,13 @@ ROOT = Path(__file__).resolve().parents[1]
 class Process:
     """A child process with its output in a file we can read."""
 
-    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path,
+                 cwd: Path = ROOT) -> None:
         self.log = log
         self.url = ""
         with log.open("wb") as out:
             self.popen = subprocess.Popen(
-                args, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
 

@@ -35,7 +35,7 @@ def service_env(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFa
         DISPATCH_TASK_MODULES=TASK_MODULES,
         DISPATCH_LOG_FORMAT="json",
         PYTHONUNBUFFERED="1",
-        API_NOTIFICATIONS_FILE=str(tmp_path_factory.mktemp("api") / "notifications.log"),
+        API_DATA_DIR=str(tmp_path_factory.mktemp("api-data")),
         DISPATCH_SPOOL_PATH=str(tmp_path_factory.mktemp("spool") / "spool.sqlite3"),
         # Only the session worker serves /metrics (on its own free port): other workers
         # started by tests would fight over the default 9808.

@@ -32,7 +32,7 @@ def test_run_command_serves_both_routes_and_stops_everything(tmp_path: Path) -> 
     """`python -m api` (what `make run` starts) with no broker configured."""
     env = {k: v for k, v in os.environ.items()
            if not (k.startswith("DISPATCH_") or k == "REDIS_URL")}
-    env["API_NOTIFICATIONS_FILE"] = str(tmp_path / "notifications.log")
+    env["API_DATA_DIR"] = str(tmp_path / "api-data")
     env["PYTHONUNBUFFERED"] = "1"
     port = free_port()
     run = Process([sys.executable, "-m", "api", "--port", str(port)], env, tmp_path / "run.log")

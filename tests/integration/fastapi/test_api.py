@@ -24,7 +24,7 @@ def test_notification_runs_inline_after_the_response(api_url: str, service_env: 
         status = poll_state(client, api_url, body["task_id"], {"SUCCESS", "FAILURE"})
     assert status["state"] == "SUCCESS"
     assert status["route"] == "inline"
-    written = Path(service_env["API_NOTIFICATIONS_FILE"]).read_text()
+    written = (Path(service_env["API_DATA_DIR"]) / "notifications.log").read_text()
     assert "notification for a@example.com: hello" in written
 
 
