@@ -3,7 +3,7 @@
 Counters and histograms are fed by the log events (``observe_event`` listens to
 ``core.events``), so every job is counted where it runs, inline in the API process or
 in a worker's pool process. Gauges (inline executor load, spool depth, Celery queue
-depths) are read when scraped, by ``ScrapeCollector``; a scrape never builds a service,
+depths and backlogs) are read when scraped, by ``ScrapeCollector``; a scrape never builds a service,
 starts a thread or waits long on Redis.
 
 Under several processes (Celery's prefork pool, uvicorn ``--workers``) prometheus-client
@@ -154,6 +154,9 @@ class GaugeReadings:
     #: None without a broker; else per queue (None: could not be read now).
     queue_depths: dict[str, int] | None = None
     broker_configured: bool = False
+    #: Per queue, every job not finished with: waiting, delayed, delivered and not
+    #: acknowledged (None: not read).
+    backlog: dict[str, int] | None = None
 
 
 def _nothing() -> GaugeReadings:
@@ -162,7 +165,7 @@ def _nothing() -> GaugeReadings:
 
 class ScrapeCollector(Collector):
     """Gauges computed when scraped, from ``source`` (set by ``dispatcher.runtime``):
-    the inline executor's load, the outage spool, Celery queue lengths."""
+    the inline executor's load, the outage spool, Celery queue lengths and backlogs."""
 
     def __init__(self) -> None:
         self.source: Callable[[], GaugeReadings] = _nothing
@@ -188,10 +191,17 @@ class ScrapeCollector(Collector):
                 "dispatch_broker_up",
                 "1 if the queue depths could be read from the broker at this scrape.",
             ),
+            GaugeMetricFamily(
+                "dispatch_backlog",
+                "Jobs of a Celery queue not finished with: waiting at any priority, "
+                "delayed, or delivered to a worker and not acknowledged (the signal to "
+                "scale workers on).",
+                labels=["queue"],
+            ),
         ]
 
     def collect(self) -> Iterable[Metric]:
-        busy, waiting, spool, depth, up = self._families()
+        busy, waiting, spool, depth, up, backlog = self._families()
         try:
             readings = self.source()
         except Exception as exc:  # a scrape never fails on our account
@@ -213,6 +223,10 @@ class ScrapeCollector(Collector):
             for queue, count in depths.items():
                 depth.add_metric([queue], count)
             yield depth
+        if depths is not None and readings.backlog is not None:
+            for queue, count in readings.backlog.items():
+                backlog.add_metric([queue], count)
+            yield backlog
 
 
 COLLECTOR = ScrapeCollector()

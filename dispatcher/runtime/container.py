@@ -179,8 +179,10 @@ class Runtime:
                 logging.getLogger("dispatcher.metrics").debug("spool depth not read: %s", exc)
         configured = self.settings.broker_url is not None
         known_down = monitor is not None and not monitor.healthy
-        depths = None if not configured or known_down else self.queue_depths.read()
-        return GaugeReadings(running, max(0, outstanding - running), spool, depths, configured)
+        load = None if not configured or known_down else self.queue_depths.read()
+        return GaugeReadings(running, max(0, outstanding - running), spool,
+                             load.depths if load else None, configured,
+                             load.backlog if load else None)
 
     def inline_load(self) -> tuple[int, int]:
         """(running, outstanding) inline jobs of this process; no executor is started."""

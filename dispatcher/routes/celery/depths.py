@@ -1,5 +1,6 @@
-"""Celery queue depths for ``/metrics``: one pipelined round trip with a short
-timeout, left alone for a while after a failure."""
+"""Celery queue depths and backlogs for ``/metrics``: one pipelined round trip (and a
+bounded scan of the unacknowledged messages, when there are any) with a short timeout,
+left alone for a while after a failure."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import redis
 
 from ...core.settings import DispatcherSettings
 from ...store.client import redis_client
-from .protocol import queue_depths
+from .backlog import QueueLoad, read_queue_load
 from .worker import worker_queues
 
 log = logging.getLogger("dispatcher.metrics")
@@ -27,8 +28,9 @@ class QueueDepths:
         self._client: redis.Redis | None = None
         self._down_until = 0.0
 
-    def read(self) -> dict[str, int] | None:
-        """Messages waiting per queue of this app; None when they cannot be read now."""
+    def read(self) -> QueueLoad | None:
+        """Messages waiting, and the backlog, per queue of this app; None when they
+        cannot be read now."""
         url = self.settings.broker_url
         if url is None or time.monotonic() < self._down_until:
             return None
@@ -38,7 +40,7 @@ class QueueDepths:
                 self._client = redis_client(url, timeout)
             client = self._client
         try:
-            return queue_depths(client, worker_queues(self.settings))
+            return read_queue_load(client, worker_queues(self.settings))
         except Exception as exc:
             self._down_until = time.monotonic() + QUEUE_DEPTH_BACKOFF
             log.debug("queue depths not read: %s", exc)

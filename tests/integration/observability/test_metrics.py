@@ -77,6 +77,7 @@ def test_worker_counts_add_up_across_its_pool_processes(
 
     assert get(after, "dispatch_broker_up") == 1
     assert ("dispatch_queue_depth", frozenset({("queue", "celery")})) in after
+    assert ("dispatch_backlog", frozenset({("queue", "celery")})) in after
     assert ("dispatch_spool_depth", frozenset()) in after
     assert get(after, "dispatch_inline_busy") == 0
 
@@ -104,3 +105,4 @@ def test_api_metrics_count_its_dispatches_and_inline_runs(
     assert change(worker_before, worker_after, "dispatch_jobs_succeeded_total", **celery) == 1
     assert get(api_after, "dispatch_broker_up") == 1
     assert ("dispatch_queue_depth", frozenset({("queue", "celery")})) in api_after
+    assert ("dispatch_backlog", frozenset({("queue", "celery")})) in api_after

@@ -216,6 +216,7 @@ def test_scrape_skips_queue_depths_when_redis_is_down(
     text = generate_latest(REGISTRY).decode()
     assert "dispatch_broker_up 0.0" in text
     assert "dispatch_queue_depth{" not in text
+    assert "dispatch_backlog{" not in text  # unknown, not zero: an autoscaler must not act
     assert current()._celery is None  # a scrape builds no Celery route, starts no monitor
 
 
