@@ -5,8 +5,9 @@ them, each counted once."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +107,38 @@ def test_backlog_is_every_priority_list_plus_the_unacknowledged(
     gauges = scrape_gauges()
     assert gauges[("dispatch_queue_depth", queue)] == total
     assert gauges[("dispatch_backlog", queue)] == total
+
+
+def _held_entry(client: redis.Redis, job_id: str) -> dict[str, Any] | None:
+    for _tag, raw in client.hscan_iter(keys.KOMBU_UNACKED):
+        message = json.loads(raw)[0]
+        if message["headers"].get("id") == job_id:
+            return dict(message)
+    return None
+
+
+def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return found
+
+
+def test_a_job_a_worker_holds_for_its_countdown_is_counted_once(broker: str) -> None:
+    """Celery keeps a job with a countdown in the worker that reserved it, unacknowledged
+    until it has run: it is in the backlog once, not in the queue's lists."""
+    client = redis.Redis.from_url(broker)
+    queue = "samples-heavy"  # consumed by the session worker
+    handle = samples.on_own_queue.options(countdown=5).dispatch(21)
+    assert handle.queue == queue
+    held = _wait_for(lambda: _held_entry(client, handle.id), "the worker to reserve the job")
+    assert held["headers"]["eta"] is not None
+    load = read_queue_load(client, [queue])
+    assert (load.depths, load.backlog) == ({queue: 0}, {queue: 1})
+    assert handle.get(timeout=30) == 42
+    _wait_for(lambda: read_queue_load(client, [queue]).backlog == {queue: 0},
+              "the acknowledgement")
 
 
 def test_jobs_held_in_a_delayed_set_are_counted_when_one_is_named(
