@@ -9,14 +9,15 @@ A queue's backlog is every job no worker has finished with yet:
   hash: jobs reserved by a worker, jobs running (we acknowledge late), and jobs whose
   countdown or retry delay has not passed (Celery holds those in the worker that
   reserved them). Each hash entry is kombu's JSON ``[message, exchange, routing_key]``;
-  our messages go to the default exchange with the queue as routing key, and Celery's
-  default exchange of a queue uses the queue's name as routing key too;
-- jobs held until due in a sorted set per queue, when the caller names one
-  (``delayed``; the dispatcher keeps no such set today, so nothing is counted twice).
+  our messages go to the default exchange with the queue as routing key, and a queue
+  Celery declares itself is bound with its own name as routing key too;
+- jobs the dispatcher itself holds until due, in a sorted set per queue, when the
+  caller names one (``delayed``). None does today: a countdown is a Celery ETA, held by
+  a worker and so already in the hash.
 
-A message moves between a list and the hash in one Redis transaction, but the lists
-and the hash are read one after the other: a message moved in between may be missed or
-seen twice by that one reading.
+A worker pops a message from its list and then writes it into the hash, and the lists
+and the hash are read one after the other: a message on the move may be missed, or
+seen twice, by one reading.
 """
 
 from __future__ import annotations
