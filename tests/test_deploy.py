@@ -158,7 +158,10 @@ def test_the_worker_finishes_its_longest_job_within_its_termination_grace() -> N
     assert grace > max([*timeouts, settings.shutdown_grace])
 
 
-def test_api_probes_and_ports_are_what_the_api_serves() -> None:
+def test_api_probes_and_ports_are_what_the_api_serves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_DATA_DIR", str(tmp_path))  # the example app checks it at start
     api = _component("api")
     container = _container(api)
     command = shlex.join(container["command"])
@@ -232,4 +235,5 @@ def test_pods_run_unprivileged_with_writable_volumes_where_needed(component: str
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
     spool = Path(_settings(deployment).spool_path)
-    assert "/tmp" in mounts and str(spool.parent) in mounts
+    data = _environment(deployment)["API_DATA_DIR"]  # the example tasks' files
+    assert {"/tmp", str(spool.parent), data} <= mounts
