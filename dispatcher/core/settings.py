@@ -15,9 +15,10 @@ from pydantic import (
     ValidationError,
     field_validator,
 )
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+from pydantic_settings import NoDecode, SettingsConfigDict, SettingsError
 
 from .errors import ConfigurationError
+from .fleet_settings import FleetSettings
 from .spec import RouteName, parse_priority
 
 
@@ -45,7 +46,7 @@ class RouteRule(BaseModel):
         return tuple(parse_priority(v) for v in items)
 
 
-class DispatcherSettings(BaseSettings):
+class DispatcherSettings(FleetSettings):
     """All settings; each field ``foo`` is read from ``DISPATCH_FOO``."""
 
     model_config = SettingsConfigDict(

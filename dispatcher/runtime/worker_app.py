@@ -5,14 +5,15 @@ signals. ``worker.app`` (this repository) and ``dispatcher worker`` both use it.
 from __future__ import annotations
 
 from celery import Celery
-from celery.signals import worker_process_init, worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from ..core.registry import import_task_modules
 from ..core.settings import DispatcherSettings, get_settings
 from ..observability.logging import configure_logging
 from ..ops.checks import check_configuration
 from ..routes.celery.app import create_celery_app
-from ..routes.celery.worker import CeleryWorker, require_broker, start_sweeper
+from ..routes.celery.upkeep import Upkeep, start_upkeep
+from ..routes.celery.worker import CeleryWorker, require_broker
 from ..routes.celery.worker_metrics import install_worker_metrics
 from .container import configure, current, poll_records
 
@@ -40,8 +41,15 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     worker.register_tasks(app)
     check_configuration(settings, app.conf)
     poll_records(WORKER_RECORDS_POLL)
-    worker_ready.connect(lambda sender, **_: start_sweeper(route, sender.hostname),
+    upkeep: list[Upkeep] = []
+    worker_ready.connect(lambda sender, **_: upkeep.append(start_upkeep(route, sender)),
                          weak=False)
+
+    def stop_upkeep(**_: object) -> None:
+        for duty in upkeep:
+            duty.stop()
+
+    worker_shutdown.connect(stop_upkeep, weak=False)
     worker_process_init.connect(lambda **_: worker.connect_early(), weak=False)
     install_worker_metrics(settings)  # /metrics from the main process, once the pool forked
     return app

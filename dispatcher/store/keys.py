@@ -26,8 +26,19 @@ KOMBU_UNACKED_INDEX = "unacked_index"
 KOMBU_UNACKED_MUTEX = "unacked_mutex"
 #: Per job, how many deliveries a worker started (crash redeliveries count).
 RUNS_PREFIX = "dispatch:runs:"
-#: One key per live dispatcher worker, by its Celery node name.
+#: One key per live dispatcher worker, by its Celery node name: its heartbeat (JSON:
+#: when, its queues and task names), expiring after ``DISPATCH_WORKER_DEAD_AFTER``.
 WORKER_PREFIX = "dispatch:worker:"
+#: Per live worker, the delivery tags it holds (taken, not acknowledged) at its last beat.
+HELD_SUFFIX = ":held"
+#: Sorted set of every worker that has beaten, by its last beat: where to look for them.
+WORKERS = "dispatch:workers"
+#: Per delivery (tag and time) given back from a dead worker: who claimed it.
+RESCUE_PREFIX = "dispatch:rescue:"
+#: Hash: task name -> when a live worker last advertised it (rolling deploys).
+ADVERTISED = "dispatch:tasks"
+#: Per job id refused as an unknown task: when a worker first handed it back.
+UNKNOWN_PREFIX = "dispatch:unknown:"
 #: Hash: queue -> until when a worker not ours counts as consuming it ("" -> last look).
 FOREIGN_WORKERS = "dispatch:foreign"
 #: Held by the worker whose turn it is to ask which workers are not ours.
@@ -57,6 +68,18 @@ def runs(task_id: str) -> str:
 
 def worker(hostname: str) -> str:
     return WORKER_PREFIX + hostname
+
+
+def held(hostname: str) -> str:
+    return WORKER_PREFIX + hostname + HELD_SUFFIX
+
+
+def rescue(tag: str) -> str:
+    return RESCUE_PREFIX + tag
+
+
+def unknown(task_id: str) -> str:
+    return UNKNOWN_PREFIX + task_id
 
 
 def idempotency(task_name: str, key: str) -> str:

@@ -36,6 +36,9 @@ class Cluster:
     """Redis + worker + API for one scenario, all stopped at the end by pid."""
 
     root: Path
+    #: The suite's short timeouts (visibility 10 s, lost-job requeue 5 s); False: every
+    #: setting at its default, as users run it.
+    short: bool = True
     redis: EmbeddedRedis = field(init=False)
     workers: list[Process] = field(default_factory=list)
     apis: list[Process] = field(default_factory=list)
@@ -49,24 +52,26 @@ class Cluster:
         self.env.update(
             DISPATCH_BROKER_URL=self.redis.url,
             DISPATCH_TASK_MODULES="tests.reliability.tasks",
-            DISPATCH_VISIBILITY_TIMEOUT="10",
-            DISPATCH_REQUEUE_LOST_AFTER="5",
             DISPATCH_SPOOL_PATH=str(self.root / "spool.sqlite3"),
             DISPATCH_LOG_FORMAT="json",
             DISPATCH_METRICS_PORT="0",
             RELIABILITY_LEDGER=str(self.ledger),
             PYTHONUNBUFFERED="1",
         )
+        if self.short:
+            self.env.update(DISPATCH_VISIBILITY_TIMEOUT="10", DISPATCH_REQUEUE_LOST_AFTER="5")
         os.environ["RELIABILITY_LEDGER"] = str(self.ledger)
         configure(DispatcherSettings(
-            broker_url=self.redis.url, visibility_timeout=10,
+            broker_url=self.redis.url, visibility_timeout=10 if self.short else 3600,
             spool_path=str(self.root / "test-spool.sqlite3"), _env_file=None,
         ))  # type: ignore[call-arg]
 
-    def start_worker(self, concurrency: int = 2) -> Process:
+    def start_worker(self, concurrency: int = 2, hostname: str | None = None,
+                     **env: str) -> Process:
         log = self.root / f"worker{len(self.workers)}.log"
-        worker = Process([sys.executable, "-m", "worker", "--concurrency", str(concurrency)],
-                         self.env, log)
+        name = ["--hostname", hostname] if hostname else []
+        worker = Process([sys.executable, "-m", "worker", "--concurrency", str(concurrency),
+                          *name], {**self.env, **env}, log)
         worker.wait_for_output(" ready.", timeout=60)
         self.workers.append(worker)
         return worker
@@ -138,8 +143,10 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """A cluster with the suite's short timeouts; ``indirect`` parameter "defaults":
+    every setting at its default."""
+    c = Cluster(tmp_path, short=getattr(request, "param", "short") == "short")
     try:
         yield c
     finally:

@@ -63,3 +63,11 @@ def inline_slow(job: str, seconds: float) -> None:
 @task(name="rel.canary", weight=8)
 def canary(job: str) -> None:
     note("done", job)
+
+
+@task(name="rel.single", weight=8, retry=RetryPolicy(max_attempts=1))
+def single(job: str, ms: int) -> None:
+    """One attempt only: a death of its worker must not make it poison."""
+    note("start", job)
+    time.sleep(ms / 1000)
+    note("done", job)

@@ -3,10 +3,10 @@
 Our workers mark each job started in Redis; a stock Celery worker (say, the old fleet
 during a rolling migration) runs the same messages without that mark. The sweeper
 must not take such a job for lost and run it again. So each of our workers announces
-itself in Redis, and once per sweep interval (across the whole fleet: one worker asks)
-Celery's own ``inspect active_queues`` tells which queues other workers consume. Each
-sighting is kept in Redis, so it is still known after that worker has gone: its last
-jobs are judged a sweep age later.
+itself in Redis (its heartbeat, ``liveness``), and once per sweep interval (across the
+whole fleet: one worker asks) Celery's own ``inspect active_queues`` tells which
+queues other workers consume. Each sighting is kept in Redis, so it is still known
+after that worker has gone: its last jobs are judged a sweep age later.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ INSPECT_TIMEOUT = 1.0
 
 
 class Fleet:
-    """This worker's announcement, and when other kinds of worker consumed our queues."""
+    """When other kinds of worker consumed our queues."""
 
     def __init__(self, app: Celery, client: redis.Redis, hostname: str, every: float,
                  memory: int) -> None:
@@ -45,11 +45,6 @@ class Fleet:
         #: Seconds the foreign sightings are kept (as long as a job's marker lives).
         self.memory = memory
         self._foreign: frozenset[str] = frozenset()
-
-    def announce(self) -> None:
-        """Say that this worker is one of ours, for a few intervals; repeated each one."""
-        self.client.set(keys.worker(self.hostname), "1",
-                        ex=3 * self.every + int(INSPECT_TIMEOUT) + 1)
 
     def observe(self) -> None:
         """If no worker of ours has asked within the interval, ask which live workers are

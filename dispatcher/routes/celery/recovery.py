@@ -65,7 +65,9 @@ class Sweeper:
         recovered = left = 0
         for raw, published in stale:
             publish_id = as_text(raw)
-            script_keys = [keys.marker(publish_id), keys.INFLIGHT, keys.KOMBU_UNACKED]
+            job_id = publish_id.rpartition(":")[0]
+            script_keys = [keys.marker(publish_id), keys.INFLIGHT, keys.KOMBU_UNACKED,
+                           keys.record(job_id)]
             if self.sightings is None:
                 outcome = self._script(keys=script_keys, args=[publish_id, now])
             else:

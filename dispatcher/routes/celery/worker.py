@@ -1,6 +1,6 @@
 """The worker side of the Celery route: every delivered message runs through the
-execution core here, crash redeliveries count as attempts, retries are re-published,
-and the worker's main process sweeps for publications Redis lost."""
+execution core here, crash redeliveries are counted apart from attempts (poison after
+``DISPATCH_MAX_CRASHES``), and retries are re-published."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Any
 import redis
 from celery import Celery
 from celery.exceptions import Retry, WorkerLostError
-from kombu.exceptions import OperationalError
 
 from ...core.errors import ConfigurationError, TaskFailed, TaskValidationError
 from ...core.execution import Execution, Outcome
@@ -24,11 +23,11 @@ from ...core.registry import all_tasks
 from ...core.settings import DispatcherSettings
 from ...store import keys
 from ...store.link import Link
-from .fleet import Fleet
 from .monitor import BROKER_ERRORS
 from .protocol import HEADER
-from .recovery import Sweeper, started_commands
+from .recovery import started_commands
 from .route import CeleryRoute
+from .unknown import UnknownTasks
 
 log = logging.getLogger("dispatcher.worker")
 
@@ -83,13 +82,16 @@ class CeleryWorker:
         self.route = route
         self.execution = execution
         self.records = records
+        #: What to do with messages for tasks this worker does not have.
+        self.unknown_tasks = UnknownTasks(route.monitor.publisher.client, execution,
+                                          settings.unknown_task_grace)
         #: Each thread's own connection for run counts, kept across jobs (``-P threads``
         #: runs jobs side by side: their replies must not interleave on one connection).
         self._count = threading.local()
 
     def count_run(self, job: Job, ttl: int) -> int | None:
         """Count this delivery of ``job``; a delivery beyond the header's attempt means an
-        earlier run died with its process (SIGKILL, OOM) and counts as a failed attempt.
+        earlier run died with its process (SIGKILL, OOM): a death, not a failed attempt.
 
         Waited for before the task runs: a count sent without waiting was measured to be
         lost now and then when the task killed its process right after (the fault suite's
@@ -161,15 +163,20 @@ class CeleryWorker:
 
     def _execute(self, task: RegisteredTask, job: Job, payload: dict[str, Any],
                  runs: int | None, refused: TaskValidationError | None = None) -> Outcome:
-        if runs is not None and runs > job.attempt:
-            job.attempt = runs
-        if job.attempt > task.spec.retry.max_attempts:
+        # Deliveries beyond the attempt number: earlier runs died with their process.
+        # Deaths are not the task's failures (its worker may have been killed with it);
+        # only a job that kept killing its process is poison.
+        crashes = 0 if runs is None else max(0, runs - job.attempt)
+        if crashes >= self.settings.max_crashes:
             error = WorkerLostError(
-                f"the process running task {job.id} died {job.attempt - 1} time(s); "
+                f"the process running task {job.id} died {crashes} time(s); "
                 "giving up (poison job)"
             )
-            job.attempt -= 1
             return self.execution.reject(job, error, reason="crashed")
+        if crashes:
+            log.warning("task %s (%s) runs again: its process died while running it "
+                        "(death %d; poison at %d)", job.id, job.spec.name, crashes,
+                        self.settings.max_crashes)
         if refused is not None:
             return self.execution.reject(job, refused)
         try:
@@ -234,34 +241,3 @@ def worker_queues(settings: DispatcherSettings) -> list[str]:
     queues += [q for t in all_tasks() if (q := t.spec.queue)]
     queues += [rule.queue for rule in settings.routes if rule.queue and rule.route == "celery"]
     return list(dict.fromkeys(queues))
-
-
-#: A broker outage: the sweep waits for the next pass (``OperationalError``: inspect's).
-SWEEP_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, OperationalError)
-
-
-def start_sweeper(route: CeleryRoute, hostname: str) -> threading.Thread:
-    """Re-queue lost publications from the worker's main process, in the background;
-    announce this worker as one of ours and take a turn at watching for the others
-    (see ``fleet``)."""
-    client = route.monitor.publisher.client
-    settings = route.settings
-    pause = max(1.0, min(10.0, settings.requeue_lost_after / 2))
-    fleet = Fleet(route.app, client, hostname, every=pause, memory=settings.result_ttl)
-    sweeper = Sweeper(client, settings.requeue_lost_after, sightings=fleet.sightings)
-
-    def loop() -> None:
-        while True:
-            try:
-                fleet.announce()
-                fleet.observe()
-                sweeper.sweep()
-            except SWEEP_ERRORS as exc:
-                log.debug("lost-job sweep skipped: %s", exc)
-            except Exception:  # never the end of the sweeper: the next pass tries again
-                log.exception("lost-job sweep failed")
-            time.sleep(pause)
-
-    thread = threading.Thread(target=loop, name="dispatch-sweeper", daemon=True)
-    thread.start()
-    return thread

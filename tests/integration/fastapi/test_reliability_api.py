@@ -162,3 +162,30 @@ def test_sweeper_leaves_jobs_that_left_a_queue_other_workers_consume(broker: str
         assert client.zscore(INFLIGHT, f"{handle.id}:1") is not None  # re-queued, watched
         client.delete(key)
         client.zrem(INFLIGHT, f"{handle.id}:1")
+
+
+def test_sweeper_never_requeues_a_finished_job(broker: str) -> None:
+    """A publication that left its queue unstarted by us, whose job has a terminal
+    record (a worker that did not have the task failed it, say): not run again."""
+    import redis as redis_lib
+
+    from dispatcher.routes.celery.protocol import queue_key
+    from dispatcher.routes.celery.recovery import Sweeper
+    from dispatcher.runtime.container import current
+    from dispatcher.store import keys
+
+    client = redis_lib.Redis.from_url(broker)
+    queue = f"parked-{uuid.uuid4().hex[:8]}"
+    finished, lost = (samples.echo.options(route="celery", queue=queue).dispatch({"n": n})
+                      for n in range(2))
+    key = queue_key(queue, 5)
+    assert client.delete(key) == 1  # both gone, unstarted
+    assert current().records.flush()  # our PENDING records first, then the "FAILURE"
+    client.set(keys.record(finished.id), json.dumps({"task_id": finished.id,
+                                                       "status": "FAILURE"}))
+    assert Sweeper(client, after=0).sweep() == 1
+    assert [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)] \
+        == [lost.id]
+    assert client.zscore(keys.INFLIGHT, f"{finished.id}:1") is None  # no longer watched
+    client.delete(key)
+    client.zrem(keys.INFLIGHT, f"{lost.id}:1")

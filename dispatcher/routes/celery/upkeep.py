@@ -1,0 +1,80 @@
+"""The worker main process's background duties, in one thread: beat (``liveness``),
+take a turn at watching for other kinds of worker (``fleet``), re-queue publications
+Redis lost (``recovery``) and give back what dead workers held (``rescue``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from kombu.exceptions import OperationalError
+
+from ...core.registry import all_tasks
+from .fleet import Fleet
+from .liveness import Heartbeat, consumer_holdings
+from .monitor import BROKER_ERRORS
+from .recovery import Sweeper
+from .rescue import Rescuer
+from .route import CeleryRoute
+
+log = logging.getLogger("dispatcher.worker")
+
+#: A broker outage: the pass waits for the next one (``OperationalError``: inspect's).
+SWEEP_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, OperationalError)
+
+
+class Upkeep:
+    """Built when the worker is ready (``consumer``: Celery's, the worker_ready sender)."""
+
+    def __init__(self, route: CeleryRoute, consumer: Any) -> None:
+        settings = route.settings
+        client = route.monitor.publisher.client
+        hostname = str(consumer.hostname)
+        #: Three beats fit in a heartbeat's life; the sweep keeps its own interval.
+        self.pause = max(1.0, min(10.0, settings.requeue_lost_after / 2,
+                                  settings.worker_dead_after / 3))
+        held, queues = consumer_holdings(consumer)
+        self.heartbeat = Heartbeat(client, hostname, settings.worker_dead_after,
+                                   [t.spec.name for t in all_tasks()], held, queues)
+        self.fleet = Fleet(route.app, client, hostname, every=self.pause,
+                           memory=settings.result_ttl)
+        self.sweeper = Sweeper(client, settings.requeue_lost_after,
+                               sightings=self.fleet.sightings)
+        self.rescuer = Rescuer(route.app, client, hostname, self.fleet.sightings)
+        self._stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="dispatch-upkeep", daemon=True)
+
+    def start(self) -> Upkeep:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        """On a clean shutdown: stop beating and say so (kombu gives back what we held)."""
+        self._stopped.set()
+        try:
+            self.heartbeat.stop()
+        except SWEEP_ERRORS as exc:
+            log.debug("could not remove the heartbeat: %s", exc)
+
+    def run_once(self) -> None:
+        if self._stopped.is_set():
+            return
+        self.heartbeat.beat()
+        self.fleet.observe()
+        self.sweeper.sweep()
+        self.rescuer.rescue()
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.run_once()
+            except SWEEP_ERRORS as exc:
+                log.debug("upkeep pass skipped: %s", exc)
+            except Exception:  # never the end of the upkeep: the next pass tries again
+                log.exception("upkeep pass failed")
+            self._stopped.wait(self.pause)
+
+
+def start_upkeep(route: CeleryRoute, consumer: Any) -> Upkeep:
+    return Upkeep(route, consumer).start()
