@@ -10,6 +10,16 @@ from pydantic_settings import BaseSettings
 class FleetSettings(BaseSettings):
     """Liveness of workers, rolling deploys and sharing a Redis."""
 
+    namespace: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+        description="Prefix (`<namespace>:`) of every Redis key the dispatcher, Celery and "
+        "kombu write: queues, job records, dead letters, adaptive state, workers. Apps "
+        "sharing one Redis database with different namespaces never see each other's "
+        "jobs. Unset: no prefix (the key layout Flower and existing data use). Every "
+        "process of one app (API, workers, Flower) must use the same one.",
+    )
+
     worker_dead_after: float = Field(
         default=30.0,
         ge=3,

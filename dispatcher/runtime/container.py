@@ -33,6 +33,7 @@ from ..routes.celery.protocol import queue_depths
 from ..routes.celery.route import CeleryRoute
 from ..routes.celery.worker import worker_queues
 from ..routes.inline.route import InlineRoute
+from ..store import keys
 from ..store.adaptive import AdaptiveRouter
 from ..store.client import redis_client
 from ..store.deadletter import RedisDeadLetters
@@ -47,6 +48,7 @@ class Runtime:
 
     def __init__(self, settings: DispatcherSettings) -> None:
         self.settings = settings
+        keys.use_namespace(settings.namespace)  # before anything names a key
         self.load = ServerLoad()
         self.metrics = EventMetrics()
         self.health = RecordsHealth(settings, lambda: self._celery)
@@ -292,4 +294,5 @@ def configure(settings: DispatcherSettings | None = None, **overrides: object
     new = build_settings(settings, **overrides)
     replace_settings(new)
     reset()
+    keys.use_namespace(new.namespace)
     return new

@@ -4,9 +4,18 @@ Scripts (``lua/*.lua``) get their keys and key prefixes from here as arguments, 
 as literals of their own. Record keys follow Celery's result backend
 (``celery-task-meta-<id>``) so Celery's ``AsyncResult`` reads our records; queue lists
 follow kombu's Redis transport (``dispatcher.routes.celery.protocol.queue_key``).
+
+``DISPATCH_NAMESPACE`` puts ``<namespace>:`` before every one of them, as kombu's and
+Celery's ``global_keyprefix`` (set from the same setting) do for theirs, so two apps
+sharing a Redis database never meet. The namespace is process-wide, like the settings:
+``use_namespace`` rebinds this module's names, and every caller reads them here
+(``keys.JOBS_INDEX``), never copies them.
 """
 
 from __future__ import annotations
+
+#: ``<namespace>:``, or "" (no namespace: the key layout Flower and older data use).
+PREFIX = ""
 
 #: A job's record (Celery's result-backend key).
 RECORD_PREFIX = "celery-task-meta-"
@@ -92,3 +101,26 @@ def adaptive_samples(task_name: str) -> str:
 
 def adaptive_state(task_name: str) -> str:
     return f"{ADAPTIVE_PREFIX}{task_name}:state"
+
+
+_BASE = {name: value for name, value in dict(globals()).items()
+         if name.isupper() and isinstance(value, str) and name not in {"PREFIX", "HELD_SUFFIX"}}
+
+
+def use_namespace(namespace: str | None) -> None:
+    """Prefix every key with ``namespace`` (None: no prefix). Called by whoever builds
+    the process's objects from the settings, before any key is used."""
+    prefix = f"{namespace}:" if namespace else ""
+    globals()["PREFIX"] = prefix
+    for name, value in _BASE.items():
+        globals()[name] = prefix + value
+
+
+def queue_list(key: str) -> str:
+    """A kombu queue list's key (``<queue>`` or ``<queue><sep><step>``) in Redis."""
+    return PREFIX + key
+
+
+def unprefixed(key: str) -> str:
+    """``key`` without the namespace: a queue list key back to kombu's own name."""
+    return key[len(PREFIX):] if PREFIX and key.startswith(PREFIX) else key

@@ -6,6 +6,7 @@ from __future__ import annotations
 from celery import Celery
 
 from ...core.settings import DispatcherSettings
+from ...store import keys
 
 #: How long kombu's restore lock outlives a worker that died holding it.
 RESTORE_LOCK_SECONDS = 10
@@ -14,7 +15,10 @@ RESTORE_LOCK_SECONDS = 10
 def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") -> Celery:
     """A Celery app configured from our settings: JSON only, at-least-once, priorities on."""
     app = Celery(main, set_as_current=False)
+    keys.use_namespace(settings.namespace)
+    prefix = {"global_keyprefix": keys.PREFIX} if keys.PREFIX else {}
     transport_options = {
+        **prefix,
         "visibility_timeout": settings.visibility_timeout,
         # Sweep for jobs of dead workers often enough to honour the visibility timeout
         # (kombu's defaults only look every ~100 s).
@@ -42,7 +46,8 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
         task_default_queue=settings.default_queue,
         task_publish_retry=False,
         broker_transport_options=transport_options,
-        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout},
+        result_backend_transport_options={"visibility_timeout": settings.visibility_timeout,
+                                          **prefix},
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
         broker_connection_max_retries=None,

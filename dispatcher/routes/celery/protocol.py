@@ -20,6 +20,7 @@ from typing import Any
 import redis
 
 from ...core.job import Job
+from ...store import keys
 
 #: kombu's Redis transport: priority lists ``queue``, ``queue\x06\x163`` ... (0 served first).
 PRIORITY_STEPS = (0, 3, 6, 9)
@@ -36,12 +37,13 @@ def queue_key(queue: str, priority: int) -> str:
     """The Redis list kombu keeps for ``queue`` at our ``priority``."""
     wire = celery_priority(priority)
     step = max(s for s in PRIORITY_STEPS if s <= wire)
-    return queue if step == 0 else f"{queue}{QUEUE_SEP}{step}"
+    return keys.queue_list(queue if step == 0 else f"{queue}{QUEUE_SEP}{step}")
 
 
 def queue_keys(queue: str) -> list[str]:
     """Every Redis list kombu may keep for ``queue`` (one per priority step)."""
-    return [queue if step == 0 else f"{queue}{QUEUE_SEP}{step}" for step in PRIORITY_STEPS]
+    return [keys.queue_list(queue if step == 0 else f"{queue}{QUEUE_SEP}{step}")
+            for step in PRIORITY_STEPS]
 
 
 def queue_depths(client: redis.Redis, queues: Sequence[str]) -> dict[str, int]:

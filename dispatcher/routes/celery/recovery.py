@@ -75,7 +75,7 @@ class Sweeper:
                 if isinstance(outcome, bytes | str):  # it looks lost: its queue key
                     if seen is None:
                         seen = self.sightings()
-                    queue = as_text(outcome).split(QUEUE_SEP)[0]
+                    queue = keys.unprefixed(as_text(outcome)).split(QUEUE_SEP)[0]
                     suspected_at = self._suspects.setdefault(publish_id, now)
                     verdict = _verdict(seen, queue, published, suspected_at)
                     if verdict == "wait":
