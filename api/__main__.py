@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 from dispatcher.store.embedded import EmbeddedRedis
@@ -32,12 +33,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("API_PORT", "8000")))
     parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="API processes (uvicorn --workers); their metrics are added up")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
 
     env = dict(os.environ)
     env.setdefault("DISPATCH_TASK_MODULES", "api.tasks")
     env.setdefault("PYTHONUNBUFFERED", "1")
     redis_server = None
+    metrics_dir = None
+    if args.workers > 1 and not env.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Several processes: prometheus-client's multiprocess mode adds their counters up.
+        metrics_dir = tempfile.TemporaryDirectory(prefix="api-metrics-")
+        env["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
     if not (env.get("DISPATCH_BROKER_URL") or env.get("REDIS_URL")):
         redis_server = EmbeddedRedis().start()
         env["DISPATCH_BROKER_URL"] = redis_server.url
@@ -73,13 +83,16 @@ def main(argv: list[str] | None = None) -> int:
                     args.host,
                     "--port",
                     str(args.port),
+                    "--workers",
+                    str(args.workers),
                 ],
                 env=env,
                 start_new_session=True,
             )
         )
         print(
-            f"run: API on http://{args.host}:{args.port} (pid {children[1].pid}), "
+            f"run: API on http://{args.host}:{args.port} (pid {children[1].pid}, "
+            f"{args.workers} process{'es' if args.workers > 1 else ''}), "
             f"worker pid {children[0].pid}; Ctrl-C stops all",
             flush=True,
         )
@@ -100,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
             _stop(child)
         if redis_server is not None:
             redis_server.close()
+        if metrics_dir is not None:
+            metrics_dir.cleanup()
         print("run: stopped", flush=True)
 
 

@@ -11,8 +11,8 @@ from ..runtime.container import current
 
 def health() -> dict[str, Any]:
     """``status`` (``ok``, or ``degraded`` while the configured broker is unreachable),
-    the broker (reachable, last checked, outage spool depth, URL without secrets) and
-    this process's inline executor."""
+    the broker (reachable, last checked, outage spool depth, URL without secrets),
+    this process's inline executor and every API process's (``inline_fleet``)."""
     settings = get_settings()
     runtime = current()
     broker = runtime.celery.status()
@@ -31,4 +31,6 @@ def health() -> dict[str, Any]:
             "outstanding": outstanding,
             "concurrency": settings.inline_concurrency,
         },
+        # Every API process's executor as last reported (uvicorn --workers), and sums.
+        "inline_fleet": runtime.inline_fleet.summary(),
     }

@@ -20,7 +20,7 @@ from ..core.registry import import_task_modules
 from ..core.settings import get_settings
 from ..observability.logging import configure_logging
 from ..ops.checks import check_configuration
-from ..runtime.container import built
+from ..runtime.container import built, current
 from .errors import add_error_handlers
 from .middleware import DispatcherMiddleware
 
@@ -42,9 +42,13 @@ def install(app: FastAPI) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(application: Any) -> AsyncIterator[Any]:
+        # Report this process's inline executor for the fleet view (uvicorn --workers).
+        await anyio.to_thread.run_sync(lambda: current().inline_fleet.start())
         async with inner(application) as state:
             yield state
         runtime = built()
+        if runtime is not None:
+            runtime.inline_fleet.stop()
         executor = runtime.inline.current_executor() if runtime is not None else None
         if executor is not None:
             await anyio.to_thread.run_sync(executor.drain, get_settings().shutdown_grace)

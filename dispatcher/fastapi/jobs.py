@@ -72,8 +72,13 @@ def _epoch(moment: datetime | None) -> float | None:
 
 @router.get("/routes")
 async def routes() -> list[dict[str, Any]]:
-    """Every registered task with its effective route, queue, priority and retry policy."""
-    return await anyio.to_thread.run_sync(current().route_table)
+    """Every registered task with its effective route, queue, priority and retry policy;
+    ``inline_fleet``: the inline executors of every API process, per process and summed
+    (where an inline job runs, and how full each process is)."""
+    runtime = current()
+    table = await anyio.to_thread.run_sync(runtime.route_table)
+    fleet = runtime.inline_fleet.summary()
+    return [{**row, "inline_fleet": fleet} for row in table]
 
 
 @router.get("/tasks", response_model=JobList, dependencies=guarded)

@@ -89,6 +89,8 @@ class EventMetrics:
         self._series: dict[tuple[str, str], _Series] = {}
         self._decisions: dict[tuple[str, str, str], Any] = {}
         self._failures_logged = False
+        #: Jobs this process spilled over from its inline executor to Celery.
+        self.spilled = 0
 
     def _observe_failed(self, error: Exception) -> None:
         if not self._failures_logged:  # once: a broken metric must not flood the job logs
@@ -130,6 +132,8 @@ class EventMetrics:
     def count_route_decision(self, task_name: str, route: str, reason: str) -> None:
         """Count a route chosen by policy at dispatch time. ``reason`` must be one of a
         few short words (``"adaptive"``, ``"spill_over"``): every value is a time series."""
+        if reason == "spill_over":
+            self.spilled += 1
         try:
             key = (task_name, route, reason)
             child = self._decisions.get(key)
@@ -157,6 +161,13 @@ class GaugeReadings:
     #: Per queue, every job not finished with: waiting, delayed, delivered and not
     #: acknowledged (None: not read).
     backlog: dict[str, int] | None = None
+    #: Every API process's inline executor (``process``, ``running``, ``waiting``,
+    #: ``spilled``, ...); None: this process does not take part in the fleet view.
+    inline_fleet: list[Any] | None = None
+
+
+#: The states of ``dispatch_inline_fleet``.
+FLEET_STATES = ("running", "waiting", "spilled")
 
 
 def _nothing() -> GaugeReadings:
@@ -198,10 +209,22 @@ class ScrapeCollector(Collector):
                 "scale workers on).",
                 labels=["queue"],
             ),
+            GaugeMetricFamily(
+                "dispatch_inline_fleet",
+                "Each API process's inline executor as it last reported it to Redis: jobs "
+                "running, waiting, and spilled over to Celery since the process started.",
+                labels=["process", "state"],
+            ),
+            GaugeMetricFamily(
+                "dispatch_inline_fleet_sum",
+                "dispatch_inline_fleet added up over every API process (whichever process "
+                "answers the scrape).",
+                labels=["state"],
+            ),
         ]
 
     def collect(self) -> Iterable[Metric]:
-        busy, waiting, spool, depth, up, backlog = self._families()
+        busy, waiting, spool, depth, up, backlog, fleet, fleet_sum = self._families()
         try:
             readings = self.source()
         except Exception as exc:  # a scrape never fails on our account
@@ -211,6 +234,13 @@ class ScrapeCollector(Collector):
         waiting.add_metric([], readings.inline_waiting)
         yield busy
         yield waiting
+        if readings.inline_fleet is not None:
+            for state in FLEET_STATES:
+                for report in readings.inline_fleet:
+                    fleet.add_metric([report["process"], state], report[state])
+                fleet_sum.add_metric([state], sum(r[state] for r in readings.inline_fleet))
+            yield fleet
+            yield fleet_sum
         if readings.spool_depth is not None:
             spool.add_metric([], readings.spool_depth)
             yield spool

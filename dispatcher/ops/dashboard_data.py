@@ -50,6 +50,8 @@ class Sources:
     #: Per queue; raises when the broker cannot be read.
     queue_depths: Callable[[], dict[str, int]]
     route_table: Callable[[], list[dict[str, Any]]]
+    #: Every API process's inline executor, per process and summed (None: not known).
+    inline_fleet: Callable[[], dict[str, Any] | None] = lambda: None
 
 
 def redacted_dead_letters(store: DeadLetterStore, limit: int) -> list[dict[str, Any]]:
@@ -153,7 +155,8 @@ def _queues(sources: Sources) -> dict[str, Any]:
     running, outstanding = sources.inline_load()
     inline = {"running": running, "outstanding": outstanding,
               "concurrency": settings.inline_concurrency}
-    out: dict[str, Any] = {"inline": inline, "celery": None, "spool_depth": None,
+    out: dict[str, Any] = {"inline": inline, "inline_fleet": sources.inline_fleet(),
+                           "celery": None, "spool_depth": None,
                            "broker_configured": settings.broker_url is not None,
                            "error": None}
     if settings.broker_url is None:

@@ -13,7 +13,6 @@ event listener and the at-fork hooks.
 
 from __future__ import annotations
 
-import logging
 import threading
 
 import redis
@@ -38,8 +37,11 @@ from ..store.adaptive import AdaptiveRouter
 from ..store.client import redis_client
 from ..store.deadletter import RedisDeadLetters
 from ..store.idempotency import MemoryIdempotency, RedisIdempotency
+from ..store.inline_reports import InlineReports
 from ..store.memory import MemoryDeadLetters, MemoryRecordStore
 from ..store.records import RedisRecordStore
+from .inline_fleet import REPORT_EVERY, REPORT_LIFETIME, InlineFleet
+from .readings import read_gauges
 from .wiring import CeleryPort, RecordsHealth
 
 
@@ -65,6 +67,7 @@ class Runtime:
         self._celery: CeleryRoute | None = None
         self._celery_app: Celery | None = None
         self._adaptive: AdaptiveRouter | None = None
+        self._fleet: InlineFleet | None = None
 
     # -- stores ---------------------------------------------------------------------
     @property
@@ -170,21 +173,20 @@ class Runtime:
     # -- observability -------------------------------------------------------------------
     def gauges(self) -> GaugeReadings:
         """What ``/metrics`` shows of this process (built objects only, no waiting)."""
-        running, outstanding = self.inline_load()
-        route = self._celery
-        monitor = route.current_monitor() if route is not None else None
-        spool = None
-        if monitor is not None:
-            try:
-                spool = monitor.spool.depth()
-            except Exception as exc:
-                logging.getLogger("dispatcher.metrics").debug("spool depth not read: %s", exc)
-        configured = self.settings.broker_url is not None
-        known_down = monitor is not None and not monitor.healthy
-        load = None if not configured or known_down else self.queue_depths.read()
-        return GaugeReadings(running, max(0, outstanding - running), spool,
-                             load.depths if load else None, configured,
-                             load.backlog if load else None)
+        return read_gauges(self, self._celery)
+
+    @property
+    def inline_fleet(self) -> InlineFleet:
+        """This process's report of its inline executor, and everyone's (see
+        ``inline_fleet``); reporting starts when an API process starts."""
+        with self._lock:
+            if self._fleet is None:
+                client = self.redis
+                reports = (None if client is None
+                           else InlineReports(client, REPORT_EVERY * REPORT_LIFETIME))
+                self._fleet = InlineFleet(self.inline_load, lambda: self.metrics.spilled,
+                                          self.settings.inline_concurrency, reports)
+            return self._fleet
 
     def inline_load(self) -> tuple[int, int]:
         """(running, outstanding) inline jobs of this process; no executor is started."""
@@ -214,13 +216,17 @@ class Runtime:
     def dashboard_sources(self) -> Sources:
         return Sources(self.settings, self.records, self.dead_letters, self.inline_load,
                        lambda: self.celery.status().get("spool_depth"),
-                       self.broker_queue_depths, self.route_table)
+                       self.broker_queue_depths, self.route_table,
+                       lambda: self.inline_fleet.summary())
 
     def close(self) -> None:
         """Stop what this runtime started (the inline executor, the adaptive thread)."""
         with self._lock:
             inline, self._inline = self._inline, None
             adaptive, self._adaptive = self._adaptive, None
+            fleet, self._fleet = self._fleet, None
+        if fleet is not None:
+            fleet.stop()
         if inline is not None:
             inline.close()
         if adaptive is not None:
@@ -264,13 +270,9 @@ def _make() -> Runtime:
         return _current
 
 
-def _gauges() -> GaugeReadings:
-    return current().gauges()
-
-
 #: ``/metrics`` reads the gauges of whichever runtime is current when scraped (one
 #: made for it builds nothing and starts nothing: see ``Runtime.gauges``).
-COLLECTOR.source = _gauges
+COLLECTOR.source = lambda: current().gauges()
 
 
 def built() -> Runtime | None:

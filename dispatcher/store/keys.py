@@ -52,6 +52,10 @@ UNKNOWN_PREFIX = "dispatch:unknown:"
 FOREIGN_WORKERS = "dispatch:foreign"
 #: Held by the worker whose turn it is to ask which workers are not ours.
 FLEET_ASKING = "dispatch:fleet:asking"
+#: Per API process (``<host>:<pid>``), its inline executor's last report (JSON), and a
+#: sorted set of those processes by the time of their last report.
+INLINE_PREFIX = "dispatch:inline:"
+INLINE_PROCESSES = "dispatch:inline-processes"
 #: Dead letters: a hash of entries and a sorted set by time of death.
 DEAD_LETTERS = "dispatch:dead"
 DEAD_LETTERS_INDEX = "dispatch:dead:index"
@@ -81,6 +85,10 @@ def worker(hostname: str) -> str:
 
 def held(hostname: str) -> str:
     return WORKER_PREFIX + hostname + HELD_SUFFIX
+
+
+def inline_report(process: str) -> str:
+    return INLINE_PREFIX + process
 
 
 def rescue(tag: str) -> str:

@@ -161,3 +161,12 @@ def power(base: int, exponent: int = 2) -> int:
     if base < 0:
         raise ValueError(f"negative base {base}")
     return int(base ** exponent)
+
+
+@task(name="samples.hold_inline", weight=1)
+def hold_inline(key: str, limit: float = 120.0) -> None:
+    """Runs inline until the test sets ``<key>:release`` (at most ``limit`` seconds)."""
+    deadline = time.monotonic() + limit
+    while ledger().get(f"{key}:release") is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    note(key, label="released")

@@ -8,6 +8,13 @@
   const SVG_NS = "http://www.w3.org/2000/svg";
   // The API root: where this page is mounted, without the trailing "dashboard".
   const BASE = window.location.pathname.replace(/dashboard\/?$/, "");
+  // Every API process's inline executor (uvicorn --workers): shown when there are several.
+  function fleetNote(fleet) {
+    const total = (fleet && fleet.total) || {};
+    if (!total.processes || total.processes < 2) return "";
+    return " · all " + total.processes + " API processes: " + (total.running || 0) + " running, " +
+      (total.waiting || 0) + " waiting, " + (total.spilled || 0) + " spilled";
+  }
   const COLORS = { inline: "#2f7de1", celery: "#7b4fd6", fail: "#d9413b", ok: "#2e9e62", other: "#6b7385" };
 
   const state = {
@@ -230,7 +237,7 @@
       tile("Finished / min", fmtNum(t.per_minute || 0), (t.succeeded || 0) + " ok · " + (t.failed || 0) + " failed", "info", "per-minute"),
       tile("Failure rate", rate === null || rate === undefined ? "–" : (rate * 100).toFixed(rate < 0.1 ? 1 : 0) + " %",
         "of jobs finished", rate > 0.05 ? "bad" : rate > 0 ? "warn" : "good", "failure-rate"),
-      tile("Running", fmtNum(t.running || 0), "inline here: " + (inline.running || 0) + " / " + (inline.concurrency || 0), "info", "running"),
+      tile("Running", fmtNum(t.running || 0), "inline here: " + (inline.running || 0) + " / " + (inline.concurrency || 0) + fleetNote(q.inline_fleet), "info", "running"),
       tile("Queued", fmtNum(queued + Math.max(0, (inline.outstanding || 0) - (inline.running || 0))),
         "celery " + queued + " · inline " + Math.max(0, (inline.outstanding || 0) - (inline.running || 0)),
         queued > 100 ? "warn" : "info", "queued"),
@@ -383,7 +390,7 @@
     if (q.error) parts.push(h("div", { class: "notice error", text: "broker: " + q.error }));
     if (!q.broker_configured) parts.push(h("div", { class: "muted small", text: "no broker configured: inline route only" }));
     replace(el, parts);
-    $("queue-note").textContent = "inline: this API process";
+    $("queue-note").textContent = "inline: this API process" + fleetNote(q.inline_fleet);
   }
 
   // Queue depths over time, as seen by this page since it opened (the server keeps no history).
