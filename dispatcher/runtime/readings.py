@@ -4,18 +4,30 @@ nothing that waits (a broker known to be down is not asked)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from ..core.settings import DispatcherSettings
 from ..observability.metrics import GaugeReadings
+from ..routes.celery.depths import QueueDepths
 from ..routes.celery.route import CeleryRoute
-
-if TYPE_CHECKING:
-    from .container import Runtime
+from .inline_fleet import InlineFleet
 
 log = logging.getLogger("dispatcher.metrics")
 
 
-def read_gauges(runtime: Runtime, route: CeleryRoute | None) -> GaugeReadings:
+class Readable(Protocol):
+    """What a scrape reads of the runtime (``container.Runtime``)."""
+
+    settings: DispatcherSettings
+    queue_depths: QueueDepths
+
+    def inline_load(self) -> tuple[int, int]: ...
+
+    @property
+    def inline_fleet(self) -> InlineFleet: ...
+
+
+def read_gauges(runtime: Readable, route: CeleryRoute | None) -> GaugeReadings:
     """``route``: the runtime's Celery route if it was built (None: nothing to read)."""
     running, outstanding = runtime.inline_load()
     monitor = route.current_monitor() if route is not None else None
