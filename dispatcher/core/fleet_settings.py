@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings
+
+from .redis_url import SentinelOptions
 
 
 class FleetSettings(BaseSettings):
@@ -19,6 +23,30 @@ class FleetSettings(BaseSettings):
         "jobs. Unset: no prefix (the key layout Flower and existing data use). Every "
         "process of one app (API, workers, Flower) must use the same one.",
     )
+
+    sentinel_master: str | None = Field(
+        default=None,
+        description="Name of the master the Sentinels watch (their `sentinel monitor "
+        "<name> ...`); required when DISPATCH_BROKER_URL or DISPATCH_RESULT_BACKEND_URL "
+        "is a `sentinel://host:port;sentinel://host:port` list.",
+    )
+    sentinel_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the Sentinels themselves (their `requirepass`), never "
+        "logged; the Redis servers' own password goes in the URL.",
+    )
+
+    @field_validator("sentinel_master", "sentinel_password", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def sentinel(self) -> SentinelOptions | None:
+        """What a client of a ``sentinel://`` URL needs besides it; None when unset."""
+        if self.sentinel_master is None:
+            return None
+        return SentinelOptions(self.sentinel_master, self.sentinel_password)
 
     worker_dead_after: float = Field(
         default=30.0,

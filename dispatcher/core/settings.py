@@ -13,12 +13,14 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import NoDecode, SettingsConfigDict, SettingsError
 
 from .errors import ConfigurationError
 from .fleet_settings import FleetSettings
+from .redis_url import check_redis_url, split_urls
 from .spec import RouteName, parse_priority
 
 
@@ -60,8 +62,8 @@ class DispatcherSettings(FleetSettings):
     broker_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("DISPATCH_BROKER_URL", "REDIS_URL"),
-        description="Redis URL of the Celery broker; unset: no Celery route (and `make run` "
-        "starts an embedded server).",
+        description="Redis URL (or `sentinel://` list) of the Celery broker; unset: no "
+        "Celery route (and `make run` starts an embedded server).",
     )
     result_backend_url: str | None = Field(
         default=None, description="Redis URL for job records; defaults to the broker URL."
@@ -211,10 +213,8 @@ class DispatcherSettings(FleetSettings):
 
     @field_validator("broker_url", "result_backend_url")
     @classmethod
-    def _redis_scheme(cls, url: str | None) -> str | None:
-        if url is not None and urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must be a redis://, rediss:// or unix:// URL")
-        return url
+    def _redis_scheme(cls, url: str | None, info: ValidationInfo) -> str | None:
+        return check_redis_url(url, info.data.get("sentinel_master"))  # a fleet setting
 
     @property
     def results_url(self) -> str | None:
@@ -226,6 +226,8 @@ def redact_url(url: str | None) -> str | None:
     """The URL with any password replaced, safe for logs and API answers."""
     if url is None:
         return None
+    if len(urls := split_urls(url)) > 1:  # a Sentinel list: each URL may hold a password
+        return ";".join(str(redact_url(part)) for part in urls)
     parts = urlsplit(url)
     netloc = parts.netloc
     if parts.password is not None:
