@@ -76,7 +76,8 @@ class Runtime:
         with self._lock:
             url = self.settings.results_url
             if self._redis is None and url is not None:
-                self._redis = redis_client(url, self.settings.publish_timeout)
+                self._redis = redis_client(url, self.settings.publish_timeout,
+                                           self.settings.sentinel)
             return self._redis
 
     @property
@@ -208,7 +209,8 @@ class Runtime:
                 client = self.redis
             else:
                 if self._broker is None:
-                    self._broker = redis_client(url, self.settings.publish_timeout)
+                    self._broker = redis_client(url, self.settings.publish_timeout,
+                                                self.settings.sentinel)
                 client = self._broker
         assert client is not None
         return queue_depths(client, worker_queues(self.settings))

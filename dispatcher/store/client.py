@@ -6,12 +6,26 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..core.errors import ConfigurationError
+from ..core.redis_url import SentinelOptions, is_sentinel_url
+from .sentinel import master_client
+
 #: What a Redis call raises when Redis is down or does not answer in time.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
 
-def redis_client(url: str, timeout: float) -> redis.Redis:
-    """A client whose every call gives up after ``timeout`` seconds, with no hidden retries."""
+def redis_client(url: str, timeout: float, sentinel: SentinelOptions | None = None
+                 ) -> redis.Redis:
+    """A client whose every call gives up after ``timeout`` seconds, with no hidden retries.
+
+    For a ``sentinel://`` URL list (``sentinel`` then names the master), a client of
+    whichever server the Sentinels name master when it connects: after a failover its
+    next connection goes to the new master.
+    """
+    if is_sentinel_url(url):
+        if sentinel is None:
+            raise ConfigurationError("a sentinel:// URL needs DISPATCH_SENTINEL_MASTER")
+        return master_client(url, sentinel, timeout)
     return redis.Redis.from_url(
         url,
         socket_timeout=timeout,

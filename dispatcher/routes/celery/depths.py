@@ -37,7 +37,7 @@ class QueueDepths:
         with self._lock:
             if self._client is None:
                 timeout = min(QUEUE_DEPTH_TIMEOUT, self.settings.publish_timeout)
-                self._client = redis_client(url, timeout)
+                self._client = redis_client(url, timeout, self.settings.sentinel)
             client = self._client
         try:
             return read_queue_load(client, worker_queues(self.settings))

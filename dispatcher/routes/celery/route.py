@@ -65,7 +65,7 @@ class CeleryRoute:
                         "a task is routed to Celery but no broker is configured "
                         "(set DISPATCH_BROKER_URL)"
                     )
-                client = redis_client(url, self.settings.publish_timeout)
+                client = redis_client(url, self.settings.publish_timeout, self.settings.sentinel)
                 self._publisher = Publisher(
                     client, self.settings.result_ttl, self.settings.result_ttl
                 )
