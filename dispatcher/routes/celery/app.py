@@ -3,8 +3,11 @@ JSON only, at-least-once (late acks, prefetch 1), priorities on, our consumer.""
 
 from __future__ import annotations
 
+from typing import Any
+
 from celery import Celery
 
+from ...core.redis_url import is_sentinel_url, parse_sentinel_url
 from ...core.settings import DispatcherSettings
 from ...store import keys
 
@@ -30,6 +33,7 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
         "unacked_mutex_expire": RESTORE_LOCK_SECONDS,
         "socket_timeout": settings.publish_timeout,
         "socket_connect_timeout": settings.publish_timeout,
+        **sentinel_options(settings, settings.broker_url),
     }
     app.conf.update(
         broker_url=settings.broker_url,
@@ -47,14 +51,35 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
         task_publish_retry=False,
         broker_transport_options=transport_options,
         result_backend_transport_options={"visibility_timeout": settings.visibility_timeout,
-                                          **prefix},
+                                          **prefix,
+                                          **sentinel_options(settings, settings.results_url)},
         broker_connection_retry_on_startup=True,
         broker_connection_retry=True,
         broker_connection_max_retries=None,
         broker_connection_timeout=settings.publish_timeout,
+        # A master that lost its replicas (a failover under way, see store.sentinel)
+        # refuses the consumer's BRPOP with an error reply: reconnect through the
+        # Sentinels rather than stop the worker.
+        broker_channel_error_retry=is_sentinel_url(settings.broker_url or ""),
         worker_cancel_long_running_tasks_on_connection_loss=True,
         worker_send_task_events=settings.worker_events,
         worker_consumer="dispatcher.routes.celery.consumer:DispatchConsumer",
         enable_utc=True,
     )
     return app
+
+
+def sentinel_options(settings: DispatcherSettings, url: str | None) -> dict[str, Any]:
+    """The transport options kombu's ``SentinelChannel`` and Celery's ``SentinelBackend``
+    read for a ``sentinel://`` URL list (none for another URL): the master's name, and
+    how to reach the Sentinels (their password; each asked for a share of the publish
+    timeout, as ``store.sentinel`` does, since these options replace the timeouts
+    redis-py would otherwise copy from the server connections)."""
+    sentinel = settings.sentinel
+    if url is None or sentinel is None or not is_sentinel_url(url):
+        return {}
+    share = settings.publish_timeout / len(parse_sentinel_url(url).nodes)
+    sentinel_kwargs: dict[str, Any] = {"socket_timeout": share, "socket_connect_timeout": share}
+    if sentinel.password is not None:
+        sentinel_kwargs["password"] = sentinel.password.get_secret_value()
+    return {"master_name": sentinel.master, "sentinel_kwargs": sentinel_kwargs}
