@@ -26,7 +26,7 @@ from redis.sentinel import Sentinel, SentinelManagedConnection
 from ..core.redis_url import SentinelOptions, parse_sentinel_url
 
 #: Error replies meaning "this server is not a master that may take writes now".
-NOT_A_WRITABLE_MASTER = ("NOREPLICAS",)
+NOT_A_WRITABLE_MASTER = ("NOREPLICAS", "READONLY")
 
 
 class MasterConnection(SentinelManagedConnection):
