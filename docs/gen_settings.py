@@ -30,6 +30,8 @@ _YIELD = "[Background work yields to requests](guide.md#background-work-yields-t
 
 SEE_ALSO: dict[str, str] = {
     "broker_url": "[Deployment](deployment.md)",
+    "sentinel_master": "[Redis Sentinel](deployment.md#redis-sentinel)",
+    "sentinel_password": "[Redis Sentinel](deployment.md#redis-sentinel)",
     "force_route": "[Routing rules](guide.md#routing-rules)",
     "routes": "[Routing rules](guide.md#routing-rules)",
     "inline_max_weight": "[Routing rules](guide.md#routing-rules)",
