@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher import DispatcherSettings, configure
+from dispatcher import DispatcherSettings, TaskHandle, configure
 from dispatcher.routes.celery.monitor import BrokerMonitor
 from dispatcher.runtime.container import current
 from tests.sentinel_harness import SentinelSet, require_debian_redis
@@ -47,16 +47,19 @@ def sentinels(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Sentin
 
 
 class Spooled(logging.Handler):
-    """Times of this process's ``task.dispatched`` events with reason ``spooled``."""
+    """Times and task ids of this process's ``task.dispatched`` events with reason
+    ``spooled``."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
         self.times: list[float] = []
+        self.ids: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         fields = getattr(record, "dispatch", None) or {}
         if fields.get("event") == "task.dispatched" and fields.get("reason") == "spooled":
             self.times.append(time.monotonic())
+            self.ids.append(str(fields["task_id"]))
 
 
 @pytest.fixture
@@ -105,6 +108,7 @@ def test_failover_under_load_is_bounded_and_lossless(
         monitor = current().celery.monitor
 
         jobs: list[str] = []
+        handles: list[TaskHandle] = []
         latencies: list[float] = []
         failover_at = writable_at = writable_wall = drained_at = end_at = None
         old = new = 0
@@ -126,6 +130,7 @@ def test_failover_under_load_is_bounded_and_lossless(
             latencies.append(time.monotonic() - begun)
             assert handle.route == "celery"
             jobs.append(job)
+            handles.append(handle)
             time.sleep(max(0.0, 1 / RATE - latencies[-1]))
         assert failover_at is not None and writable_at is not None and writable_wall
 
@@ -152,9 +157,20 @@ def test_failover_under_load_is_bounded_and_lossless(
            f"{degraded:.1f}s (relayed {drained_at - writable_at:.1f}s after), max dispatch "
            f"{max(latencies):.2f}s, worker back {resumed - writable_wall:.1f}s after "
            f"(stall {stall:.1f}s)")
+    assert "starting it again" not in worker.output()  # resumed without a restart
     secrets = (sentinels.password, sentinels.sentinel_password)
     assert not [s for s in secrets if s in worker.output()], "a password reached the log"
     assert new != old
     assert lost == [], f"{len(lost)} lost:\n{worker.output()[-3000:]}"
     assert max(latencies) <= 2.5
     assert spooled.times, "no dispatch met the failover: the spool took nothing"
+    by_id = {handle.id: handle for handle in handles}
+    deadline = time.monotonic() + 10
+    for task_id in spooled.ids[:: max(1, len(spooled.ids) // 5)]:  # records of spooled jobs
+        while by_id[task_id].state() != "SUCCESS":
+            assert time.monotonic() < deadline, f"{task_id}: {by_id[task_id].record()}"
+            time.sleep(0.1)
+    # This process's clients, made before the failover, found the new master by themselves.
+    for client in (monitor.publisher.client, current().redis):
+        assert client is not None
+        assert client.connection_pool.master_address == ("127.0.0.1", new)
