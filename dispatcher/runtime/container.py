@@ -34,7 +34,7 @@ from ..routes.celery.worker import worker_queues
 from ..routes.inline.route import InlineRoute
 from ..store import keys
 from ..store.adaptive import AdaptiveRouter
-from ..store.client import redis_client
+from ..store.client import client_for
 from ..store.deadletter import RedisDeadLetters
 from ..store.idempotency import MemoryIdempotency, RedisIdempotency
 from ..store.inline_reports import InlineReports
@@ -76,8 +76,7 @@ class Runtime:
         with self._lock:
             url = self.settings.results_url
             if self._redis is None and url is not None:
-                self._redis = redis_client(url, self.settings.publish_timeout,
-                                           self.settings.sentinel)
+                self._redis = client_for(self.settings, url)
             return self._redis
 
     @property
@@ -209,8 +208,7 @@ class Runtime:
                 client = self.redis
             else:
                 if self._broker is None:
-                    self._broker = redis_client(url, self.settings.publish_timeout,
-                                                self.settings.sentinel)
+                    self._broker = client_for(self.settings, url)
                 client = self._broker
         assert client is not None
         return queue_depths(client, worker_queues(self.settings))

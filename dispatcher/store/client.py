@@ -8,6 +8,7 @@ from redis.retry import Retry
 
 from ..core.errors import ConfigurationError
 from ..core.redis_url import SentinelOptions, is_sentinel_url
+from ..core.settings import DispatcherSettings
 from .sentinel import master_client
 
 #: What a Redis call raises when Redis is down or does not answer in time.
@@ -33,3 +34,9 @@ def redis_client(url: str, timeout: float, sentinel: SentinelOptions | None = No
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
+
+
+def client_for(settings: DispatcherSettings, url: str) -> redis.Redis:
+    """``redis_client`` for one of the URLs of ``settings``: bounded by their publish
+    timeout, with their Sentinel options."""
+    return redis_client(url, settings.publish_timeout, settings.sentinel)

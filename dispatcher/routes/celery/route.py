@@ -24,7 +24,7 @@ from ...core.record import pending_json
 from ...core.settings import DispatcherSettings
 from ...core.spec import RouteName
 from ...policy.routing import EVENT_REASON, Cause
-from ...store.client import redis_client
+from ...store.client import client_for
 from .app import create_celery_app
 from .monitor import BROKER_ERRORS, BrokerMonitor
 from .protocol import MessageTemplate, encode_body, queue_key, task_message
@@ -65,7 +65,7 @@ class CeleryRoute:
                         "a task is routed to Celery but no broker is configured "
                         "(set DISPATCH_BROKER_URL)"
                     )
-                client = redis_client(url, self.settings.publish_timeout, self.settings.sentinel)
+                client = client_for(self.settings, url)
                 self._publisher = Publisher(
                     client, self.settings.result_ttl, self.settings.result_ttl
                 )
