@@ -7,7 +7,8 @@ call fails as a ``ConnectionError`` (what the callers treat as "Redis is down": 
 spool takes the job), when its server answers that it is not a master that may take
 writes:
 
-- ``READONLY``: it was demoted to a replica (redis-py already does this);
+- ``READONLY``: it was demoted to a replica (redis-py does this for the plain reply;
+  here also when a script's error carries it);
 - ``NOREPLICAS``: with ``min-replicas-to-write`` (which a Sentinel deployment needs,
   see docs/deployment.md), a master that lost its replicas, as the old master does the
   moment its replica is promoted; without this it keeps taking writes until the
