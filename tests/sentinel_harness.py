@@ -1,6 +1,9 @@
-"""A Redis Sentinel set-up from Debian's ``redis-server`` and ``redis-sentinel``: a
-master, one replica (or more) and three Sentinels (quorum 2), on free ports of
-127.0.0.1, in a folder of their own, every process stopped by its pid.
+"""A Redis Sentinel set-up: a master, one replica (or more) and three Sentinels
+(quorum 2), on free ports of 127.0.0.1, in a folder of their own, every process
+stopped by its pid. It runs Debian's ``redis-server`` and ``redis-sentinel`` where
+they are installed (CI installs them), else the ``valkey-server`` of the embedded
+extra in its ``--sentinel`` mode: real servers either way, so ``make test`` needs
+neither root nor a system Redis.
 
 The data nodes are configured as docs/deployment.md asks of a Sentinel deployment:
 a password (``requirepass``/``masterauth``) and ``min-replicas-to-write`` equal to the
@@ -23,12 +26,13 @@ from types import TracebackType
 import pytest
 import redis
 
-from dispatcher.store.embedded import free_port
+from dispatcher.store.embedded import free_port, server_binary
 
 MASTER_NAME = "dispatch-main"
 INSTALL_HINT = (
     "the Sentinel tests need Debian's redis-server and redis-sentinel on PATH "
-    "(apt-get install redis-server redis-sentinel; .ci/run installs them when root)"
+    "(apt-get install redis-server redis-sentinel; .ci/run installs them when root) "
+    "or the embedded extra's valkey-server"
 )
 
 
@@ -38,9 +42,22 @@ def debian_binaries() -> tuple[str, str] | None:
     return (server, sentinel) if server and sentinel else None
 
 
+def commands() -> tuple[list[str], list[str]] | None:
+    """How to start a data node and a Sentinel (the config file follows each list, then
+    the Sentinel's ``--sentinel`` where one binary serves both); None: no server."""
+    debian = debian_binaries()
+    if debian is not None:
+        return [debian[0]], [debian[1]]
+    try:
+        valkey = server_binary()
+    except Exception:
+        return None
+    return [valkey], [valkey]
+
+
 def require_debian_redis() -> None:
-    """Fail the test (never skip it) when the binaries are missing."""
-    if debian_binaries() is None:
+    """Fail the test (never skip it) when no server can be had."""
+    if commands() is None:
         pytest.fail(INSTALL_HINT, pytrace=False)
 
 
@@ -65,10 +82,12 @@ class SentinelSet:
     """Master, replicas and three Sentinels; ``url`` is the dispatcher's broker URL."""
 
     def __init__(self, root: Path, replicas: int = 1, master_name: str = MASTER_NAME) -> None:
-        binaries = debian_binaries()
-        if binaries is None:
+        found = commands()
+        if found is None:
             raise FileNotFoundError(INSTALL_HINT)
-        self.server_bin, self.sentinel_bin = binaries
+        self.server_cmd, self.sentinel_cmd = found
+        #: One binary for both (Valkey): a Sentinel is told so after its config file.
+        self.sentinel_flag = ["--sentinel"] if debian_binaries() is None else []
         self.root = root
         self.master_name = master_name
         self.password = secrets.token_hex(12)           # of the Redis servers
@@ -122,7 +141,7 @@ class SentinelSet:
             lines.append(f"replicaof 127.0.0.1 {replica_of}")
         config = self.root / f"{name}.conf"
         config.write_text("\n".join(lines) + "\n")
-        self._spawn(name, [self.server_bin, str(config)])
+        self._spawn(name, [*self.server_cmd, str(config)])
 
     def _sentinel_node(self, port: int, master: int) -> None:
         name = f"sentinel-{port}"
@@ -138,7 +157,7 @@ class SentinelSet:
         ]
         config = self.root / f"{name}.conf"  # a Sentinel rewrites its own file
         config.write_text("\n".join(lines) + "\n")
-        self._spawn(name, [self.sentinel_bin, str(config)])
+        self._spawn(name, [*self.sentinel_cmd, str(config), *self.sentinel_flag])
 
     def start(self, timeout: float = 30.0) -> SentinelSet:
         master, *replicas = self.data_ports
