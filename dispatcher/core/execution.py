@@ -65,14 +65,12 @@ class Execution:
 
     def record(self, job: Job, status: State, *, transition: bool = True,
                **fields: Any) -> None:
-        """Save the job's record; a store outage is logged, never fatal to the job, and
-        while the store is known to be down the write is skipped instead of waiting.
-        ``transition=False`` updates the record without a history entry (progress).
-        A plain PENDING (a dispatch) only files the job: the store builds the record
-        later, off the caller's (the request's) time."""
-        if not self.health.available():
-            log.debug("records store down: %s of task %s not recorded", status, job.id)
-            return
+        """Save the job's record; a store outage is logged, never fatal to the job. The
+        store buffers it (no I/O here) and writes it once Redis answers: a record is
+        never skipped because the store was down a moment ago, or a finished job would
+        keep showing PENDING. ``transition=False`` updates the record without a history
+        entry (progress). A plain PENDING (a dispatch) only files the job: the store
+        builds the record later, off the caller's (the request's) time."""
         try:
             if status == "PENDING" and not fields:
                 self.records.save_pending(job)

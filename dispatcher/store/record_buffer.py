@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import json
 import logging
 import os
 import threading
@@ -17,35 +16,24 @@ from collections.abc import Callable
 import redis
 
 from ..core.job import Job
-from ..core.record import (
-    TERMINAL,
-    HistoryEntry,
-    JobRecord,
-    encode_record,
-    history_entry,
-    make_record,
-    pending_json,
-)
+from ..core.record import HistoryEntry, JobRecord, history_entry, make_record
 from ..policy.governor import never_busy
-from . import keys
-from .link import Link, join_fields
-from .scripts import WRITE_RECORDS
+from .link import Link
+from .record_script import write_records
 
 log = logging.getLogger("dispatcher.records")
 
 BUSY_INTERVAL = 0.05
 #: Jobs per write call.
 WRITE_CHUNK = 32
+#: Seconds between two tries to write what a failed write put back.
+RETRY_PAUSE = 0.5
 
 
 
 def _as_record(held: JobRecord | Job) -> JobRecord:
     """A copy of a held record, or the PENDING record of a held job."""
     return make_record(held, "PENDING") if isinstance(held, Job) else held.copy()
-
-
-def _record_json(held: JobRecord | Job) -> str:
-    return pending_json(held) if isinstance(held, Job) else encode_record(held)
 
 
 #: Every buffered store of this process: a forked child resets each (``_after_fork``).
@@ -78,6 +66,8 @@ class RecordBuffer:
         #: writer only matters for what a long job reports while it runs (progress).
         self.poll = poll
         self._on_error = on_error
+        #: When a write last failed (its records are back in the buffer); None: none.
+        self.failed_at: float | None = None
         #: Newest state per job: a record, or the Job itself for a PENDING record that
         #: the writer builds (off the request path).
         self._pending: dict[str, JobRecord | Job] = {}
@@ -228,13 +218,17 @@ class RecordBuffer:
                 return True
             self._inflight, self._inflight_history = batch, history
         ids = list(batch)
+        written = 0
         try:
             # A few dozen jobs per call: encoding is CPU under the web server's GIL,
             # and each call's socket I/O hands the GIL back to request handling.
             for start in range(0, len(ids), WRITE_CHUNK):
                 self._write_chunk(ids[start:start + WRITE_CHUNK], batch, history, index)
+                written = start + WRITE_CHUNK
             return True
-        except Exception as exc:  # an outage: these records are lost, jobs are not
+        except Exception as exc:  # an outage: kept, and written once Redis answers
+            with self._lock:
+                self._put_back(ids[written:], batch, history, index)
             if self._on_error is not None:
                 self._on_error(exc)
             return False
@@ -242,30 +236,24 @@ class RecordBuffer:
             with self._lock:
                 self._inflight, self._inflight_history = {}, {}
 
+    def _put_back(self, ids: list[str], batch: dict[str, JobRecord | Job],
+                  history: dict[str, list[HistoryEntry]], index: dict[str, float]) -> None:
+        """Return what a failed write did not get into Redis to the buffer, behind any
+        newer state saved meanwhile (callers hold ``_lock``). A Redis outage (a stop, a
+        ``CLIENT PAUSE``) must not leave a finished job's record at PENDING or STARTED."""
+        for task_id in ids:
+            self._pending.setdefault(task_id, batch[task_id])
+            entries = history.get(task_id)
+            if entries:
+                self._pending_history[task_id] = [*entries,
+                                                  *self._pending_history.get(task_id, ())]
+            if task_id in index:
+                self._pending_index.setdefault(task_id, index[task_id])
+        self.failed_at = time.monotonic()
+
     def _write_chunk(self, ids: list[str], batch: dict[str, JobRecord | Job],
                      history: dict[str, list[HistoryEntry]], index: dict[str, float]) -> None:
-        records: list[str] = []
-        entries: list[str] = []
-        marks: list[str] = []
-        for task_id in ids:
-            if "\x00" in task_id:  # would break the NUL-joined fields; no id of ours
-                log.warning("not recording task %r: its id holds a NUL character", task_id)
-                continue
-            held = batch[task_id]
-            ready = isinstance(held, dict) and held["status"] in TERMINAL
-            records += (task_id, _record_json(held), "1" if ready else "")
-            for entry in history.get(task_id, ()):
-                entries += (task_id, json.dumps(entry))
-            if task_id in index:
-                marks += (task_id, repr(index[task_id]))
-        args = (self._ttl, repr(time.time() - self._ttl),
-                len(records) // 3, join_fields(records), len(entries) // 2, join_fields(entries),
-                len(marks) // 2, join_fields(marks), keys.RECORD_PREFIX, keys.HISTORY_PREFIX)
-        try:
-            self._link.call("EVALSHA", WRITE_RECORDS.sha, 1, keys.JOBS_INDEX, *args)
-        except redis.exceptions.NoScriptError:  # Redis restarted and forgot it
-            self._client.script_load(WRITE_RECORDS.source)
-            self._link.call("EVALSHA", WRITE_RECORDS.sha, 1, keys.JOBS_INDEX, *args)
+        write_records(self._link, self._client, self._ttl, ids, batch, history, index)
 
     def _run(self) -> None:
         while True:
@@ -274,12 +262,16 @@ class RecordBuffer:
                 with self._write_lock:
                     self._write_pending()
                 continue
-            self._wake.wait()
-            self._wake.clear()
+            if self._wake.wait(RETRY_PAUSE if self.failed_at is not None else None):
+                self._wake.clear()
+            elif self.failed_at is not None and not self._pending:
+                self.failed_at = None  # nothing left to retry
+                continue
             # Let a burst of state changes coalesce; longer while the server is saturated,
             # as each wake-up of this thread takes the GIL from request handling.
             time.sleep(BUSY_INTERVAL if self._busy() else self._interval)
             with self._write_lock:
-                self._write_pending(hold_inline=self._busy())
+                if self._write_pending(hold_inline=self._busy()):
+                    self.failed_at = None
             if self._held:  # look again later: they are written once the load eases
                 self._wake.set()

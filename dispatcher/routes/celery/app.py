@@ -61,7 +61,13 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
         # refuses the consumer's BRPOP with an error reply: reconnect through the
         # Sentinels rather than stop the worker.
         broker_channel_error_retry=is_sentinel_url(settings.broker_url or ""),
-        worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Running jobs finish when the broker connection drops. Cancelling them loses
+        # them: Celery then fails to record the cancel in the (down) result backend,
+        # takes the job for revoked and acknowledges it once Redis is back (the chaos
+        # soak lost 0-12 jobs per Redis stop). Left running, a job whose ack is lost
+        # stays in kombu's unacked hash, and the rescue drops it once its record is
+        # terminal (or re-queues it if its worker dies).
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_send_task_events=settings.worker_events,
         worker_consumer="dispatcher.routes.celery.consumer:DispatchConsumer",
         enable_utc=True,

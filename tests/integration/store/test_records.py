@@ -373,3 +373,36 @@ def test_pending_inline_records_are_held_while_the_server_is_saturated(
     saturated[0] = False  # the load eases: the held records are written without a save
     assert wait_written(late.id) == make_record(late, "PENDING")
     assert client.zscore(INDEX_KEY, late.id) == pytest.approx(late.dispatched_at)
+
+
+def test_records_of_a_failed_write_are_written_once_redis_answers(tmp_path: Any) -> None:
+    """A write that fails (Redis paused past the client's timeout) keeps its records and
+    writes them when Redis answers again, with no new save to wake it: a finished job
+    must not keep showing PENDING after an outage."""
+    from dispatcher.core.job import Job, new_job_id
+    from dispatcher.core.record import decode_record, make_record
+    from dispatcher.store.client import redis_client
+    from dispatcher.store.embedded import EmbeddedRedis
+    from dispatcher.store.records import RedisRecordStore
+
+    @task(name="it.records.after_pause")
+    def after_pause(n: int) -> None: ...
+
+    with EmbeddedRedis(data_dir=str(tmp_path)) as server:
+        admin = redis.Redis.from_url(server.url)
+        store = RedisRecordStore(redis_client(server.url, 0.3), ttl=60)
+        job = Job(id=new_job_id(), spec=after_pause.spec, route="inline", queue=None,
+                  priority=5, payload={"n": 1}, dispatched_at=time.time())
+        admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
+        store.save(make_record(job, "STARTED"))
+        store.save(make_record(job, "SUCCESS", result=None))
+        deadline = time.monotonic() + 30
+        while store.failed_at is None:  # the write failed on the pause
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        while (record := decode_record(admin.get(KEY_PREFIX + job.id))) is None:
+            assert time.monotonic() < deadline, "the kept records were never written"
+            time.sleep(0.05)
+        assert record["status"] == "SUCCESS"
+        states = [json.loads(e)["state"] for e in admin.lrange(HISTORY_PREFIX + job.id, 0, -1)]
+        assert states[-1] == "SUCCESS" and "STARTED" in states
