@@ -72,8 +72,8 @@ class Cluster:
         name = ["--hostname", hostname] if hostname else []
         worker = Process([sys.executable, "-m", "worker", "--concurrency", str(concurrency),
                           *name], {**self.env, **env}, log)
+        self.workers.append(worker)  # stopped by close() even if it never gets ready
         worker.wait_for_output(" ready.", timeout=60)
-        self.workers.append(worker)
         return worker
 
     def kill_worker(self, worker: Process) -> None:
@@ -81,19 +81,24 @@ class Cluster:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.popen.wait()
 
-    def start_api(self, **env: str) -> Process:
-        # The API also loads the example tasks (timeouts up to 60 s); the short visibility
-        # timeout only matters to consumers, so the API keeps a longer one.
-        env = {"DISPATCH_VISIBILITY_TIMEOUT": "120", **env}
-        port = free_port()
+    def start_api(self, port: int | None = None, **env: str) -> Process:
+        """An API process on ``port`` (default: a free one); its address is ``api.url``
+        (and ``api_url``, the last one started)."""
+        if self.short:
+            # The API also loads the example tasks (timeouts up to 60 s); the short
+            # visibility timeout only matters to consumers, so the API keeps a longer one.
+            env = {"DISPATCH_VISIBILITY_TIMEOUT": "120", **env}
+        port = port or free_port()
         api = Process(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
              "--port", str(port)],
             {**self.env, **env}, self.root / f"api{len(self.apis)}.log",
         )
-        self.api_url = f"http://127.0.0.1:{port}"
+        api.url = self.api_url = f"http://127.0.0.1:{port}"
+        self.apis.append(api)  # stopped by close() even if it never answers
         wait_http(f"{self.api_url}/healthz")
-        self.apis.append(api)
+        # Ours answered, not another server that took the port meanwhile.
+        api.wait_for_output("Uvicorn running on", timeout=30)
         return api
 
     def events(self, kind: str = "done") -> Counter[str]:
