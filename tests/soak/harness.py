@@ -291,7 +291,7 @@ class Traffic:
     fleet: Fleet
     seed: int
     rate: float
-    senders: int = 6
+    senders: int = 12
     accepted: dict[str, Accepted] = field(default_factory=dict)
     #: Request outcomes other than an acceptance, and retries elsewhere.
     counts: Counter[str] = field(default_factory=Counter)
