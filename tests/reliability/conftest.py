@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,11 +47,17 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.redis = EmbeddedRedis(fsync="always").start()
+        self.use_broker({"DISPATCH_BROKER_URL": self.redis.url}, broker_url=self.redis.url)
+
+    def use_broker(self, env: dict[str, str], **settings: Any) -> None:
+        """The processes' environment, with the broker's variables ``env``, and this
+        process's settings, with the broker's ``settings`` (a subclass on another kind of
+        Redis calls this instead of starting the embedded server)."""
         self.ledger = self.root / "ledger.txt"
         self.env = {k: v for k, v in os.environ.items()
                     if not (k.startswith("DISPATCH_") or k == "REDIS_URL")}
         self.env.update(
-            DISPATCH_BROKER_URL=self.redis.url,
+            env,
             DISPATCH_TASK_MODULES="tests.reliability.tasks",
             DISPATCH_SPOOL_PATH=str(self.root / "spool.sqlite3"),
             DISPATCH_LOG_FORMAT="json",
@@ -62,7 +69,7 @@ class Cluster:
             self.env.update(DISPATCH_VISIBILITY_TIMEOUT="10", DISPATCH_REQUEUE_LOST_AFTER="5")
         os.environ["RELIABILITY_LEDGER"] = str(self.ledger)
         configure(DispatcherSettings(
-            broker_url=self.redis.url, visibility_timeout=10 if self.short else 3600,
+            **settings, visibility_timeout=10 if self.short else 3600,
             spool_path=str(self.root / "test-spool.sqlite3"), _env_file=None,
         ))  # type: ignore[call-arg]
 
