@@ -13,16 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import random
 import re
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Full, Queue
+from typing import ClassVar
 
 import httpx
 import redis
@@ -33,6 +35,7 @@ from dispatcher.routes.celery.protocol import queue_keys
 from dispatcher.store import keys
 from dispatcher.store.embedded import free_port
 from tests.reliability.conftest import Cluster
+from tests.sentinel_harness import SentinelSet, wait_until
 from tests.support import Process
 
 from . import tasks
@@ -48,12 +51,90 @@ MIX: dict[str, tuple[str, float, tuple[int, int]]] = {
     "celery": ("soak.celery", 0.45, (100, 600)),  # POST to an API, runs on a worker
     "direct": ("soak.celery", 0.10, (100, 600)),  # .dispatch() from this process
 }
-#: Every fault the schedule knows; ``sentinel_failover`` only with a Sentinel setup.
+#: Every fault the schedule knows; ``sentinel_failover`` only on a Sentinel set, and
+#: ``redis_stop`` only on the embedded server.
 FAULTS = ("worker_kill", "api_restart", "redis_stop", "client_pause", "sentinel_failover")
 #: Seconds between the starts of two faults (a fault still recovering delays the next).
 GAP = (5.0, 20.0)
 #: How long a request may take before its outcome counts as unknown.
 REQUEST_TIMEOUT = 15.0
+
+
+# --------------------------------------------------------------------------- redis
+
+
+class EmbeddedCluster(Cluster):
+    """The fault-injection suite's cluster: one embedded Redis (append-only file, fsync
+    always), stopped and paused by the schedule."""
+
+    kind: ClassVar[str] = "one embedded Redis (append-only, fsync always)"
+    #: Faults this Redis cannot have, and why.
+    unavailable: ClassVar[Mapping[str, str]] = {
+        "sentinel_failover": "not available: one embedded Redis, no Sentinel "
+                             "(SOAK_REDIS=sentinel runs the soak on a Sentinel set)"}
+
+    def client(self, decode: bool = False) -> redis.Redis:
+        """A client of the server (of the master, on a Sentinel set)."""
+        return redis.Redis.from_url(self.redis.url, socket_timeout=10,
+                                    decode_responses=decode)
+
+    def failover(self) -> str:
+        raise NotImplementedError("no Sentinel here")
+
+
+@dataclass
+class SentinelCluster(EmbeddedCluster):
+    """The same cluster on a Redis Sentinel set (``tests.sentinel_harness``: a master,
+    a replica, three Sentinels); processes find the master through the Sentinels."""
+
+    sentinels: SentinelSet | None = field(init=False, default=None)
+
+    kind: ClassVar[str] = "a Sentinel set (a master, a replica, three Sentinels)"
+    unavailable: ClassVar[Mapping[str, str]] = {
+        "redis_stop": "left out on a Sentinel set: its servers keep no append-only file, "
+                      "and a crashed master's last writes, not yet replicated, are Redis's "
+                      "to lose; the failover stands for the master's loss"}
+
+    def __post_init__(self) -> None:
+        folder = self.root / "redis"
+        folder.mkdir()
+        self.sentinels = SentinelSet(folder).start()
+        self.use_broker(self.sentinels.env(), broker_url=self.sentinels.url,
+                        sentinel_master=self.sentinels.master_name,
+                        sentinel_password=self.sentinels.sentinel_password)
+
+    def client(self, decode: bool = False) -> redis.Redis:
+        assert self.sentinels is not None
+        return redis.Redis(port=self.sentinels.master_port(), password=self.sentinels.password,
+                           socket_timeout=10, decode_responses=decode)
+
+    def failover(self) -> str:
+        """``SENTINEL FAILOVER``, then wait until the replica, promoted, takes writes
+        and every Sentinel agrees on it (the old master back as its replica)."""
+        sentinels = self.sentinels
+        assert sentinels is not None
+        started = time.monotonic()
+        old = sentinels.failover()
+        new = 0
+
+        def promoted() -> bool:
+            nonlocal new
+            new = sentinels.promoted(old) or 0
+            return bool(new)
+
+        wait_until(promoted, "a promoted replica", 60)
+        took = time.monotonic() - started
+        sentinels.wait_ready(new, timeout=60)
+        return (f"SENTINEL FAILOVER: master {old} -> {new}, promoted after {took:.1f}s, "
+                f"taking writes with a replica after {time.monotonic() - started:.1f}s")
+
+    def close(self) -> None:
+        for process in self.workers + self.apis:
+            if process.popen.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.popen.wait()
+        if self.sentinels is not None:
+            self.sentinels.stop()
 
 
 # --------------------------------------------------------------------------- fleet
@@ -92,11 +173,12 @@ class Fleet:
     Sentinel setup, and the chaos schedule then leaves that fault out.
     """
 
-    def __init__(self, cluster: Cluster, workers: int = 2, apis: int = 2,
+    def __init__(self, cluster: EmbeddedCluster, workers: int = 2, apis: int = 2,
                  concurrency: int = 2) -> None:
         self.cluster = cluster
         self.concurrency = concurrency
-        self.failover: Callable[[], str] | None = None
+        self.failover: Callable[[], str] | None = (
+            None if "sentinel_failover" in cluster.unavailable else cluster.failover)
         cluster.env.update(
             DISPATCH_TASK_MODULES="tests.soak.tasks",
             API_DATA_DIR=str(cluster.root / "api-data"),
@@ -174,9 +256,10 @@ class Chaos(threading.Thread):
         assert not unknown, f"no such fault: {sorted(unknown)} (known: {', '.join(FAULTS)})"
         #: Faults left out, and why.
         self.left_out = {k: "not asked for (SOAK_FAULTS)" for k in FAULTS if k not in only}
+        self.left_out.update({k: why for k, why in fleet.cluster.unavailable.items()
+                              if k in only})
         if fleet.failover is None and "sentinel_failover" in only:
-            self.left_out["sentinel_failover"] = ("not available (no Sentinel setup in "
-                                                  "this cluster)")
+            self.left_out.setdefault("sentinel_failover", "not available (no failover hook)")
         self.kinds = [k for k in FAULTS if k not in self.left_out]
         self.faults: list[Fault] = []
         self.error: BaseException | None = None
@@ -245,7 +328,7 @@ class Chaos(threading.Thread):
 
     def client_pause(self) -> str:
         ms = self.rng.randint(2000, 6000)
-        client = redis.Redis.from_url(self.fleet.cluster.redis.url, socket_timeout=5)
+        client = self.fleet.cluster.client()
         try:
             client.execute_command("CLIENT", "PAUSE", ms, "ALL")
             time.sleep(ms / 1000)
@@ -418,9 +501,9 @@ def ledger_runs(ledger: Path) -> dict[str, list[tuple[str, str]]]:
     return runs
 
 
-def states(url: str, task_ids: list[str]) -> dict[str, str | None]:
+def states(cluster: EmbeddedCluster, task_ids: list[str]) -> dict[str, str | None]:
     """Each job's state in its Redis record (None: no record)."""
-    client = redis.Redis.from_url(url, socket_timeout=10)
+    client = cluster.client()
     found: dict[str, str | None] = {}
     try:
         for i in range(0, len(task_ids), 500):
@@ -477,7 +560,7 @@ class Verdict:
 QUIET = 90.0
 
 
-def wait_for_the_end(cluster: Cluster, accepted: dict[str, Accepted],
+def wait_for_the_end(cluster: EmbeddedCluster, accepted: dict[str, Accepted],
                      timeout: float) -> Verdict:
     """Until every accepted job ran (ledger) and its record is terminal (Redis); or the
     deadline; or ``QUIET`` seconds without any change. Each look re-reads only the
@@ -489,8 +572,8 @@ def wait_for_the_end(cluster: Cluster, accepted: dict[str, Accepted],
     while True:
         runs = ledger_runs(cluster.ledger)
         open_ids = [a.task_id for a in accepted.values() if state.get(a.task_id) not in TERMINAL]
-        with contextlib.suppress(redis.RedisError):  # looked at again below
-            state.update(states(cluster.redis.url, open_ids))
+        with contextlib.suppress(redis.RedisError, OSError):  # looked at again below
+            state.update(states(cluster, open_ids))
         verdict = Verdict(runs, dict(state), accepted)
         missing, unfinished = verdict.missing(), verdict.unfinished()
         if not missing and not unfinished:
@@ -522,7 +605,8 @@ def write_jobs(verdict: Verdict, path: Path) -> None:
 def table(verdict: Verdict, chaos: Chaos, traffic: Traffic, seed: int, seconds: float,
           drained: float, bound: int) -> list[str]:
     """The report: the table per kind of traffic, then the faults and the requests."""
-    lines = [f"chaos soak: seed {seed}, {seconds:g} s of traffic at {traffic.rate:g} jobs/s, "
+    lines = [f"chaos soak on {chaos.fleet.cluster.kind}: seed {seed}, {seconds:g} s of "
+             f"traffic at {traffic.rate:g} jobs/s, "
              f"then waited {drained:.0f}s: {verdict.ended} (defaults: worker dead after "
              f"{get_settings().worker_dead_after:g}s)"]
     columns = ["accepted", "completed", "lost", "dup", "not terminal", "failed", "on celery",
@@ -540,7 +624,7 @@ def table(verdict: Verdict, chaos: Chaos, traffic: Traffic, seed: int, seconds: 
                          f"{max(a.at for a in jobs):.1f}s into the soak")
     if verdict.missing():
         lines.append("lost jobs in Redis:")
-        lines += whereabouts(chaos.fleet.cluster.redis.url,
+        lines += whereabouts(chaos.fleet.cluster,
                              [a.task_id for a in verdict.missing()])
     kinds = Counter(f.kind for f in chaos.faults)
     lines.append("faults: " + ", ".join(f"{k} x{kinds[k]}" for k in chaos.kinds)
@@ -556,13 +640,16 @@ def table(verdict: Verdict, chaos: Chaos, traffic: Traffic, seed: int, seconds: 
     return lines
 
 
-def whereabouts(url: str, task_ids: list[str], limit: int = 20) -> list[str]:
+def whereabouts(cluster: EmbeddedCluster, task_ids: list[str], limit: int = 20) -> list[str]:
     """Where Redis has each job (for jobs that did not run or end): its record, its
     deliveries, its publication markers, whether a queue or kombu's unacked hash holds
     it, which live worker lists it as held; then the workers' heartbeats and the
     sightings of other kinds of worker that the rescue goes by."""
-    client = redis.Redis.from_url(url, socket_timeout=10, decode_responses=True)
     lines: list[str] = []
+    try:
+        client = cluster.client(decode=True)
+    except (redis.RedisError, OSError) as exc:
+        return [f"  (could not reach Redis: {exc!r})"]
     try:
         now = time.time()
         queued = {json.loads(raw)["headers"]["id"] for key in queue_keys("celery")

@@ -4,7 +4,9 @@ traffic while a seeded schedule kills workers, restarts APIs, stops and pauses R
 ``SOAK_SECONDS`` (60 in ``make test``, 600 in ``make soak``) is how long traffic and
 faults go on; ``SOAK_SEED`` replays a schedule (printed at the start and in the
 table); ``SOAK_RATE`` is the traffic in jobs per second (default 12); ``SOAK_FAULTS``
-(comma-separated) narrows the schedule to some kinds of fault (default: all of them).
+(comma-separated) narrows the schedule to some kinds of fault (default: all of them);
+``SOAK_REDIS=sentinel`` runs the fleet on a Redis Sentinel set instead of one embedded
+server, with failovers in the schedule.
 Every accepted job, with its runs and record state, is written to ``jobs.tsv`` in the
 test's temporary directory, next to the processes' logs and the ledger.
 """
@@ -17,13 +19,14 @@ import time
 from pathlib import Path
 
 from dispatcher import get_settings
-from tests.reliability.conftest import Cluster
 
 from .conftest import REPORT
 from .harness import (
     FAULTS,
     Chaos,
+    EmbeddedCluster,
     Fleet,
+    SentinelCluster,
     Traffic,
     duplicate_bound,
     table,
@@ -34,6 +37,7 @@ from .harness import (
 SECONDS = float(os.environ.get("SOAK_SECONDS") or 60)
 SEED = int(os.environ.get("SOAK_SEED") or random.SystemRandom().randrange(1_000_000))
 RATE = float(os.environ.get("SOAK_RATE") or 12)
+REDIS = os.environ.get("SOAK_REDIS") or "embedded"
 ONLY = [k.strip() for k in (os.environ.get("SOAK_FAULTS") or ",".join(FAULTS)).split(",")
         if k.strip()]
 #: After the last fault: a killed worker's jobs come back once its heartbeat expires
@@ -46,9 +50,11 @@ def say(line: str) -> None:
 
 
 def test_chaos_soak(tmp_path: Path) -> None:
+    kinds = {"embedded": EmbeddedCluster, "sentinel": SentinelCluster}
+    assert REDIS in kinds, f"SOAK_REDIS is one of {', '.join(kinds)}"
+    cluster = kinds[REDIS](tmp_path, short=False)
     say(f"chaos soak: seed {SEED} (SOAK_SEED={SEED} replays this schedule), "
-        f"{SECONDS:g} s at {RATE:g} jobs/s")
-    cluster = Cluster(tmp_path, short=False)
+        f"{SECONDS:g} s at {RATE:g} jobs/s, on {cluster.kind}")
     try:
         settings = get_settings()
         assert (settings.visibility_timeout, settings.worker_dead_after,
