@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 RUNSTAMP := $(VENV)/.installed-run
 STAMP    := $(VENV)/.installed-dev
 
-.PHONY: run test reliability bench check docs worker routes clean
+.PHONY: run test reliability soak bench check docs worker routes clean
 
 $(VENV)/bin/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
@@ -33,6 +33,12 @@ test: $(STAMP)
 ## reliability: the fault-injection suite at full scale, with its results table
 reliability: $(STAMP)
 	RELIABILITY_SCALE=full $(BIN)/python -m pytest tests/reliability -q
+
+## soak: the chaos soak (2 APIs, 2 workers, a fault every 5-20 s) for SOAK_SECONDS, with its table
+## (SOAK_SEED replays a schedule; `make test` runs it for 60 s)
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest tests/soak -q -s
 
 ## bench: ours next to hand-written Celery and BackgroundTasks (prints one table)
 bench: $(STAMP)

@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,11 +47,17 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.redis = EmbeddedRedis(fsync="always").start()
+        self.use_broker({"DISPATCH_BROKER_URL": self.redis.url}, broker_url=self.redis.url)
+
+    def use_broker(self, env: dict[str, str], **settings: Any) -> None:
+        """The processes' environment, with the broker's variables ``env``, and this
+        process's settings, with the broker's ``settings`` (a subclass on another kind of
+        Redis calls this instead of starting the embedded server)."""
         self.ledger = self.root / "ledger.txt"
         self.env = {k: v for k, v in os.environ.items()
                     if not (k.startswith("DISPATCH_") or k == "REDIS_URL")}
         self.env.update(
-            DISPATCH_BROKER_URL=self.redis.url,
+            env,
             DISPATCH_TASK_MODULES="tests.reliability.tasks",
             DISPATCH_SPOOL_PATH=str(self.root / "spool.sqlite3"),
             DISPATCH_LOG_FORMAT="json",
@@ -62,7 +69,7 @@ class Cluster:
             self.env.update(DISPATCH_VISIBILITY_TIMEOUT="10", DISPATCH_REQUEUE_LOST_AFTER="5")
         os.environ["RELIABILITY_LEDGER"] = str(self.ledger)
         configure(DispatcherSettings(
-            broker_url=self.redis.url, visibility_timeout=10 if self.short else 3600,
+            **settings, visibility_timeout=10 if self.short else 3600,
             spool_path=str(self.root / "test-spool.sqlite3"), _env_file=None,
         ))  # type: ignore[call-arg]
 
@@ -72,8 +79,8 @@ class Cluster:
         name = ["--hostname", hostname] if hostname else []
         worker = Process([sys.executable, "-m", "worker", "--concurrency", str(concurrency),
                           *name], {**self.env, **env}, log)
+        self.workers.append(worker)  # stopped by close() even if it never gets ready
         worker.wait_for_output(" ready.", timeout=60)
-        self.workers.append(worker)
         return worker
 
     def kill_worker(self, worker: Process) -> None:
@@ -81,19 +88,24 @@ class Cluster:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.popen.wait()
 
-    def start_api(self, **env: str) -> Process:
-        # The API also loads the example tasks (timeouts up to 60 s); the short visibility
-        # timeout only matters to consumers, so the API keeps a longer one.
-        env = {"DISPATCH_VISIBILITY_TIMEOUT": "120", **env}
-        port = free_port()
+    def start_api(self, port: int | None = None, **env: str) -> Process:
+        """An API process on ``port`` (default: a free one); its address is ``api.url``
+        (and ``api_url``, the last one started)."""
+        if self.short:
+            # The API also loads the example tasks (timeouts up to 60 s); the short
+            # visibility timeout only matters to consumers, so the API keeps a longer one.
+            env = {"DISPATCH_VISIBILITY_TIMEOUT": "120", **env}
+        port = port or free_port()
         api = Process(
             [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
              "--port", str(port)],
             {**self.env, **env}, self.root / f"api{len(self.apis)}.log",
         )
-        self.api_url = f"http://127.0.0.1:{port}"
+        api.url = self.api_url = f"http://127.0.0.1:{port}"
+        self.apis.append(api)  # stopped by close() even if it never answers
         wait_http(f"{self.api_url}/healthz")
-        self.apis.append(api)
+        # Ours answered, not another server that took the port meanwhile.
+        api.wait_for_output("Uvicorn running on", timeout=30)
         return api
 
     def events(self, kind: str = "done") -> Counter[str]:
