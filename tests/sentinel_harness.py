@@ -19,7 +19,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -27,6 +26,7 @@ import pytest
 import redis
 
 from dispatcher.store.embedded import free_port, server_binary
+from tests.support import wait_until
 
 MASTER_NAME = "dispatch-main"
 INSTALL_HINT = (
@@ -59,23 +59,6 @@ def require_debian_redis() -> None:
     """Fail the test (never skip it) when no server can be had."""
     if commands() is None:
         pytest.fail(INSTALL_HINT, pytrace=False)
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float,
-               every: float = 0.05) -> None:
-    """Poll ``condition()`` (Redis errors count as false) until true; TimeoutError
-    after ``timeout`` seconds, naming ``what``."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            if condition():
-                return
-        except (redis.RedisError, OSError) as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not within {timeout:g}s (last error: {last})")
-        time.sleep(every)
 
 
 class SentinelSet:

@@ -1,14 +1,16 @@
 """Helpers shared by the integration and reliability suites: child processes we start
-and stop by pid, and HTTP polling."""
+and stop by pid, HTTP polling, and waiting for a condition (never for a time)."""
 
 from __future__ import annotations
 
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
+import redis
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,3 +78,21 @@ def poll_state(client: httpx.Client, base: str, task_id: str, states: set[str],
         if time.monotonic() > deadline:
             raise TimeoutError(f"task {task_id} stuck in {body}")
         time.sleep(0.05)
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = 60.0,
+               every: float = 0.05) -> None:
+    """Poll ``condition()`` (Redis and socket errors count as false) until it is true;
+    ``TimeoutError`` naming ``what`` once ``timeout`` seconds passed without it. The
+    timeout is a bound on a loaded machine, not a timing assertion."""
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while True:
+        try:
+            if condition():
+                return
+        except (redis.RedisError, OSError) as exc:
+            last = exc
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not within {timeout:g}s (last error: {last})")
+        time.sleep(every)

@@ -20,6 +20,7 @@ from dispatcher import TaskHandle, get_settings
 from dispatcher.routes.celery.protocol import PRIORITY_STEPS, QUEUE_SEP
 from dispatcher.store.keys import DEAD_LETTERS as HASH
 from dispatcher.store.keys import KOMBU_UNACKED_INDEX as UNACKED_INDEX
+from tests.support import wait_until
 
 from . import tasks
 from .conftest import FULL, Cluster, report, scale
@@ -52,10 +53,9 @@ def test_worker_sigkill_loses_nothing(cluster: Cluster) -> None:
                 if at < killed_at]  # the dead worker's: taken, never acknowledged
         worker = cluster.start_worker(concurrency)
         if not cluster.short and held:  # back without waiting for the visibility timeout
-            while any((client.zscore(UNACKED_INDEX, tag) or killed_at + 1) < killed_at
-                      for tag in held):
-                assert time.monotonic() - killed < scale(600, 180), cluster.diagnose(set())
-                time.sleep(0.2)
+            wait_until(lambda held=held, at=killed_at: all(  # type: ignore[misc]
+                (client.zscore(UNACKED_INDEX, tag) or at + 1) >= at for tag in held),
+                       "the dead worker's jobs back in their queue", scale(600, 180))
             recoveries.append(time.monotonic() - killed)
             worker.wait_for_output("from a dead worker")
     done = cluster.wait_done(set(jobs), timeout=scale(600, 180))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 import signal
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import redis
 
 from dispatcher.store.embedded import free_port
 from tests.integration.conftest import Process, wait_http
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -35,15 +35,17 @@ def two_process_api(service_env: dict[str, str], tmp_path: Path) -> Iterator[str
         process.stop(signal.SIGINT, timeout=60)
 
 
+def _get(url: str) -> httpx.Response:
+    with httpx.Client(timeout=10) as client:  # a new connection: any process answers
+        return client.get(url)
+
+
 def _poll(url: str, condition, timeout: float = 60.0):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        with httpx.Client(timeout=10) as client:  # a new connection: any process
-            body = client.get(url).json()
-        if condition(body):
-            return body
-        assert time.monotonic() < deadline, body
-        time.sleep(0.2)
+    """The first answer from ``url`` that meets ``condition``."""
+    answers = []
+    wait_until(lambda: condition(answers.append(_get(url).json()) or answers[-1]),
+               f"an answer of {url} as expected", timeout, every=0.2)
+    return answers[-1]
 
 
 def test_every_process_answers_for_the_fleet(two_process_api: str, broker: str) -> None:
@@ -65,18 +67,17 @@ def test_every_process_answers_for_the_fleet(two_process_api: str, broker: str) 
         _poll(f"{url}/healthz", held)
     routes = _poll(f"{url}/routes", lambda rows: held(rows[0]))
     assert routes[0]["inline_fleet"]["total"]["processes"] == 2
-    deadline = time.monotonic() + 60
-    while True:  # the answering process may not have seen the other's latest report yet
-        with httpx.Client(timeout=10) as client:
-            metrics = client.get(f"{url}/metrics").text
+    def fleet_in_metrics() -> bool:
+        # The answering process may not have seen the other's latest report yet.
+        metrics = _get(f"{url}/metrics").text
         processes = set(re.findall(
             r'dispatch_inline_fleet\{process="([^"]+)",state="running"\}', metrics))
         summed = [float(v) for state in ("running", "waiting") for v in re.findall(
             rf'dispatch_inline_fleet_sum\{{state="{state}"\}} (\S+)', metrics)]
-        if len(processes) == 2 and sum(summed) == jobs:
-            break
-        assert time.monotonic() < deadline, metrics
-        time.sleep(0.2)
+        return len(processes) == 2 and sum(summed) == jobs
+
+    wait_until(fleet_in_metrics, "both processes and every held job in /metrics",
+               every=0.2)
     redis.Redis.from_url(broker).set(f"{key}:release", "1", ex=600)
     _poll(f"{url}/healthz", lambda b: b["inline_fleet"]["total"]["running"]
           + b["inline_fleet"]["total"]["waiting"] == 0)

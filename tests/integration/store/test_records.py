@@ -19,7 +19,7 @@ from dispatcher.runtime.container import current
 from dispatcher.store.keys import HISTORY_PREFIX
 from dispatcher.store.keys import JOBS_INDEX as INDEX_KEY
 from dispatcher.store.keys import RECORD_PREFIX as KEY_PREFIX
-from tests.support import poll_state
+from tests.support import poll_state, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -396,13 +396,10 @@ def test_records_of_a_failed_write_are_written_once_redis_answers(tmp_path: Any)
         admin.execute_command("CLIENT", "PAUSE", 3000, "WRITE")
         store.save(make_record(job, "STARTED"))
         store.save(make_record(job, "SUCCESS", result=None))
-        deadline = time.monotonic() + 30
-        while store.failed_at is None:  # the write failed on the pause
-            assert time.monotonic() < deadline
-            time.sleep(0.02)
-        while (record := decode_record(admin.get(KEY_PREFIX + job.id))) is None:
-            assert time.monotonic() < deadline, "the kept records were never written"
-            time.sleep(0.05)
-        assert record["status"] == "SUCCESS"
+        wait_until(lambda: store.failed_at is not None, "the write failing on the pause")
+        wait_until(lambda: admin.get(KEY_PREFIX + job.id) is not None,
+                   "the kept records written once Redis answers")
+        record = decode_record(admin.get(KEY_PREFIX + job.id))
+        assert record is not None and record["status"] == "SUCCESS"
         states = [json.loads(e)["state"] for e in admin.lrange(HISTORY_PREFIX + job.id, 0, -1)]
         assert states[-1] == "SUCCESS" and "STARTED" in states
