@@ -52,6 +52,9 @@ def install(app: FastAPI) -> FastAPI:
         executor = runtime.inline.current_executor() if runtime is not None else None
         if executor is not None:
             await anyio.to_thread.run_sync(executor.drain, get_settings().shutdown_grace)
+        celery = runtime.built_celery() if runtime is not None else None
+        if celery is not None:  # spilled-over jobs still held: published or spooled
+            await anyio.to_thread.run_sync(celery.close)
 
     app.router.lifespan_context = lifespan
     return app

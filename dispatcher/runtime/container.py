@@ -1,14 +1,12 @@
 """The composition root: one ``Runtime`` per process builds, holds and resets every
-process-wide object, and wires the ports.
-
-Objects are built on first use from the settings the runtime was made with: the
-records Redis client, the record / dead-letter / idempotency stores, the execution
-core's ports, both routes (each told of the other only as a ``Route``), the broker
-monitor (inside the Celery route), the adaptive router, the server-load meter and the
-metrics gauges. ``dispatcher.configure()`` and ``dispatcher.testing.reset()`` replace
-the runtime. What else lives as long as the process is process-scoped by nature and
-listed in docs/architecture.md: the task registry, prometheus-client's registry, the
-event listener and the at-fork hooks.
+process-wide object, and wires the ports. Objects are built on first use from the
+runtime's settings: the records Redis client, the record / dead-letter / idempotency
+stores, the execution core's ports, both routes (each told of the other only as a
+``Route``), the broker monitor (inside the Celery route), the adaptive router, the
+server-load meter and the metrics gauges. ``dispatcher.configure()`` and
+``dispatcher.testing.reset()`` replace the runtime. Process-scoped by nature (see
+docs/architecture.md): the task registry, prometheus-client's registry, the event
+listener and the at-fork hooks.
 """
 
 from __future__ import annotations
@@ -28,9 +26,7 @@ from ..ops.dashboard_data import Dashboard, Sources
 from ..ops.routes_table import route_table
 from ..policy.governor import ServerLoad
 from ..routes.celery.depths import QueueDepths
-from ..routes.celery.protocol import queue_depths
 from ..routes.celery.route import CeleryRoute
-from ..routes.celery.worker import worker_queues
 from ..routes.inline.route import InlineRoute
 from ..store import keys
 from ..store.adaptive import AdaptiveRouter
@@ -58,7 +54,6 @@ class Runtime:
         self.dashboard = Dashboard()
         self._lock = threading.RLock()
         self._redis: redis.Redis | None = None
-        self._broker: redis.Redis | None = None
         self._records: RecordStore | None = None
         self._dead: DeadLetterStore | None = None
         self._idempotency: IdempotencyStore | None = None
@@ -152,6 +147,9 @@ class Runtime:
                                            fallback=self.inline)
             return self._celery
 
+    def built_celery(self) -> CeleryRoute | None:  # for shutdown paths: builds nothing
+        return self._celery
+
     def use_celery_app(self, app: Celery) -> CeleryRoute:
         """The worker's app is the route's app too (one connection pool, one config)."""
         with self._lock:
@@ -177,13 +175,11 @@ class Runtime:
 
     @property
     def inline_fleet(self) -> InlineFleet:
-        """This process's report of its inline executor, and everyone's (see
-        ``inline_fleet``); reporting starts when an API process starts."""
+        """This process's inline executor reported, and everyone's (API processes)."""
         with self._lock:
             if self._fleet is None:
-                client = self.redis
-                reports = (None if client is None
-                           else InlineReports(client, REPORT_EVERY * REPORT_LIFETIME))
+                client, lifetime = self.redis, REPORT_EVERY * REPORT_LIFETIME
+                reports = None if client is None else InlineReports(client, lifetime)
                 self._fleet = InlineFleet(self.inline_load, lambda: self.metrics.spilled,
                                           self.settings.inline_concurrency, reports)
             return self._fleet
@@ -198,29 +194,14 @@ class Runtime:
         adaptive = self.adaptive if self.settings.broker_url is not None else None
         return route_table(self.settings, adaptive)
 
-    def broker_queue_depths(self) -> dict[str, int]:
-        """Messages waiting per queue, read now; raises when the broker cannot answer."""
-        url = self.settings.broker_url
-        if url is None:
-            return {}
-        with self._lock:
-            if self.settings.results_url == url:
-                client = self.redis
-            else:
-                if self._broker is None:
-                    self._broker = client_for(self.settings, url)
-                client = self._broker
-        assert client is not None
-        return queue_depths(client, worker_queues(self.settings))
-
     def dashboard_sources(self) -> Sources:
         return Sources(self.settings, self.records, self.dead_letters, self.inline_load,
                        lambda: self.celery.status().get("spool_depth"),
-                       self.broker_queue_depths, self.route_table,
+                       self.queue_depths.now, self.route_table,
                        lambda: self.inline_fleet.summary())
 
     def close(self) -> None:
-        """Stop what this runtime started (the inline executor, the adaptive thread)."""
+        """Stop what this runtime started (inline executor, spill-over, adaptive thread)."""
         with self._lock:
             inline, self._inline = self._inline, None
             adaptive, self._adaptive = self._adaptive, None
@@ -229,6 +210,8 @@ class Runtime:
             fleet.stop()
         if inline is not None:
             inline.close()
+        if self._celery is not None:
+            self._celery.close()
         if adaptive is not None:
             adaptive.close()
 

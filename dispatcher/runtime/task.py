@@ -176,10 +176,13 @@ class Task(Generic[P, R]):
             self._job(new_job_id(), payload, decision, now) for payload in payloads
         ]
         spill = decision.cause is Cause.SPILL_OVER
-        routes = current().celery.dispatch_many(
-            jobs, self.call_options.countdown, outage=self.spec.broker_outage,
-            reason=EVENT_REASON[Cause.SPILL_OVER] if spill else None,
-        )
+        if spill:  # published by a background thread, never on this one
+            current().celery.spill(jobs, self.call_options.countdown,
+                                   outage=self.spec.broker_outage)
+            routes = [job.route for job in jobs]
+        else:
+            routes = current().celery.dispatch_many(
+                jobs, self.call_options.countdown, outage=self.spec.broker_outage)
         for job, route in zip(jobs, routes, strict=True):
             job.route = route
             if spill:
@@ -233,11 +236,11 @@ class Task(Generic[P, R]):
         job = self._job(job_id, payload, decision)
         countdown = self.call_options.countdown
         try:
-            if job.route == "celery":
-                job.route = runtime.celery.dispatch(
-                    job, countdown, outage=self.spec.broker_outage,
-                    reason=EVENT_REASON[Cause.SPILL_OVER] if spill else None,
-                )
+            if spill:  # published by a background thread, never on this one
+                runtime.celery.spill([job], countdown, outage=self.spec.broker_outage)
+            elif job.route == "celery":
+                job.route = runtime.celery.dispatch(job, countdown,
+                                                    outage=self.spec.broker_outage)
             else:
                 runtime.inline.dispatch(job, countdown)
         except BaseException:

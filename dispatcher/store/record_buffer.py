@@ -30,6 +30,9 @@ WRITE_CHUNK = 32
 RETRY_PAUSE = 0.5
 
 
+def _nothing(task_id: str) -> Job | None:
+    return None
+
 
 def _as_record(held: JobRecord | Job) -> JobRecord:
     """A copy of a held record, or the PENDING record of a held job."""
@@ -87,6 +90,9 @@ class RecordBuffer:
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        #: Jobs accepted but not yet published whose PENDING record the publish writes
+        #: (spill-over, see ``read_also``); never written from here.
+        self._unpublished: Callable[[str], Job | None] = _nothing
         _stores.add(self)
 
     def _after_fork(self) -> None:
@@ -176,7 +182,12 @@ class RecordBuffer:
         """The newest state of ``task_id`` not yet known to be in Redis (callers hold
         ``_lock``): buffered, held back, or in the write under way."""
         return (self._pending.get(task_id) or self._held.get(task_id)
-                or self._inflight.get(task_id))
+                or self._inflight.get(task_id) or self._unpublished(task_id))
+
+    def read_also(self, unpublished: Callable[[str], Job | None]) -> None:
+        """Answer for jobs that ``unpublished`` holds (accepted, to be published with
+        their PENDING record by someone else) as PENDING until they are in Redis."""
+        self._unpublished = unpublished
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write everything saved so far, now, from this thread; False if Redis failed.

@@ -11,8 +11,9 @@ import time
 import redis
 
 from ...core.settings import DispatcherSettings
-from ...store.client import redis_client
+from ...store.client import client_for, redis_client
 from .backlog import QueueLoad, read_queue_load
+from .protocol import queue_depths
 from .worker import worker_queues
 
 log = logging.getLogger("dispatcher.metrics")
@@ -26,7 +27,20 @@ class QueueDepths:
         self.settings = settings
         self._lock = threading.Lock()
         self._client: redis.Redis | None = None
+        self._dashboard_client: redis.Redis | None = None
         self._down_until = 0.0
+
+    def now(self) -> dict[str, int]:
+        """Messages waiting per queue, read now with the ordinary timeouts (the
+        dashboard); raises when the broker cannot answer."""
+        url = self.settings.broker_url
+        if url is None:
+            return {}
+        with self._lock:
+            if self._dashboard_client is None:
+                self._dashboard_client = client_for(self.settings, url)
+            client = self._dashboard_client
+        return queue_depths(client, worker_queues(self.settings))
 
     def read(self) -> QueueLoad | None:
         """Messages waiting, and the backlog, per queue of this app; None when they

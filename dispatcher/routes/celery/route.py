@@ -7,7 +7,7 @@ script call per batch (``publisher``).
 
 from __future__ import annotations
 
-import json
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -15,26 +15,30 @@ from typing import Any
 
 from celery import Celery
 
-from ...core.errors import BrokerUnavailable, TaskValidationError
+from ...core.errors import BrokerUnavailable
 from ...core.events import emit
 from ...core.execution import Execution
 from ...core.job import Job
 from ...core.ports import Route
-from ...core.record import pending_json
+from ...core.record import ErrorInfo
 from ...core.settings import DispatcherSettings
 from ...core.spec import RouteName
 from ...policy.routing import EVENT_REASON, Cause
 from ...store.client import client_for
+from ...store.record_buffer import RecordBuffer
 from .app import create_celery_app
 from .monitor import BROKER_ERRORS, BrokerMonitor
-from .protocol import MessageTemplate, encode_body, queue_key, task_message
+from .prepare import Prepared, prepared, preparer
 from .publisher import Publisher
+from .spill import SpillPublisher
 from .spool import Spool, SpooledJob
 
-PUBLISH_BATCH = 500
+log = logging.getLogger("dispatcher.celery")
 
-Prepared = tuple[str, str, str | None]
-"""``(queue_key, message_json, record_json)`` of one job, ready to publish."""
+PUBLISH_BATCH = 500
+#: Spilled-over jobs a process may hold for publishing (``SpillPublisher``); past it a
+#: spilled job goes to the outage spool.
+SPILL_CAPACITY = 10_000
 
 
 class CeleryRoute:
@@ -54,6 +58,7 @@ class CeleryRoute:
         self._lock = threading.Lock()
         self._publisher: Publisher | None = None
         self._monitor: BrokerMonitor | None = None
+        self._spill: SpillPublisher | None = None
 
     @property
     def monitor(self) -> BrokerMonitor:
@@ -88,54 +93,7 @@ class CeleryRoute:
     def _preparer(
         self, jobs: Sequence[Job], countdown: float | None, fresh: bool
     ) -> Callable[[int, int], list[Prepared]]:
-        """Checks every job's message size now (so one oversized job publishes nothing)
-        and returns ``prepare(start, stop)``, which builds that slice's queue keys,
-        messages and PENDING records when it is about to be sent."""
-        first = jobs[0]
-        uniform = len(jobs) > 1 and all(
-            (j.spec, j.queue, j.priority, j.request_id, j.attempt, j.dispatched_at, j.queued_at)
-            == (first.spec, first.queue, first.priority, first.request_id, first.attempt,
-                first.dispatched_at, first.queued_at)
-            for j in jobs
-        )
-        shared_redis = self.settings.result_backend_url in (None, self.settings.broker_url)
-        if not (uniform and fresh and shared_redis):
-            prepared = [self._prepared(job, countdown, fresh) for job in jobs]
-            return lambda start, stop: prepared[start:stop]
-        template = MessageTemplate(first, countdown)
-        bodies = [encode_body(job.payload) for job in jobs]
-        limit = self.settings.max_payload_bytes
-        for job, body in zip(jobs, bodies, strict=True):
-            size = template.size(job.id, body)
-            if size > limit:
-                raise self._too_large(job, size)
-        key = queue_key(first.queue or self.settings.default_queue, first.priority)
-
-        def prepare(start: int, stop: int) -> list[Prepared]:
-            return [
-                (key, template.render(job.id, body), pending_json(job))
-                for job, body in zip(jobs[start:stop], bodies[start:stop], strict=True)
-            ]
-
-        return prepare
-
-    def _prepared(
-        self, job: Job, countdown: float | None, fresh: bool, message: str | None = None
-    ) -> Prepared:
-        if message is None:
-            message = json.dumps(task_message(job, countdown))
-        if len(message) > self.settings.max_payload_bytes:
-            raise self._too_large(job, len(message))
-        shared_redis = self.settings.result_backend_url in (None, self.settings.broker_url)
-        record = pending_json(job) if fresh and shared_redis else None
-        return queue_key(job.queue or self.settings.default_queue, job.priority), message, record
-
-    def _too_large(self, job: Job, size: int) -> TaskValidationError:
-        return TaskValidationError(job.spec.name, [{
-            "field": "(arguments)",
-            "message": f"message of {size} bytes exceeds "
-            f"DISPATCH_MAX_PAYLOAD_BYTES={self.settings.max_payload_bytes}",
-        }])
+        return preparer(self.settings, jobs, countdown, fresh)
 
     def dispatch(
         self,
@@ -262,6 +220,65 @@ class CeleryRoute:
         """The ``Route`` port: take jobs handed over by the inline route (spooled while
         the broker is down, never sent back inline)."""
         return self.dispatch_many(jobs, countdown, outage="spool", reason=reason)
+
+    def spill(self, jobs: Sequence[Job], countdown: float | None, *,
+              outage: str | None = None) -> None:
+        """Take jobs spilled over from the full inline executor without publishing on
+        the caller's thread (a request's): a background thread publishes them in
+        pipelined batches (``SpillPublisher``). When the broker is known to be down,
+        the outage policy applies at once, as for ``dispatch``; when the buffer is full,
+        a job goes to the outage spool (no Redis call on this thread either way)."""
+        reason = EVENT_REASON[Cause.SPILL_OVER]
+        monitor = self.monitor
+        if not monitor.healthy:
+            self.dispatch_many(jobs, countdown, outage=outage, reason=reason)
+            return
+        # The caller was answered already: a later outage cannot raise to it.
+        mode = outage or self.settings.broker_outage
+        later = "inline" if mode == "inline" else "spool"
+        spill = self.spill_publisher
+        for job in jobs:
+            if not spill.put(job, countdown, later):
+                self._on_outage(job, countdown, *prepared(self.settings, job, countdown,
+                                                          True), "spool")
+
+    @property
+    def spill_publisher(self) -> SpillPublisher:
+        """The background publisher of spilled-over jobs (built on first use; the
+        records store answers PENDING for the jobs it holds)."""
+        with self._lock:
+            if self._spill is None:
+                self._spill = SpillPublisher(self._publish_spilled, self._run_inline,
+                                             SPILL_CAPACITY)
+                records = self.execution.records
+                if isinstance(records, RecordBuffer):
+                    records.read_also(self._spill.filed)
+            return self._spill
+
+    def _publish_spilled(self, jobs: Sequence[Job], countdown: float | None,
+                         outage: str) -> list[RouteName]:
+        return self.dispatch_many(jobs, countdown, outage=outage,
+                                  reason=EVENT_REASON[Cause.SPILL_OVER])
+
+    def _run_inline(self, jobs: Sequence[Job], countdown: float | None) -> None:
+        """Spilled jobs the broker refused (too large): run where they were headed."""
+        for job in jobs:
+            job.route, job.queue = "inline", None
+        if self.fallback is None:  # nowhere to run them: kept as dead letters
+            error: ErrorInfo = {"type": "BrokerUnavailable",
+                     "message": "spilled over, refused by the broker, no inline route"}
+            for job in jobs:
+                log.error("spilled-over job %s could not be published or run inline", job.id)
+                self.execution.record(job, "FAILURE", error=error, reason="spill_over")
+                self.execution.dead_letter(job, error, "spill_over")
+            return
+        self.fallback.accept(jobs, countdown, reason=EVENT_REASON[Cause.SPILL_OVER])
+
+    def close(self) -> None:
+        """Publish (or spool) every spilled-over job still held; stop its thread."""
+        spill = self._spill
+        if spill is not None:
+            spill.stop()
 
     def publish(self, job: Job, countdown: float | None = None) -> None:
         """Publish the next attempt of a running job (a retry); spools on outage."""

@@ -197,6 +197,10 @@ class FakeCeleryRoute:
         self.jobs += [(job, reason) for job in jobs]
         return ["celery"] * len(jobs)
 
+    def spill(self, jobs: list[Job], countdown: float | None, *,
+              outage: str | None = None) -> None:
+        self.jobs += [(job, "spill_over") for job in jobs]
+
 
 _real_inline_dispatch = InlineRoute.dispatch
 _real_plan_dispatch = InlinePlan.dispatch

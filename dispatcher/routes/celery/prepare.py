@@ -1,0 +1,72 @@
+"""Messages ready to publish: each job's queue key, Celery message and PENDING record,
+size-checked against ``DISPATCH_MAX_PAYLOAD_BYTES`` before anything is sent."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+from ...core.errors import TaskValidationError
+from ...core.job import Job
+from ...core.record import pending_json
+from ...core.settings import DispatcherSettings
+from .protocol import MessageTemplate, encode_body, queue_key, task_message
+
+Prepared = tuple[str, str, str | None]
+"""``(queue_key, message_json, record_json)`` of one job, ready to publish."""
+
+
+def preparer(settings: DispatcherSettings, jobs: Sequence[Job], countdown: float | None,
+             fresh: bool) -> Callable[[int, int], list[Prepared]]:
+    """Checks every job's message size now (so one oversized job publishes nothing)
+    and returns ``prepare(start, stop)``, which builds that slice's queue keys,
+    messages and PENDING records when it is about to be sent."""
+    first = jobs[0]
+    uniform = len(jobs) > 1 and all(
+        (j.spec, j.queue, j.priority, j.request_id, j.attempt, j.dispatched_at, j.queued_at)
+        == (first.spec, first.queue, first.priority, first.request_id, first.attempt,
+            first.dispatched_at, first.queued_at)
+        for j in jobs
+    )
+    if not (uniform and fresh and _records_with_broker(settings)):
+        ready = [prepared(settings, job, countdown, fresh) for job in jobs]
+        return lambda start, stop: ready[start:stop]
+    template = MessageTemplate(first, countdown)
+    bodies = [encode_body(job.payload) for job in jobs]
+    limit = settings.max_payload_bytes
+    for job, body in zip(jobs, bodies, strict=True):
+        size = template.size(job.id, body)
+        if size > limit:
+            raise too_large(settings, job, size)
+    key = queue_key(first.queue or settings.default_queue, first.priority)
+
+    def prepare(start: int, stop: int) -> list[Prepared]:
+        return [
+            (key, template.render(job.id, body), pending_json(job))
+            for job, body in zip(jobs[start:stop], bodies[start:stop], strict=True)
+        ]
+
+    return prepare
+
+
+def prepared(settings: DispatcherSettings, job: Job, countdown: float | None,
+             fresh: bool) -> Prepared:
+    """One job's queue key, message and (for a fresh job whose records live with the
+    broker) PENDING record, written by the publish script with the message."""
+    message = json.dumps(task_message(job, countdown))
+    if len(message) > settings.max_payload_bytes:
+        raise too_large(settings, job, len(message))
+    record = pending_json(job) if fresh and _records_with_broker(settings) else None
+    return queue_key(job.queue or settings.default_queue, job.priority), message, record
+
+
+def too_large(settings: DispatcherSettings, job: Job, size: int) -> TaskValidationError:
+    return TaskValidationError(job.spec.name, [{
+        "field": "(arguments)",
+        "message": f"message of {size} bytes exceeds "
+        f"DISPATCH_MAX_PAYLOAD_BYTES={settings.max_payload_bytes}",
+    }])
+
+
+def _records_with_broker(settings: DispatcherSettings) -> bool:
+    return settings.result_backend_url in (None, settings.broker_url)

@@ -1,0 +1,173 @@
+"""Spill-over publishes off the caller's thread and loses nothing.
+
+- Jobs spilled over from a full inline executor are published by the background
+  publisher (their ``task.dispatched`` events come from its thread, none from the
+  dispatching one); each answers PENDING at once, and each runs exactly once.
+- When Redis hangs, the dispatching thread is never held up: the publisher spools
+  what it holds, and the relay delivers every job exactly once after the outage.
+- A plain script that exits right after spilling hands every job over at exit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from dispatcher import DispatcherSettings, TaskHandle, configure, get_settings, task
+from dispatcher.runtime.container import current
+from dispatcher.store.embedded import EmbeddedRedis
+from tests.integration import sample_tasks as samples
+from tests.support import ROOT, wait_until
+
+GATE = threading.Event()
+
+
+@task(name="tests.spill.gated", weight=1)
+def gated() -> None:
+    """Holds an inline slot until the test opens the gate."""
+    GATE.wait(120)
+
+
+class Dispatched(logging.Handler):
+    """Each ``task.dispatched`` event: (thread name, reason, task id)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[tuple[str, object, object]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        fields = getattr(record, "dispatch", None)
+        if isinstance(fields, dict) and fields.get("event") == "task.dispatched":
+            self.seen.append((record.threadName or "", fields.get("reason"),
+                              fields.get("task_id")))
+
+
+@pytest.fixture
+def dispatched() -> Iterator[Dispatched]:
+    handler = Dispatched()
+    logger = logging.getLogger("dispatcher")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)  # task.dispatched is a debug event
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+def test_spilled_jobs_are_published_off_the_dispatching_thread(
+    broker: str, dispatched: Dispatched
+) -> None:
+    configure(get_settings(), inline_concurrency=1, inline_max_pending=1)
+    key = f"spill:{uuid.uuid4()}"
+    GATE.clear()
+    try:
+        gated.dispatch()
+        wait_until(lambda: current().inline_load() == (1, 1), "the gated job running")
+        gated.dispatch()  # waits: the executor is full from here on
+        handles: list[TaskHandle] = []
+        for _ in range(40):
+            handle = samples.slow_inline.dispatch(key, seconds=0)
+            assert handle.route == "celery"
+            assert handle.state() in {"PENDING", "STARTED", "SUCCESS"}  # known at once
+            handles.append(handle)
+        many = samples.slow_inline.dispatch_many([{"key": key, "seconds": 0}] * 20)
+        assert {h.route for h in many} == {"celery"}
+        handles += many
+    finally:
+        GATE.set()
+    for handle in handles:
+        assert handle.get(timeout=60) is None and handle.state() == "SUCCESS"
+    wait_until(lambda: len(samples.entries(key)) >= len(handles), "every job's ledger entry")
+    assert len(samples.entries(key)) == len(handles)  # each ran once
+    ids = {h.id for h in handles}
+    events = [(thread, reason) for thread, reason, task_id in dispatched.seen
+              if task_id in ids]
+    assert len(events) == len(ids)
+    assert set(events) == {("dispatch-spill", "spill_over")}
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    with EmbeddedRedis() as server:
+        yield server
+
+
+def test_a_hung_redis_holds_no_dispatch_and_loses_no_spilled_job(
+    own_redis: EmbeddedRedis, tmp_path: Path, dispatched: Dispatched
+) -> None:
+    configure(DispatcherSettings(  # type: ignore[call-arg]
+        broker_url=own_redis.url, spool_path=str(tmp_path / "spool.sqlite3"),
+        inline_concurrency=1, inline_max_pending=1, publish_timeout=0.5, _env_file=None))
+    runtime = current()
+    assert runtime.celery.status()["reachable"]
+    GATE.clear()
+    try:
+        gated.dispatch()
+        wait_until(lambda: runtime.inline_load() == (1, 1), "the gated job running")
+        gated.dispatch()
+        own_redis.pause()  # SIGSTOP: every call hangs until its timeout
+        try:
+            handles = [samples.slow_inline.dispatch("unused", seconds=0) for _ in range(30)]
+            assert {h.route for h in handles} == {"celery"}
+            spool = runtime.celery.monitor.spool
+            wait_until(lambda: spool.depth() == 30, "the spilled jobs spooled")
+        finally:
+            own_redis.resume()
+    finally:
+        GATE.set()
+    client = redis.Redis.from_url(own_redis.url)
+    wait_until(lambda: runtime.queue_depths.now().get("celery") == 30,
+               "the spool relayed to the queue")
+    assert spool.depth() == 0
+    lists = [k for k in client.scan_iter("celery*") if client.type(k) == b"list"]
+    queued = [json.loads(raw)["headers"]["id"] for key in lists
+              for raw in client.lrange(key, 0, -1)]
+    assert sorted(queued) == sorted(h.id for h in handles)  # each exactly once
+    threads = {thread for thread, _, task_id in dispatched.seen
+               if task_id in {h.id for h in handles}}
+    assert threads == {"dispatch-spill"}
+
+
+SCRIPT = """
+import json, sys, time
+from dispatcher import configure
+from dispatcher.runtime.container import current
+from tests.integration import sample_tasks as samples
+configure(inline_concurrency=1, inline_max_pending=1)
+# The slot and the one waiting place are taken for longer than this script lives.
+samples.slow_inline.dispatch(sys.argv[1] + ":held", seconds=600)
+while current().inline_load()[0] < 1:
+    time.sleep(0.01)
+samples.slow_inline.dispatch(sys.argv[1] + ":held", seconds=600)
+handles = [samples.slow_inline.dispatch(sys.argv[1], seconds=0) for _ in range(200)]
+print(json.dumps([[h.id, h.route] for h in handles]))
+"""
+
+
+def test_a_script_that_exits_right_after_spilling_hands_every_job_over(
+    broker: str, service_env: dict[str, str]
+) -> None:
+    key = f"spill-exit:{uuid.uuid4()}"
+    out = subprocess.run([sys.executable, "-c", SCRIPT, key], env=service_env, cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, check=True)
+    routed = json.loads(out.stdout.strip().splitlines()[-1])
+    spilled = [task_id for task_id, route in routed if route == "celery"]
+    assert len(spilled) == 200
+    store = current().records
+
+    def all_done() -> bool:
+        records = store.load_many(spilled)
+        return all(r is not None and r["status"] == "SUCCESS" for r in records)
+
+    wait_until(all_done, "every spilled job run by the worker", timeout=120)
