@@ -3,56 +3,13 @@ and with the dispatcher (ours), each served by its own uvicorn process."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 from fastapi import BackgroundTasks, FastAPI
 
-from dispatcher import task
+from bench import app_tasks
+from bench.app_tasks import done, noop_job, noop_task, sleep_job, sleep_task
 from dispatcher.fastapi import install
-
-_count = 0
-#: Sleeping jobs running now, and the most seen at once (the executor's bound).
-_running = 0
-_max_running = 0
-_lock = threading.Lock()
-
-
-def _done() -> None:
-    global _count
-    with _lock:
-        _count += 1
-
-
-def _sleep(ms: float) -> None:
-    global _running, _max_running
-    with _lock:
-        _running += 1
-        _max_running = max(_max_running, _running)
-    try:
-        time.sleep(ms / 1000)
-    finally:
-        with _lock:
-            _running -= 1
-    _done()
-
-
-def noop_job() -> None:
-    _done()
-
-
-def sleep_job(ms: float) -> None:
-    _sleep(ms)
-
-
-@task(name="bench.noop", weight=1)
-def noop_task() -> None:
-    _done()
-
-
-@task(name="bench.sleep", weight=1)
-def sleep_task(ms: float) -> None:
-    _sleep(ms)
 
 
 def _common(app: FastAPI) -> None:
@@ -63,12 +20,20 @@ def _common(app: FastAPI) -> None:
     @app.post("/sync-sleep")
     def sync_sleep(ms: float = 2000) -> dict[str, bool]:
         time.sleep(ms / 1000)
-        _done()
+        done()
         return {"ok": True}
 
     @app.get("/count")
-    async def count() -> dict[str, int]:
-        return {"count": _count, "max_running": _max_running}
+    def count() -> dict[str, int]:
+        """Jobs done: here (inline) and on the worker (spilled over), the most running
+        at once here, and the inline jobs waiting here now."""
+        from dispatcher.runtime.container import built
+
+        runtime = built()
+        waiting = runtime.inline_load()[1] - runtime.inline_load()[0] if runtime else 0
+        here, on_worker, most = app_tasks.counts()
+        return {"count": here + on_worker, "inline": here, "on_worker": on_worker,
+                "max_running": most, "inline_waiting": waiting}
 
 
 raw = FastAPI()

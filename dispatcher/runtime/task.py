@@ -32,7 +32,6 @@ R = TypeVar("R")
 dispatch_listeners: list[Callable[[TaskHandle], None]] = []
 
 
-
 class Task(Generic[P, R]):
     """A registered task function; see the module docstring."""
 

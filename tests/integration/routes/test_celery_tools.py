@@ -17,7 +17,7 @@ import pytest
 
 import tests.integration.sample_tasks as samples
 from dispatcher.store.embedded import free_port
-from tests.support import ROOT, Process, wait_http
+from tests.support import ROOT, Process, wait_http, wait_until
 
 # Tools started here must not start (or fight over) the worker's metrics endpoint.
 TOOL_ENV = {"DISPATCH_METRICS_PORT": "0"}
@@ -32,15 +32,15 @@ def flower(service_env: dict[str, str], worker: Process,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
     """Flower on 127.0.0.1, its HTTP API open without auth; ``.url`` is its base URL.
 
-    ``--enable_events=False``: Flower must not switch task events on for us (it would
-    by default, every 5 s, by remote control); what it shows then is what our worker
-    sends on its own, the default ``DISPATCH_WORKER_EVENTS=true``.
+    As users run it: our workers send no task events until asked (the default
+    ``DISPATCH_WORKER_EVENTS=false``, as in Celery), and Flower switches them on by
+    remote control (its default ``--enable_events``, every 5 s).
     """
     port = free_port()
     log = tmp_path_factory.mktemp("flower") / "flower.log"
     process = Process(
         [sys.executable, "-m", "celery", "-A", "worker.app", "flower",
-         "--address=127.0.0.1", f"--port={port}", "--enable_events=False"],
+         "--address=127.0.0.1", f"--port={port}"],
         _tool_env(service_env, FLOWER_UNAUTHENTICATED_API="true"), log,
     )
     process.url = f"http://127.0.0.1:{port}"
@@ -51,18 +51,20 @@ def flower(service_env: dict[str, str], worker: Process,
         process.stop()
 
 
-def _wait_for_worker_events(client: httpx.Client, base: str, timeout: float = 30.0) -> None:
-    """Until Flower has received an event from a live worker (heartbeats come every 2 s):
-    from then on it is subscribed, and task events sent later reach it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        response = client.get(f"{base}/api/workers", params={"status": "true"})
-        assert response.status_code == 200, response.text
-        if any(response.json().values()):
-            return
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Flower saw no live worker: {response.json()}")
-        time.sleep(0.2)
+def _wait_for_worker_events(client: httpx.Client, base: str) -> None:
+    """Until Flower sees our worker's task events: it has switched them on (by remote
+    control, a few seconds after it connects) once a probe job shows up in it."""
+
+    probes: list[str] = []
+
+    def probe_seen() -> bool:
+        probe = samples.echo.options(route="celery").dispatch({"probe": 1})
+        probe.get(timeout=20)
+        probes.append(probe.id)
+        return any(client.get(f"{base}/api/task/info/{task_id}").status_code == 200
+                   for task_id in probes)
+
+    wait_until(probe_seen, "Flower switching our worker's task events on", every=0.5)
 
 
 def _flower_task(client: httpx.Client, base: str, task_id: str, state: str,
