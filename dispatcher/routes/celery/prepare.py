@@ -3,14 +3,13 @@ size-checked against ``DISPATCH_MAX_PAYLOAD_BYTES`` before anything is sent."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 
 from ...core.errors import TaskValidationError
 from ...core.job import Job
 from ...core.record import pending_json
 from ...core.settings import DispatcherSettings
-from .protocol import MessageTemplate, encode_body, queue_key, task_message
+from .protocol import MessageTemplate, encode_body, message_json, queue_key
 
 Prepared = tuple[str, str, str | None]
 """``(queue_key, message_json, record_json)`` of one job, ready to publish."""
@@ -53,7 +52,7 @@ def prepared(settings: DispatcherSettings, job: Job, countdown: float | None,
              fresh: bool) -> Prepared:
     """One job's queue key, message and (for a fresh job whose records live with the
     broker) PENDING record, written by the publish script with the message."""
-    message = json.dumps(task_message(job, countdown))
+    message = message_json(job, countdown)
     if len(message) > settings.max_payload_bytes:
         raise too_large(settings, job, len(message))
     record = pending_json(job) if fresh and _records_with_broker(settings) else None

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import json
 import os
+import re
 import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -86,6 +87,40 @@ class MessageTemplate:
 
     def render(self, job_id: str, body: str) -> str:
         return self.text.replace(self._id_token, job_id).replace(self._body_token, body)
+
+
+#: ``message_json``'s templates: a job shape's message cut into literal text and
+#: stand-ins (the parts that differ per job).
+_templates: dict[tuple[str, str | None, int, int], list[str]] = {}
+_TEMPLATES_KEPT = 1000
+_STAND_IN = os.urandom(6).hex()
+_ID, _BODY, _REQUEST, _AT = (f"<{name}-{_STAND_IN}>" for name in ("id", "body", "req", "at"))
+_CUT = re.compile("(" + "|".join(re.escape(t) for t in (_ID, _BODY, _REQUEST, _AT)) + ")")
+
+
+def message_json(job: Job, countdown: float | None = None) -> str:
+    """``json.dumps(task_message(job, countdown))``, from a template per task, queue,
+    priority and attempt: filling in the id, body, request id and dispatch time costs a
+    fraction of building and encoding the whole envelope (~16 us) on every dispatch."""
+    if countdown or job.queued_at is not None:
+        return json.dumps(task_message(job, countdown))
+    key = (job.spec.name, job.queue, job.priority, job.attempt)
+    parts = _templates.get(key)
+    if parts is None:
+        envelope = task_message(dataclasses.replace(job, id=_ID))
+        envelope["body"] = _BODY
+        envelope["headers"][HEADER].update(request_id=_REQUEST, dispatched_at=_AT)
+        text = json.dumps(envelope).replace(f'"{_REQUEST}"', _REQUEST)
+        text = text.replace(f'"{_AT}"', _AT)
+        parts = _CUT.split(text)
+        if text.count(_STAND_IN) != 7:  # a name that holds a stand-in: no template
+            return json.dumps(task_message(job, countdown))
+        if len(_templates) >= _TEMPLATES_KEPT:
+            _templates.clear()
+        _templates[key] = parts
+    values = {_ID: job.id, _BODY: encode_body(job.payload), _AT: repr(job.dispatched_at),
+              _REQUEST: "null" if job.request_id is None else json.dumps(job.request_id)}
+    return "".join([values.get(part, part) for part in parts])
 
 
 def task_message(job: Job, countdown: float | None = None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ outage spool lands in the queue exactly once.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -36,6 +37,20 @@ class Publisher:
         # EVALSHA straight away: redis-py's Script in a pipeline asks SCRIPT EXISTS first,
         # a second round trip per publication.
         self._sha = PUBLISH.sha
+        self._local = threading.local()
+
+    def publish_one(self, item: PublishItem) -> int:
+        """``publish([item])`` through this thread's own connection, kept across calls
+        (no pool checkout per job: the one-by-one ``.dispatch()`` path)."""
+        link: Link | None = getattr(self._local, "link", None)
+        if link is None:
+            link = self._local.link = Link(self.client)
+        command = self.command([item])
+        try:
+            return int(link.call(*command))
+        except redis.exceptions.NoScriptError:
+            self.client.script_load(PUBLISH.source)
+            return int(link.call(*command))
 
     def publish(self, items: Sequence[PublishItem]) -> int:
         """Publish ``items`` in one round trip; returns how many were pushed now (the

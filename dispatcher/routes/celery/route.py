@@ -110,8 +110,19 @@ class CeleryRoute:
         the outage policy decides: ``spool`` (default), ``inline`` or ``raise``.
         ``reason`` goes into the ``task.dispatched`` event (e.g. ``spill_over``).
         """
-        return self.dispatch_many([job], countdown, outage=outage, fresh=fresh,
-                                  reason=reason)[0]
+        monitor = self.monitor
+        item = prepared(self.settings, job, countdown, fresh)
+        if fresh and item[2] is None:  # a separate records store: written before
+            self.execution.record(job, "PENDING")
+        if not monitor.healthy:
+            return self._on_outage(job, countdown, *item, outage)
+        try:
+            monitor.publisher.publish_one((job.publish_id, *item))
+        except BROKER_ERRORS as exc:
+            monitor.mark_down(exc)
+            return self._on_outage(job, countdown, *item, outage)
+        emit("task.dispatched", job, reason=reason)
+        return "celery"
 
     def dispatch_many(
         self,
