@@ -24,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Mapping
 
 import redis
 
@@ -92,7 +93,7 @@ def main(argv: list[str]) -> int:
     n = int(next((a for a in rest if a.isdigit()), "0"))
     peer = load(target)
     client = redis.Redis.from_url(URL)
-    result: dict[str, object]
+    result: Mapping[str, object]
     try:
         if mode == "describe":
             workers = [peer.worker_command(sys.executable, 2, i) for i in range(4)]

@@ -18,7 +18,7 @@ from dramatiq.brokers.redis import RedisBroker
 
 from bench.peers.common import COUNTER, LATENCIES, URL, Peer
 
-broker = RedisBroker(url=URL)
+broker = RedisBroker(url=URL)  # type: ignore[no-untyped-call]
 dramatiq.set_broker(broker)
 _client = redis.Redis.from_url(URL)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 
 from bench.peers import PEERS, Spec
 from bench.peers import scenarios as sc
@@ -50,10 +51,12 @@ def main(argv: list[str]) -> int:
         specs = chosen(h)
         for spec in specs:
             h.describe(spec)
-        steps = (("publish", lambda: sc.publish(h, specs, ROUNDS, JOBS, res)),
-                 ("drain", lambda: sc.drain(h, specs, ROUNDS, JOBS, res)),
-                 ("latency", lambda: sc.latency(h, specs, ROUNDS, LATENCY_JOBS, res)),
-                 ("e2e", lambda: sc.end_to_end(h, specs, ROUNDS, JOBS, res)))
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("publish", lambda: sc.publish(h, specs, ROUNDS, JOBS, res)),
+            ("drain", lambda: sc.drain(h, specs, ROUNDS, JOBS, res)),
+            ("latency", lambda: sc.latency(h, specs, ROUNDS, LATENCY_JOBS, res)),
+            ("e2e", lambda: sc.end_to_end(h, specs, ROUNDS, JOBS, res)),
+        ]
         for name, step in steps:
             if name in which:
                 print(f"{name} ...", file=sys.stderr, flush=True)
