@@ -6,6 +6,13 @@ BIN    := $(VENV)/bin
 # Redis), every other target the development tools too.
 RUNSTAMP := $(VENV)/.installed-run
 STAMP    := $(VENV)/.installed-dev
+# `make bench` runs in a venv of its own: the development tools plus the peers it
+# compares us with (the "bench" extra), none of which the project itself depends on;
+# arq gets one more (the "bench-arq" extra): it needs a redis-py older than taskiq-redis's.
+BENCH_VENV  := .venv-bench
+BENCH_STAMP := $(BENCH_VENV)/.installed-bench
+ARQ_VENV    := .venv-bench-arq
+ARQ_STAMP   := $(ARQ_VENV)/.installed-bench-arq
 
 .PHONY: run test reliability soak bench check docs worker routes clean
 
@@ -21,6 +28,23 @@ $(RUNSTAMP): pyproject.toml | $(VENV)/bin/python
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP) $(RUNSTAMP)
+
+$(BENCH_VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install --quiet --upgrade pip
+
+$(BENCH_STAMP): pyproject.toml | $(BENCH_VENV)/bin/python
+	$(BENCH_VENV)/bin/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $(BENCH_STAMP)
+
+$(ARQ_VENV)/bin/python:
+	$(PYTHON) -m venv $(ARQ_VENV)
+	$(ARQ_VENV)/bin/python -m pip install --quiet --upgrade pip
+
+$(ARQ_STAMP): pyproject.toml | $(ARQ_VENV)/bin/python
+	$(ARQ_VENV)/bin/python -m pip install --quiet -e '.[bench-arq]'
+	@touch $(ARQ_STAMP)
 
 ## run: embedded Redis (unless DISPATCH_BROKER_URL is set), a worker and the API on 127.0.0.1:8000
 run: $(RUNSTAMP)
@@ -40,9 +64,12 @@ SOAK_SECONDS ?= 600
 soak: $(STAMP)
 	SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest tests/soak -q -s
 
-## bench: ours next to hand-written Celery and BackgroundTasks (prints one table)
-bench: $(STAMP)
-	$(BIN)/python -m bench.run
+## bench: ours next to hand-written Celery and BackgroundTasks, then next to every peer
+## (dramatiq, taskiq, arq, RQ, raw Celery, the Redis limits), in .venv-bench; each prints
+## one table (BENCH_ROUNDS rounds, default 3; BENCH_JOBS jobs per scenario, default 10000)
+bench: $(BENCH_STAMP) $(ARQ_STAMP)
+	$(BENCH_VENV)/bin/python -m bench.run
+	$(BENCH_VENV)/bin/python -m bench.peers.run
 
 ## check: lint, strict typing and the import contracts (layers, independent routes)
 check: $(STAMP)
@@ -63,4 +90,4 @@ routes: $(STAMP)
 	DISPATCH_TASK_MODULES=$${DISPATCH_TASK_MODULES:-api.tasks} $(BIN)/python -m dispatcher routes
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(BENCH_VENV) $(ARQ_VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,4 +1,6 @@
-"""``make bench``: ours next to the hand-written baseline, in one run, on this machine.
+"""``make bench``, first part: the HTTP scenarios (ours at default settings next to
+hand-written ``BackgroundTasks``) and the per-call costs; the peers table
+(``bench.peers.run``) follows it.
 
 Starts its own Redis, uvicorn and worker processes on 127.0.0.1, alternates ours and
 the baseline (A B A B ...) for ``BENCH_ROUNDS`` rounds, and prints one table with the
@@ -262,123 +264,6 @@ def use_dispatcher(stack: Stack) -> None:
     import_task_modules(["bench.worker_tasks"])
 
 
-def publish_scenarios(stack: Stack) -> None:
-    from bench.worker_tasks import drain, raw_drain
-
-    client = redis.Redis.from_url(stack.redis.url)
-    n = 2000
-    single: dict[str, list[float]] = {"ours": [], "raw": [], "many": []}
-    client.flushdb()  # start from an empty Redis, whatever ran before
-    for _ in range(ROUNDS):
-        started = time.perf_counter()
-        for _ in range(n):
-            drain.dispatch()
-        single["ours"].append(n / (time.perf_counter() - started))
-        started = time.perf_counter()
-        for _ in range(n):
-            raw_drain.apply_async()
-        single["raw"].append(n / (time.perf_counter() - started))
-        started = time.perf_counter()
-        drain.dispatch_many([() for _ in range(n * 5)])
-        single["many"].append(n * 5 / (time.perf_counter() - started))
-        client.flushdb()
-    row("Celery publish: .dispatch() vs apply_async, jobs/s", single["ours"], single["raw"],
-        ">= 1.0 (2.0)")
-    row("Celery publish: dispatch_many vs apply_async, jobs/s", single["many"], single["raw"],
-        ">= 20")
-
-
-def like_for_like(stack: Stack) -> None:
-    """The raw worker sends no task events, so ours does not either in the worker rows."""
-    os.environ["DISPATCH_WORKER_EVENTS"] = "false"
-    stack.env["DISPATCH_WORKER_EVENTS"] = "false"
-
-
-def drain_scenarios(stack: Stack) -> None:
-    from bench.worker_tasks import drain, raw_drain
-
-    client = redis.Redis.from_url(stack.redis.url)
-
-    def timed_drain(worker: list[str], publish: Callable[[], None]) -> tuple[float, float]:
-        """Jobs/s from the worker's start to the last job, and between jobs 1,000 and
-        9,000 (the steady state, without start-up)."""
-        client.flushdb()
-        publish()
-        process = stack.start(worker)
-        started = time.monotonic()
-        marks: dict[int, float] = {}
-        while (done := int(client.get("bench:drained") or 0)) < 10_000:
-            if time.monotonic() - started > 300:
-                raise TimeoutError("drain did not finish")
-            for mark in (1_000, 9_000):
-                if done >= mark and mark not in marks:
-                    marks[mark] = time.monotonic()
-            time.sleep(0.005)
-        elapsed = time.monotonic() - started
-        stack.stop(process)
-        return 10_000 / elapsed, 8_000 / (marks[9_000] - marks[1_000])
-
-    like_for_like(stack)
-    ours_worker = [sys.executable, "-m", "worker", "--concurrency", "2", "--pool", "prefork"]
-    raw_worker = [sys.executable, "-m", "celery", "-A", "bench.worker_tasks:raw", "worker",
-                  "--concurrency", "2", "--pool", "prefork", "--loglevel", "WARNING"]
-    drained: dict[str, list[float]] = {"ours": [], "raw": []}
-    steady: dict[str, list[float]] = {"ours": [], "raw": []}
-    for _ in range(max(1, ROUNDS - 1)):
-        for name, worker, publish in (
-            ("ours", ours_worker, lambda: drain.dispatch_many([() for _ in range(10_000)])),
-            ("raw", raw_worker, lambda: [raw_drain.apply_async() for _ in range(10_000)]),
-        ):
-            whole, between = timed_drain(worker, publish)
-            drained[name].append(whole)
-            steady[name].append(between)
-    row("drain 10k no-op jobs, prefork -c 2 (incl. start-up), jobs/s", drained["ours"],
-        drained["raw"], ">= 0.90")
-    row("drain, steady state (jobs 1k-9k), jobs/s", steady["ours"], steady["raw"], "info")
-
-
-def latency_scenarios(stack: Stack) -> None:
-    """Dispatch-to-start latency on an idle, warm worker: 200 sequential jobs each."""
-    from bench.worker_tasks import latency, raw_latency
-
-    client = redis.Redis.from_url(stack.redis.url)
-    like_for_like(stack)
-
-    def measure(worker: list[str], send: Callable[[float], None], key: str) -> list[float]:
-        client.delete(key)
-        process = stack.start(worker)
-        time.sleep(3)  # warm: connected and idle
-        for _ in range(200):
-            before = client.llen(key)
-            send(time.time())
-            while client.llen(key) == before:
-                time.sleep(0.0005)
-            # Idle before the next job: the previous one acknowledged (kombu keeps
-            # delivered, unacknowledged messages in the "unacked" hash), then 5 ms more.
-            # Otherwise the next job arrives while the worker still finishes this one,
-            # and the row measures that overlap rather than an idle worker's start.
-            while client.hlen("unacked"):
-                time.sleep(0.0005)
-            time.sleep(0.005)
-        stack.stop(process)
-        return sorted(float(v) * 1000 for v in client.lrange(key, 0, -1))
-
-    quantiles: dict[str, dict[str, list[float]]] = {
-        "p50": {"ours": [], "raw": []}, "p95": {"ours": [], "raw": []}}
-    for _ in range(ROUNDS):
-        ours = measure([sys.executable, "-m", "worker", "--concurrency", "2"],
-                       lambda sent: latency.dispatch(sent), "bench:latency:ours")
-        raw = measure([sys.executable, "-m", "celery", "-A", "bench.worker_tasks:raw",
-                       "worker", "--concurrency", "2", "--loglevel", "WARNING"],
-                      lambda sent: raw_latency.apply_async((sent,)), "bench:latency:raw")
-        for label, q in (("p50", 0.50), ("p95", 0.95)):
-            quantiles[label]["ours"].append(ours[int(len(ours) * q)])
-            quantiles[label]["raw"].append(raw[int(len(raw) * q)])
-    for label, values in quantiles.items():
-        row(f"dispatch-to-start latency {label}, idle worker", values["ours"], values["raw"],
-            "<= 1.00", " ms", higher_is_better=False)
-
-
 def per_call_scenarios(stack: Stack) -> None:
     """Microseconds per .dispatch() on each route, and the API process's memory."""
     from bench.apps import noop_task
@@ -419,18 +304,12 @@ def per_call_scenarios(stack: Stack) -> None:
 def main() -> None:
     stack = Stack()
     try:
-        which = sys.argv[1:] or ["http", "publish", "drain", "latency", "percall"]
+        # Publishing, draining and latency are in the peers table (bench.peers.run).
+        which = sys.argv[1:] or ["http", "percall"]
         if "http" in which:
             http_scenarios(stack)
-        if {"publish", "drain", "latency", "percall"} & set(which):
-            use_dispatcher(stack)
-        if "publish" in which:
-            publish_scenarios(stack)
-        if "drain" in which:
-            drain_scenarios(stack)
-        if "latency" in which:
-            latency_scenarios(stack)
         if "percall" in which:
+            use_dispatcher(stack)
             per_call_scenarios(stack)
     finally:
         stack.close()
