@@ -286,8 +286,11 @@ class CeleryRoute:
         self.fallback.accept(jobs, countdown, reason=EVENT_REASON[Cause.SPILL_OVER])
 
     def close(self) -> None:
-        """Publish (or spool) every spilled-over job still held; stop its thread."""
-        spill = self._spill
+        """Publish (or spool) every spilled-over job still held; stop its thread. A
+        later spill (the app's lifespan starts again, as under a test client) gets a
+        new publisher."""
+        with self._lock:
+            spill, self._spill = self._spill, None
         if spill is not None:
             spill.stop()
 

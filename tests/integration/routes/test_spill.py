@@ -97,6 +97,31 @@ def test_spilled_jobs_are_published_off_the_dispatching_thread(
     assert set(events) == {("dispatch-spill", "spill_over")}
 
 
+def test_after_a_lifespan_ends_spilled_jobs_are_published_again_not_spooled(
+    broker: str, dispatched: Dispatched
+) -> None:
+    configure(get_settings(), inline_concurrency=1, inline_max_pending=1)
+    runtime = current()
+    key = f"spill-again:{uuid.uuid4()}"
+    GATE.clear()
+    try:
+        gated.dispatch()
+        wait_until(lambda: runtime.inline_load() == (1, 1), "the gated job running")
+        gated.dispatch()
+        first = samples.slow_inline.dispatch(key, seconds=0)  # spills: a publisher
+        runtime.celery.close()  # what the end of an app's lifespan does
+        handles = [samples.slow_inline.dispatch(key, seconds=0) for _ in range(5)]
+    finally:
+        GATE.set()
+    assert first.get(timeout=60) is None
+    for handle in handles:
+        assert handle.get(timeout=60) is None
+    assert runtime.celery.monitor.spool.depth() == 0
+    reasons = {reason for _, reason, task_id in dispatched.seen
+               if task_id in {h.id for h in handles}}
+    assert reasons == {"spill_over"}
+
+
 @pytest.fixture
 def own_redis() -> Iterator[EmbeddedRedis]:
     with EmbeddedRedis() as server:
