@@ -86,6 +86,8 @@ def redis_server(port: int, data_dir: str) -> int:
     except DispatchError as exc:
         print(f"dispatcher: {exc}; choose another with --port", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while it started: start() already stopped it
+        return 130
     try:  # from here on, Ctrl-C (even during the print) stops the server
         print(f"embedded Redis on {server.url} (pid {server.pid}), data in {folder}; "
               f"set DISPATCH_BROKER_URL={server.url}; Ctrl-C stops it", flush=True)

@@ -94,25 +94,31 @@ class EmbeddedRedis:
             args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         log.close()
+        try:
+            self._wait_until_ours(self.process, timeout)
+        except BaseException:  # Ctrl-C or a timeout while starting: never leave it behind
+            self.stop()
+            raise
+        return self
+
+    def _wait_until_ours(self, process: subprocess.Popen[bytes], timeout: float) -> None:
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)
         deadline = time.monotonic() + timeout
         while True:
             try:
                 # Our own server, not another one already listening on the port.
-                if int(client.info("server")["process_id"]) == self.process.pid:
+                if int(client.info("server")["process_id"]) == process.pid:
                     break
             except redis.RedisError:
                 pass
             finally:
                 client.close()
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
+            if process.poll() is not None or time.monotonic() > deadline:
                 raise ConfigurationError(
                     f"embedded Redis did not start on port {self.port} (is the port taken?); "
                     f"see {self.data_dir / 'server.log'}"
                 ) from None
             time.sleep(0.05)
-        return self
 
     def stop(self) -> None:
         """Terminate the server we started (by its pid) and wait for it."""
