@@ -23,8 +23,9 @@ from .core.progress import progress
 from .core.retry import RetryPolicy
 from .core.settings import DispatcherSettings, get_settings
 from .runtime.container import configure
+from .runtime.decorator import task
 from .runtime.handle import TaskHandle
-from .runtime.task import Task, task
+from .runtime.task import Task
 
 __all__ = [
     "BrokerUnavailable",

@@ -4,6 +4,7 @@ fail here, at decoration (or ``.options``) time, naming the option."""
 
 from __future__ import annotations
 
+import datetime
 import difflib
 import inspect
 from collections.abc import Callable
@@ -18,7 +19,7 @@ OPTIONS = ("name", "weight", "priority", "queue", "route", "retry", "timeout", "
 
 def merge_call_options(task_name: str, current: CallOptions, *, route: Any = None,
                        priority: Any = None, queue: Any = None, countdown: Any = None,
-                       idempotency_key: Any = None) -> CallOptions:
+                       eta: Any = None, idempotency_key: Any = None) -> CallOptions:
     """``current`` with these overrides; ``TaskValidationError`` names each bad one."""
     errors = []
     try:
@@ -35,6 +36,13 @@ def merge_call_options(task_name: str, current: CallOptions, *, route: Any = Non
         isinstance(countdown, bool) or not isinstance(countdown, int | float) or countdown < 0
     ):
         errors.append({"field": "countdown", "message": "must be a number of seconds >= 0"})
+    if eta is not None and not isinstance(eta, datetime.datetime):
+        errors.append({"field": "eta", "message": "must be a datetime"})
+    elif eta is not None and eta.utcoffset() is None:
+        errors.append({"field": "eta", "message": "must be timezone-aware "
+                       "(e.g. datetime.now(timezone.utc) + timedelta(minutes=5))"})
+    if eta is not None and countdown is not None:
+        errors.append({"field": "eta", "message": "give countdown or eta, not both"})
     if idempotency_key is not None and (
         not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
     ):
@@ -45,7 +53,11 @@ def merge_call_options(task_name: str, current: CallOptions, *, route: Any = Non
         route=parsed_route if parsed_route is not None else current.route,
         priority=parsed_priority if parsed_priority is not None else current.priority,
         queue=queue if queue is not None else current.queue,
-        countdown=float(countdown) if countdown is not None else current.countdown,
+        # The later of countdown and eta replaces the other.
+        countdown=(float(countdown) if countdown is not None
+                   else None if eta is not None else current.countdown),
+        eta=(eta.timestamp() if eta is not None
+             else None if countdown is not None else current.eta),
         idempotency_key=idempotency_key or current.idempotency_key,
     )
     return merged

@@ -104,6 +104,14 @@ class Job:
         """The job's next attempt, due ``delay`` seconds from now."""
         return replace(self, attempt=self.attempt + 1, queued_at=time.time() + delay)
 
+    def delay(self, now: float | None = None) -> float | None:
+        """Seconds until this attempt is due (a countdown, an eta, a retry delay); None
+        when it is due already."""
+        if self.queued_at is None:
+            return None
+        left = self.queued_at - (time.time() if now is None else now)
+        return left if left > 0 else None
+
     @property
     def due_at(self) -> float:
         """When this attempt became due (``time.time()``): its queue wait starts here."""

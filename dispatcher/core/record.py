@@ -63,6 +63,8 @@ class JobRecord(TypedDict):
     duration_ms: NotRequired[float]
     retry_in: NotRequired[float]
     progress: NotRequired[Progress | None]
+    #: A delayed job's due time (``time.time()`` seconds), while it is PENDING.
+    eta: NotRequired[float]
 
 
 class HistoryEntry(TypedDict):
@@ -90,6 +92,8 @@ def make_record(job: Job, status: State, **fields: Any) -> JobRecord:
         "children": [],
         "date_done": None,
     }
+    if status == "PENDING" and job.queued_at is not None:
+        record["eta"] = job.queued_at  # delayed: when it is due (time.time() seconds)
     record.update(fields)
     return finish(cast(JobRecord, record))
 
@@ -155,6 +159,8 @@ def pending_json(job: Job) -> str:
     server's GIL: filling three values into ready JSON costs a fraction of building
     and encoding the whole record each time.
     """
+    if job.queued_at is not None:  # delayed: its eta differs from job to job
+        return encode_record(make_record(job, "PENDING"))
     key = (job.spec.name, job.route, job.queue, job.priority, job.attempt,
            job.spec.retry.max_attempts)
     parts = _pending_templates.get(key)
@@ -222,6 +228,7 @@ def job_view(record: JobRecord, history: list[HistoryEntry] | None = None) -> di
         "traceback": record.get("traceback"),
         "reason": record.get("reason"),
         "retry_in": record.get("retry_in") if state == "RETRY" else None,
+        "eta": record.get("eta") if state == "PENDING" else None,
         "progress": record.get("progress"),
     }
     if history is not None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import SecretStr
 
@@ -103,3 +103,24 @@ def check_redis_url(url: str | None, sentinel_master: str | None) -> str | None:
     if scheme not in SERVER_SCHEMES:
         raise ValueError("must be a redis://, rediss://, unix:// or sentinel:// URL")
     return url
+
+
+def redact_url(url: str | None) -> str | None:
+    """The URL with any password replaced, safe for logs and API answers."""
+    if url is None:
+        return None
+    if len(urls := split_urls(url)) > 1:  # a Sentinel list: each URL may hold a password
+        return ";".join(str(redact_url(part)) for part in urls)
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join(
+        f"{key}=***" if key.lower() in _SECRET_PARAMS else f"{key}={value}" if sep else key
+        for key, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "secret", "token"})

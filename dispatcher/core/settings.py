@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AliasChoices,
@@ -20,7 +19,7 @@ from pydantic_settings import NoDecode, SettingsConfigDict, SettingsError
 
 from .errors import ConfigurationError
 from .fleet_settings import FleetSettings
-from .redis_url import check_redis_url, split_urls
+from .redis_url import check_redis_url
 from .spec import RouteName, parse_priority
 
 
@@ -141,7 +140,13 @@ class DispatcherSettings(FleetSettings):
         default=3600,
         ge=10,
         description="Seconds before Redis redelivers an unacknowledged job; must exceed every "
-        "task timeout and retry delay.",
+        "task timeout (delayed jobs and retries wait in the dispatcher's delay store, "
+        "not in a worker).",
+    )
+    relay_delayed_in_api: bool = Field(
+        default=False,
+        description="API processes also publish delayed jobs to their queues when due "
+        "(workers always do): a queue-length autoscaler then sees them while no worker runs.",
     )
     requeue_lost_after: float = Field(
         default=60.0,
@@ -221,27 +226,6 @@ class DispatcherSettings(FleetSettings):
     def results_url(self) -> str | None:
         """Where job records live: the result backend, else the broker."""
         return self.result_backend_url or self.broker_url
-
-
-def redact_url(url: str | None) -> str | None:
-    """The URL with any password replaced, safe for logs and API answers."""
-    if url is None:
-        return None
-    if len(urls := split_urls(url)) > 1:  # a Sentinel list: each URL may hold a password
-        return ";".join(str(redact_url(part)) for part in urls)
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        userinfo, _, hostport = netloc.rpartition("@")
-        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
-    query = "&".join(
-        f"{key}=***" if key.lower() in _SECRET_PARAMS else f"{key}={value}" if sep else key
-        for key, sep, value in (item.partition("=") for item in parts.query.split("&") if item)
-    )
-    return urlunsplit(parts._replace(netloc=netloc, query=query))
-
-
-_SECRET_PARAMS = frozenset({"password", "pass", "passwd", "secret", "token"})
 
 
 _lock = threading.Lock()

@@ -64,4 +64,6 @@ class CallOptions:
     priority: int | None = None
     queue: str | None = None
     countdown: float | None = None
+    #: When to run, as ``time.time()`` seconds (from ``eta=datetime``); excludes countdown.
+    eta: float | None = None
     idempotency_key: str | None = None

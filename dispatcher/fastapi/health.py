@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.settings import get_settings, redact_url
+from ..core.redis_url import redact_url
+from ..core.settings import get_settings
 from ..runtime.container import current
 
 

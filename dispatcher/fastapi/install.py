@@ -20,6 +20,7 @@ from ..core.registry import import_task_modules
 from ..core.settings import get_settings
 from ..observability.logging import configure_logging
 from ..ops.checks import check_configuration
+from ..routes.celery.delayed import DelayRelay
 from ..runtime.container import built, current
 from .errors import add_error_handlers
 from .middleware import DispatcherMiddleware
@@ -44,8 +45,11 @@ def install(app: FastAPI) -> FastAPI:
     async def lifespan(application: Any) -> AsyncIterator[Any]:
         # Report this process's inline executor for the fleet view (uvicorn --workers).
         await anyio.to_thread.run_sync(lambda: current().inline_fleet.start())
+        relay = await anyio.to_thread.run_sync(_delay_relay)
         async with inner(application) as state:
             yield state
+        if relay is not None:
+            relay.stop()
         runtime = built()
         if runtime is not None:
             runtime.inline_fleet.stop()
@@ -58,3 +62,12 @@ def install(app: FastAPI) -> FastAPI:
 
     app.router.lifespan_context = lifespan
     return app
+
+
+def _delay_relay() -> DelayRelay | None:
+    """This process's relay of due delayed jobs, with ``DISPATCH_RELAY_DELAYED_IN_API``
+    (workers always run one)."""
+    settings = get_settings()
+    if not settings.relay_delayed_in_api or settings.broker_url is None:
+        return None
+    return DelayRelay(current().celery.monitor.publisher.client).start()

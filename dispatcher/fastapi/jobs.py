@@ -23,8 +23,8 @@ from ..core.record import TERMINAL
 from ..ops.dashboard_data import redacted_dead_letters
 from ..ops.jobs import get_job, list_jobs
 from ..runtime.container import current
+from ..runtime.decorator import registered
 from ..runtime.handle import TaskHandle
-from ..runtime.task import registered
 from .auth import require_api_token
 
 router = APIRouter(tags=["jobs"])

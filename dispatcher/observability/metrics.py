@@ -158,12 +158,14 @@ class GaugeReadings:
     #: None without a broker; else per queue (None: could not be read now).
     queue_depths: dict[str, int] | None = None
     broker_configured: bool = False
-    #: Per queue, every job not finished with: waiting, delayed, delivered and not
+    #: Per queue, every job not finished with: waiting, delivered and not
     #: acknowledged (None: not read).
     backlog: dict[str, int] | None = None
     #: Every API process's inline executor (``process``, ``running``, ``waiting``,
     #: ``spilled``, ...); None: this process does not take part in the fleet view.
     inline_fleet: list[Any] | None = None
+    #: Jobs in the delay store, not yet due (None: not read).
+    delayed_jobs: int | None = None
 
 
 #: The states of ``dispatch_inline_fleet``.
@@ -205,9 +207,14 @@ class ScrapeCollector(Collector):
             GaugeMetricFamily(
                 "dispatch_backlog",
                 "Jobs of a Celery queue not finished with: waiting at any priority, "
-                "delayed, or delivered to a worker and not acknowledged (the signal to "
+                "or delivered to a worker and not acknowledged (the signal to "
                 "scale workers on).",
                 labels=["queue"],
+            ),
+            GaugeMetricFamily(
+                "dispatch_delayed_jobs",
+                "Jobs in the dispatcher's delay store (countdowns, etas, retry delays) "
+                "not yet due, every queue.",
             ),
             GaugeMetricFamily(
                 "dispatch_inline_fleet",
@@ -224,7 +231,7 @@ class ScrapeCollector(Collector):
         ]
 
     def collect(self) -> Iterable[Metric]:
-        busy, waiting, spool, depth, up, backlog, fleet, fleet_sum = self._families()
+        busy, waiting, spool, depth, up, backlog, delayed, fleet, fleet_sum = self._families()
         try:
             readings = self.source()
         except Exception as exc:  # a scrape never fails on our account
@@ -257,6 +264,9 @@ class ScrapeCollector(Collector):
             for queue, count in readings.backlog.items():
                 backlog.add_metric([queue], count)
             yield backlog
+        if depths is not None and readings.delayed_jobs is not None:
+            delayed.add_metric([], readings.delayed_jobs)
+            yield delayed
 
 
 COLLECTOR = ScrapeCollector()

@@ -26,12 +26,6 @@ def problems(settings: DispatcherSettings, celery_conf: Any = None) -> list[str]
                 f"task {spec.name!r} has timeout {spec.timeout:g}s >= DISPATCH_VISIBILITY_TIMEOUT"
                 f" {visibility}s: Redis would hand it to a second worker while it still runs"
             )
-        if spec.retry.max_attempts > 1 and spec.retry.max_delay >= visibility:
-            found.append(
-                f"task {spec.name!r} may wait {spec.retry.max_delay:g}s before a retry, >= "
-                f"DISPATCH_VISIBILITY_TIMEOUT {visibility}s: the delayed retry would be "
-                "delivered twice"
-            )
     if celery_conf is not None:
         for key in ("accept_content", "result_accept_content"):
             content = [str(c).lower() for c in (celery_conf.get(key) or [])]

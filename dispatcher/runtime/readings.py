@@ -44,4 +44,5 @@ def read_gauges(runtime: Readable, route: CeleryRoute | None) -> GaugeReadings:
     return GaugeReadings(running, max(0, outstanding - running), spool,
                          load.depths if load else None, configured,
                          load.backlog if load else None,
-                         fleet.summary()["processes"] if fleet.started else None)
+                         fleet.summary()["processes"] if fleet.started else None,
+                         load.delayed if load else None)

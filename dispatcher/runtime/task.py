@@ -9,16 +9,15 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Generic, Literal, ParamSpec, TypeVar, cast, overload
+from datetime import datetime
+from typing import Any, Generic, ParamSpec, TypeVar
 
 from ..core.context import request_id_var
-from ..core.declaration import build_spec, mark_coroutine_function, merge_call_options
+from ..core.declaration import mark_coroutine_function, merge_call_options
 from ..core.errors import TaskValidationError
 from ..core.job import Job, new_job_id
-from ..core.registry import get_task, register
-from ..core.retry import RetryPolicy
 from ..core.settings import DispatcherSettings, get_settings
-from ..core.spec import CallOptions, OutageMode, PriorityName, RouteName, TaskSpec
+from ..core.spec import CallOptions, PriorityName, RouteName, TaskSpec
 from ..core.validation import ArgumentValidator
 from ..policy.routing import EVENT_REASON, Cause, RouteDecision, decide_route, spill_room, spilled
 from ..routes.inline.route import InlinePlan
@@ -77,12 +76,16 @@ class Task(Generic[P, R]):
         priority: PriorityName | int | None = None,
         queue: str | None = None,
         countdown: float | None = None,
+        eta: datetime | None = None,
         idempotency_key: str | None = None,
     ) -> Task[P, R]:
-        """A copy of this task whose dispatches use these per-call overrides."""
+        """A copy of this task whose dispatches use these per-call overrides.
+
+        ``countdown`` (seconds) or ``eta`` (a timezone-aware datetime) delays each job:
+        it is ``PENDING`` until then, held by the dispatcher (never by a worker)."""
         merged = merge_call_options(self.spec.name, self.call_options, route=route,
                                     priority=priority, queue=queue, countdown=countdown,
-                                    idempotency_key=idempotency_key)
+                                    eta=eta, idempotency_key=idempotency_key)
         return Task(self.fn, self.spec, self.validator, merged)
 
     def route_for(
@@ -112,8 +115,8 @@ class Task(Generic[P, R]):
         """The inline fast path of ``decision``, when it applies: inline, no countdown,
         no idempotency key, and decided under the process's current settings."""
         options = self.call_options
-        if (decision.route != "inline" or options.countdown or options.idempotency_key
-                is not None or settings is not get_settings()):
+        if (decision.route != "inline" or options.countdown or options.eta is not None
+                or options.idempotency_key is not None or settings is not get_settings()):
             return None
         return current().inline.plan(self.spec, decision, settings,
                                      spills=spill_room(decision, settings, 0) is not None)
@@ -175,13 +178,13 @@ class Task(Generic[P, R]):
             self._job(new_job_id(), payload, decision, now) for payload in payloads
         ]
         spill = decision.cause is Cause.SPILL_OVER
+        countdown = jobs[0].delay(now) if jobs else None
         if spill:  # published by a background thread, never on this one
-            current().celery.spill(jobs, self.call_options.countdown,
-                                   outage=self.spec.broker_outage)
+            current().celery.spill(jobs, countdown, outage=self.spec.broker_outage)
             routes = [job.route for job in jobs]
         else:
             routes = current().celery.dispatch_many(
-                jobs, self.call_options.countdown, outage=self.spec.broker_outage)
+                jobs, countdown, outage=self.spec.broker_outage)
         for job, route in zip(jobs, routes, strict=True):
             job.route = route
             if spill:
@@ -198,12 +201,12 @@ class Task(Generic[P, R]):
         dispatched_at: float | None = None,
     ) -> Job:
         now = time.time() if dispatched_at is None else dispatched_at
-        countdown = self.call_options.countdown
-        pinned = decision.pinned_inline
+        options = self.call_options
+        due = options.eta if options.eta is not None else (
+            now + options.countdown if options.countdown else None)
         # Positional: this runs on every dispatch, and keyword arguments cost more.
         return Job(job_id, self.spec, decision.route, decision.queue, decision.priority,
-                   payload, 1, request_id_var.get(), now, pinned,
-                   now + countdown if countdown else None)
+                   payload, 1, request_id_var.get(), now, decision.pinned_inline, due)
 
     def _handle(self, job: Job) -> TaskHandle:
         handle = TaskHandle(job.id, self.spec.name, job.route, job.queue)
@@ -233,7 +236,7 @@ class Task(Generic[P, R]):
             if first is not None:
                 return TaskHandle(*first)
         job = self._job(job_id, payload, decision)
-        countdown = self.call_options.countdown
+        countdown = job.delay()
         try:
             if spill:  # published by a background thread, never on this one
                 runtime.celery.spill([job], countdown, outage=self.spec.broker_outage)
@@ -250,51 +253,3 @@ class Task(Generic[P, R]):
             runtime.metrics.count_route_decision(self.spec.name, "celery",
                                                  EVENT_REASON[Cause.SPILL_OVER])
         return self._handle(job)
-
-
-def _make_task(fn: Callable[P, R], options: dict[str, Any]) -> Task[P, R]:
-    spec = build_spec(fn, options)
-    task_obj = Task(fn, spec, ArgumentValidator(spec.name, fn))
-    register(task_obj)
-    return task_obj
-
-
-@overload
-def task(fn: Callable[P, R], /) -> Task[P, R]: ...
-
-
-@overload
-def task(
-    *,
-    name: str | None = None,
-    weight: int | Literal["auto"] = 1,
-    priority: PriorityName | int = "normal",
-    queue: str | None = None,
-    route: RouteName | None = None,
-    retry: RetryPolicy | None = None,
-    timeout: float | None = None,
-    broker_outage: OutageMode | None = None,
-) -> Callable[[Callable[P, R]], Task[P, R]]: ...
-
-
-def task(fn: Any = None, /, **options: Any) -> Any:
-    """Declare a task: ``@task`` or ``@task(name=, weight=, priority=, queue=, route=,
-    retry=, timeout=, broker_outage=)``. Invalid or unknown options raise
-    ``TaskDefinitionError`` here."""
-    if fn is not None:
-        return _make_task(fn, options)
-    build_spec(_probe, options)  # fail fast on bad options, even before a function
-
-    def decorate(inner: Callable[P, R]) -> Task[P, R]:
-        return _make_task(inner, options)
-
-    return decorate
-
-
-def _probe() -> None:
-    """Stand-in used to check decorator options before the function is known."""
-
-
-def registered(name: str) -> Task[Any, Any]:
-    """The task registered as ``name`` (``UnknownTaskError`` otherwise)."""
-    return cast("Task[Any, Any]", get_task(name))

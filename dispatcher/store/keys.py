@@ -26,8 +26,12 @@ HISTORY_PREFIX = "dispatch:history:"
 #: Per publication (``<job id>:<attempt>``): "<queue key>\n<message>" until a worker
 #: starts it, then "1" (see the publish and recover scripts).
 MARKER_PREFIX = "dispatch:published:"
-#: Sorted set of publications not yet started, scored by publish time.
+#: Sorted set of publications not yet started, scored by publish time (a delayed one:
+#: by its due time).
 INFLIGHT = "dispatch:inflight"
+#: The delay store: sorted set of publications held until due, scored by due time;
+#: their messages wait in their markers (see the publish and release_due scripts).
+DELAYED = "dispatch:delayed"
 #: kombu's hash of messages delivered and not yet acknowledged, its index by delivery
 #: time, and the lock of its restore pass.
 KOMBU_UNACKED = "unacked"

@@ -28,5 +28,6 @@ def _read(name: str) -> str:
 PUBLISH = Script("publish", helpers=True)
 WRITE_RECORDS = Script("write_records", helpers=True)
 RECOVER = Script("recover")
+RELEASE_DUE = Script("release_due")
 ADAPTIVE_MOVE = Script("adaptive_move")
 IDEMPOTENCY_RELEASE = Script("idempotency_release")

@@ -48,6 +48,8 @@ class QueueLoad:
 
     depths: dict[str, int]
     backlog: dict[str, int]
+    #: Jobs in the dispatcher's delay store (every queue), not yet due.
+    delayed: int = 0
 
 
 _BRACKET, _QUOTE, _BACKSLASH, _COMMA = ord("]"), ord('"'), ord("\\"), ord(",")
@@ -146,14 +148,15 @@ def read_queue_load(client: redis.Redis, queues: Sequence[str], *,
         for key in queue_keys(queue):
             pipe.llen(key)
     pipe.hlen(keys.KOMBU_UNACKED)
+    pipe.zcard(keys.DELAYED)
     if delayed is not None:
         for queue in queues:
             pipe.zcard(delayed(queue))
     counts = pipe.execute()
     steps = len(PRIORITY_STEPS)
     depths = {q: int(sum(counts[i * steps:(i + 1) * steps])) for i, q in enumerate(queues)}
-    total = int(counts[len(queues) * steps])
-    held = [int(n) for n in counts[len(queues) * steps + 1:]] or [0] * len(queues)
+    total, waiting = int(counts[len(queues) * steps]), int(counts[len(queues) * steps + 1])
+    held = [int(n) for n in counts[len(queues) * steps + 2:]] or [0] * len(queues)
     unacked = _scan_unacked(client, set(queues), total, scan_limit) if total else {}
     backlog = {q: depths[q] + unacked.get(q, 0) + held[i] for i, q in enumerate(queues)}
-    return QueueLoad(depths, backlog)
+    return QueueLoad(depths, backlog, waiting)

@@ -99,13 +99,18 @@ class BrokerMonitor:
             rows = self.spool.peek(self.batch)
             if not rows:
                 return sent
-            self.publisher.publish([(r.job_id, r.queue_key, r.message, r.record) for r in rows])
+            self.publisher.publish([(r.job_id, r.queue_key, r.message, r.record, r.due)
+                                    for r in rows])
             self.spool.remove([r.job_id for r in rows])
             sent += len(rows)
             log.info("relayed %d spooled job(s) to the broker", len(rows))
 
     def _run(self) -> None:
         while True:
-            healthy = self.check_now()
+            try:
+                healthy = self.check_now()
+            except Exception:  # never the end of the monitor: the spool waits on it
+                log.exception("broker check failed")
+                healthy = False
             self._wake.wait(1.0 if healthy else self.interval)
             self._wake.clear()

@@ -1,5 +1,8 @@
-"""Messages ready to publish: each job's queue key, Celery message and PENDING record,
-size-checked against ``DISPATCH_MAX_PAYLOAD_BYTES`` before anything is sent."""
+"""Messages ready to publish: each job's queue key, Celery message, PENDING record and
+due time, size-checked against ``DISPATCH_MAX_PAYLOAD_BYTES`` before anything is sent.
+
+A job not yet due (a countdown, an eta, a retry delay) carries its due time: the publish
+script files it in the delay store instead of its queue (``delayed``)."""
 
 from __future__ import annotations
 
@@ -11,11 +14,12 @@ from ...core.record import pending_json
 from ...core.settings import DispatcherSettings
 from .protocol import MessageTemplate, encode_body, message_json, queue_key
 
-Prepared = tuple[str, str, str | None]
-"""``(queue_key, message_json, record_json)`` of one job, ready to publish."""
+Prepared = tuple[str, str, str | None, float | None]
+"""``(queue_key, message_json, record_json, due)`` of one job, ready to publish; ``due``
+(``time.time()`` seconds) is None for a job due now."""
 
 
-def preparer(settings: DispatcherSettings, jobs: Sequence[Job], countdown: float | None,
+def preparer(settings: DispatcherSettings, jobs: Sequence[Job],
              fresh: bool) -> Callable[[int, int], list[Prepared]]:
     """Checks every job's message size now (so one oversized job publishes nothing)
     and returns ``prepare(start, stop)``, which builds that slice's queue keys,
@@ -27,10 +31,10 @@ def preparer(settings: DispatcherSettings, jobs: Sequence[Job], countdown: float
             first.dispatched_at, first.queued_at)
         for j in jobs
     )
-    if not (uniform and fresh and _records_with_broker(settings)):
-        ready = [prepared(settings, job, countdown, fresh) for job in jobs]
+    if not (uniform and fresh and _records_with_broker(settings)) or first.delay():
+        ready = [prepared(settings, job, fresh) for job in jobs]
         return lambda start, stop: ready[start:stop]
-    template = MessageTemplate(first, countdown)
+    template = MessageTemplate(first)
     bodies = [encode_body(job.payload) for job in jobs]
     limit = settings.max_payload_bytes
     for job, body in zip(jobs, bodies, strict=True):
@@ -41,22 +45,23 @@ def preparer(settings: DispatcherSettings, jobs: Sequence[Job], countdown: float
 
     def prepare(start: int, stop: int) -> list[Prepared]:
         return [
-            (key, template.render(job.id, body), pending_json(job))
+            (key, template.render(job.id, body), pending_json(job), None)
             for job, body in zip(jobs[start:stop], bodies[start:stop], strict=True)
         ]
 
     return prepare
 
 
-def prepared(settings: DispatcherSettings, job: Job, countdown: float | None,
-             fresh: bool) -> Prepared:
-    """One job's queue key, message and (for a fresh job whose records live with the
-    broker) PENDING record, written by the publish script with the message."""
-    message = message_json(job, countdown)
+def prepared(settings: DispatcherSettings, job: Job, fresh: bool) -> Prepared:
+    """One job's queue key, message, (for a fresh job whose records live with the
+    broker) PENDING record, written by the publish script with the message, and due
+    time (None: due now)."""
+    message = message_json(job)
     if len(message) > settings.max_payload_bytes:
         raise too_large(settings, job, len(message))
+    due = job.queued_at if job.delay() else None
     record = pending_json(job) if fresh and _records_with_broker(settings) else None
-    return queue_key(job.queue or settings.default_queue, job.priority), message, record
+    return queue_key(job.queue or settings.default_queue, job.priority), message, record, due
 
 
 def too_large(settings: DispatcherSettings, job: Job, size: int) -> TaskValidationError:

@@ -15,7 +15,6 @@ import os
 import re
 import socket
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
@@ -72,9 +71,9 @@ class MessageTemplate:
     batch), serialised once: each job's message is the template with its id and body
     substituted, and its size is known before it is built."""
 
-    def __init__(self, first: Job, countdown: float | None = None) -> None:
+    def __init__(self, first: Job) -> None:
         self._id_token, self._body_token = f"<{os.urandom(8).hex()}>", f"<{os.urandom(8).hex()}>"
-        envelope = task_message(dataclasses.replace(first, id=self._id_token), countdown)
+        envelope = task_message(dataclasses.replace(first, id=self._id_token))
         envelope["body"] = self._body_token
         self.text = json.dumps(envelope)
         self._ids = self.text.count(self._id_token)
@@ -98,12 +97,12 @@ _ID, _BODY, _REQUEST, _AT = (f"<{name}-{_STAND_IN}>" for name in ("id", "body", 
 _CUT = re.compile("(" + "|".join(re.escape(t) for t in (_ID, _BODY, _REQUEST, _AT)) + ")")
 
 
-def message_json(job: Job, countdown: float | None = None) -> str:
-    """``json.dumps(task_message(job, countdown))``, from a template per task, queue,
-    priority and attempt: filling in the id, body, request id and dispatch time costs a
-    fraction of building and encoding the whole envelope (~16 us) on every dispatch."""
-    if countdown or job.queued_at is not None:
-        return json.dumps(task_message(job, countdown))
+def message_json(job: Job) -> str:
+    """``json.dumps(task_message(job))``, from a template per task, queue, priority and
+    attempt: filling in the id, body, request id and dispatch time costs a fraction of
+    building and encoding the whole envelope (~16 us) on every dispatch."""
+    if job.queued_at is not None:
+        return json.dumps(task_message(job))
     key = (job.spec.name, job.queue, job.priority, job.attempt)
     parts = _templates.get(key)
     if parts is None:
@@ -114,7 +113,7 @@ def message_json(job: Job, countdown: float | None = None) -> str:
         text = text.replace(f'"{_AT}"', _AT)
         parts = _CUT.split(text)
         if text.count(_STAND_IN) != 7:  # a name that holds a stand-in: no template
-            return json.dumps(task_message(job, countdown))
+            return json.dumps(task_message(job))
         if len(_templates) >= _TEMPLATES_KEPT:
             _templates.clear()
         _templates[key] = parts
@@ -123,11 +122,13 @@ def message_json(job: Job, countdown: float | None = None) -> str:
     return "".join([values.get(part, part) for part in parts])
 
 
-def task_message(job: Job, countdown: float | None = None) -> dict[str, Any]:
-    """The kombu envelope of a Celery protocol-2 message for ``job``."""
-    eta = None
-    if countdown:
-        eta = (datetime.now(UTC) + timedelta(seconds=countdown)).isoformat()
+def task_message(job: Job) -> dict[str, Any]:
+    """The kombu envelope of a Celery protocol-2 message for ``job``.
+
+    Never with an ``eta``: a delayed job waits in the dispatcher's delay store and is
+    published when due (a Celery worker would hold an eta message unacknowledged in
+    memory, and Redis would hand it to a second worker after the visibility timeout).
+    """
     wire_priority = celery_priority(job.priority)
     return {
         "body": encode_body(job.payload),
@@ -138,7 +139,7 @@ def task_message(job: Job, countdown: float | None = None) -> dict[str, Any]:
             "task": job.spec.name,
             "id": job.id,
             "shadow": None,
-            "eta": eta,
+            "eta": None,
             "expires": None,
             "group": None,
             "group_index": None,

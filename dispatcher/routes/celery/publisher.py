@@ -4,7 +4,8 @@ Publishing through Celery's ``apply_async`` costs a producer, an exchange lookup
 several round trips per job; here a batch is one ``EVALSHA`` of
 ``store/lua/publish.lua``, which pushes each message onto kombu's list for (queue,
 priority) *and* sets a publish marker, so a job re-sent after a timeout or from the
-outage spool lands in the queue exactly once.
+outage spool lands in the queue exactly once. A job not yet due goes to the delay store
+instead, and is pushed when due (``delayed``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ from ...store import keys
 from ...store.link import Link, join_fields
 from ...store.scripts import PUBLISH
 
-PublishItem = tuple[str, str, str, str | None]
-"""``(publish_id, queue_key, message_json, record_json)``: one job to publish."""
+PublishItem = tuple[str, str, str, str | None, float | None]
+"""``(publish_id, queue_key, message_json, record_json, due)``: one job to publish; a
+``due`` time (``time.time()`` seconds) still to come files it in the delay store."""
 
 Tag = TypeVar("Tag")
 
@@ -67,13 +69,14 @@ class Publisher:
     def command(self, items: Sequence[PublishItem]) -> tuple[Any, ...]:
         """The ``EVALSHA`` command (name first) that publishes ``items``."""
         fields: list[str] = []
-        for publish_id, key, message, record in items:
-            fields += (publish_id, key, message, record or "")
+        for publish_id, key, message, record, due in items:
+            fields += (publish_id, key, message, record or "", "" if due is None else repr(due))
         try:
             data = join_fields(fields)
         except ValueError:
             raise ValueError("a queue name or publish id holds a NUL character") from None
-        return ("EVALSHA", self._sha, 2, keys.INFLIGHT, keys.JOBS_INDEX, self.marker_ttl,
+        return ("EVALSHA", self._sha, 3, keys.INFLIGHT, keys.JOBS_INDEX, keys.DELAYED,
+                self.marker_ttl,
                 self.record_ttl, time.time(), len(items), data, keys.MARKER_PREFIX,
                 keys.RECORD_PREFIX)
 

@@ -67,7 +67,7 @@ class Sweeper:
             publish_id = as_text(raw)
             job_id = publish_id.rpartition(":")[0]
             script_keys = [keys.marker(publish_id), keys.INFLIGHT, keys.KOMBU_UNACKED,
-                           keys.record(job_id)]
+                           keys.record(job_id), keys.DELAYED]
             if self.sightings is None:
                 outcome = self._script(keys=script_keys, args=[publish_id, now])
             else:

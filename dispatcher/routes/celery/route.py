@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -90,11 +90,6 @@ class CeleryRoute:
         monitor.start()
         return monitor.status()
 
-    def _preparer(
-        self, jobs: Sequence[Job], countdown: float | None, fresh: bool
-    ) -> Callable[[int, int], list[Prepared]]:
-        return preparer(self.settings, jobs, countdown, fresh)
-
     def dispatch(
         self,
         job: Job,
@@ -111,7 +106,7 @@ class CeleryRoute:
         ``reason`` goes into the ``task.dispatched`` event (e.g. ``spill_over``).
         """
         monitor = self.monitor
-        item = prepared(self.settings, job, countdown, fresh)
+        item = prepared(self.settings, job, fresh)
         if fresh and item[2] is None:  # a separate records store: written before
             self.execution.record(job, "PENDING")
         if not monitor.healthy:
@@ -141,7 +136,7 @@ class CeleryRoute:
         monitor = self.monitor
         if not jobs:
             return []
-        prepare = self._preparer(jobs, countdown, fresh)
+        prepare = preparer(self.settings, jobs, fresh)
         routes: list[RouteName] = ["celery"] * len(jobs)
         sent: dict[int, list[Prepared]] = {}
 
@@ -173,7 +168,7 @@ class CeleryRoute:
                 batch = prepare(start, start + PUBLISH_BATCH)
                 chunk = jobs[start:start + PUBLISH_BATCH]
                 if fresh:
-                    for job, (_, _, record) in zip(chunk, batch, strict=True):
+                    for job, (_, _, record, _) in zip(chunk, batch, strict=True):
                         if record is None:  # separate records store: write before publishing
                             self.execution.record(job, "PENDING")
                 if not monitor.healthy:  # found down meanwhile (here or by another thread)
@@ -205,6 +200,7 @@ class CeleryRoute:
         key: str,
         message: str,
         record: str | None,
+        due: float | None,
         outage: str | None,
     ) -> RouteName:
         mode = outage or self.settings.broker_outage
@@ -217,7 +213,7 @@ class CeleryRoute:
             return self.fallback.accept([job], countdown,
                                         reason=EVENT_REASON[Cause.OUTAGE])[0]
         try:
-            self.monitor.spool.put(SpooledJob(job.publish_id, key, message, record))
+            self.monitor.spool.put(SpooledJob(job.publish_id, key, message, record, due))
         except (sqlite3.Error, OSError) as exc:
             raise BrokerUnavailable(
                 f"the broker is unavailable and the spool at {self.settings.spool_path} "
@@ -250,8 +246,7 @@ class CeleryRoute:
         spill = self.spill_publisher
         for job in jobs:
             if not spill.put(job, countdown, later):
-                self._on_outage(job, countdown, *prepared(self.settings, job, countdown,
-                                                          True), "spool")
+                self._on_outage(job, countdown, *prepared(self.settings, job, True), "spool")
 
     @property
     def spill_publisher(self) -> SpillPublisher:

@@ -21,6 +21,8 @@ class SpooledJob:
     queue_key: str
     message: str
     record: str | None
+    #: When a delayed job is due (``time.time()`` seconds); None: due now.
+    due: float | None = None
 
 
 class Spool:
@@ -43,15 +45,18 @@ class Spool:
                 " job_id TEXT PRIMARY KEY, queue_key TEXT NOT NULL, message TEXT NOT NULL,"
                 " record TEXT, created REAL NOT NULL)"
             )
+            columns = {row[1] for row in db.execute("PRAGMA table_info(spool)")}
+            if "due" not in columns:  # a spool written by an older version
+                db.execute("ALTER TABLE spool ADD COLUMN due REAL")
             self._local.db, self._local.pid = db, os.getpid()
         return db
 
     def put(self, job: SpooledJob) -> None:
         """Store ``job`` durably (fsync'd) before returning."""
         self._connect().execute(
-            "INSERT OR REPLACE INTO spool (job_id, queue_key, message, record, created)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (job.job_id, job.queue_key, job.message, job.record, time.time()),
+            "INSERT OR REPLACE INTO spool (job_id, queue_key, message, record, due, created)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (job.job_id, job.queue_key, job.message, job.record, job.due, time.time()),
         )
 
     def peek(self, limit: int = 100) -> list[SpooledJob]:
@@ -60,7 +65,8 @@ class Spool:
         rows = (
             self._connect()
             .execute(
-                "SELECT job_id, queue_key, message, record FROM spool ORDER BY created LIMIT ?",
+                "SELECT job_id, queue_key, message, record, due FROM spool"
+                " ORDER BY created LIMIT ?",
                 (limit,),
             )
             .fetchall()

@@ -1,6 +1,7 @@
 """The worker main process's background duties, in one thread: beat (``liveness``),
 take a turn at watching for other kinds of worker (``fleet``), re-queue publications
-Redis lost (``recovery``) and give back what dead workers held (``rescue``)."""
+Redis lost (``recovery``) and give back what dead workers held (``rescue``); and, in a
+thread of its own (it wakes far more often), publish delayed jobs when due (``delayed``)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from kombu.exceptions import OperationalError
 
 from ...core.registry import all_tasks
+from .delayed import DelayRelay
 from .fleet import Fleet
 from .liveness import Heartbeat, consumer_holdings
 from .monitor import BROKER_ERRORS
@@ -42,16 +44,19 @@ class Upkeep:
         self.sweeper = Sweeper(client, settings.requeue_lost_after,
                                sightings=self.fleet.sightings)
         self.rescuer = Rescuer(route.app, client, hostname, self.fleet.sightings)
+        self.delayed = DelayRelay(client)
         self._stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="dispatch-upkeep", daemon=True)
 
     def start(self) -> Upkeep:
         self.thread.start()
+        self.delayed.start()
         return self
 
     def stop(self) -> None:
         """On a clean shutdown: stop beating and say so (kombu gives back what we held)."""
         self._stopped.set()
+        self.delayed.stop()
         try:
             self.heartbeat.stop()
         except SWEEP_ERRORS as exc:

@@ -121,11 +121,20 @@ class InlineExecutor:
     def drain(self, grace: float) -> list[Job]:
         """Wait up to ``grace`` seconds for outstanding jobs, then record the rest as failed.
 
-        Returns the jobs that did not finish. The executor stays usable.
+        Jobs on a timer that is not due within ``grace`` (a countdown, a retry delay) are
+        given up at once: waiting for them would only hold the shutdown up. Returns the
+        jobs that did not finish. The executor stays usable.
         """
+        due_by = time.time() + grace
+        with self._idle:  # their timers find them gone and do nothing
+            later = [j for j in self._outstanding.values() if j.due_at > due_by]
+            for job in later:
+                del self._outstanding[job.id]
+        if later and self._on_leftover is not None:
+            self._on_leftover(later, grace)
         if self.wait_idle(grace):
             self.execution.records.flush(2.0)
-            return []
+            return later
         with self._idle:
             leftover = list(self._outstanding.values())
             self._outstanding.clear()
@@ -133,7 +142,7 @@ class InlineExecutor:
         if self._on_leftover is not None:
             self._on_leftover(leftover, grace)
         self.execution.records.flush(2.0)
-        return leftover
+        return later + leftover
 
     def shutdown(self, grace: float) -> list[Job]:
         """Drain, then stop the worker threads and the loop; no new jobs are accepted."""

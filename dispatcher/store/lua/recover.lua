@@ -3,7 +3,8 @@
 -- its bookkeeping). Atomic, so it cannot race a consumer's pop.
 -- KEYS[1] the publication's marker, KEYS[2] the in-flight index, KEYS[3] kombu's
 -- unacked hash, KEYS[4] the job's record (a finished job is never re-queued: a worker
--- that did not have the task, or a stock one, may have ended it); ARGV[1] publish id, ARGV[2] now, ARGV[3] the verdict: 'ask' only
+-- that did not have the task, or a stock one, may have ended it), KEYS[5] the delay
+-- store; ARGV[1] publish id, ARGV[2] now, ARGV[3] the verdict: 'ask' only
 -- answers such a job's queue key; 'drop' stops watching it (-1: a stock worker ran
 -- it); otherwise it is re-queued (1). Anything else answers 0.
 local held = redis.call('GET', KEYS[1])
@@ -11,6 +12,7 @@ if not held or held == '1' then
   redis.call('ZREM', KEYS[2], ARGV[1])
   return 0
 end
+if redis.call('ZSCORE', KEYS[5], ARGV[1]) then return 0 end  -- delayed: not due yet
 local cut = string.find(held, '\n', 1, true)
 local queue = string.sub(held, 1, cut - 1)
 local message = string.sub(held, cut + 1)

@@ -125,18 +125,20 @@ def _wait_for(condition: Callable[[], Any], what: str, timeout: float = 30.0) ->
     return found
 
 
-def test_a_job_a_worker_holds_for_its_countdown_is_counted_once(broker: str) -> None:
-    """Celery keeps a job with a countdown in the worker that reserved it, unacknowledged
-    until it has run: it is in the backlog once, not in the queue's lists."""
+def test_a_delayed_job_is_held_by_no_worker_until_due(broker: str) -> None:
+    """A countdown waits in the delay store: not in the queue, not reserved by a worker
+    (so not in the backlog), until it is due; then it runs once and leaves nothing."""
     client = redis.Redis.from_url(broker)
     queue = "samples-heavy"  # consumed by the session worker
-    handle = samples.on_own_queue.options(countdown=5).dispatch(21)
-    assert handle.queue == queue
-    held = _wait_for(lambda: _held_entry(client, handle.id), "the worker to reserve the job")
-    assert held["headers"]["eta"] is not None
+    handle = samples.on_own_queue.options(countdown=3600).dispatch(21)
+    publish_id = f"{handle.id}:1"
+    assert client.zscore(keys.DELAYED, publish_id) is not None
+    assert _held_entry(client, handle.id) is None
     load = read_queue_load(client, [queue])
-    assert (load.depths, load.backlog) == ({queue: 0}, {queue: 1})
+    assert (load.depths, load.backlog) == ({queue: 0}, {queue: 0})
+    client.zadd(keys.DELAYED, {publish_id: time.time()}, xx=True)  # now due
     assert handle.get(timeout=30) == 42
+    assert client.zscore(keys.DELAYED, publish_id) is None
     _wait_for(lambda: read_queue_load(client, [queue]).backlog == {queue: 0},
               "the acknowledgement")
 

@@ -79,6 +79,7 @@ def test_worker_counts_add_up_across_its_pool_processes(
     assert ("dispatch_queue_depth", frozenset({("queue", "celery")})) in after
     assert ("dispatch_backlog", frozenset({("queue", "celery")})) in after
     assert ("dispatch_spool_depth", frozenset()) in after
+    assert ("dispatch_delayed_jobs", frozenset()) in after
     assert get(after, "dispatch_inline_busy") == 0
 
 

@@ -33,9 +33,9 @@ def own_redis() -> Iterator[EmbeddedRedis]:
         yield server
 
 
-def _items(prefix: str, count: int) -> list[tuple[str, str, str, str | None]]:
+def _items(prefix: str, count: int) -> list[tuple[str, str, str, str | None, None]]:
     key = queue_key("stream", 5)
-    return [(f"{prefix}-{i}:1", key, json.dumps({"n": i, "p": prefix}), None)
+    return [(f"{prefix}-{i}:1", key, json.dumps({"n": i, "p": prefix}), None, None)
             for i in range(count)]
 
 
@@ -62,7 +62,7 @@ def test_stream_confirms_batches_in_order_and_resends_are_skipped(
     finally:
         stream.close()
     assert confirmed == [(tag, 50) for tag in range(6)]
-    assert _queued(client) == [json.loads(m) for b in batches for _, _, m, _ in b]
+    assert _queued(client) == [json.loads(m) for b in batches for _, _, m, _, _ in b]
     assert publisher.publish(batches[2] + _items("late", 3)) == 3  # only the new ones
     assert len(_queued(client)) == 303
 
@@ -109,7 +109,7 @@ def test_broker_stalling_mid_dispatch_many_spools_the_rest_exactly_once(
         broker_url=own_redis.url, publish_timeout=0.5, spool_path=str(tmp_path / "spool.db"),
         _env_file=None))
     route = current().celery
-    real_preparer = route._preparer
+    real_preparer = celery_route.preparer
 
     def stall_after_first_batch(*args: Any) -> Callable[[int, int], Any]:
         prepare = real_preparer(*args)
@@ -122,7 +122,7 @@ def test_broker_stalling_mid_dispatch_many_spools_the_rest_exactly_once(
 
         return prepare_then_stall
 
-    monkeypatch.setattr(route, "_preparer", stall_after_first_batch)
+    monkeypatch.setattr(celery_route, "preparer", stall_after_first_batch)
     spooled: list[str] = []
     real_put = route.monitor.spool.put
     monkeypatch.setattr(route.monitor.spool, "put",
@@ -157,7 +157,7 @@ def test_broker_found_down_while_a_batch_is_in_flight_loses_nothing(
     configure(DispatcherSettings(  # type: ignore[call-arg]
         broker_url=own_redis.url, spool_path=str(tmp_path / "spool.db"), _env_file=None))
     route = current().celery
-    real_preparer = route._preparer
+    real_preparer = celery_route.preparer
 
     def down_after_first_send(*args: Any) -> Callable[[int, int], Any]:
         prepare = real_preparer(*args)
@@ -169,7 +169,7 @@ def test_broker_found_down_while_a_batch_is_in_flight_loses_nothing(
 
         return prepare_then_mark_down
 
-    monkeypatch.setattr(route, "_preparer", down_after_first_send)
+    monkeypatch.setattr(celery_route, "preparer", down_after_first_send)
     total = celery_route.PUBLISH_BATCH * 2
     handles = stream_job.dispatch_many([(n,) for n in range(total)])
     assert [h.route for h in handles] == ["celery"] * total

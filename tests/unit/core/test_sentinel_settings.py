@@ -14,9 +14,10 @@ from dispatcher.core.redis_url import (
     SentinelTarget,
     check_redis_url,
     parse_sentinel_url,
+    redact_url,
     split_urls,
 )
-from dispatcher.core.settings import build_settings, redact_url
+from dispatcher.core.settings import build_settings
 from tests.unit.helpers import unit_settings
 
 SENTINELS = "sentinel://:s3cret@10.0.0.1:26379/2;sentinel://10.0.0.2:26380;sentinel://10.0.0.3"

@@ -8,7 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from dispatcher import ConfigurationError, DispatcherSettings, configure, get_settings
-from dispatcher.core.settings import RouteRule, redact_url
+from dispatcher.core.redis_url import redact_url
+from dispatcher.core.settings import RouteRule
 from dispatcher.runtime.container import current
 from dispatcher.store.memory import MemoryRecordStore
 from tests.unit.helpers import unit_settings

@@ -43,7 +43,7 @@ def test_our_own_messages_as_a_worker_holds_them() -> None:
     spec = TaskSpec(name="reports.build", fn=lambda: None, is_async=False, weight=8)
     job = Job(id="job-1", spec=spec, route="celery", queue="heavy", priority=9,
               payload={"report": 'x"], "celery"]'})
-    message = task_message(job, countdown=30)  # a countdown: held by the worker
+    message = task_message(job)  # delivered to a worker, not acknowledged yet
     assert unacked_queue(entry("heavy", "", message)) == "heavy"
 
 

@@ -38,7 +38,9 @@ def test_the_template_writes_what_the_envelope_encodes(payload: dict[str, Any],
         assert message_json(again) == json.dumps(task_message(again))
 
 
-def test_a_countdown_takes_the_full_encoding() -> None:
+def test_a_delayed_job_takes_the_full_encoding_and_never_an_eta() -> None:
     made = job({"n": 1}, None)
-    decoded = json.loads(message_json(made, countdown=30))
-    assert decoded["headers"]["eta"] is not None and decoded["headers"]["id"] == made.id
+    made.queued_at = made.dispatched_at + 30
+    decoded = json.loads(message_json(made))
+    assert decoded["headers"]["dispatch"]["queued_at"] == made.queued_at
+    assert decoded["headers"]["eta"] is None and decoded["headers"]["id"] == made.id

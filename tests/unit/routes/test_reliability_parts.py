@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -25,16 +26,17 @@ from dispatcher.store.memory import MemoryDeadLetters
 from tests.unit.helpers import unit_settings
 
 
-def test_checks_refuse_timeouts_and_delays_beyond_the_visibility_timeout() -> None:
+def test_checks_refuse_timeouts_beyond_the_visibility_timeout_not_retry_delays() -> None:
     @task(name="unit.checks.slow", timeout=30)
     def slow() -> None: ...
 
+    # Retries wait in the delay store, not in a worker: any delay is fine.
     @task(name="unit.checks.patient", retry=RetryPolicy(max_attempts=2, max_delay=45))
     def patient() -> None: ...
 
     found = problems(unit_settings(visibility_timeout=30))
     assert any("unit.checks.slow" in p and "timeout" in p for p in found)
-    assert any("unit.checks.patient" in p and "retry" in p for p in found)
+    assert not any("unit.checks.patient" in p for p in found)
     assert not [p for p in problems(unit_settings(visibility_timeout=60)) if "unit.checks" in p]
     with pytest.raises(ConfigurationError, match="refusing to start"):
         check_configuration(unit_settings(visibility_timeout=30))
@@ -63,11 +65,11 @@ def _job(priority: int = 5, payload: dict[str, object] | None = None) -> Job:
 
 
 def test_message_is_celery_protocol_2_json() -> None:
-    message = task_message(_job(), countdown=5)
+    message = task_message(_job())
     assert message["content-type"] == "application/json"
     headers = message["headers"]
     assert (headers["id"], headers["task"], headers["retries"]) == ("abc", "unit.wire.t5", 1)
-    assert headers["eta"] is not None
+    assert headers["eta"] is None  # never: delayed jobs wait in the delay store
     assert headers["dispatch"]["request_id"] == "rid"
     args, kwargs, embed = json.loads(base64.b64decode(message["body"]))
     assert (args, kwargs) == ([], {"x": 1})
@@ -93,6 +95,19 @@ def test_spool_is_durable_and_ordered(tmp_path: Path) -> None:
     assert [j.job_id for j in reopened.peek()] == ["id0:1", "id1:1", "id2:1"]
     reopened.remove(["id0:1", "id2:1"])
     assert [j.message for j in spool.peek()] == ["m1"]
+
+
+def test_a_spool_from_before_delayed_jobs_keeps_its_rows_and_takes_due_times(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "old.sqlite3"
+    with sqlite3.connect(path) as old:  # the table as the previous version created it
+        old.execute("CREATE TABLE spool (job_id TEXT PRIMARY KEY, queue_key TEXT NOT NULL,"
+                    " message TEXT NOT NULL, record TEXT, created REAL NOT NULL)")
+        old.execute("INSERT INTO spool VALUES ('old:1', 'q', 'm', NULL, 1.0)")
+    spool = Spool(path)
+    spool.put(SpooledJob("new:1", "q", "m2", None, due=2e9))
+    assert [(j.job_id, j.due) for j in spool.peek()] == [("old:1", None), ("new:1", 2e9)]
 
 
 def test_secret_arguments_travel_but_are_redacted_in_listings() -> None:

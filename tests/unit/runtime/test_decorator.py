@@ -9,7 +9,7 @@ import re
 import pytest
 
 from dispatcher import RetryPolicy, Task, TaskDefinitionError, task
-from dispatcher.core.errors import DispatchError
+from dispatcher.core.errors import DispatchError, TaskValidationError
 from dispatcher.core.registry import get_task
 from dispatcher.core.spec import PRIORITY_NAMES
 
@@ -327,3 +327,23 @@ def test_empty_string_name_is_refused() -> None:
     """
     with pytest.raises(TaskDefinitionError, match="name"):
         task(name="")
+
+
+def test_eta_must_be_an_aware_datetime_and_excludes_countdown() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    @task(name="unit.decorator.eta")
+    def later() -> None: ...
+
+    naive = datetime.now() + timedelta(minutes=5)
+    with pytest.raises(TaskValidationError, match="eta: must be timezone-aware"):
+        later.options(eta=naive)
+    with pytest.raises(TaskValidationError, match="eta: must be a datetime"):
+        later.options(eta=300)  # type: ignore[arg-type]
+    aware = datetime.now(UTC) + timedelta(minutes=5)
+    with pytest.raises(TaskValidationError, match="not both"):
+        later.options(countdown=5, eta=aware)
+    # The later option replaces the earlier one.
+    assert later.options(countdown=5).options(eta=aware).call_options.countdown is None
+    assert later.options(eta=aware).options(countdown=5).call_options.eta is None
+    assert later.options(eta=aware).call_options.eta == aware.timestamp()
