@@ -19,7 +19,8 @@ from prometheus_client.exposition import make_wsgi_app
 
 from dispatcher import DispatcherSettings
 from dispatcher.core.registry import all_tasks
-from dispatcher.observability.metrics import COLLECTOR, scrape_registry
+from dispatcher.observability.gauges import COLLECTOR
+from dispatcher.observability.metrics import scrape_registry
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "kubernetes"
 Manifest = dict[str, Any]

@@ -20,8 +20,9 @@ from ..core import events
 from ..core.execution import Execution
 from ..core.ports import DeadLetterStore, IdempotencyStore, RecordStore
 from ..core.settings import DispatcherSettings, build_settings, get_settings, replace_settings
+from ..observability.gauges import COLLECTOR, GaugeReadings
 from ..observability.logging import log_until_configured
-from ..observability.metrics import COLLECTOR, EventMetrics, GaugeReadings
+from ..observability.metrics import EventMetrics
 from ..ops.dashboard_data import Dashboard, Sources
 from ..ops.routes_table import route_table
 from ..policy.governor import ServerLoad

@@ -7,7 +7,7 @@ import logging
 from typing import Protocol
 
 from ..core.settings import DispatcherSettings
-from ..observability.metrics import GaugeReadings
+from ..observability.gauges import GaugeReadings
 from ..routes.celery.depths import QueueDepths
 from ..routes.celery.route import CeleryRoute
 from .inline_fleet import InlineFleet

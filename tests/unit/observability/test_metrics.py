@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY, generate_latest
 from dispatcher import DispatcherSettings, RetryPolicy, task
 from dispatcher.core.job import Job
 from dispatcher.fastapi import metrics_router
-from dispatcher.observability import metrics
+from dispatcher.observability import gauges, metrics
 from dispatcher.routes.celery import worker_metrics
 from dispatcher.runtime import container
 from dispatcher.runtime.container import current
@@ -338,7 +338,7 @@ def test_every_metric_is_documented_in_the_readme() -> None:
         *metrics.JOBS_DISPATCHED.describe(), *metrics.JOBS_SUCCEEDED.describe(),
         *metrics.JOBS_FAILED.describe(), *metrics.JOBS_RETRIED.describe(),
         *metrics.JOB_DURATION.describe(), *metrics.QUEUE_WAIT.describe(),
-        *metrics.ROUTE_DECISIONS.describe(), *metrics.COLLECTOR.describe(),
+        *metrics.ROUTE_DECISIONS.describe(), *gauges.COLLECTOR.describe(),
     ]
     readme = (ROOT / "README.md").read_text()
     suffix = {"counter": "_total"}
