@@ -3,25 +3,30 @@
 Public API, grouped:
 
 - declaring: ``task``, ``Task``, ``RetryPolicy``
-- dispatching: ``TaskHandle``; inside a task, ``progress`` and ``current_job``
+- dispatching: ``TaskHandle``, ``cancel``; inside a task, ``progress``, ``cancelled``
+  and ``current_job``
 - configuring: ``DispatcherSettings``, ``get_settings``, ``configure``
 - errors: ``DispatchError`` and its subclasses
 """
 
+from .core.cancellation import cancelled
 from .core.context import JobInfo, current_job
 from .core.errors import (
     BrokerUnavailable,
     ConfigurationError,
     DispatchError,
+    TaskCancelled,
     TaskDefinitionError,
     TaskFailed,
     TaskTimeout,
     TaskValidationError,
+    UnknownJobError,
     UnknownTaskError,
 )
 from .core.progress import progress
 from .core.retry import RetryPolicy
 from .core.settings import DispatcherSettings, get_settings
+from .runtime.cancel import cancel
 from .runtime.container import configure
 from .runtime.decorator import task
 from .runtime.handle import TaskHandle
@@ -35,12 +40,16 @@ __all__ = [
     "JobInfo",
     "RetryPolicy",
     "Task",
+    "TaskCancelled",
     "TaskDefinitionError",
     "TaskFailed",
     "TaskHandle",
     "TaskTimeout",
     "TaskValidationError",
+    "UnknownJobError",
     "UnknownTaskError",
+    "cancel",
+    "cancelled",
     "configure",
     "current_job",
     "get_settings",

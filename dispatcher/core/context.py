@@ -53,6 +53,8 @@ class RunningAttempt(Protocol):
 
     def report_progress(self, current: float, total: float | None, message: str) -> None: ...
 
+    def cancel_requested(self) -> bool: ...
+
 
 #: The attempt running in this context (set by the execution core, read by ``progress``).
 attempt_var: ContextVar[RunningAttempt | None] = ContextVar("dispatcher_attempt", default=None)

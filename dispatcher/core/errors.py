@@ -7,7 +7,9 @@ DispatchError
  ├── BrokerUnavailable     the broker cannot take the job in time
  ├── ConfigurationError    settings that contradict each other
  ├── TaskTimeout           one run of a task exceeded its ``timeout`` (also TimeoutError)
- └── TaskFailed            the job ended in FAILURE (raised by ``TaskHandle.get``)
+ ├── TaskFailed            the job ended in FAILURE (raised by ``TaskHandle.get``)
+ ├── TaskCancelled         the job was cancelled (``progress()`` in it, ``TaskHandle.get``)
+ └── UnknownJobError       no job has this id (``dispatcher.cancel``; also LookupError)
 """
 
 from __future__ import annotations
@@ -76,3 +78,21 @@ class TaskFailed(DispatchError):
     def __reduce__(self) -> tuple[type[TaskFailed], tuple[str, str, str]]:
         # Pickles (Celery's prefork pool sends it to the parent process) with all three.
         return type(self), (self.task_id, self.error_type, self.error_message)
+
+
+class TaskCancelled(DispatchError):
+    """The job was cancelled: raised inside it by ``progress()`` once it is told (a task
+    may raise it too), and by ``TaskHandle.get`` for a job that ended ``REVOKED``."""
+
+    def __init__(self, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        super().__init__("the job was cancelled" if task_id is None
+                         else f"task {task_id} was cancelled")
+
+
+class UnknownJobError(DispatchError, LookupError):
+    """No job with this id is known to the record store."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        super().__init__(f"no task with id {task_id!r}")

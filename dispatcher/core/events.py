@@ -15,7 +15,8 @@ from .job import Job
 
 logger = logging.getLogger("dispatcher")
 
-EVENTS = ("task.dispatched", "task.started", "task.retrying", "task.succeeded", "task.failed")
+EVENTS = ("task.dispatched", "task.started", "task.retrying", "task.succeeded", "task.failed",
+          "task.cancelled")
 
 #: ``(event, job, duration_ms, extra fields)``: told of every event; must not raise.
 Listener = Callable[[str, Job, "float | None", Mapping[str, Any]], None]

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextvars
 import dataclasses
 import logging
-import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -22,11 +20,13 @@ from typing import Any, Literal
 
 from pydantic_core import to_jsonable_python
 
+from .calls import call_with_timeout, must_propagate
+from .cancellation import CANCEL_CHECK_EVERY, LocalCancellations
 from .context import attempt_var
-from .errors import TaskTimeout
+from .errors import TaskCancelled, TaskTimeout
 from .events import emit, error_fields
 from .job import Job
-from .ports import DeadLetterStore, Health, RecordStore
+from .ports import Cancellations, DeadLetterStore, Health, RecordStore
 from .record import ErrorInfo, State, celery_exception, make_dead_letter, make_record
 from .redaction import scrub, secret_values
 from .registry import secret_names
@@ -39,7 +39,7 @@ log = logging.getLogger("dispatcher.core")
 class Outcome:
     """How an attempt ended; ``retry_delay`` is set when the route must try again."""
 
-    status: Literal["SUCCESS", "RETRY", "FAILURE"]
+    status: Literal["SUCCESS", "RETRY", "FAILURE", "REVOKED"]
     result: Any = None
     error: BaseException | None = None
     retry_delay: float | None = None
@@ -57,11 +57,13 @@ class Execution:
     Built once per process by ``dispatcher.runtime`` and shared by both routes."""
 
     def __init__(self, records: RecordStore, dead_letters: DeadLetterStore, health: Health,
-                 observe: Callable[[TaskSpec, float], None] = _ignore) -> None:
+                 observe: Callable[[TaskSpec, float], None] = _ignore,
+                 cancellations: Cancellations | None = None) -> None:
         self.records = records
         self.dead_letters = dead_letters
         self.health = health
         self.observe = observe
+        self.cancellations: Cancellations = cancellations or LocalCancellations()
 
     def record(self, job: Job, status: State, *, transition: bool = True,
                **fields: Any) -> None:
@@ -93,6 +95,23 @@ class Execution:
     async def run_async(self, job: Job, values: dict[str, Any]) -> Outcome:
         return await _run_async(self, job, values)
 
+    def revoke(self, job: Job, *, duration_ms: float | None = None, **fields: Any) -> Outcome:
+        """End a cancelled job: ``REVOKED`` (Celery's name), never retried or
+        dead-lettered; ``task.cancelled`` is emitted once, here."""
+        revoked: ErrorInfo = {"type": "TaskRevokedError", "message": "cancelled"}
+        self.record(job, "REVOKED", reason="cancelled", result=celery_exception(
+            revoked, "celery.exceptions"), duration_ms=duration_ms, **fields)
+        emit("task.cancelled", job, duration_ms=duration_ms, reason="cancelled")
+        return Outcome("REVOKED", error=TaskCancelled(job.id))
+
+    def skip_cancelled(self, job: Job) -> Outcome:
+        """A cancelled job met before it started: it never runs. It ends ``REVOKED``
+        here unless the cancel ended it already (it was waiting then)."""
+        record = self.records.load(job.id)
+        if record is None or record["status"] != "REVOKED":
+            return self.revoke(job)
+        return Outcome("REVOKED", error=TaskCancelled(job.id))
+
     def reject(self, job: Job, error: BaseException,
                reason: str = "invalid_payload") -> Outcome:
         """End a job that must not start (bad payload, poison): no retry, dead-lettered."""
@@ -109,6 +128,8 @@ class Attempt:
         self.queue_wait_ms = round(job.queue_wait(self.started_at) * 1000, 3)
         self.progress: dict[str, Any] | None = None
         self._t0 = time.perf_counter()
+        self._cancelled = False
+        self._next_cancel_check = 0.0
         if announce:
             execution.record(job, "STARTED", **self._fields())
             emit("task.started", job, queue_wait_ms=self.queue_wait_ms)
@@ -131,6 +152,14 @@ class Attempt:
                          "message": message, "at": time.time()}
         self.execution.record(self.job, "STARTED", transition=False, **self._fields())
 
+    def cancel_requested(self) -> bool:
+        """Whether this job was cancelled (asked of the marks at most every
+        ``CANCEL_CHECK_EVERY`` seconds; once told, for good)."""
+        if not self._cancelled and time.monotonic() >= self._next_cancel_check:
+            self._next_cancel_check = time.monotonic() + CANCEL_CHECK_EVERY
+            self._cancelled = self.execution.cancellations.is_cancelled(self.job.id)
+        return self._cancelled
+
     def succeeded(self, result: Any) -> Outcome:
         self.execution.observe(self.job.spec, self._elapsed_ms() / 1000)
         try:
@@ -150,6 +179,9 @@ class Attempt:
         job = self.job
         final = final_reason is not None
         duration = self._elapsed_ms()
+        if isinstance(error, TaskCancelled) or (
+                isinstance(error, asyncio.CancelledError) and self._cancelled):
+            return self.execution.revoke(job, duration_ms=round(duration, 3), **self._fields())
         if not final:  # a run that failed (or timed out) took its time too
             self.execution.observe(job.spec, duration / 1000)
         decision = job.spec.retry.decide(job.attempt, error)
@@ -194,50 +226,6 @@ def _exception_module(error: BaseException) -> str | None:
     return None if module.split(".")[0] == "dispatcher" else module
 
 
-def _must_propagate(error: BaseException, job: Job) -> bool:
-    """Interrupts, a worker process being terminated, and the cancellation of *our*
-    asyncio task are not failures of the task: the job is redelivered instead."""
-    if isinstance(error, KeyboardInterrupt):
-        return True
-    if isinstance(error, SystemExit) and job.route == "celery":
-        return True  # Celery terminating the pool process (e.g. on connection loss)
-    if isinstance(error, asyncio.CancelledError):
-        try:
-            current = asyncio.current_task()
-        except RuntimeError:
-            return False
-        return current is not None and current.cancelling() > 0
-    return False
-
-
-def _call_with_timeout(
-    fn: Any, values: dict[str, Any], timeout: float
-) -> tuple[Any, concurrent.futures.Future[Any] | None]:
-    """Call ``fn`` in a fresh daemon thread and wait at most ``timeout`` seconds:
-    ``(result, None)``, or ``(None, the still running call)`` once the time is up.
-
-    The clock starts when the call does. Python cannot stop the thread: a timed-out
-    call finishes in the background, and being a daemon it never delays an exit.
-    """
-    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-    def call() -> None:
-        try:
-            future.set_result(fn(**values))
-        except BaseException as exc:
-            future.set_exception(exc)
-
-    context = contextvars.copy_context()  # progress() in the thread finds its attempt
-    threading.Thread(target=context.run, args=(call,), name="dispatch-timed-call",
-                     daemon=True).start()
-    try:
-        return future.result(timeout=timeout), None
-    except concurrent.futures.TimeoutError:
-        if future.done():
-            raise
-        return None, future
-
-
 def _run_sync(execution: Execution, job: Job, values: dict[str, Any]) -> Outcome:
     """Run a synchronous task function in this thread (the worker's and the inline
     executor's sync path); a timed-out call comes back as ``Outcome.lingering``."""
@@ -249,9 +237,9 @@ def _run_sync(execution: Execution, job: Job, values: dict[str, Any]) -> Outcome
         if timeout is None:
             result = fn(**values)
         else:
-            result, lingering = _call_with_timeout(fn, values, timeout)
+            result, lingering = call_with_timeout(fn, values, timeout)
     except BaseException as exc:
-        if _must_propagate(exc, job):
+        if must_propagate(exc, job):
             raise
         return attempt.failed(exc)
     finally:
@@ -268,8 +256,10 @@ async def _run_async(execution: Execution, job: Job, values: dict[str, Any]) -> 
     attempt = Attempt(execution, job)
     spec = job.spec
     token = attempt_var.set(attempt)  # copied into the task below
+    watcher: asyncio.Future[None] | None = None
     try:
         running: asyncio.Future[Any] = asyncio.ensure_future(spec.fn(**values))
+        watcher = asyncio.ensure_future(_cancel_when_told(attempt, running))
         if spec.timeout is None:
             result = await running
         else:
@@ -279,9 +269,20 @@ async def _run_async(execution: Execution, job: Job, values: dict[str, Any]) -> 
                 return attempt.failed(TaskTimeout(spec.name, spec.timeout))
             result = running.result()
     except BaseException as exc:
-        if _must_propagate(exc, job):
+        if must_propagate(exc, job):
             raise
         return attempt.failed(exc)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         attempt_var.reset(token)
     return attempt.succeeded(result)
+
+
+async def _cancel_when_told(attempt: Attempt, running: asyncio.Future[Any]) -> None:
+    """Cancel a coroutine task on its loop once its job is cancelled."""
+    while not running.done():
+        if attempt.cancel_requested():
+            running.cancel()
+            return
+        await asyncio.wait({running}, timeout=CANCEL_CHECK_EVERY)

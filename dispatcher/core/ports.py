@@ -74,6 +74,15 @@ class IdempotencyStore(Protocol):
         ...
 
 
+class Cancellations(Protocol):
+    """Durable cancel marks (kept for ``DISPATCH_RESULT_TTL``), checked wherever a job
+    could start and by a running job (``dispatcher.cancelled()``)."""
+
+    def cancel(self, task_id: str) -> None: ...
+
+    def is_cancelled(self, task_id: str) -> bool: ...
+
+
 class Health(Protocol):
     """Whether a store is worth a call now; a failed call marks it down for a while."""
 

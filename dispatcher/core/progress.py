@@ -8,6 +8,7 @@ task may report as often as it likes.
 from __future__ import annotations
 
 from .context import attempt_var
+from .errors import TaskCancelled
 
 
 def _number(name: str, value: object) -> float:
@@ -23,6 +24,7 @@ def progress(current: float, total: float | None = None, message: str = "") -> b
     the task function is called directly), so task code needs no guard. Raises
     ``ValueError`` naming the argument for a negative or non-numeric ``current``, a
     ``total`` that is not a positive number, or a ``message`` that is not a string.
+    Raises ``TaskCancelled`` once the job was cancelled: the job ends ``REVOKED``.
     """
     current = _number("current", current)
     if current < 0:
@@ -36,5 +38,7 @@ def progress(current: float, total: float | None = None, message: str = "") -> b
     attempt = attempt_var.get()
     if attempt is None:
         return False
+    if attempt.cancel_requested():
+        raise TaskCancelled(attempt.job.id)
     attempt.report_progress(current, total, message[:500])
     return True

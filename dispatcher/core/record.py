@@ -18,9 +18,9 @@ from typing import Any, Literal, NotRequired, TypedDict, cast
 
 from .job import Job
 
-State = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"]
-STATES: tuple[State, ...] = ("PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE")
-TERMINAL: frozenset[str] = frozenset({"SUCCESS", "FAILURE"})
+State = Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"]
+STATES: tuple[State, ...] = ("PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED")
+TERMINAL: frozenset[str] = frozenset({"SUCCESS", "FAILURE", "REVOKED"})
 #: A position in the dispatch-time index: (dispatch time, job id); newest first.
 Position = tuple[float, str]
 

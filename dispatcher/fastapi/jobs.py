@@ -19,9 +19,11 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
+from ..core.errors import UnknownJobError
 from ..core.record import TERMINAL
 from ..ops.dashboard_data import redacted_dead_letters
 from ..ops.jobs import get_job, list_jobs
+from ..runtime.cancel import cancel
 from ..runtime.container import current
 from ..runtime.decorator import registered
 from ..runtime.handle import TaskHandle
@@ -83,7 +85,7 @@ async def routes() -> list[dict[str, Any]]:
 
 @router.get("/tasks", response_model=JobList, dependencies=guarded)
 async def jobs(
-    state: Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE"] | None = None,
+    state: Literal["PENDING", "STARTED", "RETRY", "SUCCESS", "FAILURE", "REVOKED"] | None = None,
     name: Annotated[str | None, Query(max_length=200,
                                       description="Task name, or a glob like `reports.*`")
                     ] = None,
@@ -131,6 +133,23 @@ async def retry_dead_letter(task_id: str) -> Accepted:
     handle = registered(entry["task_name"]).dispatch(**entry["arguments"])
     await anyio.to_thread.run_sync(store.remove, task_id)
     return accepted(handle)
+
+
+@router.post("/tasks/{task_id}/cancel", status_code=202, dependencies=guarded)
+async def cancel_job(task_id: str) -> dict[str, Any]:
+    """Cancel a job: one not started never starts, a running one is told (409 if it
+    has finished, and nothing changes)."""
+    try:
+        stopped = await anyio.to_thread.run_sync(cancel, task_id)
+    except UnknownJobError:
+        raise HTTPException(status_code=404, detail=f"no task with id {task_id!r}") from None
+    view = await _load(task_id, with_history=False)
+    if not stopped:
+        raise HTTPException(status_code=409, detail={
+            "message": f"task {task_id!r} has finished; nothing was cancelled",
+            "state": None if view is None else view["state"]})
+    return {"task_id": task_id, "cancelled": True,
+            "state": None if view is None else view["state"]}
 
 
 async def _load(task_id: str, with_history: bool = True) -> dict[str, Any] | None:

@@ -39,6 +39,9 @@ JOBS_DISPATCHED = Counter(
 )
 JOBS_SUCCEEDED = Counter("dispatch_jobs_succeeded", "Jobs that ended in SUCCESS.", LABELS)
 JOBS_FAILED = Counter("dispatch_jobs_failed", "Jobs that ended in FAILURE.", LABELS)
+JOBS_CANCELLED = Counter(
+    "dispatch_cancelled", "Jobs that ended REVOKED (cancelled before or while running).",
+    LABELS)
 JOBS_RETRIED = Counter(
     "dispatch_jobs_retried", "Failed attempts the retry policy scheduled again.", LABELS
 )
@@ -64,13 +67,15 @@ ROUTE_DECISIONS = Counter(
 class _Series:
     """The labelled children of one (task, route), made once and reused per event."""
 
-    __slots__ = ("dispatched", "duration", "failed", "queue_wait", "retried", "succeeded")
+    __slots__ = ("cancelled", "dispatched", "duration", "failed", "queue_wait", "retried",
+                 "succeeded")
 
     def __init__(self, task: str, route: str) -> None:
         self.dispatched = JOBS_DISPATCHED.labels(task, route)
         self.succeeded = JOBS_SUCCEEDED.labels(task, route)
         self.failed = JOBS_FAILED.labels(task, route)
         self.retried = JOBS_RETRIED.labels(task, route)
+        self.cancelled = JOBS_CANCELLED.labels(task, route)
         self.duration = JOB_DURATION.labels(task, route)
         self.queue_wait = QUEUE_WAIT.labels(task, route)
 
@@ -118,6 +123,8 @@ class EventMetrics:
                 series.failed.inc()
             elif event == "task.retrying":
                 series.retried.inc()
+            elif event == "task.cancelled":
+                series.cancelled.inc()
             else:
                 return
             if duration_ms is not None:  # None: failed without running (rejected, shutdown)

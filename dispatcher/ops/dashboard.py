@@ -129,7 +129,7 @@ def running_jobs(records: Iterable[dict[str, Any]], now: float,
         state = record.get("state")
         if state in ("STARTED", "RETRY"):
             active.append(_job_row(record))
-        elif state in ("SUCCESS", "FAILURE") and record.get("progress"):
+        elif state in ("SUCCESS", "FAILURE", "REVOKED") and record.get("progress"):
             done = _number(record.get("finished_at"))
             if done is not None and now - done <= keep_finished:
                 finished.append(_job_row(record))

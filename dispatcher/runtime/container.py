@@ -17,6 +17,7 @@ import redis
 from celery import Celery
 
 from ..core import events
+from ..core.cancellation import LocalCancellations
 from ..core.execution import Execution
 from ..core.ports import DeadLetterStore, IdempotencyStore, RecordStore
 from ..core.settings import DispatcherSettings, build_settings, get_settings, replace_settings
@@ -31,6 +32,7 @@ from ..routes.celery.route import CeleryRoute
 from ..routes.inline.route import InlineRoute
 from ..store import keys
 from ..store.adaptive import AdaptiveRouter
+from ..store.cancellations import RedisCancellations
 from ..store.client import client_for
 from ..store.deadletter import RedisDeadLetters
 from ..store.idempotency import MemoryIdempotency, RedisIdempotency
@@ -121,9 +123,13 @@ class Runtime:
             if self._execution is None:
                 observe = (self.adaptive.observe_spec if self.settings.broker_url is not None
                            else None)
+                client = self.redis
+                marks = (LocalCancellations() if client is None
+                         else RedisCancellations(client, self.settings.result_ttl))
                 self._execution = (
-                    Execution(self.records, self.dead_letters, self.health) if observe is None
-                    else Execution(self.records, self.dead_letters, self.health, observe))
+                    Execution(self.records, self.dead_letters, self.health, cancellations=marks)
+                    if observe is None else Execution(self.records, self.dead_letters,
+                                                      self.health, observe, marks))
             return self._execution
 
     @property

@@ -6,9 +6,10 @@ import asyncio
 import time
 from typing import Any, NamedTuple
 
-from ..core.errors import TaskFailed
+from ..core.errors import TaskCancelled, TaskFailed
 from ..core.record import TERMINAL, JobRecord, State, job_view
 from ..core.spec import RouteName
+from .cancel import cancel
 from .container import current
 
 _FIRST_POLL = 0.01
@@ -18,6 +19,8 @@ _MAX_POLL = 0.25
 def _outcome(record: JobRecord) -> Any:
     if record["status"] == "SUCCESS":
         return record.get("result")
+    if record["status"] == "REVOKED":
+        raise TaskCancelled(record["task_id"])
     error = record.get("error")
     kind, message = (None, None) if error is None else (error.get("type"), error.get("message"))
     raise TaskFailed(record["task_id"], str(kind), str(message))
@@ -45,6 +48,11 @@ class TaskHandle(NamedTuple):
         route: RouteName = "celery" if record["route"] == "celery" else "inline"
         return cls(task_id, record["task_name"] or "", route, record.get("queue"))
 
+    def cancel(self) -> bool:
+        """``dispatcher.cancel(self.id)``: True if the job will not start (or was told to
+        stop), False if it had finished already."""
+        return cancel(self.id)
+
     def record(self) -> dict[str, Any] | None:
         """The job as ``GET /tasks/{id}`` shows it (the same fields, ``history``
         included): state, attempts, result or error, timings; None if unknown."""
@@ -56,12 +64,13 @@ class TaskHandle(NamedTuple):
         return current().records.load(self.id)
 
     def state(self) -> State:
-        """``PENDING | STARTED | RETRY | SUCCESS | FAILURE``."""
+        """``PENDING | STARTED | RETRY | SUCCESS | FAILURE | REVOKED``."""
         record = self._record()
         return "PENDING" if record is None else record["status"]
 
     def get(self, timeout: float | None = None) -> Any:
-        """Block until the job ends; its result, or ``TaskFailed`` with the task's error.
+        """Block until the job ends; its result, or ``TaskFailed`` with the task's error
+        (``TaskCancelled`` for a cancelled job).
 
         Raises ``TimeoutError`` when ``timeout`` seconds pass first.
         """

@@ -64,6 +64,12 @@ INLINE_PROCESSES = "dispatch:inline-processes"
 DEAD_LETTERS = "dispatch:dead"
 DEAD_LETTERS_INDEX = "dispatch:dead:index"
 IDEMPOTENCY_PREFIX = "dispatch:idem:"
+#: Per cancelled job: its cancel mark (kept for DISPATCH_RESULT_TTL); a sorted set of
+#: the cancelled ids by time (read by a process that (re)subscribes); and the Pub/Sub
+#: channel that tells every process of a cancellation at once.
+CANCEL_PREFIX = "dispatch:cancel:"
+CANCELS = "dispatch:cancels"
+CANCELS_CHANNEL = "dispatch:cancels:channel"
 ADAPTIVE_PREFIX = "dispatch:adaptive:"
 
 
@@ -101,6 +107,10 @@ def rescue(tag: str) -> str:
 
 def unknown(task_id: str) -> str:
     return UNKNOWN_PREFIX + task_id
+
+
+def cancel(task_id: str) -> str:
+    return CANCEL_PREFIX + task_id
 
 
 def idempotency(task_name: str, key: str) -> str:

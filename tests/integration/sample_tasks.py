@@ -170,3 +170,20 @@ def hold_inline(key: str, limit: float = 120.0) -> None:
     while ledger().get(f"{key}:release") is None and time.monotonic() < deadline:
         time.sleep(0.05)
     note(key, label="released")
+
+
+@task(name="samples.until_cancelled", weight=8)
+def until_cancelled(seconds: float = 60) -> str:
+    """Reports progress until told to stop (``progress()`` raises ``TaskCancelled``)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        progress(1)
+        time.sleep(0.02)
+    return "not told"
+
+
+@task(name="samples.async_until_cancelled", weight=8)
+async def async_until_cancelled(seconds: float = 60) -> str:
+    """Sleeps on its loop: cancelled there once its job is cancelled."""
+    await asyncio.sleep(seconds)
+    return "not told"

@@ -1,5 +1,6 @@
-"""Delayed jobs outlast the visibility timeout: a countdown longer than it runs once,
-with two workers (each with a relay), because no worker holds the job while it waits."""
+"""Time and flow control against real workers: a countdown longer than the visibility
+timeout runs once with two workers (each with a relay), because no worker holds the job
+while it waits; jobs cancelled while no worker is up never run once one starts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import uuid
 
 import redis
 
+from dispatcher import cancel
 from dispatcher.routes.celery.protocol import queue_keys
 from dispatcher.store import keys
 from tests.support import wait_until
@@ -42,3 +44,18 @@ def test_a_countdown_past_the_visibility_timeout_runs_once(cluster: Cluster) -> 
     report("countdown 15 s > visibility 10 s, 2 workers", len(jobs),
            sum(1 for j in jobs if done[j]), 0, duplicates, "each run once, none held")
     assert duplicates == 0
+
+
+def test_jobs_cancelled_while_no_worker_is_up_never_run(cluster: Cluster) -> None:
+    client = redis.Redis.from_url(cluster.redis.url)
+    jobs = [f"cancel-{i}-{uuid.uuid4().hex[:6]}" for i in range(6)]
+    handles = [tasks.work.dispatch(job, 10) for job in jobs]  # queued: no worker yet
+    for handle in handles[:3]:
+        assert cancel(handle.id) is True
+    cluster.start_worker(2)
+    done = cluster.wait_done(set(jobs[3:]), timeout=120)
+    wait_until(lambda: not any(client.llen(k) for k in queue_keys("celery"))
+               and not client.hlen(keys.KOMBU_UNACKED), "the worker to take every job")
+    assert [done[j] for j in jobs] == [0, 0, 0, 1, 1, 1]
+    assert [h.state() for h in handles[:3]] == ["REVOKED"] * 3
+    report("cancelled while no worker was up", 6, 3, 0, 0, "3 cancelled: 0 runs")

@@ -50,7 +50,7 @@ class DelayRelay:
         """One pass: publish what is due; returns how many, and the next due time."""
         reply = self._script(keys=[keys.DELAYED, keys.INFLIGHT],
                              args=[time.time() if now is None else now, self.batch,
-                                   keys.MARKER_PREFIX])
+                                   keys.MARKER_PREFIX, keys.CANCEL_PREFIX])
         pushed, following = reply
         following = as_text(following)
         return int(pushed), float(following) if following else None

@@ -89,7 +89,7 @@ class CeleryWorker:
         #: runs jobs side by side: their replies must not interleave on one connection).
         self._count = threading.local()
 
-    def count_run(self, job: Job, ttl: int) -> int | None:
+    def count_run(self, job: Job, ttl: int) -> tuple[int | None, bool]:
         """Count this delivery of ``job``; a delivery beyond the header's attempt means an
         earlier run died with its process (SIGKILL, OOM): a death, not a failed attempt.
 
@@ -97,9 +97,10 @@ class CeleryWorker:
         lost now and then when the task killed its process right after (the fault suite's
         self-SIGKILL jobs), and a lost count lets a poison job run once too often.
         None: no count (no store, or it failed), trust the message's own attempt number.
+        Also answers whether the job was cancelled (its mark, read in the same round trip).
         """
         settings = self.settings
-        commands = started_commands(job.publish_id)
+        commands = [*started_commands(job.publish_id), ("EXISTS", keys.cancel(job.id))]
         records = self.records
         shared = records is not None and settings.results_url == settings.broker_url
         if shared:
@@ -110,10 +111,11 @@ class CeleryWorker:
             replies = [link.read() for _ in commands]
         except BROKER_ERRORS:
             link.drop()  # an error reply too: the rest of them are still unread
-            return None
+            return None, False
+        cancelled = bool(replies[2])
         if shared:
-            return int(replies[-2])
-        return _count_separately(records, job, ttl)
+            return int(replies[-2]), cancelled
+        return _count_separately(records, job, ttl), cancelled
 
     def connect_early(self) -> None:
         """Connect a new pool process before its first job, so that job does not wait for
@@ -152,8 +154,11 @@ class CeleryWorker:
                 except TaskValidationError as exc:
                     refused = exc
             job = job_from_request(task, request, payload)
-            outcome = self._execute(task, job, payload,
-                                    self.count_run(job, self.settings.result_ttl), refused)
+            runs, cancelled = self.count_run(job, self.settings.result_ttl)
+            if cancelled:  # never started: acknowledged without running
+                self.execution.skip_cancelled(job)
+                return None
+            outcome = self._execute(task, job, payload, runs, refused)
         finally:
             self.execution.records.flush(self.settings.publish_timeout)
         if outcome.status == "FAILURE":

@@ -233,6 +233,10 @@ class InlineExecutor:
             self.governor.wait_turn(job.due_at)
         if job.id not in self._outstanding:  # abandoned by a drain meanwhile
             return
+        if self.execution.cancellations.is_cancelled(job.id):  # never starts
+            self.execution.skip_cancelled(job)
+            self._finish(job)
+            return
         with self._lock:
             self._running += 1
         cpu = time.thread_time()

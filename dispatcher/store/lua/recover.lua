@@ -23,7 +23,7 @@ local record = redis.call('GET', KEYS[4])
 if record then
   local ok, value = pcall(cjson.decode, record)
   if ok and type(value) == 'table' and (value['status'] == 'SUCCESS'
-                                         or value['status'] == 'FAILURE') then
+      or value['status'] == 'FAILURE' or value['status'] == 'REVOKED') then
     redis.call('ZREM', KEYS[2], ARGV[1])
     return 0
   end

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from dispatcher import RetryPolicy, TaskFailed, task
+from dispatcher import RetryPolicy, TaskCancelled, TaskFailed, cancel, progress, task
 from dispatcher.core.context import request_id_var
 from dispatcher.core.events import EVENTS
 from dispatcher.observability.logging import JsonFormatter, TextFormatter, configure_logging
 from dispatcher.testing import wait_for_inline_jobs
+from tests.support import wait_until
 from tests.unit.helpers import ListHandler, unit_settings
 
 COMMON_FIELDS = {
@@ -71,6 +73,24 @@ def run_failure(log: ListHandler) -> tuple[str, list[logging.LogRecord]]:
     with pytest.raises(TaskFailed):
         handle.get(timeout=5)
     wait_for_inline_jobs(timeout=5)  # the failed event is emitted after the record
+    return handle.id, log.events(handle.id)
+
+
+def run_cancelled(log: ListHandler) -> tuple[str, list[logging.LogRecord]]:
+    """A running inline job told to stop: ``progress()`` raises, the job ends REVOKED."""
+    @task(name="unit.events.endless")
+    def endless() -> None:
+        while True:
+            progress(1)
+            time.sleep(0.01)
+
+    handle = endless.dispatch()
+    wait_until(lambda: handle.state() == "STARTED", "the job running")
+    assert cancel(handle.id) is True
+    with pytest.raises(TaskCancelled):
+        handle.get(timeout=30)
+    wait_for_inline_jobs(timeout=5)
+    assert cancel(handle.id) is False  # finished: nothing changes
     return handle.id, log.events(handle.id)
 
 
@@ -139,7 +159,9 @@ def test_retry_then_failure_sequence(dispatcher_log: ListHandler, request_id: st
 def test_every_event_has_the_common_fields(dispatcher_log: ListHandler) -> None:
     _, ok_records = run_success(dispatcher_log)
     _, failed_records = run_failure(dispatcher_log)
-    records = ok_records + failed_records
+    _, cancelled_records = run_cancelled(dispatcher_log)
+    assert [fields(r)["event"] for r in cancelled_records][-1] == "task.cancelled"
+    records = ok_records + failed_records + cancelled_records
     assert {fields(r)["event"] for r in records} == set(EVENTS)
     for record in records:
         data = fields(record)

@@ -337,13 +337,14 @@ def test_every_metric_is_documented_in_the_readme() -> None:
     families = [
         *metrics.JOBS_DISPATCHED.describe(), *metrics.JOBS_SUCCEEDED.describe(),
         *metrics.JOBS_FAILED.describe(), *metrics.JOBS_RETRIED.describe(),
+        *metrics.JOBS_CANCELLED.describe(),
         *metrics.JOB_DURATION.describe(), *metrics.QUEUE_WAIT.describe(),
         *metrics.ROUTE_DECISIONS.describe(), *gauges.COLLECTOR.describe(),
     ]
     readme = (ROOT / "README.md").read_text()
     suffix = {"counter": "_total"}
     names = [f"`{f.name}{suffix.get(f.type, '')}`" for f in families]
-    assert len(names) == 16
+    assert len(names) == 17
     assert [n for n in names if n not in readme] == []
 
 

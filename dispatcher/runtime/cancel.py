@@ -1,0 +1,59 @@
+"""``dispatcher.cancel(task_id)``: a job that has not started never starts; a running
+one is told (``dispatcher.cancelled()``, and ``progress()`` raises ``TaskCancelled``).
+
+The cancel mark is durable (Redis, kept for ``DISPATCH_RESULT_TTL``) and is checked
+wherever a job could start: the delay store's relay, the inline executor and a worker
+before it runs the job. A job still waiting ends ``REVOKED`` at once; a running job
+ends ``REVOKED`` when it stops (if it finishes first, its own outcome stands).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ..core.errors import UnknownJobError, UnknownTaskError
+from ..core.job import Job
+from ..core.record import TERMINAL, JobRecord, finish
+from ..core.registry import get_task
+from .container import current
+
+log = logging.getLogger("dispatcher.cancel")
+
+
+def cancel(task_id: str) -> bool:
+    """Cancel the job ``task_id`` on either route; True if it will not start (or was
+    told to stop), False if it had finished already (nothing changes).
+
+    Raises ``UnknownJobError`` for an id no record knows.
+    """
+    runtime = current()
+    record = runtime.records.load(task_id)
+    if record is None:
+        raise UnknownJobError(task_id)
+    if record["status"] in TERMINAL:
+        return False
+    runtime.execution.cancellations.cancel(task_id)
+    if record["status"] in ("PENDING", "RETRY"):  # waiting: it ends now
+        job = _job(record)
+        if job is None:  # a task this process does not have: its record all the same
+            runtime.records.save(finish({**record, "status": "REVOKED",
+                                         "reason": "cancelled"}))
+        else:
+            runtime.execution.revoke(job)
+        runtime.records.flush(2.0)
+    return True
+
+
+def _job(record: JobRecord) -> Job | None:
+    """The waiting job a record describes (for its events and its REVOKED record)."""
+    name = record.get("task_name")
+    try:
+        spec = get_task(str(name)).spec
+    except UnknownTaskError:
+        log.info("cancelled %s of task %r, which this process does not have",
+                 record["task_id"], name)
+        return None
+    return Job(record["task_id"], spec, "celery" if record["route"] == "celery" else "inline",
+               record.get("queue"), record.get("priority") or spec.priority, {},
+               record.get("attempt") or 1, record.get("request_id"),
+               record.get("dispatched_at") or 0.0)
