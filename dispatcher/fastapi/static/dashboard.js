@@ -490,7 +490,7 @@
     const moves = [];
     replace(el, rows.map((r) => {
       const p = r.progress || null;
-      const finished = r.state === "SUCCESS" || r.state === "FAILURE";
+      const finished = r.state === "SUCCESS" || r.state === "FAILURE" || r.state === "REVOKED";
       const pct = p && p.percent !== null && p.percent !== undefined ? Math.max(0, Math.min(100, p.percent)) : null;
       const target = (pct === null ? 0 : pct) + "%";
       const fill = h("div", { class: "fill" + (r.state === "FAILURE" ? " failed" : pct === 100 ? " done" : ""),
@@ -500,9 +500,15 @@
       const since = r.started_at || r.dispatched_at;
       const label = pct !== null ? Math.round(pct) + " %" : p ? String(p.current) : "…";
       const msg = p ? [p.message, p.total ? p.current + " / " + p.total : null].filter(Boolean).join(" · ") : "";
+      let stop = null;
+      if (!finished) {
+        stop = h("button", { class: "cancel", type: "button", text: "Cancel",
+          title: "Tell this job to stop (POST tasks/{id}/cancel); it ends REVOKED" });
+        stop.addEventListener("click", () => cancelJob(r, stop));
+      }
       return h("div", { class: "job" + (finished ? " finished" : ""), dataset: { taskId: r.task_id, state: r.state } },
         h("div", { class: "name", title: r.task_name + " " + r.task_id }, r.task_name,
-          h("span", { class: "muted mono", text: "  " + shortId(r.task_id) })),
+          h("span", { class: "muted mono", text: "  " + shortId(r.task_id) }), stop),
         h("div", { class: "meta" }, routeBadge(r.route), stateBadge(r.state),
           r.attempt > 1 ? h("span", { text: "attempt " + r.attempt + "/" + r.max_attempts }) : null,
           h("span", { text: finished ? "done " + fmtAgo(now - r.finished_at) : since ? "for " + fmtMs((now - since) * 1000) : "" })),
@@ -564,6 +570,20 @@
           h("td", null, button));
       })));
     replace(el, table);
+  }
+
+  async function cancelJob(row, button) {
+    button.disabled = true;
+    button.textContent = "Cancelling…";
+    try {
+      const response = await fetch(BASE + "tasks/" + encodeURIComponent(row.task_id) + "/cancel",
+        { method: "POST", headers: headers() });
+      button.textContent = response.ok ? "Told to stop" : response.status === 409 ? "Finished" : "HTTP " + response.status;
+    } catch (err) {
+      button.textContent = "Failed";
+      button.title = String(err);
+    }
+    schedule(0);
   }
 
   async function redispatch(row, button) {

@@ -164,6 +164,13 @@ def test_dashboard_live_progress_and_redispatch(
         assert len(entries(dead_key)) == 2  # the task really ran twice
         expect(row).to_have_count(0, timeout=TIMEOUT_MS)  # gone from the dead letters
 
+        # Cancel from the page: a running job is told and ends REVOKED.
+        endless_id = _dispatch(client, api_url, "samples.until_cancelled", seconds=120)
+        endless = page.locator(f'.job[data-task-id="{endless_id}"][data-state="STARTED"]')
+        expect(endless).to_be_visible(timeout=TIMEOUT_MS)
+        endless.get_by_role("button", name="Cancel").click()
+        assert poll_state(client, api_url, endless_id, {"SUCCESS", "REVOKED"})["state"] == "REVOKED"
+
     if not screenshot.exists():
         page.screenshot(path=str(screenshot), full_page=True)
     keep = os.environ.get("DASHBOARD_SCREENSHOT")
