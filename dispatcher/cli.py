@@ -3,6 +3,7 @@
 - ``dispatcher worker [celery worker options]``: a supervised Celery worker for every
   registered task (``DISPATCH_TASK_MODULES``), consuming every queue they route to;
 - ``dispatcher routes [--json]``: every registered task and where it goes, and why;
+- ``dispatcher schedules [--json]``: every schedule, its last dispatch and next tick;
 - ``dispatcher redis [--port 6379] [--dir .dispatch/redis]``: the embedded
   Redis-compatible server for development, on 127.0.0.1, its data kept in ``--dir``.
 """
@@ -23,8 +24,10 @@ from .ops.routes_table import format_table
 from .routes.celery.supervisor import CHILD_MARK, CONFIG_ERROR, supervise
 from .routes.celery.worker import worker_queues
 from .runtime.container import current
+from .runtime.scheduler import schedule_rows
 from .runtime.worker_app import create_worker_app
 from .store.embedded import EmbeddedRedis
+from .store.schedules import ScheduleState
 
 #: The Celery node name of ``dispatcher worker`` unless ``-n``/``--hostname`` is given.
 DEFAULT_NODE_NAME = "dispatcher@%h"
@@ -78,6 +81,35 @@ def routes(as_json: bool) -> int:
     return 0
 
 
+def schedules(as_json: bool) -> int:
+    try:
+        settings = get_settings()
+        import_task_modules(settings.task_modules)
+        runtime = current()
+        state = None if runtime.redis is None else ScheduleState(runtime.redis)
+        rows = schedule_rows(settings, state)
+    except DispatchError as exc:
+        print(f"dispatcher: {exc}", file=sys.stderr)
+        return 2
+    if as_json:
+        print(json.dumps(rows, indent=2))
+    elif rows:
+        header = ["TASK", "SCHEDULE", "ARGUMENTS", "LAST RUN", "NEXT RUN", "LAST JOB"]
+        lines = [[row["task"], f"{row['schedule']} ({row['timezone']})",
+                  json.dumps(row["kwargs"]), _when(row["last_run"]), _when(row["next_run"]),
+                  row["last_task_id"] or "-"] for row in rows]
+        widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
+        for line in [header, *lines]:
+            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
+    else:
+        print("no schedules (@task(schedule=...) or DISPATCH_SCHEDULES)", file=sys.stderr)
+    return 0
+
+
+def _when(stamp: float | None) -> str:
+    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp))
+
+
 def redis_server(port: int, data_dir: str) -> int:
     folder = Path(data_dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -110,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("worker", help="a supervised Celery worker for every registered task")
     routes_cmd = commands.add_parser("routes", help="print every task's effective route")
     routes_cmd.add_argument("--json", action="store_true", help="machine-readable output")
+    schedules_cmd = commands.add_parser("schedules", help="every schedule, last and next run")
+    schedules_cmd.add_argument("--json", action="store_true", help="machine-readable output")
     redis_cmd = commands.add_parser("redis", help="the embedded Redis for development")
     redis_cmd.add_argument("--port", type=int, default=6379)
     redis_cmd.add_argument("--dir", default=".dispatch/redis",
@@ -117,4 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "routes":
         return routes(args.json)
+    if args.command == "schedules":
+        return schedules(args.json)
     return redis_server(args.port, args.dir)

@@ -12,9 +12,11 @@ from typing import Any
 
 from .errors import TaskDefinitionError, TaskValidationError
 from .retry import RetryPolicy
+from .schedule import parse_schedule
 from .spec import OUTAGE_MODES, CallOptions, TaskSpec, parse_priority, parse_route
 
-OPTIONS = ("name", "weight", "priority", "queue", "route", "retry", "timeout", "broker_outage")
+OPTIONS = ("name", "weight", "priority", "queue", "route", "retry", "timeout", "broker_outage",
+           "schedule")
 
 
 def merge_call_options(task_name: str, current: CallOptions, *, route: Any = None,
@@ -113,7 +115,20 @@ def build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:
         raise TaskDefinitionError(
             f"{where}: broker_outage must be 'spool', 'inline' or 'raise', got {outage!r}"
         )
+    schedule = None
+    if options.get("schedule") is not None:
+        try:
+            schedule = parse_schedule(name, options["schedule"])
+        except ValueError as exc:
+            raise TaskDefinitionError(f"{where}: {exc}") from None
+        needed = [p.name for p in inspect.signature(fn).parameters.values()
+                  if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if needed:
+            raise TaskDefinitionError(
+                f"{where}: a scheduled task must be callable without arguments ({needed[0]!r} "
+                "has no default); give arguments in DISPATCH_SCHEDULES instead")
     return TaskSpec(
+        schedule=schedule,
         broker_outage=outage,
         name=name,
         fn=fn,

@@ -21,6 +21,7 @@ from .errors import ConfigurationError
 from .fleet_settings import FleetSettings
 from .redis_url import check_redis_url
 from .spec import RouteName, parse_priority
+from .time_settings import TimeSettings
 
 
 class RouteRule(BaseModel):
@@ -47,7 +48,7 @@ class RouteRule(BaseModel):
         return tuple(parse_priority(v) for v in items)
 
 
-class DispatcherSettings(FleetSettings):
+class DispatcherSettings(FleetSettings, TimeSettings):
     """All settings; each field ``foo`` is read from ``DISPATCH_FOO``."""
 
     model_config = SettingsConfigDict(
@@ -142,11 +143,6 @@ class DispatcherSettings(FleetSettings):
         description="Seconds before Redis redelivers an unacknowledged job; must exceed every "
         "task timeout (delayed jobs and retries wait in the dispatcher's delay store, "
         "not in a worker).",
-    )
-    relay_delayed_in_api: bool = Field(
-        default=False,
-        description="API processes also publish delayed jobs to their queues when due "
-        "(workers always do): a queue-length autoscaler then sees them while no worker runs.",
     )
     requeue_lost_after: float = Field(
         default=60.0,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .retry import RetryPolicy
+from .schedule import Schedule
 
 RouteName = Literal["inline", "celery"]
 ROUTES: tuple[RouteName, ...] = ("inline", "celery")
@@ -54,6 +55,8 @@ class TaskSpec:
     #: ``weight="auto"``: routed by measured run time (``dispatcher.store.adaptive``);
     #: ``weight`` is then 1 for rule matching.
     adaptive: bool = False
+    #: ``@task(schedule=...)``: dispatched by itself on a cron expression or interval.
+    schedule: Schedule | None = None
 
 
 @dataclass(frozen=True, slots=True)

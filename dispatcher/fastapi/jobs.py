@@ -27,6 +27,8 @@ from ..runtime.cancel import cancel
 from ..runtime.container import current
 from ..runtime.decorator import registered
 from ..runtime.handle import TaskHandle
+from ..runtime.scheduler import schedule_rows
+from ..store.schedules import ScheduleState
 from .auth import require_api_token
 
 router = APIRouter(tags=["jobs"])
@@ -113,6 +115,18 @@ async def dispatch_task(
 ) -> Accepted:
     """Dispatch any registered task by name with a JSON object of keyword arguments."""
     return accepted(registered(name).dispatch(**arguments))
+
+
+@router.get("/schedules", dependencies=guarded)
+async def schedules() -> list[dict[str, Any]]:
+    """Every schedule (``@task(schedule=...)``, ``DISPATCH_SCHEDULES``) with its last
+    dispatch and its next tick (``time.time()`` seconds)."""
+    def read() -> list[dict[str, Any]]:
+        runtime = current()
+        state = None if runtime.redis is None else ScheduleState(runtime.redis)
+        return schedule_rows(runtime.settings, state)
+
+    return await anyio.to_thread.run_sync(read)
 
 
 @router.get("/tasks/dead", dependencies=guarded)

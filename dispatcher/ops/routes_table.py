@@ -37,6 +37,7 @@ def route_table(settings: DispatcherSettings, adaptive: AdaptiveRouter | None
             "timeout": spec.timeout,
             "async": spec.is_async,
             "retry": spec.retry.describe(),
+            "schedule": None if spec.schedule is None else spec.schedule.describe(),
         }
         if spec.adaptive:
             row["adaptive"] = (state or AdaptiveState()).describe(settings)
@@ -74,6 +75,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     auto = any("adaptive" in row for row in rows)
     if auto:
         header.append("ADAPTIVE")
+    scheduled = any(row.get("schedule") for row in rows)
+    if scheduled:
+        header.append("SCHEDULE")
     lines = [
         [
             row["task"],
@@ -85,6 +89,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             _retry_summary(row["retry"]),
             row["reason"],
             *([_adaptive_summary(row.get("adaptive"))] if auto else []),
+            *([row.get("schedule") or "-"] if scheduled else []),
         ]
         for row in rows
     ]

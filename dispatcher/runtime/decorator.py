@@ -4,6 +4,7 @@ and registers the ``Task`` it becomes; ``registered(name)`` finds it again."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
 from ..core.declaration import build_spec
@@ -39,12 +40,13 @@ def task(
     retry: RetryPolicy | None = None,
     timeout: float | None = None,
     broker_outage: OutageMode | None = None,
+    schedule: str | timedelta | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def task(fn: Any = None, /, **options: Any) -> Any:
     """Declare a task: ``@task`` or ``@task(name=, weight=, priority=, queue=, route=,
-    retry=, timeout=, broker_outage=)``. Invalid or unknown options raise
+    retry=, timeout=, broker_outage=, schedule=)``. Invalid or unknown options raise
     ``TaskDefinitionError`` here."""
     if fn is not None:
         return _make_task(fn, options)

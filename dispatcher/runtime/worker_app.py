@@ -1,6 +1,6 @@
 """The worker process's composition: its Celery app, with every registered task, the
-shared route and runtime, the sweeper and the metrics endpoint wired to Celery's
-signals. ``worker.app`` (this repository) and ``dispatcher worker`` both use it."""
+shared route and runtime, the sweeper, the scheduler and the metrics endpoint wired to
+Celery's signals. ``worker.app`` (this repository) and ``dispatcher worker`` both use it."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ from ..routes.celery.app import create_celery_app
 from ..routes.celery.upkeep import Upkeep, start_upkeep
 from ..routes.celery.worker import CeleryWorker, require_broker
 from ..routes.celery.worker_metrics import install_worker_metrics
+from ..store.schedules import ScheduleState
 from .container import configure, current, poll_records
+from .scheduler import Scheduler
 
 #: How often a pool process writes what a running job reported (progress); each job's
 #: records are written before its message is acknowledged in any case.
@@ -41,9 +43,13 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     worker.register_tasks(app)
     check_configuration(settings, app.conf)
     poll_records(WORKER_RECORDS_POLL)
-    upkeep: list[Upkeep] = []
-    worker_ready.connect(lambda sender, **_: upkeep.append(start_upkeep(route, sender)),
-                         weak=False)
+    upkeep: list[Upkeep | Scheduler] = []
+
+    def ready(sender: object, **_: object) -> None:
+        upkeep.append(start_upkeep(route, sender))
+        upkeep.append(Scheduler(settings, ScheduleState(route.monitor.publisher.client)).start())
+
+    worker_ready.connect(ready, weak=False)
 
     def stop_upkeep(**_: object) -> None:
         for duty in upkeep:

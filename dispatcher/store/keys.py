@@ -70,6 +70,11 @@ IDEMPOTENCY_PREFIX = "dispatch:idem:"
 CANCEL_PREFIX = "dispatch:cancel:"
 CANCELS = "dispatch:cancels"
 CANCELS_CHANNEL = "dispatch:cancels:channel"
+#: Per schedule (a digest of task, timing and arguments): the latest tick any worker
+#: evaluated, and per tick the claim of the worker that dispatches it; a hash of each
+#: schedule's last dispatch (JSON: tick, task id, when).
+SCHEDULE_PREFIX = "dispatch:schedule:"
+SCHEDULE_RUNS = "dispatch:schedule-runs"
 ADAPTIVE_PREFIX = "dispatch:adaptive:"
 
 

@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from dispatcher import RetryPolicy, task
+from dispatcher import RetryPolicy, current_job, task
 
 POLICY = RetryPolicy(max_attempts=3, base_delay=0.2, max_delay=2.0, jitter=False)
 
@@ -71,3 +71,10 @@ def single(job: str, ms: int) -> None:
     note("start", job)
     time.sleep(ms / 1000)
     note("done", job)
+
+
+@task(name="rel.tick", weight=8, retry=POLICY)
+def tick() -> None:
+    """Run by DISPATCH_SCHEDULES in the scheduler test; each run is one ledger line."""
+    job = current_job()
+    note("tick", job.id if job is not None else "?")

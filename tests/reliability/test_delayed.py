@@ -15,7 +15,7 @@ from dispatcher.store import keys
 from tests.support import wait_until
 
 from . import tasks
-from .conftest import Cluster, report
+from .conftest import Cluster, report, scale
 
 
 def test_a_countdown_past_the_visibility_timeout_runs_once(cluster: Cluster) -> None:
@@ -59,3 +59,32 @@ def test_jobs_cancelled_while_no_worker_is_up_never_run(cluster: Cluster) -> Non
     assert [done[j] for j in jobs] == [0, 0, 0, 1, 1, 1]
     assert [h.state() for h in handles[:3]] == ["REVOKED"] * 3
     report("cancelled while no worker was up", 6, 3, 0, 0, "3 cancelled: 0 runs")
+
+
+def test_three_workers_dispatch_each_tick_once_through_a_kill(cluster: Cluster) -> None:
+    """A 1-second schedule on 3 workers; one is SIGKILLed and restarted half way."""
+    seconds = scale(30, 20)
+    schedules = '[{"task": "rel.tick", "every": 1}]'
+    workers = [cluster.start_worker(1, hostname=f"tick{i}@%h", DISPATCH_SCHEDULES=schedules)
+               for i in range(3)]
+    begin = time.time()
+    wait_until(lambda: time.time() > begin + seconds / 2, "half the run", seconds)
+    cluster.kill_worker(workers[0])
+    workers.append(cluster.start_worker(1, hostname="tick0@%h", DISPATCH_SCHEDULES=schedules))
+    wait_until(lambda: time.time() > begin + seconds, "the whole run", seconds)
+    for worker in workers[1:]:
+        worker.stop()  # no tick after this
+    # Each claimed tick (a key per tick) must have become exactly one job: the jobs are
+    # told apart by id in the ledger (a job run twice after the kill is still one job).
+    client = redis.Redis.from_url(cluster.redis.url)
+    claims = sorted(float(k.rsplit(b":", 1)[1])
+                    for k in client.scan_iter(match=keys.SCHEDULE_PREFIX + "*:tick:*"))
+    expected = [claims[0] + n for n in range(int(claims[-1] - claims[0]) + 1)]
+    cluster.start_worker(2)  # runs what the stopped workers left queued
+    wait_until(lambda: len(cluster.events("tick")) >= len(claims), "every tick's job run")
+    jobs = len(cluster.events("tick"))
+    report(f"1 s schedule, 3 workers, {seconds} s, SIGKILL x1", len(expected), jobs,
+           len(set(expected) - set(claims)), jobs - len(claims), "one job per tick")
+    assert claims == expected  # none missing
+    assert jobs == len(claims)  # one job per tick, none twice
+    assert len(expected) >= seconds - 2

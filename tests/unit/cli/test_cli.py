@@ -56,6 +56,7 @@ def test_routes_json_lists_registered_tasks(capsys: pytest.CaptureFixture[str]) 
         "timeout": None,
         "async": False,
         "retry": RetryPolicy.never().describe(),
+        "schedule": None,
     }
     heavy = rows["unit.cli.heavy"]
     assert (heavy["route"], heavy["queue"], heavy["reason"]) == (

@@ -1,0 +1,138 @@
+"""The scheduler: every worker runs one, and each tick of each schedule is dispatched
+exactly once fleet-wide (a per-tick claim in Redis, ``store.schedules``).
+
+A pass looks at each schedule's ticks since the latest pass of any worker. When that
+pass is more than ``LATE`` seconds ago, no worker ran (or Redis was down) and the ticks
+in between were missed: ``DISPATCH_SCHEDULE_CATCHUP`` says whether the latest of them
+runs once (``latest``), all of them run (``all``) or none (``none``). Each tick is
+dispatched like any other call of the task (``task.dispatch(**kwargs)``), so routing
+rules apply.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from ..core.errors import DispatchError
+from ..core.registry import all_tasks
+from ..core.schedule import Cron, Schedule
+from ..core.settings import DispatcherSettings
+from ..store.client import REDIS_ERRORS
+from ..store.schedules import ScheduleState, digest
+from .decorator import registered
+
+log = logging.getLogger("dispatcher.scheduler")
+
+#: A gap between two passes longer than this means missed ticks (see the module docstring).
+LATE = 5.0
+#: Seconds between passes.
+PAUSE = 0.2
+#: How long a tick's claim is kept: far longer than any pass that could still see it.
+CLAIM_TTL = 300
+
+
+def all_schedules(settings: DispatcherSettings) -> list[Schedule]:
+    """``@task(schedule=...)`` and ``DISPATCH_SCHEDULES``."""
+    found = [t.spec.schedule for t in all_tasks() if t.spec.schedule is not None]
+    for entry in settings.schedules:
+        cron = None if entry.cron is None else Cron.parse(entry.cron)
+        found.append(Schedule(entry.task, cron=cron, every=entry.every, kwargs=entry.kwargs))
+    return found
+
+
+def chosen_ticks(ticks: list[float], gap: float, catchup: str) -> list[float]:
+    """Which of ``ticks`` (due since the latest pass, ``gap`` seconds ago) to dispatch."""
+    if gap <= LATE or catchup == "all":
+        return ticks
+    return ticks[-1:] if catchup == "latest" else []
+
+
+class Scheduler:
+    """Dispatches the schedules' ticks from a thread of its own (a worker's main process)."""
+
+    def __init__(self, settings: DispatcherSettings, state: ScheduleState) -> None:
+        self.settings = settings
+        self.state = state
+        self.zone = ZoneInfo(settings.timezone)
+        self.schedules = all_schedules(settings)
+        for schedule in self.schedules:  # said at start-up, not at every tick
+            try:
+                registered(schedule.task).validator.payload((), schedule.kwargs)
+            except DispatchError as exc:
+                log.error("schedule %s of %s cannot dispatch: %s", schedule.describe(),
+                          schedule.task, exc)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="dispatch-scheduler",
+                                        daemon=True)
+
+    def run_once(self, now: float | None = None) -> int:
+        """One pass; returns how many ticks this process dispatched."""
+        now = time.time() if now is None else now
+        dispatched = 0
+        for schedule in self.schedules:
+            latest = self.state.latest(schedule, now)
+            ticks = schedule.ticks(latest, now, self.zone)
+            if not ticks:
+                self.state.take(schedule, None, now, CLAIM_TTL)
+                continue
+            chosen = chosen_ticks(ticks, now - latest, self.settings.schedule_catchup)
+            if len(chosen) < len(ticks):
+                log.warning("schedule %s of %s missed %d tick(s); catch-up %s runs %d",
+                            schedule.describe(), schedule.task, len(ticks),
+                            self.settings.schedule_catchup, len(chosen))
+            for tick in chosen:
+                if self.state.take(schedule, tick, now, CLAIM_TTL):
+                    dispatched += self._dispatch(schedule, tick)
+            self.state.take(schedule, None, now, CLAIM_TTL)
+        return dispatched
+
+    def _dispatch(self, schedule: Schedule, tick: float) -> int:
+        try:
+            handle = registered(schedule.task).dispatch(**schedule.kwargs)
+        except DispatchError as exc:  # an unknown task, bad kwargs: said, never fatal
+            log.error("schedule %s of %s could not dispatch: %s", schedule.describe(),
+                      schedule.task, exc)
+            return 0
+        self.state.note_run(schedule, tick, handle.id, time.time())
+        log.info("schedule.dispatched task=%s tick=%r task_id=%s", schedule.task, tick,
+                 handle.id)
+        return 1
+
+    def start(self) -> Scheduler:
+        if self.schedules:
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _loop(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self.run_once()
+            except REDIS_ERRORS as exc:  # ticks wait for Redis (then catch-up applies)
+                log.debug("scheduler pass skipped: %s", exc)
+            except Exception:  # never the end of the scheduler
+                log.exception("scheduler pass failed")
+            self._stopped.wait(PAUSE)
+
+
+def schedule_rows(settings: DispatcherSettings, state: ScheduleState | None,
+                  now: float | None = None) -> list[dict[str, Any]]:
+    """Each schedule with its last dispatch and next tick (``dispatcher schedules``,
+    ``GET /schedules``)."""
+    now = time.time() if now is None else now
+    zone = ZoneInfo(settings.timezone)
+    runs = {} if state is None else state.runs()
+    rows = []
+    for schedule in all_schedules(settings):
+        last = runs.get(digest(schedule), {})
+        rows.append({"task": schedule.task, "schedule": schedule.describe(),
+                     "kwargs": schedule.kwargs, "timezone": settings.timezone,
+                     "last_run": last.get("tick"), "last_task_id": last.get("task_id"),
+                     "next_run": schedule.next_tick(now, zone)})
+    return rows

@@ -1,0 +1,50 @@
+"""What the fleet's schedulers share in Redis: per schedule, the time of the latest pass
+of any of them; per tick, a claim (exactly one dispatch of it fleet-wide); and each
+schedule's last dispatch, for ``dispatcher schedules`` and ``GET /schedules``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import redis
+
+from ..core.schedule import Schedule
+from . import keys
+from .link import as_text
+from .scripts import SCHEDULE_TICK
+
+
+def digest(schedule: Schedule) -> str:
+    """A short, stable name for the schedule (the same in every process)."""
+    return hashlib.sha1(schedule.key.encode()).hexdigest()[:16]
+
+
+class ScheduleState:
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._tick = client.register_script(SCHEDULE_TICK.source)
+
+    def latest(self, schedule: Schedule, now: float) -> float:
+        """When the latest pass was; a schedule seen for the first time starts now (its
+        past ticks are not run)."""
+        key = keys.SCHEDULE_PREFIX + digest(schedule) + ":latest"
+        self.client.set(key, repr(now), nx=True)
+        return float(as_text(self.client.get(key) or repr(now)))
+
+    def take(self, schedule: Schedule, tick: float | None, latest: float, ttl: int) -> bool:
+        """Claim ``tick`` (None: claim nothing) and move the latest pass to ``latest``;
+        True if this caller is the one to dispatch the tick."""
+        name = keys.SCHEDULE_PREFIX + digest(schedule)
+        claim = f"{name}:tick:{tick!r}"
+        return bool(self._tick(keys=[claim, name + ":latest"],
+                               args=["" if tick is None else ttl, repr(latest)]))
+
+    def note_run(self, schedule: Schedule, tick: float, task_id: str, at: float) -> None:
+        self.client.hset(keys.SCHEDULE_RUNS, digest(schedule),
+                         json.dumps({"tick": tick, "task_id": task_id, "at": at}))
+
+    def runs(self) -> dict[str, dict[str, Any]]:
+        raw = self.client.hgetall(keys.SCHEDULE_RUNS)
+        return {as_text(k): json.loads(v) for k, v in raw.items()}

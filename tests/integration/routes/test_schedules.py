@@ -1,0 +1,91 @@
+"""Schedulers of several processes on one real Redis: each tick is dispatched once,
+and missed ticks follow DISPATCH_SCHEDULE_CATCHUP."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+import redis
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from dispatcher import DispatcherSettings, configure, task
+from dispatcher.fastapi import install, jobs_router
+from dispatcher.runtime.scheduler import Scheduler, schedule_rows
+from dispatcher.store.embedded import EmbeddedRedis
+from dispatcher.store.schedules import ScheduleState
+from dispatcher.testing import capture_dispatches
+
+
+@task(name="tests.schedules.tick", schedule=timedelta(seconds=1))
+def tick() -> None:
+    """Runs inline in this test process."""
+
+
+@pytest.fixture
+def state() -> Iterator[ScheduleState]:
+    with EmbeddedRedis() as server:
+        yield ScheduleState(redis.Redis.from_url(server.url))
+
+
+def _schedulers(state: ScheduleState, count: int, catchup: str = "latest") -> list[Scheduler]:
+    settings = DispatcherSettings(schedule_catchup=catchup, _env_file=None)  # type: ignore[call-arg]
+    configure(settings)
+    made = [Scheduler(settings, state) for _ in range(count)]
+    for scheduler in made:  # only this module's schedule (other tests declare theirs)
+        scheduler.schedules = [s for s in scheduler.schedules if s.task == tick.name]
+    return made
+
+
+def test_three_schedulers_dispatch_each_tick_once(state: ScheduleState) -> None:
+    schedulers = _schedulers(state, 3)
+    start = 1_000_000.0
+    with capture_dispatches() as handles:
+        for step in range(40):  # every scheduler passes 4 times per second, out of step
+            now = start + step * 0.25
+            for index, scheduler in enumerate(schedulers):
+                scheduler.run_once(now + index * 0.05)
+    ticks = [start + n for n in range(1, 10)]  # the first pass only starts the schedule
+    assert len(handles) == len(ticks)
+    assert [h.name for h in handles] == [tick.name] * len(ticks)
+
+
+@pytest.mark.parametrize(("catchup", "expected"), [("latest", 1), ("all", 30), ("none", 0)])
+def test_missed_ticks_follow_the_catch_up_setting(
+    state: ScheduleState, catchup: str, expected: int
+) -> None:
+    (scheduler,) = _schedulers(state, 1, catchup)
+    scheduler.run_once(2_000_000.0)  # starts the schedule
+    with capture_dispatches() as handles:
+        scheduler.run_once(2_000_030.0)  # 30 ticks since a pass 30 s ago: missed
+        missed = len(handles)
+        scheduler.run_once(2_000_031.0)  # on time again
+    assert missed == expected
+    assert len(handles) == missed + 1
+
+
+def test_the_schedule_table_shows_last_and_next_runs(state: ScheduleState) -> None:
+    (scheduler,) = _schedulers(state, 1)
+    scheduler.run_once(3_000_000.0)
+    with capture_dispatches() as handles:
+        scheduler.run_once(3_000_001.0)
+    rows = [r for r in schedule_rows(scheduler.settings, state, now=3_000_001.5)
+            if r["task"] == tick.name]
+    assert rows == [{"task": tick.name, "schedule": "every 1s", "kwargs": {},
+                     "timezone": "UTC", "last_run": 3_000_001.0,
+                     "last_task_id": handles[0].id, "next_run": 3_000_002.0}]
+
+
+def test_get_schedules_and_the_routing_table_show_the_schedule(state: ScheduleState) -> None:
+    _schedulers(state, 1)
+    app = install(FastAPI())
+    app.include_router(jobs_router)
+    with TestClient(app) as client:
+        rows = [r for r in client.get("/schedules").json() if r["task"] == tick.name]
+        routes = [r for r in client.get("/routes").json() if r["task"] == tick.name]
+    assert [(r["schedule"], r["kwargs"]) for r in rows] == [("every 1s", {})]
+    assert rows[0]["next_run"] > time.time() - 1
+    assert [r["schedule"] for r in routes] == ["every 1s"]
