@@ -94,6 +94,9 @@ def test_routes_follow_the_current_settings(
 
 @pytest.mark.usefixtures("cli_tasks")
 def test_routes_table(capsys: pytest.CaptureFixture[str]) -> None:
+    @task(name="unit.cli.scheduled", schedule="*/5 * * * *")
+    def scheduled() -> None: ...
+
     assert main(["routes"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split()
@@ -101,8 +104,9 @@ def test_routes_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert header[:8] == ["TASK", "ROUTE", "QUEUE", "PRIORITY", "WEIGHT", "TIMEOUT", "RETRY",
                           "WHY"]
     # plus ADAPTIVE when a weight="auto" task is registered (the integration samples)
-    assert header[8:] in ([], ["ADAPTIVE"])
+    assert header[8:] in (["SCHEDULE"], ["ADAPTIVE", "SCHEDULE"])
     by_name = {line.split()[0]: line for line in lines[1:]}
+    assert by_name["unit.cli.scheduled"].endswith("*/5 * * * *")
     light = by_name["unit.cli.light"].split()
     assert light[:6] == ["unit.cli.light", "inline", "-", "8", "1", "-"]
     assert "no retry" in by_name["unit.cli.light"]
