@@ -26,6 +26,7 @@ from .routes.celery.worker import worker_queues
 from .runtime.container import current
 from .runtime.scheduler import schedule_rows
 from .runtime.worker_app import create_worker_app
+from .store.client import client_for
 from .store.embedded import EmbeddedRedis
 from .store.schedules import ScheduleState
 
@@ -85,8 +86,8 @@ def schedules(as_json: bool) -> int:
     try:
         settings = get_settings()
         import_task_modules(settings.task_modules)
-        runtime = current()
-        state = None if runtime.redis is None else ScheduleState(runtime.redis)
+        url = settings.broker_url  # where the workers' schedulers keep it
+        state = None if url is None else ScheduleState(client_for(settings, url))
         rows = schedule_rows(settings, state)
     except DispatchError as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)

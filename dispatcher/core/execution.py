@@ -107,7 +107,11 @@ class Execution:
     def skip_cancelled(self, job: Job) -> Outcome:
         """A cancelled job met before it started: it never runs. It ends ``REVOKED``
         here unless the cancel ended it already (it was waiting then)."""
-        record = self.records.load(job.id)
+        try:
+            record = self.records.load(job.id)
+        except Exception as exc:  # unknown: record it again rather than not at all
+            log.warning("record of cancelled task %s not read: %s", job.id, exc)
+            record = None
         if record is None or record["status"] != "REVOKED":
             return self.revoke(job)
         return Outcome("REVOKED", error=TaskCancelled(job.id))
@@ -180,7 +184,8 @@ class Attempt:
         final = final_reason is not None
         duration = self._elapsed_ms()
         if isinstance(error, TaskCancelled) or (
-                isinstance(error, asyncio.CancelledError) and self._cancelled):
+                isinstance(error, asyncio.CancelledError) and self._cancelled) or (
+                not final and self.cancel_requested()):  # never retried once cancelled
             return self.execution.revoke(job, duration_ms=round(duration, 3), **self._fields())
         if not final:  # a run that failed (or timed out) took its time too
             self.execution.observe(job.spec, duration / 1000)

@@ -134,7 +134,8 @@ class Schedule:
             stamp = at.timestamp()
             if stamp > until:
                 return found[-limit:]
-            found.append(stamp)
+            if stamp > after and (not found or stamp > found[-1]):  # a repeated DST hour
+                found.append(stamp)
             if len(found) > 2 * limit:
                 found = found[-limit:]
 
@@ -142,7 +143,10 @@ class Schedule:
         if self.every is not None:
             return (math.floor(after / self.every) + 1) * self.every
         assert self.cron is not None
-        return self.cron.next_after(datetime.fromtimestamp(after, zone)).timestamp()
+        at = datetime.fromtimestamp(after, zone)
+        while (at := self.cron.next_after(at)).timestamp() <= after:  # a repeated DST hour
+            pass
+        return at.timestamp()
 
 
 def parse_schedule(task: str, value: Any, kwargs: dict[str, Any] | None = None) -> Schedule:

@@ -122,8 +122,9 @@ async def schedules() -> list[dict[str, Any]]:
     """Every schedule (``@task(schedule=...)``, ``DISPATCH_SCHEDULES``) with its last
     dispatch and its next tick (``time.time()`` seconds)."""
     def read() -> list[dict[str, Any]]:
-        runtime = current()
-        state = None if runtime.redis is None else ScheduleState(runtime.redis)
+        runtime = current()  # the workers' schedulers keep it on the broker
+        state = (None if runtime.settings.broker_url is None
+                 else ScheduleState(runtime.celery.monitor.publisher.client))
         return schedule_rows(runtime.settings, state)
 
     return await anyio.to_thread.run_sync(read)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import logging
 
+import redis
+
 from ..core.errors import UnknownJobError, UnknownTaskError
 from ..core.job import Job
 from ..core.record import TERMINAL, JobRecord, finish
 from ..core.registry import get_task
+from ..store import keys
 from .container import current
 
 log = logging.getLogger("dispatcher.cancel")
@@ -33,6 +36,9 @@ def cancel(task_id: str) -> bool:
     if record["status"] in TERMINAL:
         return False
     runtime.execution.cancellations.cancel(task_id)
+    celery = record["route"] == "celery" and runtime.settings.broker_url is not None
+    if celery and not _withdraw(runtime.celery.monitor.publisher.client, record):
+        return True  # a worker started it meanwhile: it is told, and ends when it stops
     if record["status"] in ("PENDING", "RETRY"):  # waiting: it ends now
         job = _job(record)
         if job is None:  # a task this process does not have: its record all the same
@@ -42,6 +48,19 @@ def cancel(task_id: str) -> bool:
             runtime.execution.revoke(job)
         runtime.records.flush(2.0)
     return True
+
+
+def _withdraw(client: redis.Redis, record: JobRecord) -> bool:
+    """Take the job's waiting publication out of the delay store (a delay may outlast
+    the cancel mark); False if a worker has started it (its publish marker says so)."""
+    attempt = record.get("attempt") or 1
+    task_id = record["task_id"]
+    waiting = [f"{task_id}:{attempt}", f"{task_id}:{attempt + 1}"]  # a retry's next one
+    with client.pipeline(transaction=True) as pipe:
+        pipe.zrem(keys.DELAYED, *waiting)
+        pipe.get(keys.marker(waiting[0]))
+        _, marker = pipe.execute()
+    return not (record["status"] == "PENDING" and marker == b"1")
 
 
 def _job(record: JobRecord) -> Job | None:

@@ -123,9 +123,10 @@ class Runtime:
             if self._execution is None:
                 observe = (self.adaptive.observe_spec if self.settings.broker_url is not None
                            else None)
-                client = self.redis
-                marks = (LocalCancellations() if client is None
-                         else RedisCancellations(client, self.settings.result_ttl))
+                # On the broker: where the workers and the delay store's relay read them.
+                url = self.settings.broker_url or self.settings.results_url
+                marks = (LocalCancellations() if url is None else RedisCancellations(
+                    client_for(self.settings, url), self.settings.result_ttl))
                 self._execution = (
                     Execution(self.records, self.dead_letters, self.health, cancellations=marks)
                     if observe is None else Execution(self.records, self.dead_letters,

@@ -84,15 +84,19 @@ class Scheduler:
                 log.warning("schedule %s of %s missed %d tick(s); catch-up %s runs %d",
                             schedule.describe(), schedule.task, len(ticks),
                             self.settings.schedule_catchup, len(chosen))
-            for tick in chosen:
-                if self.state.take(schedule, tick, now, CLAIM_TTL):
+            for tick in chosen:  # each claim moves the latest pass to its own tick only
+                if self.state.take(schedule, tick, tick, CLAIM_TTL):
                     dispatched += self._dispatch(schedule, tick)
             self.state.take(schedule, None, now, CLAIM_TTL)
         return dispatched
 
     def _dispatch(self, schedule: Schedule, tick: float) -> int:
         try:
-            handle = registered(schedule.task).dispatch(**schedule.kwargs)
+            task = registered(schedule.task)
+            if self.settings.broker_url and task.route_for().route == "inline":
+                # Never inline in a worker's main process: Celery runs it.
+                task = task.options(route="celery")
+            handle = task.dispatch(**schedule.kwargs)
         except DispatchError as exc:  # an unknown task, bad kwargs: said, never fatal
             log.error("schedule %s of %s could not dispatch: %s", schedule.describe(),
                       schedule.task, exc)

@@ -36,6 +36,9 @@ class RedisCancellations:
         self._live = False
         self._lock = threading.Lock()
         self._pid = 0
+        #: After a failed read, no more reads until then (a running job's watcher asks
+        #: every 0.25 s, on an event loop it must not hold up).
+        self._quiet_until = 0.0
 
     def cancel(self, task_id: str) -> None:
         """Mark ``task_id`` cancelled, for every process; raises on a Redis error."""
@@ -52,11 +55,12 @@ class RedisCancellations:
         if task_id in self._known:
             return True
         self._subscribe()
-        if self._live:
+        if self._live or time.monotonic() < self._quiet_until:
             return False
         try:
             return bool(self.client.exists(keys.cancel(task_id)))
         except REDIS_ERRORS as exc:  # unknown: the job runs (a mark is never invented)
+            self._quiet_until = time.monotonic() + 5.0
             log.debug("cancel mark of %s not read: %s", task_id, exc)
             return False
 

@@ -7,6 +7,7 @@ them; the publish marker makes a row sent twice land in the queue only once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -47,7 +48,8 @@ class Spool:
             )
             columns = {row[1] for row in db.execute("PRAGMA table_info(spool)")}
             if "due" not in columns:  # a spool written by an older version
-                db.execute("ALTER TABLE spool ADD COLUMN due REAL")
+                with contextlib.suppress(sqlite3.OperationalError):  # added by another
+                    db.execute("ALTER TABLE spool ADD COLUMN due REAL")  # process just now
             self._local.db, self._local.pid = db, os.getpid()
         return db
 

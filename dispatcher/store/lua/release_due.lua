@@ -16,6 +16,8 @@ for _, pid in ipairs(due) do
     redis.call('LPUSH', string.sub(held, 1, cut - 1), string.sub(held, cut + 1))
     redis.call('ZADD', KEYS[2], ARGV[1], pid)  -- the sweeper watches it from now on
     pushed = pushed + 1
+  else
+    redis.call('ZREM', KEYS[2], pid)  -- nothing left to watch
   end
 end
 local next_due = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')[2] or ''

@@ -50,9 +50,8 @@ def test_a_delayed_celery_job_cancelled_never_starts(broker: str) -> None:
     publish_id = f"{handle.id}:1"
     assert cancel(handle.id) is True
     assert handle.state() == "REVOKED"  # at once: it was waiting
-    client.zadd(keys.DELAYED, {publish_id: time.time()}, xx=True)  # now due
-    wait_until(lambda: client.zscore(keys.DELAYED, publish_id) is None,
-               "the relay to take it out of the delay store")
+    # Withdrawn from the delay store at once: its delay may outlast the cancel mark.
+    assert client.zscore(keys.DELAYED, publish_id) is None
     queued = [m for k in queue_keys("samples-heavy") for m in client.lrange(k, 0, -1)]
     assert not [m for m in queued if handle.id.encode() in m]  # dropped, never pushed
     assert handle.state() == "REVOKED"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 import redis
@@ -89,3 +90,18 @@ def test_get_schedules_and_the_routing_table_show_the_schedule(state: ScheduleSt
     assert [(r["schedule"], r["kwargs"]) for r in rows] == [("every 1s", {})]
     assert rows[0]["next_run"] > time.time() - 1
     assert [r["schedule"] for r in routes] == ["every 1s"]
+
+
+def test_with_a_broker_a_light_tick_goes_to_celery_not_inline(tmp_path: Path) -> None:
+    """A worker's scheduler runs in its main process: no job runs inline there."""
+    with EmbeddedRedis() as server:
+        settings = DispatcherSettings(  # type: ignore[call-arg]
+            broker_url=server.url, spool_path=str(tmp_path / "spool.sqlite3"), _env_file=None)
+        configure(settings)
+        scheduler = Scheduler(settings, ScheduleState(redis.Redis.from_url(server.url)))
+        scheduler.schedules = [s for s in scheduler.schedules if s.task == tick.name]
+        scheduler.run_once(4_000_000.0)
+        with capture_dispatches() as handles:
+            scheduler.run_once(4_000_001.0)
+    assert tick.route_for(settings).route == "inline"  # weight 1
+    assert [h.route for h in handles] == ["celery"]

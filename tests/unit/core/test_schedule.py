@@ -75,3 +75,15 @@ def test_a_scheduled_task_must_be_callable_without_arguments() -> None:
     def ok(limit: int = 10) -> None: ...
 
     assert ok.spec.schedule is not None and ok.spec.schedule.every == 300.0
+
+
+def test_a_repeated_dst_hour_runs_its_wall_times_once() -> None:
+    """As cron does: 02:00 and 02:30 run in the first pass of the hour, not again."""
+    paris = ZoneInfo("Europe/Paris")  # 2026-10-25: 03:00 CEST becomes 02:00 CET
+    start = _at(2026, 10, 24, 23, 0).timestamp()  # 01:00 CEST
+    schedule = parse_schedule("t", "*/30 * * * *")
+    ticks = schedule.ticks(start, start + 3 * 3600, paris)
+    assert ticks == [start + n * 1800 for n in (1, 2, 3, 6)]  # 01:30, 02:00, 02:30, 03:00
+    inside = start + 4.5 * 1800  # 02:15 CET, in the repeated hour
+    assert schedule.ticks(inside, start + 3 * 3600, paris) == [start + 6 * 1800]  # not 02:30
+    assert schedule.next_tick(inside, paris) == start + 6 * 1800

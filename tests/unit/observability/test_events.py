@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher import RetryPolicy, TaskCancelled, TaskFailed, cancel, progress, task
+from dispatcher import RetryPolicy, TaskCancelled, TaskFailed, cancel, cancelled, progress, task
 from dispatcher.core.context import request_id_var
 from dispatcher.core.events import EVENTS
 from dispatcher.observability.logging import JsonFormatter, TextFormatter, configure_logging
@@ -281,3 +281,21 @@ def test_configure_logging_leaves_an_app_configured_logger_alone(
     pristine_logger.addHandler(mine)
     configure_logging(unit_settings(log_format="json"))
     assert pristine_logger.handlers == [mine]
+
+
+def test_a_cancelled_job_that_fails_is_not_retried(dispatcher_log: ListHandler) -> None:
+    @task(name="unit.events.cancel_then_fail",
+          retry=RetryPolicy(max_attempts=3, base_delay=0.01, jitter=False))
+    def stubborn() -> None:
+        while not cancelled():
+            time.sleep(0.01)
+        raise ValueError("fails once told to stop")
+
+    handle = stubborn.dispatch()
+    wait_until(lambda: handle.state() == "STARTED", "the job running")
+    assert cancel(handle.id) is True
+    with pytest.raises(TaskCancelled):
+        handle.get(timeout=30)
+    wait_for_inline_jobs(timeout=5)
+    events = [fields(r)["event"] for r in dispatcher_log.events(handle.id)]
+    assert "task.retrying" not in events and events[-1] == "task.cancelled"
