@@ -130,8 +130,7 @@ class InlineExecutor:
             later = [j for j in self._outstanding.values() if j.due_at > due_by]
             for job in later:
                 del self._outstanding[job.id]
-        cancelled = self.execution.cancellations.is_cancelled
-        later = [job for job in later if not cancelled(job.id)]  # REVOKED already
+        later = [j for j in later if not self.execution.cancellations.is_cancelled(j.id)]
         if later and self._on_leftover is not None:
             self._on_leftover(later, grace)
         if self.wait_idle(grace):
