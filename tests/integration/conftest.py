@@ -40,6 +40,9 @@ def service_env(redis_server: EmbeddedRedis, tmp_path_factory: pytest.TempPathFa
         # Only the session worker serves /metrics (on its own free port): other workers
         # started by tests would fight over the default 9808.
         DISPATCH_METRICS_PORT="0",
+        # Listed by GET /schedules and the dashboard; never due while the suite runs.
+        DISPATCH_SCHEDULES='[{"task": "samples.echo", "cron": "0 0 1 1 *", '
+                           '"kwargs": {"value": {"n": 1}}}]',
     )
     return env
 

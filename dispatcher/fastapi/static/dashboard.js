@@ -18,6 +18,7 @@
   const COLORS = { inline: "#2f7de1", celery: "#7b4fd6", fail: "#d9413b", ok: "#2e9e62", other: "#6b7385" };
 
   const state = {
+    schedulesAt: 0,
     paused: false,
     timer: null,
     inFlight: false,
@@ -176,6 +177,7 @@
         showBanner("");
         render(data);
         setLive("live", "live · " + fmtClock(data.generated_at));
+        refreshSchedules();
       }
     } catch (err) {
       setLive("error", "unreachable");
@@ -183,6 +185,31 @@
       state.inFlight = false;
       schedule(POLL_MS);
     }
+  }
+
+  // Schedules change slowly: read every 5 s, from GET schedules.
+  async function refreshSchedules() {
+    if (Date.now() - state.schedulesAt < 5000) return;
+    state.schedulesAt = Date.now();
+    try {
+      const response = await fetch(BASE + "schedules", { headers: headers(), cache: "no-store" });
+      if (response.ok) renderSchedules(await response.json());
+    } catch (err) { /* the next poll tries again */ }
+  }
+
+  function renderSchedules(rows) {
+    const el = $("schedules");
+    $("schedules-count").textContent = rows.length ? rows.length + " scheduled" : "";
+    if (!rows.length) { replace(el, empty("no schedules")); return; }
+    replace(el, h("table", null,
+      h("thead", null, h("tr", null, ["Task", "Schedule", "Arguments", "Last run", "Next run"]
+        .map((t) => h("th", { text: t })))),
+      h("tbody", null, rows.map((r) => h("tr", { dataset: { task: r.task } },
+        h("td", { text: r.task }),
+        h("td", { class: "mono", text: r.schedule + " (" + r.timezone + ")" }),
+        h("td", { class: "mono small", text: JSON.stringify(r.kwargs) }),
+        h("td", { class: "small", text: r.last_run ? fmtClock(r.last_run) : "–" }),
+        h("td", { class: "small next-run", text: fmtClock(r.next_run) }))))));
   }
 
   function schedule(ms) {

@@ -110,6 +110,9 @@ def test_dashboard_live_progress_and_redispatch(
     expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=TIMEOUT_MS)
     expect(page.locator('[data-tile="per-minute"]')).to_be_visible()
     expect(page.locator("#routes tr[data-task='samples.progress_steps']")).to_be_visible()
+    listed = page.locator("#schedules tr[data-task='samples.echo']")
+    expect(listed).to_contain_text("0 0 1 1 * (UTC)")
+    expect(listed).to_contain_text('{"value":{"n":1}}')
 
     with httpx.Client(timeout=10) as client:
         _demo_traffic(client, api_url, float(os.environ.get("DASHBOARD_DEMO_SECONDS", "0")))
