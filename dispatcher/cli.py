@@ -15,12 +15,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .core.errors import DispatchError
 from .core.registry import import_task_modules
-from .core.settings import get_settings
-from .ops.routes_table import format_table
+from .core.settings import DispatcherSettings, get_settings
+from .ops.routes_table import aligned, format_table
 from .routes.celery.supervisor import CHILD_MARK, CONFIG_ERROR, supervise
 from .routes.celery.worker import worker_queues
 from .runtime.container import current
@@ -65,46 +67,44 @@ def worker(argv: list[str]) -> int:
     return run_worker(argv) if os.environ.get(CHILD_MARK) else supervise(argv)
 
 
-def routes(as_json: bool) -> int:
+def _listing(read: Callable[[DispatcherSettings], list[dict[str, Any]]], as_json: bool,
+             table: Callable[[list[dict[str, Any]]], str], nothing: str) -> int:
+    """Print ``read``'s rows as JSON or as a table (``nothing`` when there are none)."""
     try:
         settings = get_settings()
         import_task_modules(settings.task_modules)
-        rows = current().route_table()
+        rows = read(settings)
     except DispatchError as exc:
         print(f"dispatcher: {exc}", file=sys.stderr)
         return 2
     if as_json:
         print(json.dumps(rows, indent=2))
     elif rows:
-        print(format_table(rows))
+        print(table(rows))
     else:
-        print("no tasks registered (set DISPATCH_TASK_MODULES)", file=sys.stderr)
+        print(nothing, file=sys.stderr)
     return 0
+
+
+def routes(as_json: bool) -> int:
+    return _listing(lambda _: current().route_table(), as_json, format_table,
+                    "no tasks registered (set DISPATCH_TASK_MODULES)")
 
 
 def schedules(as_json: bool) -> int:
-    try:
-        settings = get_settings()
-        import_task_modules(settings.task_modules)
-        url = settings.broker_url  # where the workers' schedulers keep it
-        state = None if url is None else ScheduleState(client_for(settings, url))
-        rows = schedule_rows(settings, state)
-    except DispatchError as exc:
-        print(f"dispatcher: {exc}", file=sys.stderr)
-        return 2
-    if as_json:
-        print(json.dumps(rows, indent=2))
-    elif rows:
-        header = ["TASK", "SCHEDULE", "ARGUMENTS", "LAST RUN", "NEXT RUN", "LAST JOB"]
-        lines = [[row["task"], f"{row['schedule']} ({row['timezone']})",
-                  json.dumps(row["kwargs"]), _when(row["last_run"]), _when(row["next_run"]),
-                  row["last_task_id"] or "-"] for row in rows]
-        widths = [max(len(line[i]) for line in [header, *lines]) for i in range(len(header))]
-        for line in [header, *lines]:
-            print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
-    else:
-        print("no schedules (@task(schedule=...) or DISPATCH_SCHEDULES)", file=sys.stderr)
-    return 0
+    def read(settings: DispatcherSettings) -> list[dict[str, Any]]:
+        url = settings.broker_url  # where the workers' schedulers keep their state
+        return schedule_rows(settings, None if url is None
+                             else ScheduleState(client_for(settings, url)))
+
+    def table(rows: list[dict[str, Any]]) -> str:
+        return aligned(["TASK", "SCHEDULE", "ARGUMENTS", "LAST RUN", "NEXT RUN", "LAST JOB"], [
+            [row["task"], f"{row['schedule']} ({row['timezone']})", json.dumps(row["kwargs"]),
+             _when(row["last_run"]), _when(row["next_run"]), row["last_task_id"] or "-"]
+            for row in rows])
+
+    return _listing(read, as_json, table,
+                    "no schedules (@task(schedule=...) or DISPATCH_SCHEDULES)")
 
 
 def _when(stamp: float | None) -> str:

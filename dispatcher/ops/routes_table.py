@@ -93,6 +93,11 @@ def format_table(rows: list[dict[str, Any]]) -> str:
         ]
         for row in rows
     ]
+    return aligned(header, lines)
+
+
+def aligned(header: list[str], lines: list[list[str]]) -> str:
+    """``header`` and ``lines`` as text columns, two spaces apart."""
     widths = [max(len(r[i]) for r in [header, *lines]) for i in range(len(header))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(r, widths, strict=True)).rstrip()

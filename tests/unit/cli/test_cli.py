@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher import DispatcherSettings, RetryPolicy, task
+from dispatcher import DispatcherSettings, RetryPolicy, configure, task
 from dispatcher.cli import main
 from dispatcher.core import registry
 
@@ -184,3 +184,18 @@ def test_routes_reports_a_bad_task_module(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert "did you mean 'weight'" in captured.err
+
+
+def test_schedules_lists_each_schedule_as_a_table_or_json(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DISPATCH_SCHEDULES", '[{"task": "unit.cli.daily", "cron": "0 6 * * *", '
+                       '"kwargs": {"kind": "sales"}}]')
+    configure(DispatcherSettings())  # type: ignore[call-arg]
+    assert main(["schedules"]) == 0
+    header, row = capsys.readouterr().out.splitlines()[:2]
+    assert header.split()[:2] == ["TASK", "SCHEDULE"]
+    assert row.split()[:7] == ["unit.cli.daily", "0", "6", "*", "*", "*", "(UTC)"]
+    assert main(["schedules", "--json"]) == 0
+    (listed,) = [r for r in json.loads(capsys.readouterr().out) if r["task"] == "unit.cli.daily"]
+    assert (listed["kwargs"], listed["last_run"]) == ({"kind": "sales"}, None)
