@@ -10,7 +10,16 @@ from typing import Any
 
 import pytest
 
-from dispatcher import RetryPolicy, TaskCancelled, TaskFailed, cancel, cancelled, progress, task
+from dispatcher import (
+    RetryPolicy,
+    TaskCancelled,
+    TaskFailed,
+    TaskHandle,
+    cancel,
+    cancelled,
+    progress,
+    task,
+)
 from dispatcher.core.context import request_id_var
 from dispatcher.core.events import EVENTS
 from dispatcher.observability.logging import JsonFormatter, TextFormatter, configure_logging
@@ -76,6 +85,15 @@ def run_failure(log: ListHandler) -> tuple[str, list[logging.LogRecord]]:
     return handle.id, log.events(handle.id)
 
 
+def cancel_running(handle: TaskHandle) -> None:
+    """Cancel a job once it runs; it must end REVOKED (``get`` raises ``TaskCancelled``)."""
+    wait_until(lambda: handle.state() == "STARTED", "the job running")
+    assert cancel(handle.id) is True
+    with pytest.raises(TaskCancelled):
+        handle.get(timeout=30)
+    wait_for_inline_jobs(timeout=5)
+
+
 def run_cancelled(log: ListHandler) -> tuple[str, list[logging.LogRecord]]:
     """A running inline job told to stop: ``progress()`` raises, the job ends REVOKED."""
     @task(name="unit.events.endless")
@@ -85,11 +103,7 @@ def run_cancelled(log: ListHandler) -> tuple[str, list[logging.LogRecord]]:
             time.sleep(0.01)
 
     handle = endless.dispatch()
-    wait_until(lambda: handle.state() == "STARTED", "the job running")
-    assert cancel(handle.id) is True
-    with pytest.raises(TaskCancelled):
-        handle.get(timeout=30)
-    wait_for_inline_jobs(timeout=5)
+    cancel_running(handle)
     assert cancel(handle.id) is False  # finished: nothing changes
     return handle.id, log.events(handle.id)
 
@@ -292,10 +306,6 @@ def test_a_cancelled_job_that_fails_is_not_retried(dispatcher_log: ListHandler) 
         raise ValueError("fails once told to stop")
 
     handle = stubborn.dispatch()
-    wait_until(lambda: handle.state() == "STARTED", "the job running")
-    assert cancel(handle.id) is True
-    with pytest.raises(TaskCancelled):
-        handle.get(timeout=30)
-    wait_for_inline_jobs(timeout=5)
+    cancel_running(handle)
     events = [fields(r)["event"] for r in dispatcher_log.events(handle.id)]
     assert "task.retrying" not in events and events[-1] == "task.cancelled"
