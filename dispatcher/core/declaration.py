@@ -13,10 +13,18 @@ from typing import Any
 from .errors import TaskDefinitionError, TaskValidationError
 from .retry import RetryPolicy
 from .schedule import parse_schedule
-from .spec import OUTAGE_MODES, CallOptions, TaskSpec, parse_priority, parse_route
+from .spec import (
+    OUTAGE_MODES,
+    CallOptions,
+    RateLimit,
+    TaskSpec,
+    parse_priority,
+    parse_rate_limit,
+    parse_route,
+)
 
 OPTIONS = ("name", "weight", "priority", "queue", "route", "retry", "timeout", "broker_outage",
-           "schedule")
+           "schedule", "rate_limit", "concurrency", "concurrency_key")
 
 
 def merge_call_options(task_name: str, current: CallOptions, *, route: Any = None,
@@ -127,7 +135,11 @@ def build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:
             raise TaskDefinitionError(
                 f"{where}: a scheduled task must be callable without arguments ({needed[0]!r} "
                 "has no default); give arguments in DISPATCH_SCHEDULES instead")
+    rate_limit, concurrency, concurrency_key = _limits(where, fn, options)
     return TaskSpec(
+        rate_limit=rate_limit,
+        concurrency=concurrency,
+        concurrency_key=concurrency_key,
         schedule=schedule,
         broker_outage=outage,
         name=name,
@@ -141,6 +153,36 @@ def build_spec(fn: Callable[..., Any], options: dict[str, Any]) -> TaskSpec:
         is_async=inspect.iscoroutinefunction(fn),
         adaptive=adaptive_weight,
     )
+
+
+def _limits(where: str, fn: Callable[..., Any], options: dict[str, Any]
+            ) -> tuple[RateLimit | None, int | None, str | None]:
+    """``rate_limit``, ``concurrency`` and ``concurrency_key``, checked."""
+    rate_limit = None
+    if options.get("rate_limit") is not None:
+        try:
+            rate_limit = parse_rate_limit(options["rate_limit"])
+        except ValueError as exc:
+            raise TaskDefinitionError(f"{where}: {exc}") from None
+    concurrency = options.get("concurrency")
+    if concurrency is not None and (
+            isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1):
+        raise TaskDefinitionError(f"{where}: concurrency must be an int >= 1, got {concurrency!r}")
+    key = options.get("concurrency_key")
+    if key is not None:
+        if concurrency is None:
+            raise TaskDefinitionError(f"{where}: concurrency_key needs concurrency=N")
+        names = [p.name for p in inspect.signature(fn).parameters.values()
+                 if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        if fn is not probe and key not in names:
+            raise TaskDefinitionError(
+                f"{where}: concurrency_key {key!r} is not a parameter (it has: "
+                f"{', '.join(names) or 'none'})")
+    return rate_limit, concurrency, key
+
+
+def probe() -> None:
+    """What ``@task(...)`` checks its options with before it has the function."""
 
 
 def mark_coroutine_function(wrapper: object, fn: Callable[..., Any]) -> None:

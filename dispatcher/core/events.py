@@ -16,7 +16,7 @@ from .job import Job
 logger = logging.getLogger("dispatcher")
 
 EVENTS = ("task.dispatched", "task.started", "task.retrying", "task.succeeded", "task.failed",
-          "task.cancelled")
+          "task.cancelled", "task.limited")
 
 #: ``(event, job, duration_ms, extra fields)``: told of every event; must not raise.
 Listener = Callable[[str, Job, "float | None", Mapping[str, Any]], None]

@@ -26,7 +26,8 @@ from .context import attempt_var
 from .errors import TaskCancelled, TaskTimeout
 from .events import emit, error_fields
 from .job import Job
-from .ports import Cancellations, DeadLetterStore, Health, RecordStore
+from .limits import LocalLimits
+from .ports import Cancellations, DeadLetterStore, Health, Limits, RecordStore
 from .record import ErrorInfo, State, celery_exception, make_dead_letter, make_record
 from .redaction import scrub, secret_values
 from .registry import secret_names
@@ -47,23 +48,21 @@ class Outcome:
     lingering: concurrent.futures.Future[Any] | None = None
 
 
-def _ignore(spec: TaskSpec, seconds: float) -> None:
-    """Default run-time observer: nothing learns from run times."""
-
-
 class Execution:
     """The ports one process runs its jobs against: where records and dead letters go,
     whether the records store is up, and who learns from run times (adaptive routing).
     Built once per process by ``dispatcher.runtime`` and shared by both routes."""
 
     def __init__(self, records: RecordStore, dead_letters: DeadLetterStore, health: Health,
-                 observe: Callable[[TaskSpec, float], None] = _ignore,
-                 cancellations: Cancellations | None = None) -> None:
+                 observe: Callable[[TaskSpec, float], None] | None = None,
+                 cancellations: Cancellations | None = None,
+                 limits: Limits | None = None) -> None:
         self.records = records
         self.dead_letters = dead_letters
         self.health = health
-        self.observe = observe
+        self.observe = observe or (lambda spec, seconds: None)  # nothing learns
         self.cancellations: Cancellations = cancellations or LocalCancellations()
+        self.limits: Limits = limits or LocalLimits()
 
     def record(self, job: Job, status: State, *, transition: bool = True,
                **fields: Any) -> None:
@@ -89,11 +88,14 @@ class Execution:
         except Exception as exc:
             log.error("could not dead-letter task %s (%s): %s", job.id, reason, exc)
 
-    def run_sync(self, job: Job, values: dict[str, Any]) -> Outcome:
-        return _run_sync(self, job, values)
+    def run_sync(self, job: Job, values: dict[str, Any],
+                 started_at: float | None = None) -> Outcome:
+        """Run one attempt here; ``started_at``: when the limiter admitted it."""
+        return _run_sync(self, job, values, started_at)
 
-    async def run_async(self, job: Job, values: dict[str, Any]) -> Outcome:
-        return await _run_async(self, job, values)
+    async def run_async(self, job: Job, values: dict[str, Any],
+                        started_at: float | None = None) -> Outcome:
+        return await _run_async(self, job, values, started_at)
 
     def revoke(self, job: Job, *, duration_ms: float | None = None, **fields: Any) -> Outcome:
         """End a cancelled job: ``REVOKED`` (Celery's name), never retried or
@@ -125,10 +127,11 @@ class Execution:
 class Attempt:
     """The life of one run: started, then succeeded or failed (maybe to be retried)."""
 
-    def __init__(self, execution: Execution, job: Job, *, announce: bool = True) -> None:
+    def __init__(self, execution: Execution, job: Job, *, announce: bool = True,
+                 started_at: float | None = None) -> None:
         self.execution = execution
         self.job = job
-        self.started_at = time.time()
+        self.started_at = time.time() if started_at is None else started_at
         self.queue_wait_ms = round(job.queue_wait(self.started_at) * 1000, 3)
         self.progress: dict[str, Any] | None = None
         self._t0 = time.perf_counter()
@@ -231,10 +234,11 @@ def _exception_module(error: BaseException) -> str | None:
     return None if module.split(".")[0] == "dispatcher" else module
 
 
-def _run_sync(execution: Execution, job: Job, values: dict[str, Any]) -> Outcome:
+def _run_sync(execution: Execution, job: Job, values: dict[str, Any],
+              started_at: float | None) -> Outcome:
     """Run a synchronous task function in this thread (the worker's and the inline
     executor's sync path); a timed-out call comes back as ``Outcome.lingering``."""
-    attempt = Attempt(execution, job)
+    attempt = Attempt(execution, job, started_at=started_at)
     fn, timeout = job.spec.fn, job.spec.timeout
     token = attempt_var.set(attempt)
     lingering = None
@@ -256,9 +260,10 @@ def _run_sync(execution: Execution, job: Job, values: dict[str, Any]) -> Outcome
     return attempt.succeeded(result)
 
 
-async def _run_async(execution: Execution, job: Job, values: dict[str, Any]) -> Outcome:
+async def _run_async(execution: Execution, job: Job, values: dict[str, Any],
+                     started_at: float | None) -> Outcome:
     """Run a coroutine task function on the running loop (both routes' async path)."""
-    attempt = Attempt(execution, job)
+    attempt = Attempt(execution, job, started_at=started_at)
     spec = job.spec
     token = attempt_var.set(attempt)  # copied into the task below
     watcher: asyncio.Future[None] | None = None

@@ -15,6 +15,7 @@ from .spec import CallOptions, RouteName, TaskSpec
 
 if TYPE_CHECKING:
     from .job import Job
+    from .limits import Admission
     from .validation import ArgumentValidator
 
 
@@ -81,6 +82,16 @@ class Cancellations(Protocol):
     def cancel(self, task_id: str) -> None: ...
 
     def is_cancelled(self, task_id: str) -> bool: ...
+
+
+class Limits(Protocol):
+    """Rate and concurrency limits across the fleet, asked right before a job starts
+    (only for tasks that declare one). ``waiter``: the publication to push at once when
+    a concurrency slot frees (a Celery job waiting in the delay store)."""
+
+    def admit(self, job: Job, waiter: str | None = None) -> Admission: ...
+
+    def release(self, job: Job, admission: Admission) -> None: ...
 
 
 class Health(Protocol):

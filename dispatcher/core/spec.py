@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -16,6 +17,34 @@ OutageMode = Literal["spool", "inline", "raise"]
 OUTAGE_MODES: tuple[OutageMode, ...] = ("spool", "inline", "raise")
 PRIORITY_NAMES: dict[str, int] = {"low": 2, "normal": 5, "high": 8}
 NO_RETRY = RetryPolicy.never()
+
+
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(s|m|h)\s*$")
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+#: Above it a sliding log costs more memory than a limit is worth.
+MAX_RATE_COUNT = 100_000
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``count`` starts in any ``per`` seconds."""
+
+    count: int
+    per: float
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def parse_rate_limit(value: object) -> RateLimit:
+    """``"100/m"`` (``/s``, ``/m``, ``/h``) as a ``RateLimit``; ``ValueError`` otherwise."""
+    match = _RATE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"rate_limit must look like '100/m' (per s, m or h), got {value!r}")
+    count = int(match.group(1))
+    if not 1 <= count <= MAX_RATE_COUNT:
+        raise ValueError(f"rate_limit must allow 1-{MAX_RATE_COUNT:,} starts, got {count}")
+    return RateLimit(count, _UNITS[match.group(2)], f"{count}/{match.group(2)}")
 
 
 def parse_priority(value: object) -> int:
@@ -57,6 +86,12 @@ class TaskSpec:
     adaptive: bool = False
     #: ``@task(schedule=...)``: dispatched by itself on a cron expression or interval.
     schedule: Schedule | None = None
+    #: ``@task(rate_limit="100/m")``: starts allowed per window, fleet-wide.
+    rate_limit: RateLimit | None = None
+    #: ``@task(concurrency=N)``: jobs running at once, fleet-wide (per value of the
+    #: ``concurrency_key`` argument when set).
+    concurrency: int | None = None
+    concurrency_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

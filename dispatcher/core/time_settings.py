@@ -1,5 +1,6 @@
-"""The settings of time: periodic schedules, their time zone and catch-up, and where
-delayed jobs are relayed (part of ``DispatcherSettings``, which inherits them)."""
+"""The settings of time and flow: periodic schedules, their time zone and catch-up,
+where delayed jobs are relayed, and concurrency leases (part of ``DispatcherSettings``,
+which inherits them)."""
 
 from __future__ import annotations
 
@@ -61,6 +62,13 @@ class TimeSettings(BaseSettings):
         default=False,
         description="API processes also publish delayed jobs to their queues when due "
         "(workers always do): a queue-length autoscaler then sees them while no worker runs.",
+    )
+
+    concurrency_lease: float = Field(
+        default=10.0, ge=1.0,
+        description="Seconds a concurrency slot (@task(concurrency=N)) stays taken after its "
+        "holder stops renewing it: a process that dies frees its slots within this time. "
+        "Holders renew every third of it.",
     )
 
     @field_validator("timezone")

@@ -42,6 +42,12 @@ JOBS_FAILED = Counter("dispatch_jobs_failed", "Jobs that ended in FAILURE.", LAB
 JOBS_CANCELLED = Counter(
     "dispatch_cancelled", "Jobs that ended REVOKED (cancelled before or while running).",
     LABELS)
+RATE_LIMITED = Counter(
+    "dispatch_rate_limited",
+    "Starts a rate limit refused: the job waited (counted once per refusal).", LABELS)
+CONCURRENCY_LIMITED = Counter(
+    "dispatch_concurrency_limited",
+    "Starts a concurrency limit refused: the job waited (counted once per refusal).", LABELS)
 JOBS_RETRIED = Counter(
     "dispatch_jobs_retried", "Failed attempts the retry policy scheduled again.", LABELS
 )
@@ -67,8 +73,8 @@ ROUTE_DECISIONS = Counter(
 class _Series:
     """The labelled children of one (task, route), made once and reused per event."""
 
-    __slots__ = ("cancelled", "dispatched", "duration", "failed", "queue_wait", "retried",
-                 "succeeded")
+    __slots__ = ("cancelled", "concurrency_limited", "dispatched", "duration", "failed",
+                 "queue_wait", "rate_limited", "retried", "succeeded")
 
     def __init__(self, task: str, route: str) -> None:
         self.dispatched = JOBS_DISPATCHED.labels(task, route)
@@ -76,6 +82,8 @@ class _Series:
         self.failed = JOBS_FAILED.labels(task, route)
         self.retried = JOBS_RETRIED.labels(task, route)
         self.cancelled = JOBS_CANCELLED.labels(task, route)
+        self.rate_limited = RATE_LIMITED.labels(task, route)
+        self.concurrency_limited = CONCURRENCY_LIMITED.labels(task, route)
         self.duration = JOB_DURATION.labels(task, route)
         self.queue_wait = QUEUE_WAIT.labels(task, route)
 
@@ -125,6 +133,10 @@ class EventMetrics:
                 series.retried.inc()
             elif event == "task.cancelled":
                 series.cancelled.inc()
+            elif event == "task.limited":
+                limited = fields.get("reason") == "rate_limit"
+                (series.rate_limited if limited else series.concurrency_limited).inc()
+                return
             else:
                 return
             if duration_ms is not None:  # None: failed without running (rejected, shutdown)

@@ -38,6 +38,9 @@ def route_table(settings: DispatcherSettings, adaptive: AdaptiveRouter | None
             "async": spec.is_async,
             "retry": spec.retry.describe(),
             "schedule": None if spec.schedule is None else spec.schedule.describe(),
+            "rate_limit": None if spec.rate_limit is None else str(spec.rate_limit),
+            "concurrency": spec.concurrency,
+            "concurrency_key": spec.concurrency_key,
         }
         if spec.adaptive:
             row["adaptive"] = (state or AdaptiveState()).describe(settings)
@@ -70,6 +73,15 @@ def _adaptive_summary(state: dict[str, Any] | None) -> str:
     )
 
 
+def _limits_summary(row: dict[str, Any]) -> str:
+    """``20/s, 2 at once per customer`` (``-`` for a task without limits)."""
+    parts = [row["rate_limit"]] if row.get("rate_limit") else []
+    if row.get("concurrency"):
+        key = row.get("concurrency_key")
+        parts.append(f"{row['concurrency']} at once" + (f" per {key}" if key else ""))
+    return ", ".join(parts) or "-"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     header = ["TASK", "ROUTE", "QUEUE", "PRIORITY", "WEIGHT", "TIMEOUT", "RETRY", "WHY"]
     auto = any("adaptive" in row for row in rows)
@@ -78,6 +90,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     scheduled = any(row.get("schedule") for row in rows)
     if scheduled:
         header.append("SCHEDULE")
+    limited = any(row.get("rate_limit") or row.get("concurrency") for row in rows)
+    if limited:
+        header.append("LIMITS")
     lines = [
         [
             row["task"],
@@ -90,6 +105,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
             row["reason"],
             *([_adaptive_summary(row.get("adaptive"))] if auto else []),
             *([row.get("schedule") or "-"] if scheduled else []),
+            *([_limits_summary(row)] if limited else []),
         ]
         for row in rows
     ]

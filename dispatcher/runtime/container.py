@@ -19,6 +19,7 @@ from celery import Celery
 from ..core import events
 from ..core.cancellation import LocalCancellations
 from ..core.execution import Execution
+from ..core.limits import LocalLimits
 from ..core.ports import DeadLetterStore, IdempotencyStore, RecordStore
 from ..core.settings import DispatcherSettings, build_settings, get_settings, replace_settings
 from ..observability.gauges import COLLECTOR, GaugeReadings
@@ -37,6 +38,7 @@ from ..store.client import client_for
 from ..store.deadletter import RedisDeadLetters
 from ..store.idempotency import MemoryIdempotency, RedisIdempotency
 from ..store.inline_reports import InlineReports
+from ..store.limits import RedisLimits
 from ..store.memory import MemoryDeadLetters, MemoryRecordStore
 from ..store.records import RedisRecordStore
 from .inline_fleet import REPORT_EVERY, REPORT_LIFETIME, InlineFleet
@@ -125,12 +127,13 @@ class Runtime:
                            else None)
                 # On the broker: where the workers and the delay store's relay read them.
                 url = self.settings.broker_url or self.settings.results_url
-                marks = (LocalCancellations() if url is None else RedisCancellations(
-                    client_for(self.settings, url), self.settings.result_ttl))
-                self._execution = (
-                    Execution(self.records, self.dead_letters, self.health, cancellations=marks)
-                    if observe is None else Execution(self.records, self.dead_letters,
-                                                      self.health, observe, marks))
+                client = None if url is None else client_for(self.settings, url)
+                marks = (LocalCancellations() if client is None
+                         else RedisCancellations(client, self.settings.result_ttl))
+                limits = (LocalLimits() if client is None
+                          else RedisLimits(client, self.settings.concurrency_lease))
+                self._execution = Execution(self.records, self.dead_letters, self.health,
+                                            observe, marks, limits)
             return self._execution
 
     @property

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal, ParamSpec, TypeVar, cast, overload
 
-from ..core.declaration import build_spec
+from ..core.declaration import build_spec, probe
 from ..core.registry import get_task, register
 from ..core.retry import RetryPolicy
 from ..core.spec import OutageMode, PriorityName, RouteName
@@ -41,25 +41,25 @@ def task(
     timeout: float | None = None,
     broker_outage: OutageMode | None = None,
     schedule: str | timedelta | None = None,
+    rate_limit: str | None = None,
+    concurrency: int | None = None,
+    concurrency_key: str | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def task(fn: Any = None, /, **options: Any) -> Any:
     """Declare a task: ``@task`` or ``@task(name=, weight=, priority=, queue=, route=,
-    retry=, timeout=, broker_outage=, schedule=)``. Invalid or unknown options raise
+    retry=, timeout=, broker_outage=, schedule=, rate_limit=, concurrency=,
+    concurrency_key=)``. Invalid or unknown options raise
     ``TaskDefinitionError`` here."""
     if fn is not None:
         return _make_task(fn, options)
-    build_spec(_probe, options)  # fail fast on bad options, even before a function
+    build_spec(probe, options)  # fail fast on bad options, even before a function
 
     def decorate(inner: Callable[P, R]) -> Task[P, R]:
         return _make_task(inner, options)
 
     return decorate
-
-
-def _probe() -> None:
-    """Stand-in used to check decorator options before the function is known."""
 
 
 def registered(name: str) -> Task[Any, Any]:

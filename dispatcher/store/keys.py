@@ -76,6 +76,12 @@ CANCELS_CHANNEL = "dispatch:cancels:channel"
 SCHEDULE_PREFIX = "dispatch:schedule:"
 SCHEDULE_RUNS = "dispatch:schedule-runs"
 ADAPTIVE_PREFIX = "dispatch:adaptive:"
+#: Per rate-limited task: a sorted set of its admissions by time (the sliding log) and
+#: a sorted set of the jobs it told to come back, by when (spreads the waiting jobs).
+RATE_PREFIX = "dispatch:rate:"
+#: Per concurrency slot key: a sorted set of the jobs holding a slot, by lease expiry,
+#: and a sorted set of the Celery publications waiting for one, by when they began.
+SLOTS_PREFIX = "dispatch:slots:"
 
 
 def record(task_id: str) -> str:
@@ -120,6 +126,22 @@ def cancel(task_id: str) -> str:
 
 def idempotency(task_name: str, key: str) -> str:
     return f"{IDEMPOTENCY_PREFIX}{task_name}:{key}"
+
+
+def rate(task_name: str) -> str:
+    return RATE_PREFIX + task_name
+
+
+def rate_waiting(task_name: str) -> str:
+    return f"{RATE_PREFIX}{task_name}:waiting"
+
+
+def slots(slot_key: str) -> str:
+    return SLOTS_PREFIX + slot_key
+
+
+def slot_waiters(slot_key: str) -> str:
+    return f"{SLOTS_PREFIX}{slot_key}:waiting"
 
 
 def adaptive_samples(task_name: str) -> str:

@@ -187,3 +187,34 @@ async def async_until_cancelled(seconds: float = 60) -> str:
     """Sleeps on its loop: cancelled there once its job is cancelled."""
     await asyncio.sleep(seconds)
     return "not told"
+
+
+@task(name="samples.rate_limited", weight=1, rate_limit="20/s")
+def rate_limited(key: str) -> None:
+    """Notes when it ran, and where (the limit holds across routes and processes)."""
+    info = current_job()
+    note(key, job=info.id if info else None, route=info.route if info else None)
+
+
+@task(name="samples.per_customer", weight=1, concurrency=2, concurrency_key="customer")
+def per_customer(key: str, customer: str, hold: float = 0.2) -> int:
+    """Counts how many jobs of its customer run at once, itself included (the count it
+    saw goes in the ledger): never more than the limit."""
+    running = ledger().incr(f"{key}:running:{customer}")
+    everyone = ledger().incr(f"{key}:running")
+    try:
+        note(key, customer=customer, running=running, everyone=everyone)
+        time.sleep(hold)
+    finally:
+        ledger().decr(f"{key}:running:{customer}")
+        ledger().decr(f"{key}:running")
+    return int(running)
+
+
+@task(name="samples.one_at_a_time", weight=1, concurrency=1)
+def one_at_a_time(key: str, hold: float = 0.0) -> None:
+    """Holds the task's one slot for ``hold`` seconds (unless released early)."""
+    note(key, label="holding")
+    deadline = time.monotonic() + hold
+    while ledger().get(f"{key}:release") is None and time.monotonic() < deadline:
+        time.sleep(0.05)

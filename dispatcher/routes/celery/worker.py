@@ -18,11 +18,13 @@ from celery.exceptions import Retry, WorkerLostError
 from ...core.errors import ConfigurationError, TaskFailed, TaskValidationError
 from ...core.execution import Execution, Outcome
 from ...core.job import Job
+from ...core.limits import UNLIMITED, Admission, admit, is_limited, release
 from ...core.ports import RegisteredTask
 from ...core.registry import all_tasks
 from ...core.settings import DispatcherSettings
 from ...store import keys
 from ...store.link import Link
+from .defer import defer
 from .monitor import BROKER_ERRORS
 from .protocol import HEADER
 from .recovery import started_commands
@@ -154,11 +156,17 @@ class CeleryWorker:
                 except TaskValidationError as exc:
                     refused = exc
             job = job_from_request(task, request, payload)
-            runs, cancelled = self.count_run(job, self.settings.result_ttl)
-            if cancelled:  # never started: acknowledged without running
-                self.execution.skip_cancelled(job)
+            admission = self._admit(job)
+            if admission is None:  # over a limit: waits in the delay store
                 return None
-            outcome = self._execute(task, job, payload, runs, refused)
+            try:
+                runs, cancelled = self.count_run(job, self.settings.result_ttl)
+                if cancelled:  # never started: acknowledged without running
+                    self.execution.skip_cancelled(job)
+                    return None
+                outcome = self._execute(task, job, payload, runs, refused, admission.at)
+            finally:
+                release(self.execution.limits, job, admission)
         finally:
             self.execution.records.flush(self.settings.publish_timeout)
         if outcome.status == "FAILURE":
@@ -166,8 +174,21 @@ class CeleryWorker:
             raise TaskFailed(str(request.id), type(error).__name__, str(error)) from error
         return outcome.result
 
+    def _admit(self, job: Job) -> Admission | None:
+        """The limiter's admission of ``job`` (always, for a task without limits); None
+        when it was refused and the job filed back in the delay store, to come back
+        when the limiter said (or when a slot it waits for frees)."""
+        if not is_limited(job.spec) or self.execution.cancellations.is_cancelled(job.id):
+            return UNLIMITED
+        admission = admit(self.execution.limits, job, waiter=job.publish_id)
+        if admission.granted or not defer(self.route.monitor.publisher.client,
+                                          self.settings, job, admission.wait):
+            return admission
+        return None
+
     def _execute(self, task: RegisteredTask, job: Job, payload: dict[str, Any],
-                 runs: int | None, refused: TaskValidationError | None = None) -> Outcome:
+                 runs: int | None, refused: TaskValidationError | None = None,
+                 started_at: float | None = None) -> Outcome:
         # Deliveries beyond the attempt number: earlier runs died with their process.
         # Deaths are not the task's failures (its worker may have been killed with it);
         # only a job that kept killing its process is poison.
@@ -189,9 +210,10 @@ class CeleryWorker:
         except TaskValidationError as exc:
             return self.execution.reject(job, exc)
         if task.spec.is_async:
-            outcome = worker_loop().run_until_complete(self.execution.run_async(job, values))
+            outcome = worker_loop().run_until_complete(
+                self.execution.run_async(job, values, started_at))
         else:
-            outcome = self.execution.run_sync(job, values)
+            outcome = self.execution.run_sync(job, values, started_at)
         if outcome.retry_delay is not None:
             # The RETRY record lands before the next attempt's STARTED.
             self.execution.records.flush(1.0)

@@ -24,17 +24,16 @@ from typing import Literal, overload
 from ...core.errors import DispatchError, TaskValidationError
 from ...core.execution import Execution, Outcome
 from ...core.job import Job
+from ...core.limits import Admission, admit, release
 from ...core.registry import get_task
 from ...policy.governor import Governor
+from .chain import Chain, chain_of, due_at, links
 from .loop import BackgroundLoop
 
 log = logging.getLogger("dispatcher.inline")
 
-#: A chain of jobs run one after another, and the future (if asked for) set once the
-#: last has run; or a lone job without a future, queued as itself (a backlog of held
-#: jobs is then one object each for the garbage collector to walk, not three).
-Chain = tuple[list[Job], "concurrent.futures.Future[None] | None"] | Job
-
+#: The longest an inline job over a concurrency limit waits before asking again.
+LIMIT_RECHECK = 1.0
 
 class InlineExecutor:
     """Runs chains of jobs with bounded concurrency; drains on shutdown."""
@@ -87,7 +86,7 @@ class InlineExecutor:
         """
         done: concurrent.futures.Future[None] | None = (
             concurrent.futures.Future() if tracked else None)
-        entry: Chain = jobs[0] if done is None and len(jobs) == 1 else (list(jobs), done)
+        entry = chain_of(jobs, done)
         ring = False
         with self._lock:  # one critical section on the request path
             if self._closed:
@@ -205,7 +204,7 @@ class InlineExecutor:
                 if not self._doorbell.get():
                     return None
             # Requests first while the server is saturated.
-            self.governor.wait_turn(_due_at(head))
+            self.governor.wait_turn(due_at(head))
             with self._lock:
                 chain = self._ready.popleft()
                 self._idle_threads -= 1
@@ -219,7 +218,7 @@ class InlineExecutor:
             chain = self._next_chain()
             if chain is None:  # shutdown
                 return
-            jobs, done = ([chain], None) if isinstance(chain, Job) else chain
+            jobs, done = links(chain)
             try:
                 for index, job in enumerate(jobs):
                     self._run_one(job, paced=index > 0)
@@ -232,22 +231,20 @@ class InlineExecutor:
     def _run_one(self, job: Job, *, paced: bool) -> None:
         if paced:  # the chain's first job waited for its turn when it was picked
             self.governor.wait_turn(job.due_at)
-        if job.id not in self._outstanding:  # abandoned by a drain meanwhile
-            return
-        if self.execution.cancellations.is_cancelled(job.id):  # never starts
-            self.execution.skip_cancelled(job)
-            self._finish(job)
+        admission = self._admit(job)
+        if admission is None:
             return
         with self._lock:
             self._running += 1
         cpu = time.thread_time()
         try:
-            outcome = self._attempt(job)
+            outcome = self._attempt(job, admission.at)
         except BaseException:  # a bug here must not lose the job silently
             log.exception("inline executor failed while running task %s", job.id)
             self._finish(job)
             return
         finally:
+            release(self.execution.limits, job, admission)
             with self._lock:
                 self._running -= 1
             self.governor.spent(time.thread_time() - cpu)
@@ -271,7 +268,24 @@ class InlineExecutor:
                 with self._lock:
                     self._running -= 1
 
-    def _attempt(self, job: Job) -> Outcome:
+    def _admit(self, job: Job) -> Admission | None:
+        """Whether ``job`` starts now: None if a drain abandoned it, if it was cancelled
+        (it never starts), or if a limit refused it (it waits on a timer, at most
+        ``LIMIT_RECHECK`` seconds: no one tells an inline job of a freed slot)."""
+        if job.id not in self._outstanding:
+            return None
+        if self.execution.cancellations.is_cancelled(job.id):
+            self.execution.skip_cancelled(job)
+            self._finish(job)
+            return None
+        admission = admit(self.execution.limits, job)
+        if admission.granted:
+            return admission
+        concurrency = admission.reason == "concurrency"
+        self._later(min(admission.wait, LIMIT_RECHECK) if concurrency else admission.wait, job)
+        return None
+
+    def _attempt(self, job: Job, started_at: float | None) -> Outcome:
         # Every attempt decodes the JSON payload, exactly as a worker does: the task
         # gets fresh values (never the caller's objects) and the same types on both routes.
         try:
@@ -279,10 +293,9 @@ class InlineExecutor:
         except TaskValidationError as exc:
             return self.execution.reject(job, exc)
         if not job.spec.is_async:
-            return self.execution.run_sync(job, values)
+            return self.execution.run_sync(job, values, started_at)
         running = asyncio.run_coroutine_threadsafe(
-            self.execution.run_async(job, values), self._loop.get()
-        )
+            self.execution.run_async(job, values, started_at), self._loop.get())
         return running.result()
 
     def _finish(self, job: Job) -> None:
@@ -291,10 +304,3 @@ class InlineExecutor:
             if not self._outstanding:
                 self._idle.notify_all()
 
-
-def _due_at(chain: Chain) -> float | None:
-    """When the chain's first job became due (None: an empty chain, nothing to hold)."""
-    if isinstance(chain, Job):
-        return chain.due_at
-    jobs = chain[0]
-    return jobs[0].due_at if jobs else None

@@ -57,6 +57,9 @@ def test_routes_json_lists_registered_tasks(capsys: pytest.CaptureFixture[str]) 
         "async": False,
         "retry": RetryPolicy.never().describe(),
         "schedule": None,
+        "rate_limit": None,
+        "concurrency": None,
+        "concurrency_key": None,
     }
     heavy = rows["unit.cli.heavy"]
     assert (heavy["route"], heavy["queue"], heavy["reason"]) == (
@@ -97,6 +100,10 @@ def test_routes_table(capsys: pytest.CaptureFixture[str]) -> None:
     @task(name="unit.cli.scheduled", schedule="*/5 * * * *")
     def scheduled() -> None: ...
 
+    @task(name="unit.cli.limited", rate_limit="100/m", concurrency=2,
+          concurrency_key="customer")
+    def limited(customer: str) -> None: ...
+
     assert main(["routes"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = lines[0].split()
@@ -104,9 +111,10 @@ def test_routes_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert header[:8] == ["TASK", "ROUTE", "QUEUE", "PRIORITY", "WEIGHT", "TIMEOUT", "RETRY",
                           "WHY"]
     # plus ADAPTIVE when a weight="auto" task is registered (the integration samples)
-    assert header[8:] in (["SCHEDULE"], ["ADAPTIVE", "SCHEDULE"])
+    assert header[8:] in (["SCHEDULE", "LIMITS"], ["ADAPTIVE", "SCHEDULE", "LIMITS"])
     by_name = {line.split()[0]: line for line in lines[1:]}
-    assert by_name["unit.cli.scheduled"].endswith("*/5 * * * *")
+    assert by_name["unit.cli.scheduled"].endswith("*/5 * * * *  -")
+    assert by_name["unit.cli.limited"].endswith("100/m, 2 at once per customer")
     light = by_name["unit.cli.light"].split()
     assert light[:6] == ["unit.cli.light", "inline", "-", "8", "1", "-"]
     assert "no retry" in by_name["unit.cli.light"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -108,6 +109,24 @@ def run_cancelled(log: ListHandler) -> tuple[str, list[logging.LogRecord]]:
     return handle.id, log.events(handle.id)
 
 
+def run_limited(log: ListHandler) -> tuple[str, list[logging.LogRecord]]:
+    """A job over its task's concurrency limit waits (``task.limited``), then runs."""
+    gate = threading.Event()
+
+    @task(name="unit.events.one_at_a_time", concurrency=1)
+    def one_at_a_time() -> None:
+        gate.wait(30)
+
+    first = one_at_a_time.dispatch()
+    wait_until(lambda: first.state() == "STARTED", "the first job holding the slot")
+    second = one_at_a_time.dispatch()
+    wait_until(lambda: any(fields(r)["event"] == "task.limited" for r in log.events(second.id)),
+               "the second job refused")
+    gate.set()
+    assert second.get(timeout=30) is None
+    return second.id, log.events(second.id)
+
+
 def test_success_sequence(dispatcher_log: ListHandler, request_id: str) -> None:
     task_id, records = run_success(dispatcher_log)
     assert [r.getMessage() for r in records] == [
@@ -175,7 +194,12 @@ def test_every_event_has_the_common_fields(dispatcher_log: ListHandler) -> None:
     _, failed_records = run_failure(dispatcher_log)
     _, cancelled_records = run_cancelled(dispatcher_log)
     assert [fields(r)["event"] for r in cancelled_records][-1] == "task.cancelled"
-    records = ok_records + failed_records + cancelled_records
+    _, limited_records = run_limited(dispatcher_log)
+    limited = [fields(r) for r in limited_records if fields(r)["event"] == "task.limited"]
+    assert limited[0]["reason"] == "concurrency"
+    assert limited[0]["retry_in"] > 0
+    assert [fields(r)["event"] for r in limited_records][-1] == "task.succeeded"
+    records = ok_records + failed_records + cancelled_records + limited_records
     assert {fields(r)["event"] for r in records} == set(EVENTS)
     for record in records:
         data = fields(record)

@@ -107,6 +107,20 @@ def test_counted_even_when_the_event_log_level_is_off() -> None:
     assert delta(counts("metrics_unit.quiet"), before)["succeeded"] == 1
 
 
+def test_limited_starts_are_counted_by_reason() -> None:
+    @task(name="metrics_unit.paced", rate_limit="2/s")
+    def paced() -> None:
+        return None
+
+    labels = {"task": "metrics_unit.paced", "route": "inline"}
+    before = value("dispatch_rate_limited_total", **labels)
+    handles = [paced.dispatch() for _ in range(3)]
+    for handle in handles:  # the third waited for the window to pass
+        assert handle.get(timeout=10) is None
+    assert value("dispatch_rate_limited_total", **labels) - before >= 1
+    assert value("dispatch_concurrency_limited_total", **labels) == 0
+
+
 def _job(name: str) -> Job:
     @task(name=name)
     def noop() -> None:
@@ -337,14 +351,15 @@ def test_every_metric_is_documented_in_the_readme() -> None:
     families = [
         *metrics.JOBS_DISPATCHED.describe(), *metrics.JOBS_SUCCEEDED.describe(),
         *metrics.JOBS_FAILED.describe(), *metrics.JOBS_RETRIED.describe(),
-        *metrics.JOBS_CANCELLED.describe(),
+        *metrics.JOBS_CANCELLED.describe(), *metrics.RATE_LIMITED.describe(),
+        *metrics.CONCURRENCY_LIMITED.describe(),
         *metrics.JOB_DURATION.describe(), *metrics.QUEUE_WAIT.describe(),
         *metrics.ROUTE_DECISIONS.describe(), *gauges.COLLECTOR.describe(),
     ]
     readme = (ROOT / "README.md").read_text()
     suffix = {"counter": "_total"}
     names = [f"`{f.name}{suffix.get(f.type, '')}`" for f in families]
-    assert len(names) == 17
+    assert len(names) == 19
     assert [n for n in names if n not in readme] == []
 
 

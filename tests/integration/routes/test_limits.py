@@ -1,0 +1,141 @@
+"""Rate and concurrency limits across processes and both routes, against real Redis,
+the session worker and processes started here: jobs over a limit wait, none is
+dropped, and a slot whose holder was SIGKILLed frees when its lease runs out."""
+
+from __future__ import annotations
+
+import collections
+import json
+import math
+import signal
+import subprocess
+import sys
+import uuid
+from typing import Any
+
+import redis
+
+from dispatcher.runtime.container import current
+from dispatcher.store import keys
+from tests.integration import sample_tasks as samples
+from tests.support import ROOT, wait_until
+
+#: Dispatches 100 jobs of a rate-limited task to Celery from a second process, once the
+#: test says go (the test process dispatches 100 inline at the same moment).
+RATE_SCRIPT = """
+import json, sys, time
+from dispatcher import configure
+from tests.integration import sample_tasks as samples
+configure()
+key = sys.argv[1]
+print("ready", flush=True)
+while samples.ledger().get(key + ":go") is None:
+    time.sleep(0.005)
+handles = samples.rate_limited.options(route="celery").dispatch_many([(key,)] * 100)
+print(json.dumps([h.id for h in handles]), flush=True)
+"""
+
+
+def _finished(ids: list[str]) -> list[dict[str, Any]]:
+    """The records of ``ids`` once every one is finished (waits for them)."""
+    store = current().records
+
+    def done() -> bool:
+        return all(r is not None and r["status"] in {"SUCCESS", "FAILURE"}
+                   for r in store.load_many(ids))
+
+    wait_until(done, f"{len(ids)} jobs finished", timeout=180)
+    return [r for r in store.load_many(ids) if r is not None]
+
+
+def test_a_rate_limit_holds_across_processes_and_both_routes(
+        broker: str, service_env: dict[str, str]) -> None:
+    key = f"rate:{uuid.uuid4()}"
+    other = subprocess.Popen([sys.executable, "-c", RATE_SCRIPT, key], env=service_env,
+                             cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout is not None
+        assert other.stdout.readline().strip() == "ready"
+        samples.ledger().set(f"{key}:go", "1")
+        inline = samples.rate_limited.options(route="inline").dispatch_many([(key,)] * 100)
+        celery_ids = json.loads(other.stdout.readline())
+        assert other.wait(timeout=60) == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+    ids = [h.id for h in inline] + celery_ids
+    records = _finished(ids)
+    assert {r["status"] for r in records} == {"SUCCESS"}
+    runs = samples.entries(key)
+    assert sorted(str(e["job"]) for e in runs) == sorted(ids)  # each ran, once
+    assert {e["route"] for e in runs} == {"inline", "celery"}
+    starts = sorted(float(r["started_at"]) for r in records)
+    per_window = collections.Counter(math.floor(t) for t in starts)
+    assert max(per_window.values()) <= 20, per_window
+    # Not only aligned windows: no 21 starts within any 1 s.
+    assert all(later - earlier >= 1.0 - 1e-6
+               for earlier, later in zip(starts, starts[20:], strict=False))
+    ran = [float(e["t"]) for e in runs]  # the tasks' own clocks, a moment after admission
+    print(f"\n200 jobs at 20/s from 2 processes took {starts[-1] - starts[0]:.1f} s; "
+          f"starts per aligned second: max {max(per_window.values())}; by the tasks' "
+          f"clocks: max {max(collections.Counter(math.floor(t) for t in ran).values())}")
+
+
+def test_a_concurrency_limit_per_key_holds_across_both_routes(broker: str) -> None:
+    key = f"conc:{uuid.uuid4()}"
+    # Grouped by customer: without the limit the executor's threads would all take the
+    # same customer's jobs at once.
+    calls = [(key, f"c{n // 10}", 0.2) for n in range(50)]
+    inline = samples.per_customer.options(route="inline").dispatch_many(calls[::2])
+    celery = samples.per_customer.options(route="celery").dispatch_many(calls[1::2])
+    records = _finished([h.id for h in [*inline, *celery]])
+    assert {r["status"] for r in records} == {"SUCCESS"}
+    runs = samples.entries(key)
+    assert len(runs) == 50
+    assert max(int(str(e["running"])) for e in runs) <= 2
+    for customer in {c for _, c, _ in calls}:
+        assert redis.Redis.from_url(broker).zcard(
+            keys.slots(f"samples.per_customer\x1f{customer}")) == 0  # every slot given back
+    print(f"\nmost jobs running at once over all customers: "
+          f"{max(int(str(e['everyone'])) for e in runs)}")
+
+
+HOLDER_SCRIPT = """
+import sys, time
+from dispatcher import configure
+from tests.integration import sample_tasks as samples
+configure()
+samples.one_at_a_time.options(route="inline").dispatch(sys.argv[1], hold=600)
+time.sleep(600)
+"""
+
+
+def test_a_slot_whose_holder_is_sigkilled_frees_within_the_lease(
+        broker: str, service_env: dict[str, str]) -> None:
+    key = f"lease:{uuid.uuid4()}"
+    client = redis.Redis.from_url(broker)
+    slots = keys.slots("samples.one_at_a_time")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_SCRIPT, key], env=service_env,
+                              cwd=ROOT)
+    try:
+        wait_until(lambda: samples.entries(key), "the holder running its job")
+        assert client.zcard(slots) == 1
+        waiting = samples.one_at_a_time.options(route="celery").dispatch(f"{key}:next")
+        wait_until(lambda: client.zscore(keys.DELAYED, f"{waiting.id}:1") is not None,
+                   "the second job waiting for the slot in the delay store")
+        killed_at = float(client.time()[0]) + client.time()[1] / 1e6
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=30)
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    (_, expiry), = client.zrange(slots, 0, -1, withscores=True)
+    lease = current().settings.concurrency_lease
+    assert expiry <= killed_at + lease + 1e-3  # renewed at most a lease ahead
+    record = _finished([waiting.id])[0]
+    assert record["status"] == "SUCCESS"
+    # It started only once the dead holder's lease ran out, and then at once.
+    assert float(record["started_at"]) >= expiry - 1e-3
+    print(f"\nslot of a SIGKILLed holder free {expiry - killed_at:.1f} s after the kill "
+          f"(lease {lease:g} s); the waiting job started "
+          f"{float(record['started_at']) - expiry:.2f} s after that")
