@@ -36,6 +36,7 @@ SEE_ALSO: dict[str, str] = {
     "routes": "[Routing rules](guide.md#routing-rules)",
     "inline_max_weight": "[Routing rules](guide.md#routing-rules)",
     "inline_concurrency": "[The inline route](guide.md#the-inline-route)",
+    "concurrency_lease": "[Rate and concurrency limits](guide.md#rate-and-concurrency-limits)",
     "inline_busy_share": _YIELD,
     "inline_max_hold": _YIELD,
     "inline_hold_request": "[Tests for your own app](guide.md#tests-for-your-own-app)",

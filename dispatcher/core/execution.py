@@ -26,8 +26,8 @@ from .context import attempt_var
 from .errors import TaskCancelled, TaskTimeout
 from .events import emit, error_fields
 from .job import Job
-from .limits import LocalLimits
-from .ports import Cancellations, DeadLetterStore, Health, Limits, RecordStore
+from .limits import Limits, LocalLimits
+from .ports import Cancellations, DeadLetterStore, Health, RecordStore
 from .record import ErrorInfo, State, celery_exception, make_dead_letter, make_record
 from .redaction import scrub, secret_values
 from .registry import secret_names

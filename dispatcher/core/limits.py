@@ -20,18 +20,18 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from .events import emit
 from .job import Job
 from .spec import TaskSpec
 
-if TYPE_CHECKING:
-    from .ports import Limits
-
 log = logging.getLogger("dispatcher.limits")
 
 LimitReason = Literal["rate_limit", "concurrency"]
+#: The longest an inline job waits for a slot before asking again (a freed slot
+#: pushes a waiting Celery job at once; no one tells an inline job).
+SLOT_RECHECK = 1.0
 
 
 def slot_key(spec: TaskSpec, payload: dict[str, Any]) -> str:
@@ -62,6 +62,21 @@ class Admission:
     wait: float = 0.0
     reason: LimitReason | None = None
     slot: str | None = None
+
+    def recheck_in(self, most: float) -> float:
+        """When a refused job asks again: when told, or for a slot at most ``most``
+        seconds from now."""
+        return min(self.wait, most) if self.reason == "concurrency" else self.wait
+
+
+class Limits(Protocol):
+    """The port: rate and concurrency limits across the fleet, asked right before a job
+    starts (only for tasks that declare one). ``waiter``: the publication to push at
+    once when a concurrency slot frees (a Celery job waiting in the delay store)."""
+
+    def admit(self, job: Job, waiter: str | None = None) -> Admission: ...
+
+    def release(self, job: Job, admission: Admission) -> None: ...
 
 
 #: The admission of a job whose task declares no limit (or whose limiter is down).
@@ -123,7 +138,7 @@ class LocalLimits:
                 key = slot_key(spec, job.payload)
                 held = self._slots.setdefault(key, set())
                 if job.id not in held and len(held) >= spec.concurrency:
-                    return Admission(False, now, 0.05, "concurrency")
+                    return Admission(False, now, 0.25, "concurrency")
             rate = spec.rate_limit
             if rate is not None:
                 starts = self._starts.setdefault(spec.name, collections.deque())

@@ -1,4 +1,5 @@
-"""The ports: the interfaces the core and the routes are written against.
+"""The ports: the interfaces the core and the routes are written against (``Limits``
+lives with the limits it answers for, in ``limits``).
 
 Adapters in ``dispatcher.store`` (Redis, memory) and ``dispatcher.routes`` implement
 them; ``dispatcher.runtime`` builds one of each per process and hands them to whoever
@@ -15,7 +16,6 @@ from .spec import CallOptions, RouteName, TaskSpec
 
 if TYPE_CHECKING:
     from .job import Job
-    from .limits import Admission
     from .validation import ArgumentValidator
 
 
@@ -82,16 +82,6 @@ class Cancellations(Protocol):
     def cancel(self, task_id: str) -> None: ...
 
     def is_cancelled(self, task_id: str) -> bool: ...
-
-
-class Limits(Protocol):
-    """Rate and concurrency limits across the fleet, asked right before a job starts
-    (only for tasks that declare one). ``waiter``: the publication to push at once when
-    a concurrency slot frees (a Celery job waiting in the delay store)."""
-
-    def admit(self, job: Job, waiter: str | None = None) -> Admission: ...
-
-    def release(self, job: Job, admission: Admission) -> None: ...
 
 
 class Health(Protocol):

@@ -88,16 +88,17 @@ class Cluster:
         os.killpg(worker.pid, signal.SIGKILL)
         worker.popen.wait()
 
-    def start_api(self, port: int | None = None, **env: str) -> Process:
-        """An API process on ``port`` (default: a free one); its address is ``api.url``
-        (and ``api_url``, the last one started)."""
+    def start_api(self, port: int | None = None, app: str = "api.main:app",
+                  **env: str) -> Process:
+        """An API process serving ``app`` on ``port`` (default: a free one); its address
+        is ``api.url`` (and ``api_url``, the last one started)."""
         if self.short:
             # The API also loads the example tasks (timeouts up to 60 s); the short
             # visibility timeout only matters to consumers, so the API keeps a longer one.
             env = {"DISPATCH_VISIBILITY_TIMEOUT": "120", **env}
         port = port or free_port()
         api = Process(
-            [sys.executable, "-m", "uvicorn", "api.main:app", "--host", "127.0.0.1",
+            [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1",
              "--port", str(port)],
             {**self.env, **env}, self.root / f"api{len(self.apis)}.log",
         )

@@ -78,3 +78,12 @@ def tick() -> None:
     """Run by DISPATCH_SCHEDULES in the scheduler test; each run is one ledger line."""
     job = current_job()
     note("tick", job.id if job is not None else "?")
+
+
+PACED_PER_SECOND = 10
+
+
+@task(name="rel.paced", weight=1, rate_limit=f"{PACED_PER_SECOND}/s")
+def paced(job: str) -> None:
+    """Rate-limited across the fleet; routed inline or to Celery by each call."""
+    note("done", job)

@@ -157,8 +157,6 @@ class CeleryWorker:
                     refused = exc
             job = job_from_request(task, request, payload)
             admission = self._admit(job)
-            if admission is None:  # over a limit: waits in the delay store
-                return None
             try:
                 runs, cancelled = self.count_run(job, self.settings.result_ttl)
                 if cancelled:  # never started: acknowledged without running
@@ -174,17 +172,18 @@ class CeleryWorker:
             raise TaskFailed(str(request.id), type(error).__name__, str(error)) from error
         return outcome.result
 
-    def _admit(self, job: Job) -> Admission | None:
-        """The limiter's admission of ``job`` (always, for a task without limits); None
-        when it was refused and the job filed back in the delay store, to come back
-        when the limiter said (or when a slot it waits for frees)."""
+    def _admit(self, job: Job) -> Admission:
+        """The limiter's admission of ``job`` (always, for a task without limits). A job
+        it refused is filed back in the delay store, to come back when the limiter said
+        (or when a slot it waits for frees), and Celery is told it will be retried."""
         if not is_limited(job.spec) or self.execution.cancellations.is_cancelled(job.id):
             return UNLIMITED
         admission = admit(self.execution.limits, job, waiter=job.publish_id)
         if admission.granted or not defer(self.route.monitor.publisher.client,
                                           self.settings, job, admission.wait):
             return admission
-        return None
+        raise Retry(f"over its {admission.reason}: waits {admission.wait:.3g} s",
+                    when=admission.wait)  # type: ignore[arg-type]
 
     def _execute(self, task: RegisteredTask, job: Job, payload: dict[str, Any],
                  runs: int | None, refused: TaskValidationError | None = None,

@@ -4,9 +4,8 @@
 jobs and runs every attempt start to end in itself (decode, records, events, the task)
 with no hop through another thread, so an inline job costs the web server's GIL as
 little as it can. Sync tasks run in the worker thread; coroutine tasks on one shared
-event loop in a daemon thread, while their worker thread waits (the slot stays
-taken). Countdowns and retry delays wait on that loop's timers, holding neither a
-thread nor a slot.
+event loop in a daemon thread, while their worker thread waits (the slot stays taken).
+Countdowns, retry delays and jobs over a limit wait on that loop's timers.
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from typing import Literal, overload
 from ...core.errors import DispatchError, TaskValidationError
 from ...core.execution import Execution, Outcome
 from ...core.job import Job
-from ...core.limits import Admission, admit, release
+from ...core.limits import SLOT_RECHECK, Admission, admit, release
 from ...core.registry import get_task
 from ...policy.governor import Governor
 from .chain import Chain, chain_of, due_at, links
@@ -32,8 +31,6 @@ from .loop import BackgroundLoop
 
 log = logging.getLogger("dispatcher.inline")
 
-#: The longest an inline job over a concurrency limit waits before asking again.
-LIMIT_RECHECK = 1.0
 
 class InlineExecutor:
     """Runs chains of jobs with bounded concurrency; drains on shutdown."""
@@ -74,9 +71,8 @@ class InlineExecutor:
     def submit(self, jobs: Sequence[Job], countdown: float | None = None, *,
                tracked: Literal[True]) -> concurrent.futures.Future[None]: ...
 
-    def submit(
-        self, jobs: Sequence[Job], countdown: float | None = None, *, tracked: bool = False
-    ) -> concurrent.futures.Future[None] | None:
+    def submit(self, jobs: Sequence[Job], countdown: float | None = None, *,
+               tracked: bool = False) -> concurrent.futures.Future[None] | None:
         """Run ``jobs`` one after another (after ``countdown`` seconds); thread-safe.
 
         With ``tracked=True`` it returns a future that completes when the last job of
@@ -84,10 +80,8 @@ class InlineExecutor:
         Untracked chains allocate no future: jobs held back during a burst are many,
         and each future is several objects for the garbage collector to walk.
         """
-        done: concurrent.futures.Future[None] | None = (
-            concurrent.futures.Future() if tracked else None)
-        entry = chain_of(jobs, done)
-        ring = False
+        done = concurrent.futures.Future[None]() if tracked else None
+        entry, ring = chain_of(jobs, done), False
         with self._lock:  # one critical section on the request path
             if self._closed:
                 raise DispatchError("the inline executor has been shut down")
@@ -270,8 +264,7 @@ class InlineExecutor:
 
     def _admit(self, job: Job) -> Admission | None:
         """Whether ``job`` starts now: None if a drain abandoned it, if it was cancelled
-        (it never starts), or if a limit refused it (it waits on a timer, at most
-        ``LIMIT_RECHECK`` seconds: no one tells an inline job of a freed slot)."""
+        (it never starts), or if a limit refused it (it waits on a timer)."""
         if job.id not in self._outstanding:
             return None
         if self.execution.cancellations.is_cancelled(job.id):
@@ -279,11 +272,10 @@ class InlineExecutor:
             self._finish(job)
             return None
         admission = admit(self.execution.limits, job)
-        if admission.granted:
-            return admission
-        concurrency = admission.reason == "concurrency"
-        self._later(min(admission.wait, LIMIT_RECHECK) if concurrency else admission.wait, job)
-        return None
+        if not admission.granted:
+            self._later(admission.recheck_in(SLOT_RECHECK), job)
+            return None
+        return admission
 
     def _attempt(self, job: Job, started_at: float | None) -> Outcome:
         # Every attempt decodes the JSON payload, exactly as a worker does: the task
