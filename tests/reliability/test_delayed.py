@@ -63,7 +63,7 @@ def test_jobs_cancelled_while_no_worker_is_up_never_run(cluster: Cluster) -> Non
 
 def test_three_workers_dispatch_each_tick_once_through_a_kill(cluster: Cluster) -> None:
     """A 1-second schedule on 3 workers; one is SIGKILLed and restarted half way."""
-    seconds = scale(30, 20)
+    seconds = scale(30, 12)
     schedules = '[{"task": "rel.tick", "every": 1}]'
     workers = [cluster.start_worker(1, hostname=f"tick{i}@%h", DISPATCH_SCHEDULES=schedules)
                for i in range(3)]

@@ -110,6 +110,11 @@ def test_dashboard_live_progress_and_redispatch(
     expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=TIMEOUT_MS)
     expect(page.locator('[data-tile="per-minute"]')).to_be_visible()
     expect(page.locator("#routes tr[data-task='samples.progress_steps']")).to_be_visible()
+    # Each task's limits, as GET /routes gives them.
+    expect(page.locator("#routes th", has_text="rate limit")).to_have_count(1)
+    expect(page.locator("#routes tr[data-task='samples.rate_limited']")).to_contain_text("20/s")
+    expect(page.locator("#routes tr[data-task='samples.per_customer']")).to_contain_text(
+        "customer")
     listed = page.locator("#schedules tr[data-task='samples.echo']")
     expect(listed).to_contain_text("0 0 1 1 * (UTC)")
     expect(listed).to_contain_text('{"value":{"n":1}}')
