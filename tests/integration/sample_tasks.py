@@ -210,11 +210,3 @@ def per_customer(key: str, customer: str, hold: float = 0.2) -> int:
         ledger().decr(f"{key}:running")
     return int(running)
 
-
-@task(name="samples.one_at_a_time", weight=1, concurrency=1)
-def one_at_a_time(key: str, hold: float = 0.0) -> None:
-    """Holds the task's one slot for ``hold`` seconds (unless released early)."""
-    note(key, label="holding")
-    deadline = time.monotonic() + hold
-    while ledger().get(f"{key}:release") is None and time.monotonic() < deadline:
-        time.sleep(0.05)

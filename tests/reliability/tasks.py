@@ -87,3 +87,11 @@ PACED_PER_SECOND = 10
 def paced(job: str) -> None:
     """Rate-limited across the fleet; routed inline or to Celery by each call."""
     note("done", job)
+
+
+@task(name="rel.one_slot", weight=8, concurrency=1)
+def one_slot(job: str, ms: int) -> None:
+    """One job at a time across the fleet."""
+    note("start", job)
+    time.sleep(ms / 1000)
+    note("done", job)
