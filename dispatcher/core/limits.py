@@ -15,6 +15,7 @@ job is delayed (through the delay store on Celery, on a timer inline), never dro
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
 import threading
@@ -63,11 +64,6 @@ class Admission:
     reason: LimitReason | None = None
     slot: str | None = None
 
-    def recheck_in(self, most: float) -> float:
-        """When a refused job asks again: when told, or for a slot at most ``most``
-        seconds from now."""
-        return min(self.wait, most) if self.reason == "concurrency" else self.wait
-
 
 class Limits(Protocol):
     """The port: rate and concurrency limits across the fleet, asked right before a job
@@ -86,10 +82,13 @@ UNLIMITED = Admission(True, None)
 _unreachable_logged = 0.0
 
 
-def admit(limits: Limits, job: Job, waiter: str | None = None) -> Admission:
+def admit(limits: Limits, job: Job, waiter: str | None = None,
+          slot_recheck: float | None = None) -> Admission:
     """Ask ``limits`` whether ``job`` may start now (a task without limits always may).
 
-    A refusal emits ``task.limited`` (with ``reason`` and ``retry_in``). A limiter that
+    ``slot_recheck``: a job refused a slot asks again at most this many seconds later
+    (one that no freed slot wakes: an inline job). A refusal emits ``task.limited``
+    (with ``reason`` and ``retry_in``, the wait the job was given). A limiter that
     cannot be asked (Redis down) admits: the job runs rather than waits for a limiter
     that may not come back; a warning says the limit was not applied."""
     if not is_limited(job.spec):
@@ -103,8 +102,11 @@ def admit(limits: Limits, job: Job, waiter: str | None = None) -> Admission:
             log.warning("limits of task %r not applied (limiter unreachable: %s)",
                         job.spec.name, exc)
         return UNLIMITED
-    if not admission.granted:
-        emit("task.limited", job, reason=admission.reason, retry_in=round(admission.wait, 3))
+    if admission.granted:
+        return admission
+    if slot_recheck is not None and admission.reason == "concurrency":
+        admission = dataclasses.replace(admission, wait=min(admission.wait, slot_recheck))
+    emit("task.limited", job, reason=admission.reason, retry_in=round(admission.wait, 3))
     return admission
 
 

@@ -182,7 +182,8 @@ class CeleryWorker:
         if admission.granted or not defer(self.route.monitor.publisher.client,
                                           self.settings, job, admission.wait):
             return admission
-        raise Retry(f"over its {admission.reason}: waits {admission.wait:.3g} s",
+        reason = (admission.reason or "limit").replace("_", " ")
+        raise Retry(f"over its {reason}: waits {admission.wait:.3g} s",
                     when=admission.wait)  # type: ignore[arg-type]
 
     def _execute(self, task: RegisteredTask, job: Job, payload: dict[str, Any],

@@ -271,9 +271,9 @@ class InlineExecutor:
             self.execution.skip_cancelled(job)
             self._finish(job)
             return None
-        admission = admit(self.execution.limits, job)
+        admission = admit(self.execution.limits, job, slot_recheck=SLOT_RECHECK)
         if not admission.granted:
-            self._later(admission.recheck_in(SLOT_RECHECK), job)
+            self._later(admission.wait, job)
             return None
         return admission
 
