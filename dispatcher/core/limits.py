@@ -15,6 +15,7 @@ job is delayed (through the delay store on Celery, on a timer inline), never dro
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -55,7 +56,8 @@ class Admission:
 
     ``at``: when it was admitted (the limiter's clock), the attempt's start time (None:
     no limiter was asked). Refused: ``wait`` seconds until asking again is worth it,
-    and ``reason``. ``slot``: the concurrency slot held (released when the attempt ends).
+    and ``reason``. ``slot``: the concurrency slot held (released when the attempt ends),
+    or waited for.
     """
 
     granted: bool
@@ -67,10 +69,10 @@ class Admission:
 
 class Limits(Protocol):
     """The port: rate and concurrency limits across the fleet, asked right before a job
-    starts (only for tasks that declare one). ``waiter``: the publication to push at
-    once when a concurrency slot frees (a Celery job waiting in the delay store)."""
+    starts (only for tasks that declare one). A slot is held by one publication of a
+    job (``job.publish_id``: an attempt), so a retry never takes over its predecessor's."""
 
-    def admit(self, job: Job, waiter: str | None = None) -> Admission: ...
+    def admit(self, job: Job) -> Admission: ...
 
     def release(self, job: Job, admission: Admission) -> None: ...
 
@@ -82,8 +84,7 @@ UNLIMITED = Admission(True, None)
 _unreachable_logged = 0.0
 
 
-def admit(limits: Limits, job: Job, waiter: str | None = None,
-          slot_recheck: float | None = None) -> Admission:
+def admit(limits: Limits, job: Job, slot_recheck: float | None = None) -> Admission:
     """Ask ``limits`` whether ``job`` may start now (a task without limits always may).
 
     ``slot_recheck``: a job refused a slot asks again at most this many seconds later
@@ -94,7 +95,7 @@ def admit(limits: Limits, job: Job, waiter: str | None = None,
     if not is_limited(job.spec):
         return UNLIMITED
     try:
-        admission = limits.admit(job, waiter)
+        admission = limits.admit(job)
     except Exception as exc:
         global _unreachable_logged
         if time.monotonic() - _unreachable_logged > 10.0:  # not one line per job
@@ -113,7 +114,7 @@ def admit(limits: Limits, job: Job, waiter: str | None = None,
 def release(limits: Limits, job: Job, admission: Admission) -> None:
     """Give back the slot ``admission`` holds (if any); never raises (a slot not given
     back expires with its lease)."""
-    if admission.slot is None:
+    if admission.slot is None or not admission.granted:
         return
     try:
         limits.release(job, admission)
@@ -131,7 +132,7 @@ class LocalLimits:
         self._starts: dict[str, collections.deque[float]] = {}
         self._slots: dict[str, set[str]] = {}
 
-    def admit(self, job: Job, waiter: str | None = None) -> Admission:
+    def admit(self, job: Job) -> Admission:
         spec = job.spec
         now = time.time()
         with self._lock:
@@ -139,8 +140,8 @@ class LocalLimits:
             if spec.concurrency is not None:
                 key = slot_key(spec, job.payload)
                 held = self._slots.setdefault(key, set())
-                if job.id not in held and len(held) >= spec.concurrency:
-                    return Admission(False, now, 0.25, "concurrency")
+                if job.publish_id not in held and len(held) >= spec.concurrency:
+                    return Admission(False, now, 0.25, "concurrency", key)
             rate = spec.rate_limit
             if rate is not None:
                 starts = self._starts.setdefault(spec.name, collections.deque())
@@ -151,7 +152,7 @@ class LocalLimits:
                     return Admission(False, now, max(0.001, free - now), "rate_limit")
                 starts.append(now)
             if key is not None:
-                self._slots[key].add(job.id)
+                self._slots[key].add(job.publish_id)
             return Admission(True, now, slot=key)
 
     def release(self, job: Job, admission: Admission) -> None:
@@ -160,6 +161,16 @@ class LocalLimits:
         with self._lock:
             held = self._slots.get(admission.slot)
             if held is not None:
-                held.discard(job.id)
+                held.discard(job.publish_id)
                 if not held:
                     del self._slots[admission.slot]
+
+
+def release_after(limits: Limits, job: Job, admission: Admission,
+                  lingering: concurrent.futures.Future[Any] | None) -> None:
+    """``release`` now, or once a timed-out call that still runs (``lingering``: Python
+    cannot stop a thread) ends: its slot stays taken while it runs."""
+    if lingering is None or admission.slot is None:
+        release(limits, job, admission)
+    else:
+        lingering.add_done_callback(lambda _: release(limits, job, admission))

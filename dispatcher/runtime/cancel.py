@@ -37,9 +37,12 @@ def cancel(task_id: str) -> bool:
         return False
     runtime.execution.cancellations.cancel(task_id)
     celery = record["route"] == "celery" and runtime.settings.broker_url is not None
-    if celery and not _withdraw(runtime.celery.monitor.publisher.client, record):
+    started, withdrawn = (_withdraw(runtime.celery.monitor.publisher.client, record)
+                          if celery else (False, False))
+    if started:
         return True  # a worker started it meanwhile: it is told, and ends when it stops
-    if record["status"] in ("PENDING", "RETRY"):  # waiting: it ends now
+    # Waiting (even a job that ran, died with its worker and now waits for a limit).
+    if withdrawn or record["status"] in ("PENDING", "RETRY"):
         job = _job(record)
         if job is None:  # a task this process does not have: its record all the same
             runtime.records.save(finish({**record, "status": "REVOKED",
@@ -50,17 +53,18 @@ def cancel(task_id: str) -> bool:
     return True
 
 
-def _withdraw(client: redis.Redis, record: JobRecord) -> bool:
+def _withdraw(client: redis.Redis, record: JobRecord) -> tuple[bool, bool]:
     """Take the job's waiting publication out of the delay store (a delay may outlast
-    the cancel mark); False if a worker has started it (its publish marker says so)."""
+    the cancel mark). Returns whether a worker has started it (its publish marker says
+    so) and whether it was taken out of the delay store."""
     attempt = record.get("attempt") or 1
     task_id = record["task_id"]
     waiting = [f"{task_id}:{attempt}", f"{task_id}:{attempt + 1}"]  # a retry's next one
     with client.pipeline(transaction=True) as pipe:
         pipe.zrem(keys.DELAYED, *waiting)
         pipe.get(keys.marker(waiting[0]))
-        _, marker = pipe.execute()
-    return not (record["status"] == "PENDING" and marker == b"1")
+        removed, marker = pipe.execute()
+    return (not removed and record["status"] == "PENDING" and marker == b"1"), bool(removed)
 
 
 def _job(record: JobRecord) -> Job | None:

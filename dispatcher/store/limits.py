@@ -28,6 +28,12 @@ from .scripts import ADMIT, RELEASE_SLOT, RENEW_SLOTS
 log = logging.getLogger("dispatcher.limits")
 
 _REASONS: dict[str, LimitReason] = {"rate_limit": "rate_limit", "concurrency": "concurrency"}
+#: Seconds the limiter is not asked after a Redis error.
+QUIET_AFTER_ERROR = 5.0
+
+
+class LimiterUnavailable(Exception):
+    """The limiter's Redis cannot be asked now (the job runs without its limits)."""
 
 
 class RedisLimits:
@@ -40,25 +46,35 @@ class RedisLimits:
         self._release = client.register_script(RELEASE_SLOT.source)
         self._renew = client.register_script(RENEW_SLOTS.source)
         self._lock = threading.Lock()
-        #: Slots this process holds: (slot key, job id) -> how many attempts hold it.
+        #: Slots this process holds: (slot key, publication) -> how many deliveries hold it.
         self._held: dict[tuple[str, str], int] = {}
         self._renewer_pid = 0
+        self._quiet_until = 0.0
 
-    def admit(self, job: Job, waiter: str | None = None) -> Admission:
-        """Admit ``job`` or refuse it with a wait; raises on a Redis error."""
+    def admit(self, job: Job) -> Admission:
+        """Admit ``job`` or refuse it with a wait. Raises ``LimiterUnavailable`` on a
+        Redis error, and for a few seconds after one without asking (a job must not
+        wait out a timeout each time while Redis is down)."""
+        if time.monotonic() < self._quiet_until:
+            raise LimiterUnavailable("the limiter's Redis failed a moment ago")
         spec = job.spec
         rate, slots = spec.rate_limit, spec.concurrency
         slot = None if slots is None else slot_key(spec, job.payload)
-        reply = self._admit(
-            keys=[keys.rate(spec.name), keys.rate_waiting(spec.name),
-                  keys.slots(slot or spec.name), keys.slot_waiters(slot or spec.name)],
-            args=[job.id, 0 if rate is None else rate.count, 0 if rate is None else rate.per,
-                  slots or 0, self.lease, waiter or ""])
+        try:
+            reply = self._admit(
+                keys=[keys.rate(spec.name), keys.rate_waiting(spec.name),
+                      keys.slots(slot or spec.name), keys.slot_waiters(slot or spec.name)],
+                args=[job.publish_id, 0 if rate is None else rate.count,
+                      0 if rate is None else rate.per, slots or 0, self.lease])
+        except REDIS_ERRORS as exc:
+            self._quiet_until = time.monotonic() + QUIET_AFTER_ERROR
+            raise LimiterUnavailable(str(exc)) from exc
         admitted, reason, wait, now = (as_text(part) for part in reply)
         if admitted != "1":
-            return Admission(False, float(now), max(0.001, float(wait)), _REASONS[reason])
+            return Admission(False, float(now), max(0.001, float(wait)), _REASONS[reason],
+                             slot)
         if slot is not None:
-            self._hold(slot, job.id)
+            self._hold(slot, job.publish_id)
         return Admission(True, float(now), slot=slot)
 
     def release(self, job: Job, admission: Admission) -> None:
@@ -66,15 +82,16 @@ class RedisLimits:
         slot = admission.slot
         if slot is None:
             return
+        holder = job.publish_id
         with self._lock:
-            count = self._held.pop((slot, job.id), 0) - 1
+            count = self._held.pop((slot, holder), 0) - 1
             if count > 0:
-                self._held[(slot, job.id)] = count
-        if count > 0:  # another attempt of the same job holds it still (rare)
+                self._held[(slot, holder)] = count
+        if count > 0:  # a second delivery of the same publication holds it still (rare)
             return
         self._release(keys=[keys.slots(slot), keys.slot_waiters(slot), keys.DELAYED,
                             keys.INFLIGHT],
-                      args=[job.id, time.time(), keys.MARKER_PREFIX, keys.CANCEL_PREFIX])
+                      args=[holder, time.time(), keys.MARKER_PREFIX, keys.CANCEL_PREFIX])
 
     def held(self) -> int:
         """Slots this process holds now."""
@@ -86,16 +103,17 @@ class RedisLimits:
             held = list(self._held)
         if held:
             self._renew(keys=[keys.slots(slot) for slot, _ in held],
-                        args=[self.lease, *(job_id for _, job_id in held)])
+                        args=[self.lease, *(holder for _, holder in held)])
         return len(held)
 
-    def _hold(self, slot: str, job_id: str) -> None:
+    def _hold(self, slot: str, holder: str) -> None:
         with self._lock:
-            self._held[(slot, job_id)] = self._held.get((slot, job_id), 0) + 1
             if self._renewer_pid != os.getpid():  # one renewer per process (after a fork too)
+                self._held = {}  # a forked child holds none of its parent's slots
                 self._renewer_pid = os.getpid()
                 threading.Thread(target=self._renew_loop, name="dispatch-leases",
                                  daemon=True).start()
+            self._held[(slot, holder)] = self._held.get((slot, holder), 0) + 1
 
     def _renew_loop(self) -> None:
         pid = os.getpid()

@@ -210,3 +210,9 @@ def per_customer(key: str, customer: str, hold: float = 0.2) -> int:
         ledger().decr(f"{key}:running")
     return int(running)
 
+
+
+@task(name="samples.hourly", weight=1, rate_limit="1/h")
+def hourly(n: int) -> int:
+    """Once an hour: a second job waits (in the delay store, on Celery)."""
+    return n

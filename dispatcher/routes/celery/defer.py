@@ -1,42 +1,49 @@
 """Delivered jobs a rate or concurrency limit refused go back to the delay store, due
 when the limiter said to ask again (or sooner: a freed slot pushes its waiting job at
-once). The message is acknowledged only after that, so it is never dropped, and its
-worker holds nothing in memory while it waits."""
+once). The delivery is acknowledged only after that, so the job is never dropped, and
+no worker holds it in memory while it waits."""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 
 import redis
 
 from ...core.job import Job
+from ...core.limits import Admission
 from ...core.settings import DispatcherSettings
 from ...store import keys
 from ...store.scripts import DEFER
 from .monitor import BROKER_ERRORS
-from .prepare import prepared
+from .protocol import queue_key, task_message
 
 log = logging.getLogger("dispatcher.worker")
 
 
-def defer(client: redis.Redis, settings: DispatcherSettings, job: Job, delay: float) -> bool:
-    """File ``job``'s publication in the delay store, due in ``delay`` seconds. Its
-    marker keeps the message it was published with; one without (a plain Celery
-    client's, or a redelivery after a crash) is given one. False on a Redis error: the
-    caller then runs the job rather than lose it."""
-    due = time.time() + delay
-    ttl = settings.result_ttl + math.ceil(delay)
-    script = client.register_script(DEFER.source)
-    pid = job.publish_id
+def defer(client: redis.Redis, settings: DispatcherSettings, job: Job,
+          refused: Admission) -> bool:
+    """File ``job``'s publication in the delay store, due in ``refused.wait`` seconds,
+    with a fresh message: the same job and publication, under a new delivery tag, since
+    the refused delivery is acknowledged after this and kombu acknowledges by tag. A job
+    waiting for a slot is also filed as its waiter (and queued at once if a slot freed
+    meanwhile). False on a Redis error: the caller then runs the job rather than lose it.
+    """
+    envelope = task_message(job)
+    envelope["properties"]["delivery_tag"] = f"{job.publish_id}~{os.urandom(6).hex()}"
+    slot = refused.slot if refused.reason == "concurrency" else None
+    now = time.time()
     try:
-        if script(keys=[keys.marker(pid), keys.DELAYED, keys.INFLIGHT],
-                  args=[pid, due, ttl, "", ""]):
-            return True
-        queue, message, _, _ = prepared(settings, job, fresh=False)
-        script(keys=[keys.marker(pid), keys.DELAYED, keys.INFLIGHT],
-               args=[pid, due, ttl, message, queue])
+        client.register_script(DEFER.source)(
+            keys=[keys.marker(job.publish_id), keys.DELAYED, keys.INFLIGHT,
+                  keys.slots(slot or job.spec.name), keys.slot_waiters(slot or job.spec.name)],
+            args=[job.publish_id, now + refused.wait,
+                  settings.result_ttl + math.ceil(refused.wait), json.dumps(envelope),
+                  queue_key(job.queue or settings.default_queue, job.priority),
+                  (job.spec.concurrency or 0) if slot else 0, now])
         return True
     except BROKER_ERRORS as exc:
         log.warning("task %s over its limit could not wait in the delay store (%s): "

@@ -18,7 +18,7 @@ from celery.exceptions import Retry, WorkerLostError
 from ...core.errors import ConfigurationError, TaskFailed, TaskValidationError
 from ...core.execution import Execution, Outcome
 from ...core.job import Job
-from ...core.limits import UNLIMITED, Admission, admit, is_limited, release
+from ...core.limits import UNLIMITED, Admission, admit, is_limited, release_after
 from ...core.ports import RegisteredTask
 from ...core.registry import all_tasks
 from ...core.settings import DispatcherSettings
@@ -157,6 +157,7 @@ class CeleryWorker:
                     refused = exc
             job = job_from_request(task, request, payload)
             admission = self._admit(job)
+            outcome: Outcome | None = None
             try:
                 runs, cancelled = self.count_run(job, self.settings.result_ttl)
                 if cancelled:  # never started: acknowledged without running
@@ -164,7 +165,8 @@ class CeleryWorker:
                     return None
                 outcome = self._execute(task, job, payload, runs, refused, admission.at)
             finally:
-                release(self.execution.limits, job, admission)
+                release_after(self.execution.limits, job, admission,
+                              None if outcome is None else outcome.lingering)
         finally:
             self.execution.records.flush(self.settings.publish_timeout)
         if outcome.status == "FAILURE":
@@ -178,9 +180,9 @@ class CeleryWorker:
         (or when a slot it waits for frees), and Celery is told it will be retried."""
         if not is_limited(job.spec) or self.execution.cancellations.is_cancelled(job.id):
             return UNLIMITED
-        admission = admit(self.execution.limits, job, waiter=job.publish_id)
+        admission = admit(self.execution.limits, job)
         if admission.granted or not defer(self.route.monitor.publisher.client,
-                                          self.settings, job, admission.wait):
+                                          self.settings, job, admission):
             return admission
         reason = (admission.reason or "limit").replace("_", " ")
         raise Retry(f"over its {reason}: waits {admission.wait:.3g} s",

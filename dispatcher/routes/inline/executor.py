@@ -23,7 +23,7 @@ from typing import Literal, overload
 from ...core.errors import DispatchError, TaskValidationError
 from ...core.execution import Execution, Outcome
 from ...core.job import Job
-from ...core.limits import SLOT_RECHECK, Admission, admit, release
+from ...core.limits import SLOT_RECHECK, Admission, admit, release, release_after
 from ...core.registry import get_task
 from ...policy.governor import Governor
 from .chain import Chain, chain_of, due_at, links
@@ -215,19 +215,24 @@ class InlineExecutor:
             jobs, done = links(chain)
             try:
                 for index, job in enumerate(jobs):
-                    self._run_one(job, paced=index > 0)
+                    wait = self._run_one(job, paced=index > 0)
+                    if wait is not None:  # over a limit: the rest of the chain waits too
+                        self._later(wait, chain_of(jobs[index:], done))
+                        done = None
+                        break
             finally:
                 if done is not None and not done.done():
                     done.set_result(None)
                 with self._lock:
                     self._idle_threads += 1
 
-    def _run_one(self, job: Job, *, paced: bool) -> None:
+    def _run_one(self, job: Job, *, paced: bool) -> float | None:
+        """Run one attempt of ``job``; the seconds it must wait if a limit refused it."""
         if paced:  # the chain's first job waited for its turn when it was picked
             self.governor.wait_turn(job.due_at)
         admission = self._admit(job)
-        if admission is None:
-            return
+        if admission is None or not admission.granted:
+            return None if admission is None else admission.wait
         with self._lock:
             self._running += 1
         cpu = time.thread_time()
@@ -235,25 +240,25 @@ class InlineExecutor:
             outcome = self._attempt(job, admission.at)
         except BaseException:  # a bug here must not lose the job silently
             log.exception("inline executor failed while running task %s", job.id)
-            self._finish(job)
-            return
-        finally:
             release(self.execution.limits, job, admission)
+            self._finish(job)
+            return None
+        finally:
             with self._lock:
                 self._running -= 1
             self.governor.spent(time.thread_time() - cpu)
+        release_after(self.execution.limits, job, admission, outcome.lingering)
         if outcome.retry_delay is None:
             self._finish(job)
         else:
             retry = job.next_attempt(outcome.retry_delay)
             with self._lock:
                 if job.id not in self._outstanding:
-                    return
+                    return None
                 self._outstanding[job.id] = retry
             self._later(outcome.retry_delay, retry)
-        if outcome.lingering is not None:
-            # A timed-out call still runs (Python cannot stop a thread): it keeps this
-            # slot until it ends, so a hung task cannot multiply the running threads.
+        if outcome.lingering is not None:  # a timed-out call still runs (Python cannot
+            # stop a thread): it keeps this slot, so hung tasks cannot multiply threads.
             with self._lock:
                 self._running += 1
             try:
@@ -261,21 +266,18 @@ class InlineExecutor:
             finally:
                 with self._lock:
                     self._running -= 1
+        return None
 
     def _admit(self, job: Job) -> Admission | None:
-        """Whether ``job`` starts now: None if a drain abandoned it, if it was cancelled
-        (it never starts), or if a limit refused it (it waits on a timer)."""
+        """The limiter's answer for ``job``; None if a drain abandoned it or if it was
+        cancelled (it never starts)."""
         if job.id not in self._outstanding:
             return None
         if self.execution.cancellations.is_cancelled(job.id):
             self.execution.skip_cancelled(job)
             self._finish(job)
             return None
-        admission = admit(self.execution.limits, job, slot_recheck=SLOT_RECHECK)
-        if not admission.granted:
-            self._later(admission.wait, job)
-            return None
-        return admission
+        return admit(self.execution.limits, job, slot_recheck=SLOT_RECHECK)
 
     def _attempt(self, job: Job, started_at: float | None) -> Outcome:
         # Every attempt decodes the JSON payload, exactly as a worker does: the task

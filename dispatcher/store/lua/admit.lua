@@ -3,14 +3,13 @@
 -- refused by one limit takes nothing from the other).
 -- KEYS[1] the task's admissions (sorted by time: the sliding log), KEYS[2] its jobs
 -- told to come back later (by when), KEYS[3] the slot key's leases (by expiry),
--- KEYS[4] the Celery publications waiting for a slot (by when they began).
--- ARGV[1] job id, ARGV[2] rate count (0: no rate limit), ARGV[3] rate window (s),
--- ARGV[4] slots (0: no concurrency limit), ARGV[5] lease (s), ARGV[6] waiting
--- publication ('' for none: an inline job asks again on its own).
--- Returns {1 admitted | 0 refused, reason, wait (s), now}.
+-- KEYS[4] the Celery publications waiting for a slot (defer.lua files them).
+-- ARGV[1] the publication (job id:attempt; a slot's holder), ARGV[2] rate count (0: no
+-- rate limit), ARGV[3] rate window (s), ARGV[4] slots (0: no concurrency limit),
+-- ARGV[5] lease (s). Returns {1 admitted | 0 refused, reason, wait (s), now}.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local job, waiter = ARGV[1], ARGV[6]
+local job = ARGV[1]
 local count, window = tonumber(ARGV[2]), tonumber(ARGV[3])
 local slots, lease = tonumber(ARGV[4]), tonumber(ARGV[5])
 local function answer(admitted, reason, wait)
@@ -19,10 +18,6 @@ end
 if slots > 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)  -- leases whose holder died
   if not redis.call('ZSCORE', KEYS[3], job) and redis.call('ZCARD', KEYS[3]) >= slots then
-    if waiter ~= '' then
-      redis.call('ZADD', KEYS[4], 'NX', now, waiter)
-      redis.call('EXPIRE', KEYS[4], 86400)
-    end
     local first = tonumber(redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2])
     return answer(0, 'concurrency', first - now)
   end
@@ -55,6 +50,6 @@ end
 if slots > 0 then
   redis.call('ZADD', KEYS[3], now + lease, job)
   redis.call('EXPIRE', KEYS[3], math.ceil(lease) + 1)
-  if waiter ~= '' then redis.call('ZREM', KEYS[4], waiter) end
+  redis.call('ZREM', KEYS[4], job)  -- no longer waiting, if it was
 end
 return answer(1, '', 0)

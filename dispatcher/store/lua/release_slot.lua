@@ -2,8 +2,9 @@
 -- waited longest for one onto its queue at once (held_push), so a waiting job starts
 -- when a slot frees, not when its delay runs out.
 -- KEYS[1] the slot key's leases, KEYS[2] its waiting publications, KEYS[3] the delay
--- store, KEYS[4] the in-flight index; ARGV[1] job id, ARGV[2] now, ARGV[3] the marker
--- key prefix, ARGV[4] the cancel mark prefix. Returns 1 if a waiting job was pushed.
+-- store, KEYS[4] the in-flight index; ARGV[1] the holder's publication, ARGV[2] now,
+-- ARGV[3] the marker key prefix, ARGV[4] the cancel mark prefix. Returns 1 if a waiting
+-- job was pushed.
 redis.call('ZREM', KEYS[1], ARGV[1])
 for _ = 1, 20 do
   local pid = redis.call('ZPOPMIN', KEYS[2])[1]

@@ -14,6 +14,7 @@ from typing import Any
 
 import redis
 
+from dispatcher import cancel
 from dispatcher.runtime.container import current
 from dispatcher.store import keys
 from tests.integration import sample_tasks as samples
@@ -92,8 +93,22 @@ def test_a_concurrency_limit_per_key_holds_across_both_routes(broker: str) -> No
     runs = samples.entries(key)
     assert len(runs) == 50
     assert max(int(str(e["running"])) for e in runs) <= 2
-    for customer in {c for _, c, _ in calls}:
-        assert redis.Redis.from_url(broker).zcard(
-            keys.slots(f"samples.per_customer\x1f{customer}")) == 0  # every slot given back
+    client = redis.Redis.from_url(broker)
+    for customer in {c for _, c, _ in calls}:  # every slot given back
+        slots = keys.slots(f"samples.per_customer\x1f{customer}")
+        wait_until(lambda slots=slots: client.zcard(slots) == 0, f"{customer}'s slots free")
     print(f"\nmost jobs running at once over all customers: "
           f"{max(int(str(e['everyone'])) for e in runs)}")
+
+
+def test_a_job_waiting_for_its_limit_can_be_cancelled(broker: str) -> None:
+    client = redis.Redis.from_url(broker)
+    first = samples.hourly.options(route="celery").dispatch(1)
+    assert first.get(timeout=60) == 1
+    waiting = samples.hourly.options(route="celery").dispatch(2)  # refused for an hour
+    wait_until(lambda: client.zscore(keys.DELAYED, f"{waiting.id}:1") is not None,
+               "the second job waiting in the delay store")
+    assert waiting.state() == "PENDING"
+    assert cancel(waiting.id) is True
+    assert waiting.state() == "REVOKED"
+    assert client.zscore(keys.DELAYED, f"{waiting.id}:1") is None

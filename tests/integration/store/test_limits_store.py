@@ -1,17 +1,22 @@
 """The Redis limiter itself, against the session's Redis: leases are renewed while
-held, a freed slot pushes the Celery publication that waited longest for it, and a
-refused job comes back at the time it was told (spread, not all at once)."""
+held, a freed slot pushes the Celery publication that waited longest for it (or the
+one refused just before it freed), and a refused job comes back at the time it was
+told (spread, not all at once)."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import uuid
+from typing import Any
 
 import redis
 
-from dispatcher import task
+from dispatcher import DispatcherSettings, task
 from dispatcher.core.job import Job
 from dispatcher.core.spec import TaskSpec
+from dispatcher.routes.celery.defer import defer
+from dispatcher.routes.celery.protocol import queue_keys
 from dispatcher.store import keys
 from dispatcher.store.embedded import EmbeddedRedis
 from dispatcher.store.limits import RedisLimits
@@ -28,8 +33,11 @@ def paced(n: int) -> None:
     """Declared for its spec: two starts a minute."""
 
 
-def _job(spec: TaskSpec, n: int) -> Job:
-    return Job(id=f"{uuid.uuid4()}", spec=spec, route="celery", queue=None, priority=5,
+SETTINGS = DispatcherSettings(_env_file=None)  # type: ignore[call-arg]
+
+
+def _job(spec: TaskSpec, n: int, queue: str | None = None) -> Job:
+    return Job(id=f"{uuid.uuid4()}", spec=spec, route="celery", queue=queue, priority=5,
                payload={"n": n})
 
 
@@ -43,22 +51,33 @@ def test_a_held_lease_is_renewed_and_a_released_slot_is_free(
     client = redis.Redis.from_url(redis_server.url)
     spec = slotted.spec
     _fresh(client, spec)
-    limits = RedisLimits(redis.Redis.from_url(redis_server.url), lease=1.5)
+    limits = RedisLimits(redis.Redis.from_url(redis_server.url), lease=6)
     holder = _job(spec, 1)
     held = limits.admit(holder)
     assert held.granted and held.slot == spec.name
-    first = client.zscore(keys.slots(spec.name), holder.id)
+    first = client.zscore(keys.slots(spec.name), holder.publish_id)
     assert first is not None
     # The renewer pushes the expiry forward every third of the lease.
-    wait_until(lambda: (client.zscore(keys.slots(spec.name), holder.id) or 0) > first + 0.2,
+    wait_until(lambda: (client.zscore(keys.slots(spec.name), holder.publish_id) or 0) > first + 0.2,
                "the lease renewed")
     refused = limits.admit(_job(spec, 2))
     assert not refused.granted and refused.reason == "concurrency"
-    assert 0 < refused.wait <= 1.5
+    assert 0 < refused.wait <= 6
     limits.release(holder, held)
     assert client.zcard(keys.slots(spec.name)) == 0
     assert limits.held() == 0
     assert limits.admit(_job(spec, 2)).granted
+
+
+def _deferred(client: redis.Redis, limits: RedisLimits, job: Job) -> None:
+    """Refused, and filed back in the delay store as a worker does."""
+    refused = limits.admit(job)
+    assert not refused.granted and refused.reason == "concurrency"
+    assert defer(client, SETTINGS, job, refused)
+
+
+def _queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
+    return [json.loads(raw) for key in queue_keys(queue) for raw in client.lrange(key, 0, -1)]
 
 
 def test_a_freed_slot_pushes_the_longest_waiting_publication_at_once(
@@ -70,17 +89,40 @@ def test_a_freed_slot_pushes_the_longest_waiting_publication_at_once(
     holder = _job(spec, 1)
     held = limits.admit(holder)
     queue = f"tests-limits-{uuid.uuid4().hex}"
-    waiting = [_job(spec, n) for n in (2, 3)]
-    for job in waiting:  # refused, and filed in the delay store as a worker does
-        assert not limits.admit(job, waiter=job.publish_id).granted
-        client.set(keys.marker(job.publish_id), f"{queue}\nmessage-{job.id}")
-        client.zadd(keys.DELAYED, {job.publish_id: 9e9})
+    waiting = [_job(spec, n, queue) for n in (2, 3)]
+    for job in waiting:
+        _deferred(client, limits, job)
+        assert client.zscore(keys.DELAYED, job.publish_id) is not None
+    assert _queued(client, queue) == []
     limits.release(holder, held)
-    assert client.lrange(queue, 0, -1) == [f"message-{waiting[0].id}".encode()]
+    pushed = _queued(client, queue)
+    assert [m["headers"]["id"] for m in pushed] == [waiting[0].id]
+    # A fresh delivery tag: the refused delivery's acknowledgement must not name it.
+    tag = pushed[0]["properties"]["delivery_tag"]
+    assert tag != waiting[0].publish_id and tag.startswith(waiting[0].publish_id + "~")
     assert client.zscore(keys.DELAYED, waiting[0].publish_id) is None
-    assert client.zscore(keys.DELAYED, waiting[1].publish_id) == 9e9  # still waiting
+    assert client.zscore(keys.DELAYED, waiting[1].publish_id) is not None  # still waits
     client.zrem(keys.DELAYED, waiting[1].publish_id)
-    client.delete(queue, *(keys.marker(j.publish_id) for j in waiting))
+    client.delete(*queue_keys(queue), *(keys.marker(j.publish_id) for j in waiting))
+
+
+def test_a_slot_freed_between_refusal_and_filing_queues_the_job_at_once(
+        redis_server: EmbeddedRedis) -> None:
+    client = redis.Redis.from_url(redis_server.url)
+    spec = slotted.spec
+    _fresh(client, spec)
+    limits = RedisLimits(client, lease=30)
+    holder = _job(spec, 1)
+    held = limits.admit(holder)
+    queue = f"tests-limits-{uuid.uuid4().hex}"
+    late = _job(spec, 2, queue)
+    refused = limits.admit(late)
+    assert not refused.granted
+    limits.release(holder, held)  # before the refused job is filed: no waiter to push
+    assert defer(client, SETTINGS, late, refused)
+    assert [m["headers"]["id"] for m in _queued(client, queue)] == [late.id]
+    assert client.zscore(keys.DELAYED, late.publish_id) is None
+    client.delete(*queue_keys(queue), keys.marker(late.publish_id))
 
 
 def test_jobs_told_to_wait_come_back_spread_and_keep_their_time(
@@ -89,12 +131,16 @@ def test_jobs_told_to_wait_come_back_spread_and_keep_their_time(
     spec = paced.spec
     _fresh(client, spec)
     limits = RedisLimits(client, lease=10)
-    assert all(limits.admit(_job(spec, n)).granted for n in range(2))
+    first = limits.admit(_job(spec, 0))
+    assert first.granted and first.at is not None
+    assert limits.admit(_job(spec, 1)).granted
     late = [_job(spec, n) for n in range(2, 5)]
-    waits = [limits.admit(job).wait for job in late]
-    # The window frees in about a minute; then one every 30 s (the window / the limit).
-    assert 59 < waits[0] <= 60
-    assert [round(b - a) for a, b in itertools.pairwise(waits)] == [30, 30]
+    told = [limits.admit(job) for job in late]
+    back = [a.at + a.wait for a in told if a.at is not None]  # when each was told to return
+    # The window frees when the first admission leaves it; then one every 30 s (the
+    # window / the limit), on the limiter's clock.
+    assert abs(back[0] - (first.at + 60)) < 1e-3
+    assert [round(b - a, 3) for a, b in itertools.pairwise(back)] == [30.0, 30.0]
     again = limits.admit(late[2])  # asking again early: the same time, not a later one
-    assert waits[2] - 1.0 < again.wait <= waits[2]
+    assert again.at is not None and abs(again.at + again.wait - back[2]) < 1e-3
     _fresh(client, spec)

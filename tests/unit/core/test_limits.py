@@ -4,15 +4,21 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from prometheus_client import REGISTRY
 
-from dispatcher import TaskDefinitionError, task
+from dispatcher import TaskDefinitionError, TaskHandle, task
 from dispatcher.core.job import Job
 from dispatcher.core.limits import LocalLimits, slot_key
 from dispatcher.core.spec import RateLimit, TaskSpec, parse_rate_limit
+from dispatcher.fastapi import install
+from tests.support import wait_until
 
 
 def _noop(customer: str = "") -> None:
@@ -94,3 +100,41 @@ def test_slots_are_per_key_and_given_back() -> None:
     assert limits.admit(_job(spec, 1, customer="acme")).granted  # its holder again
     limits.release(_job(spec, 1, customer="acme"), acme)
     assert limits.admit(_job(spec, 3, customer="acme")).granted
+
+
+def test_a_request_chain_waits_whole_behind_its_limited_job() -> None:
+    """A request's jobs start in dispatch order: when a limit refuses one, the jobs
+    after it wait with it instead of starting first."""
+    gate = threading.Event()
+    started: list[str] = []
+
+    @task(name="unit.limits.one_slot", concurrency=1)
+    def one_slot(label: str) -> None:
+        started.append(label)
+        if label == "holder":
+            gate.wait(30)
+
+    @task(name="unit.limits.free")
+    def free(label: str) -> None:
+        started.append(label)
+
+    app = FastAPI()
+    install(app)
+
+    @app.post("/both")
+    def both() -> dict[str, str]:
+        return {"limited": one_slot.dispatch("limited").id, "free": free.dispatch("free").id}
+
+    holder = one_slot.dispatch("holder")
+    wait_until(lambda: started == ["holder"], "the holder holding the slot")
+    with TestClient(app) as client:
+        ids = client.post("/both").json()
+        labels = {"task": "unit.limits.one_slot", "route": "inline"}
+        wait_until(lambda: REGISTRY.get_sample_value(
+            "dispatch_concurrency_limited_total", labels), "the limited job refused")
+        gate.set()
+        assert holder.get(timeout=30) is None
+        for task_id, name in ((ids["limited"], "unit.limits.one_slot"),
+                              (ids["free"], "unit.limits.free")):
+            assert TaskHandle(task_id, name, "inline").get(timeout=30) is None
+    assert started == ["holder", "limited", "free"]

@@ -27,6 +27,7 @@ from dispatcher.runtime import container
 from dispatcher.runtime.container import current
 from dispatcher.store.embedded import free_port
 from dispatcher.testing import wait_for_inline_jobs
+from tests.support import wait_until
 from tests.unit.helpers import ListHandler
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -108,16 +109,17 @@ def test_counted_even_when_the_event_log_level_is_off() -> None:
 
 
 def test_limited_starts_are_counted_by_reason() -> None:
-    @task(name="metrics_unit.paced", rate_limit="2/s")
+    @task(name="metrics_unit.paced", rate_limit="1/m")
     def paced() -> None:
         return None
 
     labels = {"task": "metrics_unit.paced", "route": "inline"}
-    before = value("dispatch_rate_limited_total", **labels)
-    handles = [paced.dispatch() for _ in range(3)]
-    for handle in handles:  # the third waited for the window to pass
-        assert handle.get(timeout=10) is None
-    assert value("dispatch_rate_limited_total", **labels) - before >= 1
+    first, second = paced.dispatch(), paced.dispatch()
+    assert first.get(timeout=10) is None
+    # The second waits a minute: refused (and counted) when it first asked.
+    wait_until(lambda: value("dispatch_rate_limited_total", **labels) == 1,
+               "the second start refused")
+    assert second.state() == "PENDING"
     assert value("dispatch_concurrency_limited_total", **labels) == 0
 
 
