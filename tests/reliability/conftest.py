@@ -75,13 +75,23 @@ class Cluster:
 
     def start_worker(self, concurrency: int = 2, hostname: str | None = None,
                      **env: str) -> Process:
-        log = self.root / f"worker{len(self.workers)}.log"
-        name = ["--hostname", hostname] if hostname else []
-        worker = Process([sys.executable, "-m", "worker", "--concurrency", str(concurrency),
-                          *name], {**self.env, **env}, log)
-        self.workers.append(worker)  # stopped by close() even if it never gets ready
-        worker.wait_for_output(" ready.", timeout=60)
-        return worker
+        return self.start_workers([hostname], concurrency, **env)[0]
+
+    def start_workers(self, hostnames: list[str | None], concurrency: int = 2,
+                      **env: str) -> list[Process]:
+        """One worker per hostname (None: Celery's default), started side by side and
+        each waited for until ready."""
+        started = []
+        for hostname in hostnames:
+            log = self.root / f"worker{len(self.workers)}.log"
+            name = ["--hostname", hostname] if hostname else []
+            worker = Process([sys.executable, "-m", "worker", "--concurrency",
+                              str(concurrency), *name], {**self.env, **env}, log)
+            self.workers.append(worker)  # stopped by close() even if it never gets ready
+            started.append(worker)
+        for worker in started:
+            worker.wait_for_output(" ready.", timeout=60)
+        return started
 
     def kill_worker(self, worker: Process) -> None:
         """SIGKILL the worker's whole process group: parent and pool children at once."""

@@ -23,8 +23,7 @@ from .conftest import Cluster, report, scale
 def test_a_countdown_past_the_visibility_timeout_runs_once(cluster: Cluster) -> None:
     assert cluster.short  # visibility timeout 10 s: a Celery eta would be redelivered
     client = redis.Redis.from_url(cluster.redis.url)
-    cluster.start_worker(2)
-    cluster.start_worker(2, hostname="second@%h")
+    cluster.start_workers([None, "second@%h"])
     jobs = [f"delayed-{i}-{uuid.uuid4().hex[:6]}" for i in range(20)]
     countdown = 10 + 5
     dispatched_at = time.time()
@@ -69,8 +68,8 @@ def test_three_workers_dispatch_each_tick_once_through_a_kill_and_a_redis_restar
     restarted, two thirds of the way Redis restarts (its data kept on disk)."""
     seconds = scale(30, 15)
     schedules = '[{"task": "rel.tick", "every": 1}]'
-    workers = [cluster.start_worker(1, hostname=f"tick{i}@%h", DISPATCH_SCHEDULES=schedules)
-               for i in range(3)]
+    workers = cluster.start_workers([f"tick{i}@%h" for i in range(3)], 1,
+                                    DISPATCH_SCHEDULES=schedules)
     begin = time.time()
     wait_until(lambda: time.time() > begin + seconds / 3, "a third of the run", seconds)
     cluster.kill_worker(workers[0])

@@ -25,8 +25,7 @@ def test_a_dead_workers_jobs_come_back_through_another_worker(cluster: Cluster) 
     settings = get_settings()
     assert settings.visibility_timeout == 3600 and settings.worker_dead_after == 30
     n = 20
-    doomed = cluster.start_worker(2, hostname="doomed@%h")
-    survivor = cluster.start_worker(2, hostname="survivor@%h")
+    doomed, survivor = cluster.start_workers(["doomed@%h", "survivor@%h"])
     jobs = [f"fleet-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
     for job in jobs:
         tasks.single.dispatch(job, random.randint(100, 300))

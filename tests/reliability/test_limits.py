@@ -27,8 +27,7 @@ from .conftest import Cluster, report, scale
 @pytest.mark.parametrize("cluster", ["defaults"], indirect=True)
 def test_a_rate_limit_holds_over_two_apis_and_three_workers(cluster: Cluster) -> None:
     limit = tasks.PACED_PER_SECOND
-    for n in range(3):
-        cluster.start_worker(2, hostname=f"paced{n}@%h")
+    cluster.start_workers([f"paced{n}@%h" for n in range(3)])
     apis = [cluster.start_api(app="tests.reliability.limits_app:app") for _ in range(2)]
     seconds = scale(60, 8)
     offered = limit + 2  # per second: more than the limit, so jobs have to wait

@@ -1,7 +1,7 @@
 """A chaos soak at default settings: 2 API processes and 2 workers under steady mixed
 traffic while a seeded schedule kills workers, restarts APIs, stops and pauses Redis.
 
-``SOAK_SECONDS`` (45 in ``make test``, 600 in ``make soak``) is how long traffic and
+``SOAK_SECONDS`` (30 in ``make test``, 600 in ``make soak``) is how long traffic and
 faults go on; ``SOAK_SEED`` replays a schedule (printed at the start and in the
 table); ``SOAK_RATE`` is the traffic in jobs per second (default 12); ``SOAK_FAULTS``
 (comma-separated) narrows the schedule to some kinds of fault (default: all of them);
@@ -34,7 +34,7 @@ from .harness import (
     write_jobs,
 )
 
-SECONDS = float(os.environ.get("SOAK_SECONDS") or 45)
+SECONDS = float(os.environ.get("SOAK_SECONDS") or 30)
 SEED = int(os.environ.get("SOAK_SEED") or random.SystemRandom().randrange(1_000_000))
 RATE = float(os.environ.get("SOAK_RATE") or 12)
 REDIS = os.environ.get("SOAK_REDIS") or "embedded"
