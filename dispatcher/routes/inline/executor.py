@@ -23,11 +23,12 @@ from typing import Literal, overload
 from ...core.errors import DispatchError, TaskValidationError
 from ...core.execution import Execution, Outcome
 from ...core.job import Job
-from ...core.limits import SLOT_RECHECK, Admission, admit, release, release_after
+from ...core.limits import SLOT_RECHECK, Admission, admit, release
 from ...core.registry import get_task
 from ...policy.governor import Governor
 from .chain import Chain, chain_of, due_at, links
 from .loop import BackgroundLoop
+from .slot_waits import SlotWaits
 
 log = logging.getLogger("dispatcher.inline")
 
@@ -61,6 +62,8 @@ class InlineExecutor:
         self._running = 0
         #: Coroutine tasks, countdowns and retry delays run on it (started on first use).
         self._loop = BackgroundLoop("dispatch-inline-loop")
+        #: Chains whose first job waits for a rate limit or a slot.
+        self._slot_waits = SlotWaits(self._later, self._enqueue)
         self._closed = False
 
     # -- public API -------------------------------------------------------------------
@@ -74,12 +77,10 @@ class InlineExecutor:
     def submit(self, jobs: Sequence[Job], countdown: float | None = None, *,
                tracked: bool = False) -> concurrent.futures.Future[None] | None:
         """Run ``jobs`` one after another (after ``countdown`` seconds); thread-safe.
-
         With ``tracked=True`` it returns a future that completes when the last job of
         the chain has finished its attempt (retries continue on their own timers).
         Untracked chains allocate no future: jobs held back during a burst are many,
-        and each future is several objects for the garbage collector to walk.
-        """
+        and each future is several objects for the garbage collector to walk."""
         done = concurrent.futures.Future[None]() if tracked else None
         entry, ring = chain_of(jobs, done), False
         with self._lock:  # one critical section on the request path
@@ -90,7 +91,7 @@ class InlineExecutor:
             if not countdown:
                 ring = self._append(entry)
         if countdown:
-            self._later(countdown, entry)
+            self._later(countdown, self._enqueue, entry)
         elif ring:
             self._doorbell.put(True)
         return done
@@ -120,9 +121,8 @@ class InlineExecutor:
         """
         due_by = time.time() + grace
         with self._idle:  # their timers find them gone and do nothing
-            later = [j for j in self._outstanding.values() if j.due_at > due_by]
-            for job in later:
-                del self._outstanding[job.id]
+            later = [self._outstanding.pop(j.id) for j in list(self._outstanding.values())
+                     if j.due_at > due_by]
         later = [j for j in later if not self.execution.cancellations.is_cancelled(j.id)]
         if later and self._on_leftover is not None:
             self._on_leftover(later, grace)
@@ -178,10 +178,10 @@ class InlineExecutor:
         self._idle_threads += 1
         thread.start()
 
-    def _later(self, delay: float, chain: Chain) -> None:
-        """Enqueue ``chain`` after ``delay`` seconds, on the loop's timer."""
+    def _later(self, delay: float, call: Callable[..., None], *args: object) -> None:
+        """``call(*args)`` after ``delay`` seconds, on the loop's timer."""
         loop = self._loop.get()
-        loop.call_soon_threadsafe(loop.call_later, delay, self._enqueue, chain)
+        loop.call_soon_threadsafe(loop.call_later, delay, call, *args)
 
     def _next_chain(self) -> Chain | None:
         """Wait for a chain and for the governor's go; None at shutdown."""
@@ -215,9 +215,9 @@ class InlineExecutor:
             jobs, done = links(chain)
             try:
                 for index, job in enumerate(jobs):
-                    wait = self._run_one(job, paced=index > 0)
-                    if wait is not None:  # over a limit: the rest of the chain waits too
-                        self._later(wait, chain_of(jobs[index:], done))
+                    refused = self._run_one(job, paced=index > 0)
+                    if refused is not None:  # over a limit: the rest of the chain waits too
+                        self._slot_waits.defer(refused, chain_of(jobs[index:], done))
                         done = None
                         break
             finally:
@@ -226,13 +226,13 @@ class InlineExecutor:
                 with self._lock:
                     self._idle_threads += 1
 
-    def _run_one(self, job: Job, *, paced: bool) -> float | None:
-        """Run one attempt of ``job``; the seconds it must wait if a limit refused it."""
+    def _run_one(self, job: Job, *, paced: bool) -> Admission | None:
+        """Run one attempt of ``job``; the limiter's refusal if a limit refused it."""
         if paced:  # the chain's first job waited for its turn when it was picked
             self.governor.wait_turn(job.due_at)
         admission = self._admit(job)
         if admission is None or not admission.granted:
-            return None if admission is None else admission.wait
+            return admission
         with self._lock:
             self._running += 1
         cpu = time.thread_time()
@@ -247,18 +247,16 @@ class InlineExecutor:
             with self._lock:
                 self._running -= 1
             self.governor.spent(time.thread_time() - cpu)
-        release_after(self.execution.limits, job, admission, outcome.lingering)
         if outcome.retry_delay is None:
             self._finish(job)
         else:
             retry = job.next_attempt(outcome.retry_delay)
             with self._lock:
-                if job.id not in self._outstanding:
-                    return None
-                self._outstanding[job.id] = retry
-            self._later(outcome.retry_delay, retry)
+                if job.id in self._outstanding:  # not abandoned by a drain meanwhile
+                    self._outstanding[job.id] = retry
+                    self._later(outcome.retry_delay, self._enqueue, retry)
         if outcome.lingering is not None:  # a timed-out call still runs (Python cannot
-            # stop a thread): it keeps this slot, so hung tasks cannot multiply threads.
+            # stop a thread): it keeps both its slots, so hung tasks cannot multiply.
             with self._lock:
                 self._running += 1
             try:
@@ -266,6 +264,8 @@ class InlineExecutor:
             finally:
                 with self._lock:
                     self._running -= 1
+        release(self.execution.limits, job, admission)
+        self._slot_waits.wake(admission.slot)
         return None
 
     def _admit(self, job: Job) -> Admission | None:
