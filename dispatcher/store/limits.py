@@ -97,6 +97,10 @@ class RedisLimits:
         """Slots this process holds now."""
         return len(self._held)
 
+    def renewing(self) -> bool:
+        """Whether this process runs a renewer (only while it holds slots)."""
+        return self._renewer_pid == os.getpid()
+
     def renew(self) -> int:
         """Renew every lease this process holds; returns how many."""
         with self._lock:
@@ -108,8 +112,10 @@ class RedisLimits:
 
     def _hold(self, slot: str, holder: str) -> None:
         with self._lock:
-            if self._renewer_pid != os.getpid():  # one renewer per process (after a fork too)
-                self._held = {}  # a forked child holds none of its parent's slots
+            # One renewer per process while it holds slots (again after a fork: a child
+            # holds none of its parent's slots).
+            if self._renewer_pid != os.getpid():
+                self._held = {}
                 self._renewer_pid = os.getpid()
                 threading.Thread(target=self._renew_loop, name="dispatch-leases",
                                  daemon=True).start()
@@ -117,8 +123,14 @@ class RedisLimits:
 
     def _renew_loop(self) -> None:
         pid = os.getpid()
-        while self._renewer_pid == pid:
+        while True:
             time.sleep(self.lease / 3)
+            with self._lock:
+                if self._renewer_pid != pid:
+                    return
+                if not self._held:  # nothing to renew: the next slot taken starts one
+                    self._renewer_pid = 0
+                    return
             try:
                 self.renew()
             except REDIS_ERRORS as exc:  # the next pass tries again, well within the lease
