@@ -49,6 +49,9 @@ def cancel(task_id: str) -> bool:
                                          "reason": "cancelled"}))
         else:
             runtime.execution.revoke(job)
+        executor = runtime.inline_executor()
+        if record["route"] == "inline" and executor is not None:
+            executor.forget(task_id)  # a timer of this process holds it: gone now
         runtime.records.flush(2.0)
     return True
 

@@ -30,6 +30,7 @@ from ..ops.routes_table import route_table
 from ..policy.governor import ServerLoad
 from ..routes.celery.depths import QueueDepths
 from ..routes.celery.route import CeleryRoute
+from ..routes.inline.executor import InlineExecutor
 from ..routes.inline.route import InlineRoute
 from ..store import keys
 from ..store.adaptive import AdaptiveRouter
@@ -195,10 +196,13 @@ class Runtime:
                                           self.settings.inline_concurrency, reports)
             return self._fleet
 
+    def inline_executor(self) -> InlineExecutor | None:
+        """This process's inline executor, if one was started (starts none)."""
+        return None if self._inline is None else self._inline.current_executor()
+
     def inline_load(self) -> tuple[int, int]:
         """(running, outstanding) inline jobs of this process; no executor is started."""
-        inline = self._inline
-        executor = inline.current_executor() if inline is not None else None
+        executor = self.inline_executor()
         return (0, 0) if executor is None else (executor.running(), executor.outstanding())
 
     def route_table(self) -> list[dict[str, object]]:

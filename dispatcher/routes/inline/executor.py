@@ -10,7 +10,6 @@ Countdowns, retry delays and jobs over a limit wait on that loop's timers.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import concurrent.futures
 import logging
@@ -20,12 +19,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Literal, overload
 
-from ...core.errors import DispatchError, TaskValidationError
-from ...core.execution import Execution, Outcome
+from ...core.errors import DispatchError
+from ...core.execution import Execution
 from ...core.job import Job
 from ...core.limits import SLOT_RECHECK, Admission, admit, release
-from ...core.registry import get_task
 from ...policy.governor import Governor
+from .attempt import run_attempt
 from .chain import Chain, chain_of, due_at, links
 from .loop import BackgroundLoop
 from .slot_waits import SlotWaits
@@ -106,6 +105,18 @@ class InlineExecutor:
     def waiting(self) -> int:
         """Jobs accepted and not running: queued for a slot, or waiting to retry."""
         return max(0, len(self._outstanding) - self._running)
+
+    def forget(self, job_id: str) -> bool:
+        """Drop a job that waits for a countdown or a retry delay (it was cancelled): its
+        timer finds it gone, and it no longer counts as outstanding."""
+        with self._idle:
+            job = self._outstanding.get(job_id)
+            if job is None or job.due_at <= time.time():
+                return False  # unknown here, or due: it meets its cancel mark when it starts
+            del self._outstanding[job_id]
+            if not self._outstanding:
+                self._idle.notify_all()
+            return True
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no job is outstanding; False if ``timeout`` passed first."""
@@ -237,7 +248,7 @@ class InlineExecutor:
             self._running += 1
         cpu = time.thread_time()
         try:
-            outcome = self._attempt(job, admission.at)
+            outcome = run_attempt(self.execution, self._loop, job, admission.at)
         except BaseException:  # a bug here must not lose the job silently
             log.exception("inline executor failed while running task %s", job.id)
             release(self.execution.limits, job, admission)
@@ -278,19 +289,6 @@ class InlineExecutor:
             self._finish(job)
             return None
         return admit(self.execution.limits, job, slot_recheck=SLOT_RECHECK)
-
-    def _attempt(self, job: Job, started_at: float | None) -> Outcome:
-        # Every attempt decodes the JSON payload, exactly as a worker does: the task
-        # gets fresh values (never the caller's objects) and the same types on both routes.
-        try:
-            values = get_task(job.spec.name).validator.decode(job.payload)
-        except TaskValidationError as exc:
-            return self.execution.reject(job, exc)
-        if not job.spec.is_async:
-            return self.execution.run_sync(job, values, started_at)
-        running = asyncio.run_coroutine_threadsafe(
-            self.execution.run_async(job, values, started_at), self._loop.get())
-        return running.result()
 
     def _finish(self, job: Job) -> None:
         with self._lock:

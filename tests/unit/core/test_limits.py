@@ -1,6 +1,8 @@
 """Limits as declared and as one process enforces them without Redis: ``rate_limit`` and
 ``concurrency`` options checked at decoration, the sliding log and the slots of
-``LocalLimits``. The fleet-wide limiter is tested against Redis in the integration tests."""
+``LocalLimits``, a request's chain behind a limited job, and a cancelled job leaving the
+executor's timers. The fleet-wide limiter is tested against Redis in the integration
+tests."""
 
 from __future__ import annotations
 
@@ -13,11 +15,12 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
-from dispatcher import TaskDefinitionError, TaskHandle, task
+from dispatcher import TaskDefinitionError, TaskHandle, cancel, task
 from dispatcher.core.job import Job
 from dispatcher.core.limits import LocalLimits, slot_key
 from dispatcher.core.spec import RateLimit, TaskSpec, parse_rate_limit
 from dispatcher.fastapi import install
+from dispatcher.runtime.container import current
 from tests.support import wait_until
 
 
@@ -138,3 +141,19 @@ def test_a_request_chain_waits_whole_behind_its_limited_job() -> None:
                               (ids["free"], "unit.limits.free")):
             assert TaskHandle(task_id, name, "inline").get(timeout=30) is None
     assert started == ["holder", "limited", "free"]
+
+
+def test_a_cancelled_inline_job_on_a_long_timer_no_longer_counts_as_waiting() -> None:
+    """Cancelled while it waits an hour: it is REVOKED at once, no longer outstanding,
+    and waiting for the executor to be idle does not wait for its timer."""
+
+    @task(name="unit.limits.later")
+    def later() -> None: ...
+
+    handle = later.options(countdown=3600).dispatch()
+    executor = current().inline_executor()
+    assert executor is not None and executor.outstanding() == 1
+    assert cancel(handle.id) is True
+    assert handle.state() == "REVOKED"
+    assert executor.outstanding() == 0
+    assert executor.wait_idle(timeout=5)
