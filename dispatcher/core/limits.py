@@ -65,6 +65,8 @@ class Admission:
     wait: float = 0.0
     reason: LimitReason | None = None
     slot: str | None = None
+    #: Answered by this process's own limiter (the fleet's could not be asked).
+    local: bool = False
 
 
 class Limits(Protocol):
@@ -90,8 +92,9 @@ def admit(limits: Limits, job: Job, slot_recheck: float | None = None) -> Admiss
     ``slot_recheck``: a job refused a slot asks again at most this many seconds later
     (one that no freed slot wakes: an inline job). A refusal emits ``task.limited``
     (with ``reason`` and ``retry_in``, the wait the job was given). A limiter that
-    cannot be asked (Redis down) admits: the job runs rather than waits for a limiter
-    that may not come back; a warning says the limit was not applied."""
+    fails unexpectedly admits: the job runs rather than waits for a limiter that may
+    not come back, and a warning says so. (The Redis limiter answers by itself while
+    Redis is down, with this process's own limits.)"""
     if not is_limited(job.spec):
         return UNLIMITED
     try:

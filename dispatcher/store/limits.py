@@ -6,11 +6,13 @@ the Redis clock, so processes on different machines agree. A concurrency slot is
 lease: a thread in each process that holds slots renews them every third of
 ``DISPATCH_CONCURRENCY_LEASE``; a holder that dies stops renewing, and its slot is
 free when the lease runs out. Giving a slot back pushes the Celery job that has waited
-longest for one onto its queue at once (``lua/release_slot.lua``).
+longest for one onto its queue at once (``lua/release_slot.lua``). While Redis cannot
+be asked, each process applies the limits by itself (``LocalLimits``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import threading
@@ -19,7 +21,7 @@ import time
 import redis
 
 from ..core.job import Job
-from ..core.limits import Admission, LimitReason, slot_key
+from ..core.limits import Admission, LimitReason, LocalLimits, slot_key
 from . import keys
 from .client import REDIS_ERRORS
 from .link import as_text
@@ -30,10 +32,6 @@ log = logging.getLogger("dispatcher.limits")
 _REASONS: dict[str, LimitReason] = {"rate_limit": "rate_limit", "concurrency": "concurrency"}
 #: Seconds the limiter is not asked after a Redis error.
 QUIET_AFTER_ERROR = 5.0
-
-
-class LimiterUnavailable(Exception):
-    """The limiter's Redis cannot be asked now (the job runs without its limits)."""
 
 
 class RedisLimits:
@@ -50,13 +48,16 @@ class RedisLimits:
         self._held: dict[tuple[str, str], int] = {}
         self._renewer_pid = 0
         self._quiet_until = 0.0
+        #: Asked instead while Redis cannot be.
+        self._local = LocalLimits()
 
     def admit(self, job: Job) -> Admission:
-        """Admit ``job`` or refuse it with a wait. Raises ``LimiterUnavailable`` on a
-        Redis error, and for a few seconds after one without asking (a job must not
-        wait out a timeout each time while Redis is down)."""
+        """Admit ``job`` or refuse it with a wait. After a Redis error, and for a few
+        seconds after one without asking Redis (a job must not wait out a timeout each
+        time while it is down), this process's own limiter answers: the limits then
+        hold per process until Redis answers again."""
         if time.monotonic() < self._quiet_until:
-            raise LimiterUnavailable("the limiter's Redis failed a moment ago")
+            return self._locally(job)
         spec = job.spec
         rate, slots = spec.rate_limit, spec.concurrency
         slot = None if slots is None else slot_key(spec, job.payload)
@@ -68,7 +69,9 @@ class RedisLimits:
                       0 if rate is None else rate.per, slots or 0, self.lease])
         except REDIS_ERRORS as exc:
             self._quiet_until = time.monotonic() + QUIET_AFTER_ERROR
-            raise LimiterUnavailable(str(exc)) from exc
+            log.warning("limits held per process for %g s: the limiter's Redis failed (%s)",
+                        QUIET_AFTER_ERROR, exc)
+            return self._locally(job)
         admitted, reason, wait, now = (as_text(part) for part in reply)
         if admitted != "1":
             return Admission(False, float(now), max(0.001, float(wait)), _REASONS[reason],
@@ -77,10 +80,16 @@ class RedisLimits:
             self._hold(slot, job.publish_id)
         return Admission(True, float(now), slot=slot)
 
+    def _locally(self, job: Job) -> Admission:
+        return dataclasses.replace(self._local.admit(job), local=True)
+
     def release(self, job: Job, admission: Admission) -> None:
         """Give the slot back (raises on a Redis error: the lease then expires)."""
         slot = admission.slot
         if slot is None:
+            return
+        if admission.local:  # taken from this process's limiter while Redis was down
+            self._local.release(job, admission)
             return
         holder = job.publish_id
         with self._lock:

@@ -18,7 +18,7 @@ from dispatcher.core.spec import TaskSpec
 from dispatcher.routes.celery.defer import defer
 from dispatcher.routes.celery.protocol import queue_keys
 from dispatcher.store import keys
-from dispatcher.store.embedded import EmbeddedRedis
+from dispatcher.store.embedded import EmbeddedRedis, free_port
 from dispatcher.store.limits import RedisLimits
 from tests.support import wait_until
 
@@ -150,3 +150,16 @@ def test_jobs_told_to_wait_come_back_spread_and_keep_their_time(
     again = limits.admit(late[2])  # asking again early: the same time, not a later one
     assert again.at is not None and abs(again.at + again.wait - back[2]) < 1e-3
     _fresh(client, spec)
+
+
+def test_while_redis_cannot_be_asked_the_limits_hold_per_process() -> None:
+    down = redis.Redis(port=free_port(), socket_connect_timeout=0.5, socket_timeout=0.5)
+    limits = RedisLimits(down, lease=10)
+    spec = slotted.spec
+    first = _job(spec, 1)
+    held = limits.admit(first)
+    assert held.granted and held.local  # answered here: Redis refused the connection
+    refused = limits.admit(_job(spec, 2))  # asked locally, without waiting for Redis
+    assert not refused.granted and refused.local and refused.reason == "concurrency"
+    limits.release(first, held)
+    assert limits.admit(_job(spec, 2)).granted
