@@ -31,8 +31,8 @@ from .spec import TaskSpec
 log = logging.getLogger("dispatcher.limits")
 
 LimitReason = Literal["rate_limit", "concurrency"]
-#: The longest an inline job waits for a slot before asking again (a freed slot
-#: pushes a waiting Celery job at once; no one tells an inline job).
+#: The longest an inline job waits for a slot before asking again (a slot freed in
+#: another process wakes waiting Celery jobs, not an inline job here).
 SLOT_RECHECK = 1.0
 
 
@@ -79,7 +79,7 @@ class Limits(Protocol):
     def release(self, job: Job, admission: Admission) -> None: ...
 
 
-#: The admission of a job whose task declares no limit (or whose limiter is down).
+#: The admission of a job whose task declares no limit (or whose limiter failed).
 UNLIMITED = Admission(True, None)
 
 

@@ -8,12 +8,14 @@ from __future__ import annotations
 import itertools
 import json
 import uuid
-from typing import Any
+from typing import Any, NamedTuple
 
+import pytest
 import redis
 
 from dispatcher import DispatcherSettings, task
 from dispatcher.core.job import Job
+from dispatcher.core.limits import Admission
 from dispatcher.core.spec import TaskSpec
 from dispatcher.routes.celery.defer import defer
 from dispatcher.routes.celery.protocol import queue_keys
@@ -86,16 +88,30 @@ def _queued(client: redis.Redis, queue: str) -> list[dict[str, Any]]:
     return [json.loads(raw) for key in queue_keys(queue) for raw in client.lrange(key, 0, -1)]
 
 
-def test_a_freed_slot_pushes_the_longest_waiting_publication_at_once(
-        redis_server: EmbeddedRedis) -> None:
+class SlotTaken(NamedTuple):
+    """A fresh slot key, its one slot held, and a queue of this test's own."""
+
+    client: redis.Redis
+    limits: RedisLimits
+    holder: Job
+    held: Admission
+    queue: str
+
+
+@pytest.fixture
+def slot_taken(redis_server: EmbeddedRedis) -> SlotTaken:
     client = redis.Redis.from_url(redis_server.url)
-    spec = slotted.spec
-    _fresh(client, spec)
+    _fresh(client, slotted.spec)
     limits = RedisLimits(client, lease=30)
-    holder = _job(spec, 1)
-    held = limits.admit(holder)
-    queue = f"tests-limits-{uuid.uuid4().hex}"
-    waiting = [_job(spec, n, queue) for n in (2, 3)]
+    holder = _job(slotted.spec, 1)
+    return SlotTaken(client, limits, holder, limits.admit(holder),
+                     f"tests-limits-{uuid.uuid4().hex}")
+
+
+def test_a_freed_slot_pushes_the_longest_waiting_publication_at_once(
+        slot_taken: SlotTaken) -> None:
+    client, limits, holder, held, queue = slot_taken
+    waiting = [_job(slotted.spec, n, queue) for n in (2, 3)]
     for job in waiting:
         _deferred(client, limits, job)
         assert client.zscore(keys.DELAYED, job.publish_id) is not None
@@ -113,15 +129,9 @@ def test_a_freed_slot_pushes_the_longest_waiting_publication_at_once(
 
 
 def test_a_slot_freed_between_refusal_and_filing_queues_the_job_at_once(
-        redis_server: EmbeddedRedis) -> None:
-    client = redis.Redis.from_url(redis_server.url)
-    spec = slotted.spec
-    _fresh(client, spec)
-    limits = RedisLimits(client, lease=30)
-    holder = _job(spec, 1)
-    held = limits.admit(holder)
-    queue = f"tests-limits-{uuid.uuid4().hex}"
-    late = _job(spec, 2, queue)
+        slot_taken: SlotTaken) -> None:
+    client, limits, holder, held, queue = slot_taken
+    late = _job(slotted.spec, 2, queue)
     refused = limits.admit(late)
     assert not refused.granted
     limits.release(holder, held)  # before the refused job is filed: no waiter to push
