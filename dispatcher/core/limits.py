@@ -135,7 +135,9 @@ class LocalLimits:
         self._starts: dict[str, collections.deque[float]] = {}
         self._slots: dict[str, set[str]] = {}
 
-    def admit(self, job: Job) -> Admission:
+    def admit(self, job: Job, taken: int = 0) -> Admission:
+        """``taken``: slots of the job's key this process holds besides these (from
+        the fleet's limiter, while this one stands in for it)."""
         spec = job.spec
         now = time.time()
         with self._lock:
@@ -143,7 +145,7 @@ class LocalLimits:
             if spec.concurrency is not None:
                 key = slot_key(spec, job.payload)
                 held = self._slots.setdefault(key, set())
-                if job.publish_id not in held and len(held) >= spec.concurrency:
+                if job.publish_id not in held and len(held) + taken >= spec.concurrency:
                     return Admission(False, now, 0.25, "concurrency", key)
             rate = spec.rate_limit
             if rate is not None:

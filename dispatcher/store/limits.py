@@ -81,7 +81,12 @@ class RedisLimits:
         return Admission(True, float(now), slot=slot)
 
     def _locally(self, job: Job) -> Admission:
-        return dataclasses.replace(self._local.admit(job), local=True)
+        """This process's own answer, counting the slots it holds from Redis too."""
+        spec = job.spec
+        key = None if spec.concurrency is None else slot_key(spec, job.payload)
+        with self._lock:
+            taken = sum(1 for slot, _ in self._held if slot == key)
+        return dataclasses.replace(self._local.admit(job, taken), local=True)
 
     def release(self, job: Job, admission: Admission) -> None:
         """Give the slot back (raises on a Redis error: the lease then expires)."""

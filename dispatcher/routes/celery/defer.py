@@ -34,7 +34,9 @@ def defer(client: redis.Redis, settings: DispatcherSettings, job: Job,
     """
     envelope = task_message(job)
     envelope["properties"]["delivery_tag"] = f"{job.publish_id}~{os.urandom(6).hex()}"
-    slot = refused.slot if refused.reason == "concurrency" else None
+    # A refusal of this process's own limiter (Redis was down a moment ago) knows no
+    # slot in Redis: the job waits its time, with no waiter filed.
+    slot = refused.slot if refused.reason == "concurrency" and not refused.local else None
     now = time.time()
     try:
         client.register_script(DEFER.source)(

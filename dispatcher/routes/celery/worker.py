@@ -169,6 +169,11 @@ class CeleryWorker:
                               None if outcome is None else outcome.lingering)
         finally:
             self.execution.records.flush(self.settings.publish_timeout)
+        if outcome.retry_delay is not None:  # the RETRY record has landed (flushed above)
+            self.route.publish(job.next_attempt(outcome.retry_delay),
+                               countdown=outcome.retry_delay)
+            # Tell Celery (and Flower) this run ended in a retry we already scheduled.
+            raise Retry(str(outcome.error), when=outcome.retry_delay)  # type: ignore[arg-type]
         if outcome.status == "FAILURE":
             error = outcome.error
             raise TaskFailed(str(request.id), type(error).__name__, str(error)) from error
@@ -216,13 +221,6 @@ class CeleryWorker:
                 self.execution.run_async(job, values, started_at))
         else:
             outcome = self.execution.run_sync(job, values, started_at)
-        if outcome.retry_delay is not None:
-            # The RETRY record lands before the next attempt's STARTED.
-            self.execution.records.flush(1.0)
-            self.route.publish(job.next_attempt(outcome.retry_delay),
-                               countdown=outcome.retry_delay)
-            # Tell Celery (and Flower) this run ended in a retry we already scheduled.
-            raise Retry(str(outcome.error), when=outcome.retry_delay)  # type: ignore[arg-type]
         return outcome
 
     def register_tasks(self, app: Celery) -> list[str]:

@@ -108,15 +108,13 @@ class InlineExecutor:
 
     def forget(self, job_id: str) -> bool:
         """Drop a job that waits for a countdown or a retry delay (it was cancelled): its
-        timer finds it gone, and it no longer counts as outstanding."""
-        with self._idle:
-            job = self._outstanding.get(job_id)
-            if job is None or job.due_at <= time.time():
-                return False  # unknown here, or due: it meets its cancel mark when it starts
-            del self._outstanding[job_id]
-            if not self._outstanding:
-                self._idle.notify_all()
-            return True
+        timer finds it gone, and it no longer counts as outstanding. (One waiting for a
+        limit meets its cancel mark when it asks again.)"""
+        job = self._outstanding.get(job_id)
+        if job is None or job.due_at <= time.time():
+            return False  # unknown here, or due: it meets its cancel mark when it starts
+        self._finish(job)
+        return True
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no job is outstanding; False if ``timeout`` passed first."""
@@ -229,7 +227,7 @@ class InlineExecutor:
                     refused = self._run_one(job, paced=index > 0)
                     if refused is not None:  # over a limit: the rest of the chain waits too
                         self._slot_waits.defer(refused, chain_of(jobs[index:], done))
-                        done = None
+                        done = None  # set once the rest of the chain has run
                         break
             finally:
                 if done is not None and not done.done():
@@ -252,6 +250,7 @@ class InlineExecutor:
         except BaseException:  # a bug here must not lose the job silently
             log.exception("inline executor failed while running task %s", job.id)
             release(self.execution.limits, job, admission)
+            self._slot_waits.wake(admission.slot)
             self._finish(job)
             return None
         finally:
@@ -263,9 +262,11 @@ class InlineExecutor:
         else:
             retry = job.next_attempt(outcome.retry_delay)
             with self._lock:
-                if job.id in self._outstanding:  # not abandoned by a drain meanwhile
+                kept = job.id in self._outstanding  # not abandoned by a drain meanwhile
+                if kept:
                     self._outstanding[job.id] = retry
-                    self._later(outcome.retry_delay, self._enqueue, retry)
+            if kept:
+                self._later(outcome.retry_delay, self._enqueue, retry)
         if outcome.lingering is not None:  # a timed-out call still runs (Python cannot
             # stop a thread): it keeps both its slots, so hung tasks cannot multiply.
             with self._lock:

@@ -15,7 +15,7 @@ import redis
 
 from dispatcher import DispatcherSettings, task
 from dispatcher.core.job import Job
-from dispatcher.core.limits import Admission
+from dispatcher.core.limits import Admission, release
 from dispatcher.core.spec import TaskSpec
 from dispatcher.routes.celery.defer import defer
 from dispatcher.routes.celery.protocol import queue_keys
@@ -173,3 +173,20 @@ def test_while_redis_cannot_be_asked_the_limits_hold_per_process() -> None:
     assert not refused.granted and refused.local and refused.reason == "concurrency"
     limits.release(first, held)
     assert limits.admit(_job(spec, 2)).granted
+
+
+def test_the_per_process_stand_in_counts_the_slots_held_from_redis() -> None:
+    """``concurrency=1`` used as a mutex holds through a Redis outage: the job admitted
+    by Redis still runs, so the stand-in refuses a second one."""
+    with EmbeddedRedis() as server:
+        limits = RedisLimits(redis.Redis.from_url(server.url, socket_timeout=2), lease=10)
+        spec = slotted.spec
+        holder = _job(spec, 1)
+        held = limits.admit(holder)
+        assert held.granted and not held.local
+        server.stop()
+        second = limits.admit(_job(spec, 2))
+        assert second.local and not second.granted and second.reason == "concurrency"
+        release(limits, holder, held)  # Redis is gone: it expires with its lease there
+        third = limits.admit(_job(spec, 3))
+        assert third.local and third.granted
