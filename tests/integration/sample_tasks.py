@@ -216,3 +216,15 @@ def per_customer(key: str, customer: str, hold: float = 0.2) -> int:
 def hourly(n: int) -> int:
     """Once an hour: a second job waits (in the delay store, on Celery)."""
     return n
+
+
+@task(name="samples.hangs_once", weight=8, timeout=0.5, concurrency=1,
+      retry=RetryPolicy(max_attempts=2, base_delay=0.1, jitter=False,
+                        retry_on=(Exception,)))
+def hangs_once(key: str) -> None:
+    """The first attempt outlives its timeout (Python cannot stop it) and is retried;
+    the ledger tells when each attempt began and when the hung call really ended."""
+    attempt = note(key, label="start")
+    if attempt == 1:
+        time.sleep(2.0)
+        note(key, label="hung call ended")

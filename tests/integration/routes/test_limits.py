@@ -112,3 +112,13 @@ def test_a_job_waiting_for_its_limit_can_be_cancelled(broker: str) -> None:
     assert cancel(waiting.id) is True
     assert waiting.state() == "REVOKED"
     assert client.zscore(keys.DELAYED, f"{waiting.id}:1") is None
+
+
+def test_a_timed_out_attempt_keeps_its_slot_until_its_call_ends(broker: str) -> None:
+    """``concurrency=1``: the retry of a timed-out attempt waits for the hung call, even
+    on a worker with a free pool process."""
+    key = f"hangs:{uuid.uuid4()}"
+    handle = samples.hangs_once.options(route="celery").dispatch(key)
+    assert handle.get(timeout=60) is None
+    labels = [str(e["label"]) for e in samples.entries(key)]
+    assert labels == ["start", "hung call ended", "start"]
