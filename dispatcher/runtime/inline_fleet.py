@@ -8,11 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
+from ..core.periodic import Periodic
 from ..store.client import REDIS_ERRORS
 from ..store.inline_reports import InlineReport, InlineReports, fleet_summary
 
@@ -39,8 +39,7 @@ class InlineFleet:
         self.reports = reports
         self.process = process_name()
         self._others: list[InlineReport] = []
-        self._stopped = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop: Periodic | None = None
 
     def own(self) -> InlineReport:
         running, outstanding = self.load()
@@ -55,15 +54,15 @@ class InlineFleet:
     @property
     def started(self) -> bool:
         """Whether this process reports (an API process with Redis)."""
-        return self._thread is not None
+        return self._loop is not None
 
     def start(self) -> None:
         """Report from now on (an API process at start-up); does nothing without Redis."""
-        if self.reports is None or self._thread is not None:
+        if self.reports is None or self._loop is not None:
             return
-        self._thread = threading.Thread(target=self._loop, name="dispatch-inline-report",
-                                        daemon=True)
-        self._thread.start()
+        self._loop = Periodic("dispatch-inline-report", self.report_once, REPORT_EVERY,
+                              expected=REDIS_ERRORS, log=log, on_expected=self._forget_others)
+        self._loop.start()
 
     def report_once(self) -> None:
         if self.reports is None:
@@ -72,20 +71,13 @@ class InlineFleet:
         self._others = [r for r in self.reports.read() if r["process"] != self.process]
 
     def stop(self) -> None:
-        self._stopped.set()
-        if self.reports is not None and self._thread is not None:
+        if self._loop is not None:
+            self._loop.stop()
+        if self.reports is not None and self._loop is not None:
             try:
                 self.reports.remove(self.process)
             except REDIS_ERRORS as exc:
                 log.debug("inline report not removed: %s", exc)
 
-    def _loop(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                self.report_once()
-            except REDIS_ERRORS as exc:
-                log.debug("inline report skipped: %s", exc)
-                self._others = []  # nothing known of the others while Redis is away
-            except Exception:  # never the end of the reports
-                log.exception("inline report failed")
-            self._stopped.wait(REPORT_EVERY)
+    def _forget_others(self, error: BaseException) -> None:
+        self._others = []  # nothing known of the others while Redis is away

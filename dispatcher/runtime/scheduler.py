@@ -12,12 +12,12 @@ rules apply.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from ..core.errors import DispatchError
+from ..core.periodic import Periodic
 from ..core.registry import all_tasks
 from ..core.schedule import Cron, Schedule
 from ..core.settings import DispatcherSettings
@@ -65,9 +65,9 @@ class Scheduler:
             except DispatchError as exc:
                 log.error("schedule %s of %s cannot dispatch: %s", schedule.describe(),
                           schedule.task, exc)
-        self._stopped = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="dispatch-scheduler",
-                                        daemon=True)
+        # Ticks wait for Redis while it is away (then catch-up applies).
+        self.loop = Periodic("dispatch-scheduler", self._pass, PAUSE, expected=REDIS_ERRORS,
+                             log=log)
 
     def run_once(self, now: float | None = None) -> int:
         """One pass; returns how many ticks this process dispatched."""
@@ -108,21 +108,14 @@ class Scheduler:
 
     def start(self) -> Scheduler:
         if self.schedules:
-            self._thread.start()
+            self.loop.start()
         return self
 
     def stop(self) -> None:
-        self._stopped.set()
+        self.loop.stop()
 
-    def _loop(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                self.run_once()
-            except REDIS_ERRORS as exc:  # ticks wait for Redis (then catch-up applies)
-                log.debug("scheduler pass skipped: %s", exc)
-            except Exception:  # never the end of the scheduler
-                log.exception("scheduler pass failed")
-            self._stopped.wait(PAUSE)
+    def _pass(self) -> None:
+        self.run_once()
 
 
 def schedule_rows(settings: DispatcherSettings, state: ScheduleState | None,

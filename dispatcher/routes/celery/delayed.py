@@ -14,11 +14,11 @@ published exactly once.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import redis
 
+from ...core.periodic import Periodic
 from ...store import keys
 from ...store.link import as_text
 from ...store.scripts import RELEASE_DUE
@@ -42,9 +42,8 @@ class DelayRelay:
         self.batch = batch
         self.pause = pause
         self._script = client.register_script(RELEASE_DUE.source)
-        self._stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="dispatch-delayed",
-                                       daemon=True)
+        self.loop = Periodic("dispatch-delayed", self._pass, pause, expected=BROKER_ERRORS,
+                             log=log)
 
     def release_due(self, now: float | None = None) -> tuple[int, float | None]:
         """One pass: publish what is due; returns how many, and the next due time."""
@@ -56,26 +55,21 @@ class DelayRelay:
         return int(pushed), float(following) if following else None
 
     def start(self) -> DelayRelay:
-        self.thread.start()
+        self.loop.start()
         return self
 
     def stop(self) -> None:
-        self._stopped.set()
+        self.loop.stop()
 
-    def _loop(self) -> None:
-        while not self._stopped.is_set():
-            wait = self.pause
-            try:
-                pushed, following = self.release_due()
-                if pushed >= self.batch:
-                    continue  # more may be due already
-                if following is not None:
-                    wait = min(wait, max(0.0, following - time.time()))
-            except BROKER_ERRORS as exc:
-                log.debug("delayed jobs not released this pass: %s", exc)
-            except Exception:  # never the end of the relay: the next pass tries again
-                log.exception("releasing delayed jobs failed")
-            self._stopped.wait(wait)
+    def _pass(self) -> float:
+        """Release what is due; wait until the next due time (at most ``pause``), or
+        not at all when a full batch went (more may be due already)."""
+        pushed, following = self.release_due()
+        if pushed >= self.batch:
+            return 0.0
+        if following is None:
+            return self.pause
+        return min(self.pause, max(0.0, following - time.time()))
 
 
 def delayed_count(client: redis.Redis) -> int:

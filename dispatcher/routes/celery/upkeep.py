@@ -6,11 +6,11 @@ thread of its own (it wakes far more often), publish delayed jobs when due (``de
 from __future__ import annotations
 
 import logging
-import threading
 from typing import Any
 
 from kombu.exceptions import OperationalError
 
+from ...core.periodic import Periodic
 from ...core.registry import all_tasks
 from .delayed import DelayRelay
 from .fleet import Fleet
@@ -45,17 +45,17 @@ class Upkeep:
                                sightings=self.fleet.sightings)
         self.rescuer = Rescuer(route.app, client, hostname, self.fleet.sightings)
         self.delayed = DelayRelay(client)
-        self._stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="dispatch-upkeep", daemon=True)
+        self.loop = Periodic("dispatch-upkeep", self.run_once, self.pause,
+                             expected=SWEEP_ERRORS, log=log)
 
     def start(self) -> Upkeep:
-        self.thread.start()
+        self.loop.start()
         self.delayed.start()
         return self
 
     def stop(self) -> None:
         """On a clean shutdown: stop beating and say so (kombu gives back what we held)."""
-        self._stopped.set()
+        self.loop.stop()
         self.delayed.stop()
         try:
             self.heartbeat.stop()
@@ -63,23 +63,12 @@ class Upkeep:
             log.debug("could not remove the heartbeat: %s", exc)
 
     def run_once(self) -> None:
-        if self._stopped.is_set():
+        if self.loop.stopped:
             return
         self.heartbeat.beat()
         self.fleet.observe()
         self.sweeper.sweep()
         self.rescuer.rescue()
-
-    def _loop(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                self.run_once()
-            except SWEEP_ERRORS as exc:
-                log.debug("upkeep pass skipped: %s", exc)
-            except Exception:  # never the end of the upkeep: the next pass tries again
-                log.exception("upkeep pass failed")
-            self._stopped.wait(self.pause)
-
 
 def start_upkeep(route: CeleryRoute, consumer: Any) -> Upkeep:
     return Upkeep(route, consumer).start()
