@@ -10,6 +10,7 @@ from celery import Celery
 from ...core.redis_url import is_sentinel_url, parse_sentinel_url
 from ...core.settings import DispatcherSettings
 from ...store import keys
+from .transport import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, transport_for
 
 #: How long kombu's restore lock outlives a worker that died holding it.
 RESTORE_LOCK_SECONDS = 10
@@ -31,12 +32,17 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
         # a worker killed while it held the lock (SIGKILL, OOM) would stop every restore
         # in the fleet, its own lost jobs included, for five minutes.
         "unacked_mutex_expire": RESTORE_LOCK_SECONDS,
+        # Our worker's delivery bookkeeping (``transport``): the run count is kept on
+        # the broker when the records store is the broker's.
+        RUNS_TTL_OPTION: settings.result_ttl,
+        COUNT_RUNS_OPTION: settings.results_url == settings.broker_url,
         "socket_timeout": settings.publish_timeout,
         "socket_connect_timeout": settings.publish_timeout,
         **sentinel_options(settings, settings.broker_url),
     }
     app.conf.update(
         broker_url=settings.broker_url,
+        broker_transport=transport_for(settings.broker_url),
         result_backend=settings.results_url,
         task_serializer="json",
         result_serializer="json",

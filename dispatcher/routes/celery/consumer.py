@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.worker.consumer import Consumer
 
+from .transport import uncount
 from .unknown import HAND_BACK_DELAY
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class DispatchConsumer(Consumer):
         worker: CeleryWorker | None = getattr(self.app, "dispatch_worker", None)
         unknown = worker.unknown_tasks if worker is not None else None
         if unknown is not None and unknown.verdict(task_id, name) == "hand_back":
+            if worker is not None and task_id:
+                uncount(worker.route.monitor.publisher.client, str(task_id), message)
             self.timer.call_after(HAND_BACK_DELAY, self._hand_back, (message,))
             return
         log.error("refused a message for a task no worker has (%s): not run",

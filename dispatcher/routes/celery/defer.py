@@ -25,12 +25,14 @@ log = logging.getLogger("dispatcher.worker")
 
 
 def defer(client: redis.Redis, settings: DispatcherSettings, job: Job,
-          refused: Admission) -> bool:
+          refused: Admission, counted: bool = False) -> bool:
     """File ``job``'s publication in the delay store, due in ``refused.wait`` seconds,
     with a fresh message: the same job and publication, under a new delivery tag, since
     the refused delivery is acknowledged after this and kombu acknowledges by tag. A job
     waiting for a slot is also filed as its waiter (and queued at once if a slot freed
-    meanwhile). False on a Redis error: the caller then runs the job rather than lose it.
+    meanwhile). ``counted``: the worker counted this delivery as a run when it took
+    it (``transport``); it did not run, so the count is taken back in the same step.
+    False on a Redis error: the caller then runs the job rather than lose it.
     """
     envelope = task_message(job)
     envelope["properties"]["delivery_tag"] = f"{job.publish_id}~{os.urandom(6).hex()}"
@@ -41,11 +43,12 @@ def defer(client: redis.Redis, settings: DispatcherSettings, job: Job,
     try:
         client.register_script(DEFER.source)(
             keys=[keys.marker(job.publish_id), keys.DELAYED, keys.INFLIGHT,
-                  keys.slots(slot or job.spec.name), keys.slot_waiters(slot or job.spec.name)],
+                  keys.slots(slot or job.spec.name), keys.slot_waiters(slot or job.spec.name),
+                  keys.runs(job.id)],
             args=[job.publish_id, now + refused.wait,
                   settings.result_ttl + math.ceil(refused.wait), json.dumps(envelope),
                   queue_key(job.queue or settings.default_queue, job.priority),
-                  (job.spec.concurrency or 0) if slot else 0, now])
+                  (job.spec.concurrency or 0) if slot else 0, now, int(counted)])
         return True
     except BROKER_ERRORS as exc:
         log.warning("task %s over its limit could not wait in the delay store (%s): "

@@ -29,6 +29,7 @@ from .monitor import BROKER_ERRORS
 from .protocol import HEADER
 from .recovery import started_commands
 from .route import CeleryRoute
+from .transport import DELIVERY_HEADER
 from .unknown import UnknownTasks
 
 log = logging.getLogger("dispatcher.worker")
@@ -91,7 +92,7 @@ class CeleryWorker:
         #: runs jobs side by side: their replies must not interleave on one connection).
         self._count = threading.local()
 
-    def count_run(self, job: Job, ttl: int) -> tuple[int | None, bool]:
+    def count_run(self, job: Job, ttl: int, request: Any = None) -> tuple[int | None, bool]:
         """Count this delivery of ``job``; a delivery beyond the header's attempt means an
         earlier run died with its process (SIGKILL, OOM): a death, not a failed attempt.
 
@@ -100,8 +101,13 @@ class CeleryWorker:
         self-SIGKILL jobs), and a lost count lets a poison job run once too often.
         None: no count (no store, or it failed), trust the message's own attempt number.
         Also answers whether the job was cancelled (its mark, read in the same round trip).
+        Our transport has done all this as the worker took the message (``transport``):
+        then no round trip is made here.
         """
         settings = self.settings
+        counted = self._counted_on_delivery(job, request)
+        if counted is not None:
+            return counted
         commands = [*started_commands(job.publish_id), ("EXISTS", keys.cancel(job.id))]
         records = self.records
         shared = records is not None and settings.results_url == settings.broker_url
@@ -118,6 +124,18 @@ class CeleryWorker:
         if shared:
             return int(replies[-2]), cancelled
         return _count_separately(records, job, ttl), cancelled
+
+    def _counted_on_delivery(self, job: Job, request: Any) -> tuple[int | None, bool] | None:
+        """What the worker's transport counted when it took the message (``transport``),
+        or None: count here. Without a count there (records elsewhere), the count is
+        made apart."""
+        delivery = getattr(request, DELIVERY_HEADER, None)
+        if not (isinstance(delivery, list) and len(delivery) == 2):
+            return None
+        runs, cancelled = delivery
+        if runs is None:
+            return _count_separately(self.records, job, self.settings.result_ttl), bool(cancelled)
+        return int(runs), bool(cancelled)
 
     def connect_early(self) -> None:
         """Connect a new pool process before its first job, so that job does not wait for
@@ -156,10 +174,10 @@ class CeleryWorker:
                 except TaskValidationError as exc:
                     refused = exc
             job = job_from_request(task, request, payload)
-            admission = self._admit(job)
+            admission = self._admit(job, request)
             outcome: Outcome | None = None
             try:
-                runs, cancelled = self.count_run(job, self.settings.result_ttl)
+                runs, cancelled = self.count_run(job, self.settings.result_ttl, request)
                 if cancelled:  # never started: acknowledged without running
                     self.execution.skip_cancelled(job)
                     return None
@@ -179,7 +197,7 @@ class CeleryWorker:
             raise TaskFailed(str(request.id), type(error).__name__, str(error)) from error
         return outcome.result
 
-    def _admit(self, job: Job) -> Admission:
+    def _admit(self, job: Job, request: Any = None) -> Admission:
         """The limiter's admission of ``job`` (always, for a task without limits). A job
         it refused is filed back in the delay store, to come back when the limiter said
         (or when a slot it waits for frees), and Celery is told it will be retried."""
@@ -187,7 +205,8 @@ class CeleryWorker:
             return UNLIMITED
         admission = admit(self.execution.limits, job)
         if admission.granted or not defer(self.route.monitor.publisher.client,
-                                          self.settings, job, admission):
+                                          self.settings, job, admission,
+                                          counted_on_delivery(request)):
             return admission
         reason = (admission.reason or "limit").replace("_", " ")
         raise Retry(f"over its {reason}: waits {admission.wait:.3g} s",
@@ -241,6 +260,12 @@ class CeleryWorker:
         run.__doc__ = task.spec.fn.__doc__
         app.task(name=task.spec.name, bind=True, ignore_result=True, acks_late=True,
                  typing=False, throws=(TaskFailed,))(run)
+
+
+def counted_on_delivery(request: Any) -> bool:
+    """Whether the worker's transport counted this delivery as a run (``transport``)."""
+    delivery = getattr(request, DELIVERY_HEADER, None)
+    return isinstance(delivery, list) and len(delivery) == 2 and delivery[0] is not None
 
 
 def _count_separately(records: redis.Redis | None, job: Job, ttl: int) -> int | None:

@@ -1,0 +1,185 @@
+"""kombu's Redis transport with the worker's per-delivery bookkeeping folded in.
+
+kombu writes every message a worker takes into its ``unacked`` hash and index (one
+round trip), and removes it on the ack (another). Our worker used to make a third
+round trip of its own before each job: mark the publication started, read the
+job's cancel mark and count the delivery (crash redeliveries, see ``worker``). Here
+those commands ride in kombu's transaction, made over a connection of our own with
+hand-packed commands (``store.link``), so a job costs the worker one round trip less
+and its start waits for none of its own. The counts reach the pool process in the
+``dispatch_delivery`` header; a message without it (another transport, a foreign
+message) is counted by the pool process as before.
+
+The delivery is counted when the worker takes the message, not when the job starts:
+with late acks and a prefetch of one per pool process, a message is taken only for a
+free process. A message with an ``eta`` (sent by a plain Celery client) may wait in
+the worker, so it is counted when it starts, as before.
+
+Only ``redis://`` and ``sentinel://`` brokers use this transport (``transport_for``);
+``rediss://`` and ``unix://`` keep kombu's own, since kombu reads TLS and socket
+settings from the transport's name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import base as virtual
+from kombu.utils.json import dumps
+
+from ...store import keys
+from ...store.link import Link
+from .protocol import HEADER
+from .recovery import started_commands
+
+#: The header that carries a delivery's bookkeeping to the pool process:
+#: ``[runs, cancelled]`` (runs: deliveries counted so far, None when not counted).
+DELIVERY_HEADER = "dispatch_delivery"
+#: Transport options (``app.create_celery_app``): how long a job's delivery count is
+#: kept, and whether it is kept on the broker (the records store is the broker's).
+RUNS_TTL_OPTION = "dispatch_runs_ttl"
+COUNT_RUNS_OPTION = "dispatch_count_runs"
+
+_SCHEMES = {"redis": "Transport", "sentinel": "SentinelTransport"}
+
+
+def transport_for(broker_url: str | None) -> str | None:
+    """This module's transport for ``broker_url`` (None: kombu picks by the scheme)."""
+    scheme = urlsplit(broker_url or "").scheme
+    name = _SCHEMES.get(scheme)
+    return None if name is None else f"{__name__}:{name}"
+
+
+def uncount(client: redis.Redis, job_id: str, message: Any) -> None:
+    """Take back the run this transport counted for ``message``, which will not run
+    here (handed back for another worker). Best effort: a count left over reads as
+    one death of the job, far from the poison threshold."""
+    headers = getattr(message, "headers", None)
+    delivery = headers.get(DELIVERY_HEADER) if isinstance(headers, dict) else None
+    if not (isinstance(delivery, list) and delivery and delivery[0] is not None):
+        return
+    with contextlib.suppress(redis.RedisError):
+        client.decr(keys.runs(job_id))
+
+
+class DeliveryQoS(kombu_redis.QoS):
+    """kombu's ``unacked`` bookkeeping and ours in one transaction per delivery."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._link: Link | None = None
+        #: kombu acknowledges from any thread (a threads pool): the link is shared.
+        self._lock = threading.Lock()
+        channel: Any = self.channel
+        options = channel.connection.client.transport_options or {}
+        self._runs_ttl = int(options.get(RUNS_TTL_OPTION) or 0)
+        self._count_runs = bool(options.get(COUNT_RUNS_OPTION)) and self._runs_ttl > 0
+
+    def _connection(self) -> Link:
+        if self._link is None:
+            # kombu's own bookkeeping uses the channel's synchronous pool too.
+            channel: Any = self.channel
+            self._link = Link(channel._create_client())
+        return self._link
+
+    def _key(self, name: str) -> str:
+        channel: Any = self.channel
+        return f"{channel.global_keyprefix}{name}"
+
+    def append(self, message: Any, delivery_tag: Any) -> None:
+        delivery = message.delivery_info
+        headers = message.headers
+        if isinstance(headers, dict):
+            headers.pop(DELIVERY_HEADER, None)  # ours to set: never taken from a sender
+        entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        commands: list[tuple[Any, ...]] = [
+            ("MULTI",),
+            ("ZADD", self._key(self.unacked_index_key), time.time(), delivery_tag),
+            ("HSET", self._key(self.unacked_key), delivery_tag, entry),
+        ]
+        ours = self._our_commands(headers)
+        commands += ours
+        commands.append(("EXEC",))
+        with self._lock:
+            link = self._connection()
+            try:
+                link.send(commands)
+                for _ in range(len(commands) - 1):
+                    link.read()  # OK and QUEUED: an error here is raised by EXEC too
+                replies = link.read()
+            except BaseException:
+                link.drop()
+                raise
+        if ours:
+            cancelled = bool(replies[4])
+            runs = int(replies[5]) if self._count_runs else None
+            headers[DELIVERY_HEADER] = [runs, cancelled]
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def _our_commands(self, headers: Any) -> list[tuple[Any, ...]]:
+        """Our bookkeeping for a message of ours due now; none for another."""
+        if not isinstance(headers, dict) or headers.get("eta"):
+            return []
+        meta, job_id = headers.get(HEADER), headers.get("id")
+        if not isinstance(meta, dict) or not isinstance(job_id, str):
+            return []
+        attempt = meta.get("attempt") or 1
+        commands = [*started_commands(f"{job_id}:{attempt}"), ("EXISTS", keys.cancel(job_id))]
+        if self._count_runs:
+            commands += [("INCR", keys.runs(job_id)),
+                         ("EXPIRE", keys.runs(job_id), self._runs_ttl)]
+        return commands
+
+    def ack(self, delivery_tag: Any) -> None:
+        commands = [("MULTI",), ("ZREM", self._key(self.unacked_index_key), delivery_tag),
+                    ("HDEL", self._key(self.unacked_key), delivery_tag), ("EXEC",)]
+        with self._lock:
+            link = self._connection()
+            try:
+                link.send(commands)
+                for _ in commands:
+                    link.read()
+            except BaseException:
+                link.drop()
+                raise
+        virtual.QoS.ack(self, delivery_tag)
+
+    def close_link(self) -> None:
+        with self._lock:
+            if self._link is not None:
+                self._link.close()
+                self._link = None
+
+
+class _DeliveryChannel:
+    """Gives the QoS's connection back when kombu closes the channel."""
+
+    _qos: Any
+
+    def close(self) -> None:
+        qos = self._qos
+        if isinstance(qos, DeliveryQoS):
+            qos.close_link()
+        super().close()  # type: ignore[misc]
+
+
+class Channel(_DeliveryChannel, kombu_redis.Channel):
+    QoS = DeliveryQoS
+
+
+class SentinelChannel(_DeliveryChannel, kombu_redis.SentinelChannel):
+    QoS = DeliveryQoS
+
+
+class Transport(kombu_redis.Transport):
+    Channel = Channel
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel

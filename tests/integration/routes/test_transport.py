@@ -1,0 +1,121 @@
+"""The worker's transport (``routes.celery.transport``) on a real Redis: kombu's
+unacknowledged-message bookkeeping, and ours folded into the same transaction."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from dispatcher import DispatcherSettings, configure
+from dispatcher.core.job import Job, new_job_id
+from dispatcher.routes.celery.app import create_celery_app
+from dispatcher.routes.celery.protocol import HEADER
+from dispatcher.routes.celery.transport import DELIVERY_HEADER, DeliveryQoS, transport_for, uncount
+from dispatcher.runtime.container import current
+from dispatcher.store import keys
+from dispatcher.store.embedded import EmbeddedRedis
+from tests.integration import sample_tasks as samples
+
+
+@pytest.fixture
+def queue(redis_server: EmbeddedRedis) -> Iterator[str]:
+    """A queue of this test's own (no worker consumes it), on the suite's Redis."""
+    configure(DispatcherSettings(broker_url=redis_server.url, _env_file=None))  # type: ignore[call-arg]
+    yield f"transport-{uuid.uuid4().hex[:8]}"
+
+
+def take(app: Celery, queue: str) -> tuple[Any, Any]:
+    """Take one message from ``queue`` as a worker does; returns it and its channel."""
+    connection = app.connection_for_read()
+    channel = connection.default_channel
+    taken: list[Any] = []
+    channel.basic_consume(queue, False, taken.append, "test")
+    while not taken:
+        connection.drain_events(timeout=10)
+    return taken[0], channel
+
+
+def publish(queue: str, job_id: str | None = None) -> Job:
+    job = Job(job_id or new_job_id(), samples.echo.spec, "celery", queue, 5,
+              {"value": {"n": 1}})
+    current().celery.publish(job)
+    return job
+
+
+def test_a_taken_job_is_counted_in_kombus_transaction(queue: str) -> None:
+    app = create_celery_app(current().settings)
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    job = publish(queue)
+    assert client.zscore(keys.INFLIGHT, job.publish_id) is not None
+    message, channel = take(app, queue)
+    assert isinstance(channel.qos, DeliveryQoS)
+    # Counted, marked started, not cancelled: the pool process needs no round trip.
+    assert message.headers[DELIVERY_HEADER] == [1, False]
+    assert client.get(keys.runs(job.id)) == b"1"
+    assert client.get(keys.marker(job.publish_id)) == b"1"
+    assert client.zscore(keys.INFLIGHT, job.publish_id) is None
+    # kombu's own bookkeeping, as kombu writes it: the message without our header.
+    tag = message.delivery_tag
+    stored = json.loads(client.hget(keys.KOMBU_UNACKED, tag) or b"null")
+    assert stored[0]["headers"]["id"] == job.id and stored[2] == queue
+    assert DELIVERY_HEADER not in stored[0]["headers"]
+    assert client.zscore(keys.KOMBU_UNACKED_INDEX, tag) is not None
+    message.ack()
+    assert client.hget(keys.KOMBU_UNACKED, tag) is None
+    assert client.zscore(keys.KOMBU_UNACKED_INDEX, tag) is None
+    app.close()
+
+
+def test_a_redelivery_counts_again_and_sees_the_cancel_mark(queue: str) -> None:
+    app = create_celery_app(current().settings)
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    job = publish(queue)
+    message, _ = take(app, queue)
+    message.reject(requeue=True)  # back to its queue, as kombu restores it
+    client.set(keys.cancel(job.id), "1")
+    again, _ = take(app, queue)
+    assert again.headers["id"] == job.id
+    assert again.headers[DELIVERY_HEADER] == [2, True]
+    # Handed back for another worker (an unknown task): the delivery is not a run.
+    uncount(client, job.id, again)
+    assert client.get(keys.runs(job.id)) == b"1"
+    again.ack()
+    app.close()
+
+
+def test_a_sender_cannot_set_the_count(queue: str) -> None:
+    """The header is ours: one a message arrives with is replaced, or dropped for a
+    message that is not ours to count."""
+    app = create_celery_app(current().settings)
+    publisher = Celery("plain", broker=current().settings.broker_url)
+    publisher.conf.update(task_serializer="json", accept_content=["json"])
+    publisher.send_task("samples.echo", kwargs={"value": 1}, queue=queue,
+                        headers={DELIVERY_HEADER: [0, False]})
+    message, _ = take(app, queue)
+    assert HEADER not in message.headers and DELIVERY_HEADER not in message.headers
+    message.ack()
+    job_id = new_job_id()
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    client.set(keys.runs(job_id), 5)
+    publish(queue, job_id)
+    ours, _ = take(app, queue)
+    assert ours.headers[DELIVERY_HEADER] == [6, False]
+    ours.ack()
+    publisher.close()
+    app.close()
+
+
+@pytest.mark.parametrize(("url", "ours"), [
+    ("redis://127.0.0.1:6379/0", True),
+    ("sentinel://127.0.0.1:26379", True),
+    ("rediss://127.0.0.1:6380/0", False),
+    ("unix:///tmp/redis.sock", False),
+])
+def test_the_transport_is_ours_where_kombu_picks_by_url_alone(url: str, ours: bool) -> None:
+    assert (transport_for(url) is not None) is ours
