@@ -12,6 +12,8 @@ rules apply.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -65,6 +67,11 @@ class Scheduler:
             except DispatchError as exc:
                 log.error("schedule %s of %s cannot dispatch: %s", schedule.describe(),
                           schedule.task, exc)
+        #: This scheduler's name on its claims: a claim whose reply was lost is retaken.
+        self.claimer = f"{socket.gethostname()}:{os.getpid()}:{os.urandom(4).hex()}"
+        #: Ticks this scheduler may have claimed and not dispatched (a Redis error on
+        #: the way): retried each pass until dispatched or found another's.
+        self._owed: dict[tuple[str, float], Schedule] = {}
         # Ticks wait for Redis while it is away (then catch-up applies).
         self.loop = Periodic("dispatch-scheduler", self._pass, PAUSE, expected=REDIS_ERRORS,
                              log=log)
@@ -72,7 +79,7 @@ class Scheduler:
     def run_once(self, now: float | None = None) -> int:
         """One pass; returns how many ticks this process dispatched."""
         now = time.time() if now is None else now
-        dispatched = 0
+        dispatched = self._settle_owed(now)
         for schedule in self.schedules:
             latest = self.state.latest(schedule, now)
             ticks = schedule.ticks(latest, now, self.zone)
@@ -85,9 +92,32 @@ class Scheduler:
                             schedule.describe(), schedule.task, len(ticks),
                             self.settings.schedule_catchup, len(chosen))
             for tick in chosen:  # each claim moves the latest pass to its own tick only
-                if self.state.take(schedule, tick, tick, CLAIM_TTL):
-                    dispatched += self._dispatch(schedule, tick)
+                dispatched += self._claim_and_dispatch(schedule, tick)
             self.state.take(schedule, None, now, CLAIM_TTL)
+        return dispatched
+
+    def _claim_and_dispatch(self, schedule: Schedule, tick: float) -> int:
+        """Dispatch ``tick`` if this scheduler claims it. Until that is settled the tick
+        is owed: a Redis error (the claim's reply lost, the dispatch refused) leaves it
+        to the next pass, so a Redis restart loses no tick."""
+        owed = (schedule.key, tick)
+        self._owed[owed] = schedule
+        if not self.state.take(schedule, tick, tick, CLAIM_TTL, self.claimer):
+            del self._owed[owed]  # another worker's
+            return 0
+        dispatched = self._dispatch(schedule, tick)
+        del self._owed[owed]
+        return dispatched
+
+    def _settle_owed(self, now: float) -> int:
+        dispatched = 0
+        for (key, tick), schedule in list(self._owed.items()):
+            if now - tick > CLAIM_TTL:  # its claim is gone: another pass may not tell
+                del self._owed[(key, tick)]
+                log.error("schedule %s of %s: tick %r not dispatched (Redis away %d s)",
+                          schedule.describe(), schedule.task, tick, CLAIM_TTL)
+                continue
+            dispatched += self._claim_and_dispatch(schedule, tick)
         return dispatched
 
     def _dispatch(self, schedule: Schedule, tick: float) -> int:
@@ -101,7 +131,11 @@ class Scheduler:
             log.error("schedule %s of %s could not dispatch: %s", schedule.describe(),
                       schedule.task, exc)
             return 0
-        self.state.note_run(schedule, tick, handle.id, time.time())
+        try:  # dispatched: a failure here must not make the tick owed again
+            self.state.note_run(schedule, tick, handle.id, time.time())
+        except REDIS_ERRORS as exc:
+            log.warning("schedule %s of %s: could not note its last run: %s",
+                        schedule.describe(), schedule.task, exc)
         log.info("schedule.dispatched task=%s tick=%r task_id=%s", schedule.task, tick,
                  handle.id)
         return 1

@@ -33,13 +33,15 @@ class ScheduleState:
         self.client.set(key, repr(now), nx=True)
         return float(as_text(self.client.get(key) or repr(now)))
 
-    def take(self, schedule: Schedule, tick: float | None, latest: float, ttl: int) -> bool:
-        """Claim ``tick`` (None: claim nothing) and move the latest pass to ``latest``;
-        True if this caller is the one to dispatch the tick."""
+    def take(self, schedule: Schedule, tick: float | None, latest: float, ttl: int,
+             claimer: str = "1") -> bool:
+        """Claim ``tick`` (None: claim nothing) for ``claimer`` and move the latest pass
+        to ``latest``; True if ``claimer`` is the one to dispatch the tick (it claimed it
+        now or before)."""
         name = keys.SCHEDULE_PREFIX + digest(schedule)
         claim = f"{name}:tick:{tick!r}"
         return bool(self._tick(keys=[claim, name + ":latest"],
-                               args=["" if tick is None else ttl, repr(latest)]))
+                               args=["" if tick is None else ttl, repr(latest), claimer]))
 
     def note_run(self, schedule: Schedule, tick: float, task_id: str, at: float) -> None:
         self.client.hset(keys.SCHEDULE_RUNS, digest(schedule),

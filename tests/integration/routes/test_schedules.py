@@ -3,10 +3,13 @@ and missed ticks follow DISPATCH_SCHEDULE_CATCHUP."""
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -52,6 +55,33 @@ def test_three_schedulers_dispatch_each_tick_once(state: ScheduleState) -> None:
     ticks = [start + n for n in range(1, 10)]  # the first pass only starts the schedule
     assert len(handles) == len(ticks)
     assert [h.name for h in handles] == [tick.name] * len(ticks)
+
+
+def test_a_tick_whose_claim_reply_was_lost_is_dispatched_once_on_a_later_pass(
+        state: ScheduleState) -> None:
+    """A Redis restart can land a claim and lose its reply: the claimer asks again."""
+    first, second = _schedulers(state, 2)
+    lost: list[float | None] = []
+
+    def take_then_lose(schedule: Any, tick: float | None, latest: float, ttl: int,
+                       claimer: str = "1") -> bool:
+        claimed = state.take(schedule, tick, latest, ttl, claimer)
+        if tick is not None and claimed and not lost:
+            lost.append(tick)
+            raise redis.ConnectionError("the reply was lost")
+        return claimed
+
+    first.state = copy.copy(state)
+    first.state.take = take_then_lose  # type: ignore[method-assign]
+    start = 3_000_000.0
+    with capture_dispatches() as handles:
+        for step in range(40):
+            now = start + step * 0.25
+            for index, scheduler in enumerate((first, second)):
+                with contextlib.suppress(redis.ConnectionError):
+                    scheduler.run_once(now + index * 0.05)
+    assert lost, "no claim of the first scheduler was lost"
+    assert len(handles) == 9  # each tick once, the lost one too
 
 
 @pytest.mark.parametrize(("catchup", "expected"), [("latest", 1), ("all", 30), ("none", 0)])
