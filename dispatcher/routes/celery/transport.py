@@ -23,6 +23,7 @@ settings from the transport's name.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 from typing import Any
@@ -45,6 +46,10 @@ DELIVERY_HEADER = "dispatch_delivery"
 #: kept, and whether it is kept on the broker (the records store is the broker's).
 RUNS_TTL_OPTION = "dispatch_runs_ttl"
 COUNT_RUNS_OPTION = "dispatch_count_runs"
+
+#: A connection lost or out of step: replaced.
+_LOST = (redis.ConnectionError, redis.TimeoutError, OSError)
+log = logging.getLogger("dispatcher.worker")
 
 _SCHEMES = {"redis": "Transport", "sentinel": "SentinelTransport"}
 
@@ -76,6 +81,8 @@ class DeliveryQoS(kombu_redis.QoS):
         self._link: Link | None = None
         #: kombu acknowledges from any thread (a threads pool): the link is shared.
         self._lock = threading.Lock()
+        #: Replies of acknowledgements sent and not yet read.
+        self._unread = 0
         channel: Any = self.channel
         options = channel.connection.client.transport_options or {}
         self._runs_ttl = int(options.get(RUNS_TTL_OPTION) or 0)
@@ -106,16 +113,7 @@ class DeliveryQoS(kombu_redis.QoS):
         ours = self._our_commands(headers)
         commands += ours
         commands.append(("EXEC",))
-        with self._lock:
-            link = self._connection()
-            try:
-                link.send(commands)
-                for _ in range(len(commands) - 1):
-                    link.read()  # OK and QUEUED: an error here is raised by EXEC too
-                replies = link.read()
-            except BaseException:
-                link.drop()
-                raise
+        replies = self._transact(commands)
         if ours:
             cancelled = bool(replies[4])
             runs = int(replies[5]) if self._count_runs else None
@@ -137,24 +135,73 @@ class DeliveryQoS(kombu_redis.QoS):
         return commands
 
     def ack(self, delivery_tag: Any) -> None:
+        """Sent without waiting for the reply, which is read before the next command
+        on this connection: the consumer's loop does not stop for it. An ack lost with
+        its process leaves the message unacknowledged, as kombu's would be had the
+        process died just before acknowledging: it is restored and, its record final,
+        dropped by the rescue (at least once, as ever)."""
         commands = [("MULTI",), ("ZREM", self._key(self.unacked_index_key), delivery_tag),
                     ("HDEL", self._key(self.unacked_key), delivery_tag), ("EXEC",)]
         with self._lock:
-            link = self._connection()
-            try:
-                link.send(commands)
-                for _ in commands:
-                    link.read()
-            except BaseException:
-                link.drop()
-                raise
+            for retry in (True, False):
+                link = self._connection()
+                try:
+                    link.send(commands)
+                    self._unread += len(commands)
+                    break
+                except _LOST as exc:
+                    self._lost(link)
+                    if not retry:
+                        raise
+                    log.debug("acknowledging again on a new connection: %s", exc)
         virtual.QoS.ack(self, delivery_tag)
+
+    def _transact(self, commands: list[tuple[Any, ...]]) -> Any:
+        """Run ``commands`` (MULTI ... EXEC) and return EXEC's replies. A connection
+        lost before (Redis restarted since the last job) is replaced once: the message
+        was taken from its queue already and must be written down."""
+        with self._lock:
+            for retry in (True, False):
+                link = self._connection()
+                try:
+                    link.send(commands)
+                    self._read_acks(link)
+                    for _ in range(len(commands) - 1):
+                        link.read()  # OK and QUEUED: an error here is raised by EXEC too
+                    return link.read()
+                except _LOST as exc:
+                    self._lost(link)
+                    if not retry:
+                        raise
+                    log.warning("kombu's bookkeeping again on a new connection: %s", exc)
+                except BaseException:
+                    self._lost(link)
+                    raise
+        raise AssertionError("unreachable")
+
+    def _read_acks(self, link: Link) -> None:
+        """Read the replies of acknowledgements sent before (a refused one is logged)."""
+        while self._unread:
+            self._unread -= 1
+            try:
+                link.read()
+            except redis.ResponseError as exc:
+                log.warning("an acknowledgement was refused: %s", exc)
+
+    def _lost(self, link: Link) -> None:
+        link.drop()
+        self._unread = 0
 
     def close_link(self) -> None:
         with self._lock:
-            if self._link is not None:
-                self._link.close()
-                self._link = None
+            link, self._link = self._link, None
+            if link is None:
+                return
+            try:
+                self._read_acks(link)  # processed before the connection closes
+            except _LOST:
+                self._unread = 0
+            link.close()
 
 
 class _DeliveryChannel:

@@ -21,6 +21,7 @@ from dispatcher.runtime.container import current
 from dispatcher.store import keys
 from dispatcher.store.embedded import EmbeddedRedis
 from tests.integration import sample_tasks as samples
+from tests.support import wait_until
 
 
 @pytest.fixture
@@ -30,14 +31,16 @@ def queue(redis_server: EmbeddedRedis) -> Iterator[str]:
     yield f"transport-{uuid.uuid4().hex[:8]}"
 
 
-def take(app: Celery, queue: str) -> tuple[Any, Any]:
-    """Take one message from ``queue`` as a worker does; returns it and its channel."""
-    connection = app.connection_for_read()
+def take(app: Celery, queue: str, connection: Any = None) -> tuple[Any, Any]:
+    """Take one message from ``queue`` as a worker does (on ``connection``, or a new
+    one); returns it and its channel."""
+    connection = connection or app.connection_for_read()
     channel = connection.default_channel
     taken: list[Any] = []
-    channel.basic_consume(queue, False, taken.append, "test")
+    channel.basic_consume(queue, False, taken.append, f"test-{len(channel._consumers)}")
     while not taken:
         connection.drain_events(timeout=10)
+    channel.basic_cancel(f"test-{len(channel._consumers) - 1}")
     return taken[0], channel
 
 
@@ -66,9 +69,32 @@ def test_a_taken_job_is_counted_in_kombus_transaction(queue: str) -> None:
     assert stored[0]["headers"]["id"] == job.id and stored[2] == queue
     assert DELIVERY_HEADER not in stored[0]["headers"]
     assert client.zscore(keys.KOMBU_UNACKED_INDEX, tag) is not None
-    message.ack()
-    assert client.hget(keys.KOMBU_UNACKED, tag) is None
-    assert client.zscore(keys.KOMBU_UNACKED_INDEX, tag) is None
+    message.ack()  # sent, its reply read later
+    wait_until(lambda: client.hget(keys.KOMBU_UNACKED, tag) is None
+               and client.zscore(keys.KOMBU_UNACKED_INDEX, tag) is None, "the ack")
+    app.close()
+
+
+def test_a_connection_lost_between_jobs_is_replaced(queue: str) -> None:
+    """Redis restarted (or dropped the connection) since the last job, replies of acks
+    still unread on it: the next delivery is written down on a new connection."""
+    app = create_celery_app(current().settings)
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    connection = app.connection_for_read()
+    publish(queue)
+    first, _ = take(app, queue, connection)
+    first.ack()
+    # The transport's connection is among those whose last command was EXEC.
+    killed = [entry["id"] for entry in client.client_list() if entry["cmd"] == "exec"]
+    assert killed
+    for found in killed:
+        client.client_kill_filter(_id=found)
+    job = publish(queue)
+    second, _ = take(app, queue, connection)
+    assert second.headers["id"] == job.id and second.headers[DELIVERY_HEADER] == [1, False]
+    assert client.hget(keys.KOMBU_UNACKED, second.delivery_tag) is not None
+    second.ack()
+    wait_until(lambda: client.hget(keys.KOMBU_UNACKED, second.delivery_tag) is None, "the ack")
     app.close()
 
 
