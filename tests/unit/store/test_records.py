@@ -136,12 +136,12 @@ def test_secrets_are_scrubbed_from_error_and_traceback(use_settings: Any) -> Non
     def charge(token: SecretStr, pin: str) -> None:
         raise PermissionError(f"declined: {token.get_secret_value()} / pin {pin}")
 
-    handle = charge.dispatch("tok_live_4242", "9876")
+    handle = charge.dispatch("tok_live_4242", "pin-zq9876")
     with pytest.raises(TaskFailed):
         handle.get(timeout=5)
     view = _job(handle.id)
     dumped = json.dumps(view)
-    assert "tok_live_4242" not in dumped and "9876" not in dumped
+    assert "tok_live_4242" not in dumped and "zq9876" not in dumped
     assert view["error"]["message"] == "declined: *** / pin ***"
     assert "PermissionError: declined: ***" in view["traceback"]
 
