@@ -173,6 +173,12 @@ class DispatcherSettings(FleetSettings, TimeSettings):
         "off too); Flower switches them on while it watches. Costs ~30% of the "
         "throughput of very short jobs.",
     )
+    worker_task_logs: bool = Field(
+        default=False,
+        description="Celery's own per-job log lines in workers (\"Task ... received\", "
+        "\"... succeeded in\"). Off: our task.started / task.succeeded events say the "
+        "same, and the received line costs the worker's main process, its serial stage.",
+    )
     worker_mingle: bool = Field(
         default=False,
         description="`dispatcher worker` runs Celery's start-up mingle (syncing revoked "

@@ -4,6 +4,8 @@ Celery's signals. ``worker.app`` (this repository) and ``dispatcher worker`` bot
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
@@ -24,6 +26,17 @@ from .scheduler import Scheduler
 WORKER_RECORDS_POLL = 0.1
 
 
+#: Celery's loggers of per-job lines: "received" (main process), "succeeded" (pool).
+CELERY_TASK_LOGGERS = ("celery.worker.strategy", "celery.app.trace")
+
+
+def quiet_celery_task_logs() -> None:
+    """Celery's per-job INFO lines off (warnings and errors stay): our events carry the
+    same facts in our format. Celery reads the levels when its worker starts."""
+    for name in CELERY_TASK_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def create_worker_app(settings: DispatcherSettings) -> Celery:
     """The worker's Celery app: imports task modules, registers every task, shares the
     route and the runtime with them."""
@@ -31,6 +44,8 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     if settings is not get_settings():
         configure(settings)
     configure_logging(settings)
+    if not settings.worker_task_logs:
+        quiet_celery_task_logs()
     import_task_modules(settings.task_modules)
     app = create_celery_app(settings, main="worker")
     # The process's current app, so Celery's tools that use ``current_app`` find our

@@ -175,3 +175,14 @@ def test_celery_inspect_active_lists_a_running_job(broker: str, service_env: dic
 
     handle.get(timeout=20)
     assert [e["label"] for e in samples.entries(key)] == ["done"]
+
+
+def test_the_worker_log_has_our_events_and_not_celerys_per_job_lines(
+        broker: str, worker: Process) -> None:
+    """One log format: Celery's "received" / "succeeded in" lines are off by default
+    (``DISPATCH_WORKER_TASK_LOGS``); our task events say the same."""
+    handle = samples.echo.options(route="celery").dispatch(value={"n": 3})
+    assert handle.get(timeout=60) == {"n": 3}
+    worker.wait_for_output(f'"event": "task.succeeded", "task_id": "{handle.id}"')
+    assert f"[{handle.id}] received" not in worker.output()
+    assert f"[{handle.id}] succeeded in" not in worker.output()
