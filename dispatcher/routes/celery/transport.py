@@ -22,6 +22,7 @@ settings from the transport's name.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import threading
@@ -38,18 +39,27 @@ from ...store import keys
 from ...store.link import Link
 from .protocol import HEADER
 from .recovery import started_commands
+from .taking import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, TakingChannel
+
+__all__ = [
+    "COUNT_RUNS_OPTION",
+    "RUNS_TTL_OPTION",
+    "SentinelTransport",
+    "Transport",
+    "transport_for",
+    "uncount",
+]
 
 #: The header that carries a delivery's bookkeeping to the pool process:
 #: ``[runs, cancelled]`` (runs: deliveries counted so far, None when not counted).
 DELIVERY_HEADER = "dispatch_delivery"
-#: Transport options (``app.create_celery_app``): how long a job's delivery count is
-#: kept, and whether it is kept on the broker (the records store is the broker's).
-RUNS_TTL_OPTION = "dispatch_runs_ttl"
-COUNT_RUNS_OPTION = "dispatch_count_runs"
 
 #: A connection lost or out of step: replaced.
 _LOST = (redis.ConnectionError, redis.TimeoutError, OSError)
 log = logging.getLogger("dispatcher.worker")
+
+#: Replies to one acknowledgement: MULTI, ZREM, HDEL (queued), EXEC.
+_ACK_REPLIES = 4
 
 _SCHEMES = {"redis": "Transport", "sentinel": "SentinelTransport"}
 
@@ -81,8 +91,8 @@ class DeliveryQoS(kombu_redis.QoS):
         self._link: Link | None = None
         #: kombu acknowledges from any thread (a threads pool): the link is shared.
         self._lock = threading.Lock()
-        #: Replies of acknowledgements sent and not yet read.
-        self._unread = 0
+        #: Delivery tags of acknowledgements sent whose replies are not read yet.
+        self._acks: collections.deque[Any] = collections.deque()
         channel: Any = self.channel
         options = channel.connection.client.transport_options or {}
         self._runs_ttl = int(options.get(RUNS_TTL_OPTION) or 0)
@@ -104,6 +114,12 @@ class DeliveryQoS(kombu_redis.QoS):
         headers = message.headers
         if isinstance(headers, dict):
             headers.pop(DELIVERY_HEADER, None)  # ours to set: never taken from a sender
+        taken = getattr(self.channel, "taken", None)
+        if taken is not None and taken[0] == delivery_tag:  # written down as it was taken
+            if taken[1] is not None and isinstance(headers, dict):
+                headers[DELIVERY_HEADER] = taken[1]
+            virtual.QoS.append(self, message, delivery_tag)
+            return
         entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
         commands: list[tuple[Any, ...]] = [
             ("MULTI",),
@@ -135,19 +151,17 @@ class DeliveryQoS(kombu_redis.QoS):
         return commands
 
     def ack(self, delivery_tag: Any) -> None:
-        """Sent without waiting for the reply, which is read before the next command
-        on this connection: the consumer's loop does not stop for it. An ack lost with
-        its process leaves the message unacknowledged, as kombu's would be had the
-        process died just before acknowledging: it is restored and, its record final,
-        dropped by the rescue (at least once, as ever)."""
-        commands = [("MULTI",), ("ZREM", self._key(self.unacked_index_key), delivery_tag),
-                    ("HDEL", self._key(self.unacked_key), delivery_tag), ("EXEC",)]
+        """Sent without waiting for the reply, which is read later (before the next
+        command that waits, or when it has come): the consumer's loop does not stop
+        for it. Until its reply is read the ack is kept, and sent again on a new
+        connection if this one turns out lost (an ack is idempotent)."""
         with self._lock:
             for retry in (True, False):
                 link = self._connection()
                 try:
-                    link.send(commands)
-                    self._unread += len(commands)
+                    self._read_acks(link, wait=False)  # also finds a lost connection
+                    link.send(self._ack_commands(delivery_tag))
+                    self._acks.append(delivery_tag)
                     break
                 except _LOST as exc:
                     self._lost(link)
@@ -155,6 +169,10 @@ class DeliveryQoS(kombu_redis.QoS):
                         raise
                     log.debug("acknowledging again on a new connection: %s", exc)
         virtual.QoS.ack(self, delivery_tag)
+
+    def _ack_commands(self, tag: Any) -> list[tuple[Any, ...]]:
+        return [("MULTI",), ("ZREM", self._key(self.unacked_index_key), tag),
+                ("HDEL", self._key(self.unacked_key), tag), ("EXEC",)]
 
     def _transact(self, commands: list[tuple[Any, ...]]) -> Any:
         """Run ``commands`` (MULTI ... EXEC) and return EXEC's replies. A connection
@@ -179,18 +197,24 @@ class DeliveryQoS(kombu_redis.QoS):
                     raise
         raise AssertionError("unreachable")
 
-    def _read_acks(self, link: Link) -> None:
-        """Read the replies of acknowledgements sent before (a refused one is logged)."""
-        while self._unread:
-            self._unread -= 1
+    def _read_acks(self, link: Link, wait: bool = True) -> None:
+        """Read the replies of acknowledgements sent before (a refused one is logged);
+        with ``wait`` False, only those already here."""
+        while self._acks:
+            if not wait and not link.connect().can_read(timeout=0):
+                return
             try:
-                link.read()
+                for _ in range(_ACK_REPLIES):
+                    link.read()
             except redis.ResponseError as exc:
                 log.warning("an acknowledgement was refused: %s", exc)
+            self._acks.popleft()
 
     def _lost(self, link: Link) -> None:
+        """Replace the connection; acks whose replies never came are sent again."""
         link.drop()
-        self._unread = 0
+        if self._acks:
+            link.send([c for tag in self._acks for c in self._ack_commands(tag)])
 
     def close_link(self) -> None:
         with self._lock:
@@ -200,7 +224,7 @@ class DeliveryQoS(kombu_redis.QoS):
             try:
                 self._read_acks(link)  # processed before the connection closes
             except _LOST:
-                self._unread = 0
+                self._acks.clear()
             link.close()
 
 
@@ -216,11 +240,11 @@ class _DeliveryChannel:
         super().close()  # type: ignore[misc]
 
 
-class Channel(_DeliveryChannel, kombu_redis.Channel):
+class Channel(_DeliveryChannel, TakingChannel, kombu_redis.Channel):
     QoS = DeliveryQoS
 
 
-class SentinelChannel(_DeliveryChannel, kombu_redis.SentinelChannel):
+class SentinelChannel(_DeliveryChannel, TakingChannel, kombu_redis.SentinelChannel):
     QoS = DeliveryQoS
 
 

@@ -4,6 +4,7 @@ unacknowledged-message bookkeeping, and ours folded into the same transaction.""
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -58,6 +59,7 @@ def test_a_taken_job_is_counted_in_kombus_transaction(queue: str) -> None:
     assert client.zscore(keys.INFLIGHT, job.publish_id) is not None
     message, channel = take(app, queue)
     assert isinstance(channel.qos, DeliveryQoS)
+    assert channel.qos._link is None  # taken and written down in one step (lua/take.lua)
     # Counted, marked started, not cancelled: the pool process needs no round trip.
     assert message.headers[DELIVERY_HEADER] == [1, False]
     assert client.get(keys.runs(job.id)) == b"1"
@@ -145,3 +147,37 @@ def test_a_sender_cannot_set_the_count(queue: str) -> None:
 ])
 def test_the_transport_is_ours_where_kombu_picks_by_url_alone(url: str, ours: bool) -> None:
     assert (transport_for(url) is not None) is ours
+
+
+def test_a_message_that_comes_while_the_worker_waits_is_written_down_too(queue: str) -> None:
+    """An idle worker blocks on kombu's BRPOP; what it gets is written down with our
+    bookkeeping in kombu's second round trip, as when it takes from a backlog."""
+    app = create_celery_app(current().settings)
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    connection = app.connection_for_read()
+    channel = connection.default_channel
+    published: list[Job] = []
+
+    def waiting() -> bool:
+        polling = getattr(channel.client.connection, "_sock", None)  # kombu's BRPOP one
+        if polling is None:
+            return False
+        host, port = polling.getsockname()[:2]
+        return any(e["addr"] == f"{host}:{port}" and e["cmd"] == "brpop"
+                   for e in client.client_list())
+
+    def publish_once_waiting() -> None:
+        wait_until(waiting, "the worker waiting on BRPOP")
+        published.append(publish(queue))
+
+    sender = threading.Thread(target=publish_once_waiting)
+    sender.start()
+    message, _ = take(app, queue, connection)
+    sender.join()
+    assert message.headers["id"] == published[0].id
+    assert message.headers[DELIVERY_HEADER] == [1, False]
+    assert client.hget(keys.KOMBU_UNACKED, message.delivery_tag) is not None
+    assert channel.qos._link is not None  # written down in the second round trip
+    message.ack()
+    wait_until(lambda: client.hget(keys.KOMBU_UNACKED, message.delivery_tag) is None, "the ack")
+    app.close()

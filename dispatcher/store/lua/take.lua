@@ -1,0 +1,57 @@
+-- A worker takes the next message of its queues without blocking (the first list in
+-- order that has one, as BRPOP would pick) and writes it down in the same step:
+-- kombu's unacknowledged entry and index (as kombu's Redis transport writes them),
+-- and for a message of ours the started mark, the cancel mark's answer and the run
+-- count (routes/celery/transport.py). One round trip per message while a backlog
+-- lasts, and no moment where a taken message is recorded nowhere.
+-- KEYS[1] kombu's unacked index, KEYS[2] its unacked hash, KEYS[3] the in-flight
+-- index, KEYS[4..] the queue lists in order. ARGV[1] now, ARGV[2] the run count's ttl
+-- (0: not counted here), ARGV[3] the marker prefix, ARGV[4] the cancel-mark prefix,
+-- ARGV[5] the run-count prefix.
+-- Returns nil when every list is empty; {list, message} for a message it could not
+-- read (kombu writes it down as usual); else {list, message, 1, runs (-1: not
+-- counted), cancelled (0/1), ours (0/1)}.
+local item, from
+for i = 4, #KEYS do
+  item = redis.call('RPOP', KEYS[i])
+  if item then
+    from = KEYS[i]
+    break
+  end
+end
+if not item then
+  return false
+end
+local ok, message = pcall(cjson.decode, item)
+if not ok or type(message) ~= 'table' or type(message['properties']) ~= 'table' then
+  return {from, item}
+end
+local properties = message['properties']
+local info, tag = properties['delivery_info'], properties['delivery_tag']
+if type(info) ~= 'table' or type(tag) ~= 'string' then
+  return {from, item}
+end
+redis.call('ZADD', KEYS[1], ARGV[1], tag)
+redis.call('HSET', KEYS[2], tag, '[' .. item .. ',' .. cjson.encode(info['exchange']) .. ','
+           .. cjson.encode(info['routing_key']) .. ']')
+local headers = message['headers']
+if type(headers) ~= 'table' or type(headers['id']) ~= 'string'
+    or type(headers['dispatch']) ~= 'table'
+    or (headers['eta'] ~= nil and headers['eta'] ~= cjson.null and headers['eta'] ~= '') then
+  return {from, item, 1, -1, 0, 0}
+end
+local id = headers['id']
+local attempt = headers['dispatch']['attempt']
+if type(attempt) ~= 'number' then
+  attempt = 1
+end
+local publication = id .. ':' .. string.format('%d', attempt)
+redis.call('ZREM', KEYS[3], publication)
+redis.call('SET', ARGV[3] .. publication, '1', 'XX', 'KEEPTTL')
+local cancelled = redis.call('EXISTS', ARGV[4] .. id)
+local runs = -1
+if tonumber(ARGV[2]) > 0 then
+  runs = redis.call('INCR', ARGV[5] .. id)
+  redis.call('EXPIRE', ARGV[5] .. id, ARGV[2])
+end
+return {from, item, 1, runs, cancelled, 1}
