@@ -49,9 +49,19 @@ class TakingChannel:
     #: script counted for it (``[runs, cancelled]``, None for a message not ours).
     taken: tuple[str, list[Any] | None] | None = None
 
+    #: Queues consumed without acknowledgements (replies to ``inspect``): kombu keeps
+    #: no record of what it takes from them, so neither may the script.
+    _no_ack: frozenset[str] = frozenset()
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("no_ack", args[0] if args else False):
+            self._no_ack = self._no_ack | {queue}
+        return super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]
+
     def _brpop_start(self, timeout: Any = None) -> None:
         channel: Any = self
-        if not self._take_next or self._take_off:
+        if not self._take_next or self._take_off or not self._no_ack.isdisjoint(
+                channel.active_queues):
             self._taking = False
             super()._brpop_start(timeout)  # type: ignore[misc]
             return

@@ -181,3 +181,20 @@ def test_a_message_that_comes_while_the_worker_waits_is_written_down_too(queue: 
     message.ack()
     wait_until(lambda: client.hget(keys.KOMBU_UNACKED, message.delivery_tag) is None, "the ack")
     app.close()
+
+
+def test_a_queue_consumed_without_acks_is_not_written_down(queue: str) -> None:
+    """Replies to ``inspect`` are consumed without acknowledgements: nothing of them
+    may stay in kombu's unacked hash (nobody would ever acknowledge it)."""
+    app = create_celery_app(current().settings)
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    publish(queue)
+    connection = app.connection_for_read()
+    channel = connection.default_channel
+    taken: list[Any] = []
+    channel.basic_consume(queue, no_ack=True, callback=taken.append, consumer_tag="no-ack")
+    while not taken:
+        connection.drain_events(timeout=10)
+    assert taken[0].headers[HEADER]
+    assert not client.hlen(keys.KOMBU_UNACKED)
+    app.close()
