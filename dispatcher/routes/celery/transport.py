@@ -1,13 +1,14 @@
 """kombu's Redis transport with the worker's per-delivery bookkeeping folded in.
 
-kombu writes every message a worker takes into its ``unacked`` hash and index (one
-round trip), and removes it on the ack (another). Our worker used to make a third
-round trip of its own before each job: mark the publication started, read the
-job's cancel mark and count the delivery (crash redeliveries, see ``worker``). Here
-those commands ride in kombu's transaction, made over a connection of our own with
-hand-packed commands (``store.link``), so a job costs the worker one round trip less
-and its start waits for none of its own. The counts reach the pool process in the
-``dispatch_delivery`` header; a message without it (another transport, a foreign
+kombu writes every message a worker takes into its ``unacked`` hash and index, and
+removes it on the ack. Our worker used to make a round trip of its own before each
+job as well: mark the publication started, read the job's cancel mark and count the
+delivery (crash redeliveries, see ``worker``). Here those commands ride in kombu's
+steps: while a backlog lasts, one script pops the message and writes all of it down
+(``taking``); otherwise the message kombu's ``BRPOP`` brought is written down in one
+transaction over a connection of our own with hand-packed commands (``store.link``).
+Acknowledgements do not wait for their replies. The counts reach the pool process in
+the ``dispatch_delivery`` header; a message without it (another transport, a foreign
 message) is counted by the pool process as before.
 
 The delivery is counted when the worker takes the message, not when the job starts:
@@ -39,7 +40,7 @@ from ...store import keys
 from ...store.link import Link
 from .protocol import HEADER
 from .recovery import started_commands
-from .taking import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, TakingChannel
+from .taking import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, TakingChannel, runs_ttl
 
 __all__ = [
     "COUNT_RUNS_OPTION",
@@ -95,8 +96,8 @@ class DeliveryQoS(kombu_redis.QoS):
         self._acks: collections.deque[Any] = collections.deque()
         channel: Any = self.channel
         options = channel.connection.client.transport_options or {}
-        self._runs_ttl = int(options.get(RUNS_TTL_OPTION) or 0)
-        self._count_runs = bool(options.get(COUNT_RUNS_OPTION)) and self._runs_ttl > 0
+        self._runs_ttl = runs_ttl(options)
+        self._count_runs = self._runs_ttl > 0
 
     def _connection(self) -> Link:
         if self._link is None:
