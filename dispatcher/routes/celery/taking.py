@@ -48,6 +48,8 @@ class TakingChannel:
     #: While a message the script took is delivered: its delivery tag and what the
     #: script counted for it (``[runs, cancelled]``, None for a message not ours).
     taken: tuple[str, list[Any] | None] | None = None
+    #: The run count's lifetime for the script (0: not counted on the broker).
+    _runs_ttl: int | None = None
 
     #: Queues consumed without acknowledgements (replies to ``inspect``): kombu keeps
     #: no record of what it takes from them, so neither may the script.
@@ -73,13 +75,14 @@ class TakingChannel:
                  for priority in channel.priority_steps for queue in queues]
         fixed = [prefix + channel.unacked_index_key, prefix + channel.unacked_key,
                  keys.INFLIGHT]
-        options = channel.connection.client.transport_options or {}
+        if self._runs_ttl is None:  # read once: the options do not change
+            self._runs_ttl = runs_ttl(channel.connection.client.transport_options or {})
         connection = channel.client.connection
         channel._in_poll = connection
         channel._brpop_sent_at = time.monotonic()
         self._taking = True
         connection.send_command("EVALSHA", TAKE.sha, len(fixed) + len(lists), *fixed, *lists,
-                                repr(time.time()), runs_ttl(options), keys.MARKER_PREFIX,
+                                repr(time.time()), self._runs_ttl, keys.MARKER_PREFIX,
                                 keys.CANCEL_PREFIX, keys.RUNS_PREFIX)
 
     def _brpop_read(self, **options: Any) -> bool:

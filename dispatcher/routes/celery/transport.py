@@ -72,13 +72,34 @@ def transport_for(broker_url: str | None) -> str | None:
     return None if name is None else f"{__name__}:{name}"
 
 
+def delivery_counts(source: Any) -> tuple[int | None, bool] | None:
+    """What this transport counted for a delivery, read from a message's headers (a
+    dict) or a Celery request (attributes): ``(runs, cancelled)``, runs None when not
+    counted on the broker; None when the transport counted nothing."""
+    delivery = (source.get(DELIVERY_HEADER) if isinstance(source, dict)
+                else getattr(source, DELIVERY_HEADER, None))
+    if not (isinstance(delivery, list) and len(delivery) == 2):
+        return None
+    runs, cancelled = delivery
+    return (None if runs is None else int(runs)), bool(cancelled)
+
+
+def delivery_commands(job_id: str, attempt: object, runs_ttl: int) -> list[tuple[Any, ...]]:
+    """A delivery's bookkeeping: marked started, its cancel mark read, and (``runs_ttl``
+    above 0) the delivery counted. The cancel mark's reply is the third, the count the
+    fourth. ``lua/take.lua`` does the same in its script."""
+    commands = [*started_commands(f"{job_id}:{attempt}"), ("EXISTS", keys.cancel(job_id))]
+    if runs_ttl > 0:
+        commands += [("INCR", keys.runs(job_id)), ("EXPIRE", keys.runs(job_id), runs_ttl)]
+    return commands
+
+
 def uncount(client: redis.Redis, job_id: str, message: Any) -> None:
     """Take back the run this transport counted for ``message``, which will not run
     here (handed back for another worker). Best effort: a count left over reads as
     one death of the job, far from the poison threshold."""
-    headers = getattr(message, "headers", None)
-    delivery = headers.get(DELIVERY_HEADER) if isinstance(headers, dict) else None
-    if not (isinstance(delivery, list) and delivery and delivery[0] is not None):
+    counts = delivery_counts(getattr(message, "headers", None))
+    if counts is None or counts[0] is None:
         return
     with contextlib.suppress(redis.RedisError):
         client.decr(keys.runs(job_id))
@@ -144,12 +165,8 @@ class DeliveryQoS(kombu_redis.QoS):
         meta, job_id = headers.get(HEADER), headers.get("id")
         if not isinstance(meta, dict) or not isinstance(job_id, str):
             return []
-        attempt = meta.get("attempt") or 1
-        commands = [*started_commands(f"{job_id}:{attempt}"), ("EXISTS", keys.cancel(job_id))]
-        if self._count_runs:
-            commands += [("INCR", keys.runs(job_id)),
-                         ("EXPIRE", keys.runs(job_id), self._runs_ttl)]
-        return commands
+        return delivery_commands(job_id, meta.get("attempt") or 1,
+                                 self._runs_ttl if self._count_runs else 0)
 
     def ack(self, delivery_tag: Any) -> None:
         """Sent without waiting for the reply, which is read later (before the next

@@ -27,9 +27,8 @@ from ...store.link import Link
 from .defer import defer
 from .monitor import BROKER_ERRORS
 from .protocol import HEADER
-from .recovery import started_commands
 from .route import CeleryRoute
-from .transport import DELIVERY_HEADER
+from .transport import delivery_commands, delivery_counts
 from .unknown import UnknownTasks
 
 log = logging.getLogger("dispatcher.worker")
@@ -105,14 +104,15 @@ class CeleryWorker:
         then no round trip is made here.
         """
         settings = self.settings
-        counted = self._counted_on_delivery(job, request)
-        if counted is not None:
-            return counted
-        commands = [*started_commands(job.publish_id), ("EXISTS", keys.cancel(job.id))]
+        counted = delivery_counts(request)
+        if counted is not None:  # runs None: our records live apart from the broker
+            runs, cancelled = counted
+            if runs is None:
+                runs = _count_separately(self.records, job, ttl)
+            return runs, cancelled
         records = self.records
         shared = records is not None and settings.results_url == settings.broker_url
-        if shared:
-            commands += [("INCR", keys.runs(job.id)), ("EXPIRE", keys.runs(job.id), ttl)]
+        commands = delivery_commands(job.id, job.attempt, ttl if shared else 0)
         link = self._count_link()
         try:
             link.send(commands)
@@ -124,18 +124,6 @@ class CeleryWorker:
         if shared:
             return int(replies[-2]), cancelled
         return _count_separately(records, job, ttl), cancelled
-
-    def _counted_on_delivery(self, job: Job, request: Any) -> tuple[int | None, bool] | None:
-        """What the worker's transport counted when it took the message (``transport``),
-        or None: count here. Without a count there (records elsewhere), the count is
-        made apart."""
-        delivery = getattr(request, DELIVERY_HEADER, None)
-        if not (isinstance(delivery, list) and len(delivery) == 2):
-            return None
-        runs, cancelled = delivery
-        if runs is None:
-            return _count_separately(self.records, job, self.settings.result_ttl), bool(cancelled)
-        return int(runs), bool(cancelled)
 
     def connect_early(self) -> None:
         """Connect a new pool process before its first job, so that job does not wait for
@@ -206,7 +194,7 @@ class CeleryWorker:
         admission = admit(self.execution.limits, job)
         if admission.granted or not defer(self.route.monitor.publisher.client,
                                           self.settings, job, admission,
-                                          counted_on_delivery(request)):
+                                          _counted_on_broker(request)):
             return admission
         reason = (admission.reason or "limit").replace("_", " ")
         raise Retry(f"over its {reason}: waits {admission.wait:.3g} s",
@@ -262,10 +250,9 @@ class CeleryWorker:
                  typing=False, throws=(TaskFailed,))(run)
 
 
-def counted_on_delivery(request: Any) -> bool:
-    """Whether the worker's transport counted this delivery as a run (``transport``)."""
-    delivery = getattr(request, DELIVERY_HEADER, None)
-    return isinstance(delivery, list) and len(delivery) == 2 and delivery[0] is not None
+def _counted_on_broker(request: Any) -> bool:
+    counts = delivery_counts(request)
+    return counts is not None and counts[0] is not None
 
 
 def _count_separately(records: redis.Redis | None, job: Job, ttl: int) -> int | None:
