@@ -41,8 +41,14 @@ class JsonFormatter(logging.Formatter):
 class TextFormatter(logging.Formatter):
     """``time level event key=value ...``, skipping empty fields."""
 
+    #: The last second formatted and its text: lines come many to a second.
+    _second: tuple[int, str] = (-1, "")
+
     def format(self, record: logging.LogRecord) -> str:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.created))
+        second = int(record.created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+        stamp = self._second[1]
         fields = getattr(record, "dispatch", None)
         if not isinstance(fields, dict):
             line = f"{stamp} {record.levelname} {record.name}: {record.getMessage()}"

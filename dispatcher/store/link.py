@@ -15,11 +15,14 @@ argument is sent without being copied.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis
 from redis.connection import Connection
+
+from .resp import ReplyReader, readable_directly
 
 #: Parts longer than this are sent as they are rather than copied into a buffer.
 _LARGE = 16_384
@@ -46,14 +49,15 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
     for command in commands:
         small.append(b"*%d\r\n" % len(command))
         for part in command:
-            if isinstance(part, bytes):
-                data = part
-            elif isinstance(part, str):
+            kind = type(part)  # exact types first: this runs for every part of every call
+            if kind is str:
                 data = part.encode()
-            elif isinstance(part, int | float) and not isinstance(part, bool):
+            elif kind is bytes:
+                data = part
+            elif kind is int or kind is float:
                 data = repr(part).encode()
             else:
-                raise TypeError(f"cannot send a {type(part).__name__} to Redis: {part!r}")
+                data = _other_part(part)
             if len(data) > _LARGE:
                 small.append(b"$%d\r\n" % len(data))
                 chunks += (b"".join(small), data)
@@ -64,10 +68,23 @@ def pack_commands(commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
     return chunks
 
 
+def _other_part(part: Any) -> bytes:
+    """A subclass of bytes, str, int or float; anything else is refused."""
+    if isinstance(part, bytes):
+        return bytes(part)
+    if isinstance(part, str):
+        return part.encode()
+    if isinstance(part, int | float) and not isinstance(part, bool):
+        return repr(part).encode()
+    raise TypeError(f"cannot send a {type(part).__name__} to Redis: {part!r}")
+
+
 class Link:
     """A connection from ``client``'s pool kept by this process (a forked child takes
     a new one). Not thread-safe: callers serialise their use.
 
+    Replies are read straight from the socket (``resp.ReplyReader``) unless the
+    connection's class reads them its own way (Sentinel's), which is then used.
     Any error other than a command's own error reply drops the connection, since the
     replies may be out of step; the next call connects afresh.
     """
@@ -75,6 +92,7 @@ class Link:
     def __init__(self, client: redis.Redis) -> None:
         self.client = client
         self._connection: Connection | None = None
+        self._reader: ReplyReader | None = None
         self._pid = 0
         self._unread = 0
 
@@ -89,7 +107,7 @@ class Link:
             if self._unread:
                 return connection
             try:
-                stale = connection.can_read(timeout=0)
+                stale = self.has_data()
             except (redis.ConnectionError, OSError):
                 stale = True
             if not stale:
@@ -97,15 +115,32 @@ class Link:
             self.drop()
         self._pid = os.getpid()
         self._unread = 0
-        self._connection = self.client.connection_pool.get_connection()
-        return self._connection
+        connection = self._connection = self.client.connection_pool.get_connection()
+        if readable_directly(connection):
+            sock = connection._sock
+            if sock is None:
+                connection.connect()  # type: ignore[no-untyped-call]
+                sock = connection._sock
+            self._reader = ReplyReader(cast(socket.socket, sock))
+        return connection
+
+    def has_data(self) -> bool:
+        """Whether a reply (or the server's close) has come, without waiting."""
+        if self._connection is None:
+            return False
+        if self._reader is not None:
+            return self._reader.has_data()
+        return bool(self._connection.can_read(timeout=0))
 
     def send(self, commands: Sequence[tuple[Any, ...]]) -> None:
         """Send ``commands`` without waiting; each reply must then be ``read``."""
         connection = self.connect()
         try:
-            connection.send_packed_command(  # type: ignore[no-untyped-call]
-                pack_commands(commands), check_health=False)
+            if self._reader is not None:
+                self._reader.send(pack_commands(commands))
+            else:
+                connection.send_packed_command(  # type: ignore[no-untyped-call]
+                    pack_commands(commands), check_health=False)
         except BaseException:
             self.drop()
             raise
@@ -113,10 +148,12 @@ class Link:
 
     def read(self) -> Any:
         """The next reply; a command's error reply is raised as its ``ResponseError``."""
-        if self._connection is None:  # never sent, or dropped after an error
+        connection = self._connection
+        if connection is None:  # never sent, or dropped after an error
             raise redis.ConnectionError("no reply to read: the connection was lost")
         try:
-            reply = self._connection.read_response()
+            reader = self._reader
+            reply = reader.reply() if reader is not None else connection.read_response()
         except redis.ResponseError:
             self._unread -= 1
             raise  # the reply was read whole: still in step
@@ -138,9 +175,11 @@ class Link:
         elif self._connection is not None and self._pid == os.getpid():
             self.client.connection_pool.release(self._connection)
         self._connection = None
+        self._reader = None
 
     def drop(self) -> None:
         connection, self._connection = self._connection, None
+        self._reader = None
         self._unread = 0
         if connection is not None and self._pid == os.getpid():
             connection.disconnect()  # type: ignore[no-untyped-call]

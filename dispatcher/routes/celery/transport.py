@@ -219,8 +219,10 @@ class DeliveryQoS(kombu_redis.QoS):
         """Read the replies of acknowledgements sent before (a refused one is logged);
         with ``wait`` False, only those already here."""
         while self._acks:
-            if not wait and not link.connect().can_read(timeout=0):
-                return
+            if not wait:
+                link.connect()
+                if not link.has_data():
+                    return
             try:
                 for _ in range(_ACK_REPLIES):
                     link.read()

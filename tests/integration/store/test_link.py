@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from importlib import resources
+from typing import Any
 
 import pytest
 import redis
@@ -12,6 +13,7 @@ from redis.connection import Connection
 
 from dispatcher.store.embedded import EmbeddedRedis
 from dispatcher.store.link import Link, join_fields, pack_commands
+from tests.support import wait_until
 
 #: What the batch scripts start with (``dispatcher/store/lua/helpers.lua``).
 LUA_HELPERS = resources.files("dispatcher.store").joinpath("lua", "helpers.lua").read_text()
@@ -89,3 +91,53 @@ return out
     assert join_fields([]) == ""
     with pytest.raises(ValueError, match="NUL"):
         join_fields(["fine", "not\x00fine"])
+
+
+@pytest.mark.parametrize("protocol", [2, 3])
+def test_replies_read_from_the_socket_match_redis_py(
+        redis_server: EmbeddedRedis, protocol: int) -> None:
+    """Every kind of reply our calls meet, read by ``Link`` and by redis-py, on both
+    protocols: the same values, and an error inside a transaction kept in its list."""
+    client = redis.Redis.from_url(redis_server.url, protocol=protocol)
+    client.flushdb()
+    big = "x" * 200_000  # more than one recv
+    client.set("big", big)
+    client.hset("h", mapping={"a": "1", "b": "2"})
+    client.sadd("s", "m")
+    client.zadd("z", {"m": 1.5})
+    link = Link(client)
+    script = "return {1, 'two', {3, false}, redis.status_reply('OK'), nil}"
+    calls: list[tuple[Any, ...]] = [
+        ("GET", "big"), ("GET", "missing"), ("HGETALL", "h"), ("SMEMBERS", "s"),
+        ("ZSCORE", "z", "m"), ("EVAL", script, 0), ("PING",), ("STRLEN", "big"),
+    ]
+    connection = client.connection_pool.get_connection()  # redis-py's own reading
+    for call in calls:
+        connection.send_command(*call)
+        assert link.call(*call) == connection.read_response(), call
+    client.connection_pool.release(connection)
+    link.send([("MULTI",), ("INCR", "n"), ("LPUSH", "h", "x"), ("EXEC",)])
+    started = [link.read() for _ in range(3)]  # OK, QUEUED, QUEUED
+    assert started[0] in (b"OK", True)
+    replies = link.read()
+    assert replies[0] == 1 and isinstance(replies[1], redis.ResponseError)
+    with pytest.raises(redis.exceptions.NoScriptError):  # its own class, as redis-py's
+        link.call("EVALSHA", "0" * 40, 0)
+    assert link.call("GET", "big") == big.encode()  # still in step
+    assert not link.has_data()
+    link.send([("PING",)])
+    wait_until(link.has_data, "the reply")
+    assert link.read() in (b"PONG", "PONG")
+
+
+def test_replies_are_read_directly_only_where_redis_py_reads_them_plainly() -> None:
+    from redis.connection import SSLConnection, UnixDomainSocketConnection
+
+    from dispatcher.store.resp import readable_directly
+    from dispatcher.store.sentinel import MasterConnection
+
+    assert readable_directly(Connection())
+    assert readable_directly(SSLConnection())
+    assert readable_directly(UnixDomainSocketConnection())
+    # Sentinel's connection turns a demoted master's error reply into a ConnectionError.
+    assert not readable_directly(MasterConnection(connection_pool=None))

@@ -1,0 +1,152 @@
+"""``ReplyReader``: Redis replies read straight from a connection's socket.
+
+redis-py's reply path (a ``SocketBuffer`` over ``BytesIO``, a timeout switch per
+poll, a parser object per protocol) costs more than Redis itself on a one-job call
+such as a publish. ``Link`` reads its replies with this instead: one ``recv`` into a
+buffer, and a parser for the reply kinds of RESP2 and RESP3, answering what redis-py
+answers with ``decode_responses`` off (bytes, ints, lists, None; an error reply as
+its ``ResponseError`` subclass, raised at the top level and kept inside a list).
+
+Only for connections whose class reads replies the way redis-py's ``Connection``
+does: a class with its own ``read_response`` (Sentinel's, which turns a demoted
+master's error into a ``ConnectionError``) keeps it (see ``readable_directly``).
+"""
+
+from __future__ import annotations
+
+import select
+import socket
+import ssl
+from typing import Any
+
+import redis
+from redis._parsers.base import BaseParser
+from redis.connection import AbstractConnection, Connection
+
+#: How much one ``recv`` asks for.
+_CHUNK = 65_536
+
+
+def _error(text: bytes) -> redis.ResponseError:
+    """An error reply as the ``ResponseError`` subclass redis-py gives it."""
+    error: redis.ResponseError = BaseParser.parse_error(  # type: ignore[no-untyped-call]
+        text.decode("utf-8", errors="replace"))
+    return error
+
+
+class _Push(list[Any]):
+    """A RESP3 push message, which a connection may get between replies."""
+
+
+def readable_directly(connection: Any) -> bool:
+    """Whether ``connection`` reads and sends as redis-py's ``Connection`` does, so its
+    socket may be read with a ``ReplyReader`` (TCP, TLS and Unix sockets do)."""
+    kind = type(connection)
+    return (isinstance(connection, AbstractConnection)
+            and kind.read_response is Connection.read_response
+            and kind.send_packed_command is Connection.send_packed_command)
+
+
+class ReplyReader:
+    """Replies from one connected socket. Not thread-safe; after any error other than
+    a complete error reply the caller must drop the connection (the buffer may hold
+    part of a reply)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._buffer = bytearray()
+        self._pos = 0
+        self._tls = isinstance(sock, ssl.SSLSocket)
+        self._poll = select.poll()  # any descriptor number, unlike select.select
+        self._poll.register(sock, select.POLLIN)
+
+    def send(self, chunks: list[bytes]) -> None:
+        """Send ``chunks`` in order; socket errors as redis-py raises them."""
+        try:
+            for chunk in chunks:
+                self._sock.sendall(chunk)
+        except TimeoutError:
+            raise redis.TimeoutError("Timeout writing to socket") from None
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from exc
+
+    def reply(self) -> Any:
+        """The next reply; an error reply at the top level is raised."""
+        value = self._value()
+        while isinstance(value, _Push):  # out of band (RESP3): not a reply
+            value = self._value()
+        if isinstance(value, redis.ResponseError):
+            raise value
+        return value
+
+    def has_data(self) -> bool:
+        """Whether reply bytes (or the server's close) are here, without waiting."""
+        if self._pos < len(self._buffer):
+            return True
+        if self._tls and self._sock.pending():  # type: ignore[attr-defined]
+            return True  # decrypted already
+        try:
+            return bool(self._poll.poll(0))
+        except OSError:
+            return True  # a broken socket: reading will say how
+
+    def _fill(self) -> None:
+        try:
+            data = self._sock.recv(_CHUNK)
+        except TimeoutError:
+            raise redis.TimeoutError("Timeout reading from socket") from None
+        except OSError as exc:
+            raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
+        if not data:
+            raise redis.ConnectionError("Connection closed by server.")
+        if self._pos:
+            del self._buffer[:self._pos]
+            self._pos = 0
+        self._buffer += data
+
+    def _line(self) -> bytes:
+        while True:
+            end = self._buffer.find(b"\r\n", self._pos)
+            if end >= 0:
+                line = bytes(self._buffer[self._pos:end])
+                self._pos = end + 2
+                return line
+            self._fill()
+
+    def _exact(self, size: int) -> bytes:
+        while len(self._buffer) - self._pos < size + 2:
+            self._fill()
+        data = bytes(self._buffer[self._pos:self._pos + size])
+        self._pos += size + 2
+        return data
+
+    def _value(self) -> Any:
+        line = self._line()
+        kind, rest = line[:1], line[1:]
+        if kind == b":" or kind == b"(":
+            return int(rest)
+        if kind == b"$":
+            size = int(rest)
+            return None if size < 0 else self._exact(size)
+        if kind == b"*" or kind == b"~":
+            count = int(rest)
+            return None if count < 0 else [self._value() for _ in range(count)]
+        if kind == b">":
+            return _Push(self._value() for _ in range(int(rest)))
+        if kind == b"+":
+            return rest
+        if kind == b"-":
+            return _error(rest)
+        if kind == b"_":
+            return None
+        if kind == b"%":
+            return {self._value(): self._value() for _ in range(int(rest))}
+        if kind == b"#":
+            return rest == b"t"
+        if kind == b",":
+            return float(rest)
+        if kind == b"!":
+            return _error(self._exact(int(rest)))
+        if kind == b"=":
+            return self._exact(int(rest))[4:]  # "txt:" and the text
+        raise redis.InvalidResponse(f"unexpected reply from Redis: {line[:40]!r}")
