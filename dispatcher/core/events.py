@@ -8,7 +8,7 @@ event is also passed to the listeners (the Prometheus metrics), whatever the lev
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from .job import Job
@@ -22,12 +22,25 @@ EVENTS = ("task.dispatched", "task.started", "task.retrying", "task.succeeded", 
 Listener = Callable[[str, Job, "float | None", Mapping[str, Any]], None]
 _listeners: tuple[Listener, ...] = ()
 
+#: ``(level, fields of each event)``: writes the events' lines itself and returns True,
+#: or returns False and they go through ``logging`` (see ``set_line_writer``).
+LineWriter = Callable[[int, Sequence[dict[str, Any]]], bool]
+_line_writer: LineWriter | None = None
+
 
 def set_listeners(*listeners: Listener) -> None:
     """Who hears every event besides the log (set by ``dispatcher.runtime`` each time
     it makes a runtime: that runtime's metrics)."""
     global _listeners
     _listeners = listeners
+
+
+def set_line_writer(writer: LineWriter | None) -> None:
+    """Let ``writer`` write event lines without a ``logging.LogRecord`` each (set by
+    ``dispatcher.observability.logging`` while the logger's only output is its own
+    handler: a record costs more than the line it becomes, on every job)."""
+    global _line_writer
+    _line_writer = writer
 
 
 def error_fields(error: BaseException) -> dict[str, str]:
@@ -47,8 +60,22 @@ def emit(
     and tell the listeners (whatever the level)."""
     for listener in _listeners:
         listener(event, job, duration_ms, extra)
-    if not logger.isEnabledFor(level):
-        return
+    if logger.isEnabledFor(level):
+        _log(level, [_fields(event, job, duration_ms, error, extra)])
+
+
+def emit_many(event: str, jobs: Sequence[Job], *, level: int = logging.INFO,
+              **extra: Any) -> None:
+    """``emit(event, job, **extra)`` for each of ``jobs``, their lines written at once."""
+    for job in jobs:
+        for listener in _listeners:
+            listener(event, job, None, extra)
+    if jobs and logger.isEnabledFor(level):
+        _log(level, [_fields(event, job, None, None, extra) for job in jobs])
+
+
+def _fields(event: str, job: Job, duration_ms: float | None, error: BaseException | None,
+            extra: Mapping[str, Any]) -> dict[str, Any]:
     fields: dict[str, Any] = {
         "event": event,
         "task_id": job.id,
@@ -66,10 +93,18 @@ def emit(
         "reason": None,
         "queue_wait_ms": None,
     }
-    fields.update(extra)
-    # makeRecord + handle: logger.log would walk the stack for the caller's file and
-    # line on every event, a cost paid per job for a field we never print.
-    record = logger.makeRecord(
-        logger.name, level, __file__, 0, event, (), None, extra={"dispatch": fields}
-    )
-    logger.handle(record)
+    if extra:
+        fields.update(extra)
+    return fields
+
+
+def _log(level: int, batch: list[dict[str, Any]]) -> None:
+    writer = _line_writer
+    if writer is not None and writer(level, batch):
+        return
+    for fields in batch:
+        # makeRecord + handle: logger.log would walk the stack for the caller's file
+        # and line on every event, a cost paid per job for a field we never print.
+        record = logger.makeRecord(logger.name, level, __file__, 0, fields["event"], (),
+                                   None, extra={"dispatch": fields})
+        logger.handle(record)

@@ -12,9 +12,10 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from ..core.events import logger
+from ..core.events import logger, set_line_writer
 from ..core.settings import DispatcherSettings
 
 
@@ -22,19 +23,25 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, then the event fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname,
-            "logger": record.name,
-        }
         fields = getattr(record, "dispatch", None)
-        if isinstance(fields, dict):
-            data.update(fields)
-        else:
-            data["message"] = record.getMessage()
+        if not isinstance(fields, dict):
+            fields = {"message": record.getMessage()}
+        line = self.line(record.created, record.levelname, record.name, fields)
         if record.exc_info:
+            data = json.loads(line)
             data["exc_info"] = self.formatException(record.exc_info)
+            line = json.dumps(data, default=str)
+        return line
+
+    def line(self, created: float, level: str, name: str, fields: dict[str, Any]) -> str:
+        """An event's line, from its fields (the same for a record and without one)."""
+        data: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
+            + f".{int((created - int(created)) * 1000):03d}Z",
+            "level": level,
+            "logger": name,
+        }
+        data.update(fields)
         return json.dumps(data, default=str)
 
 
@@ -45,28 +52,37 @@ class TextFormatter(logging.Formatter):
     _second: tuple[int, str] = (-1, "")
 
     def format(self, record: logging.LogRecord) -> str:
-        second = int(record.created)
-        if second != self._second[0]:
-            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
-        stamp = self._second[1]
         fields = getattr(record, "dispatch", None)
-        if not isinstance(fields, dict):
-            line = f"{stamp} {record.levelname} {record.name}: {record.getMessage()}"
+        if isinstance(fields, dict):
+            line = self.line(record.created, record.levelname, record.name, fields)
         else:
-            parts = [f"{stamp} {record.levelname} {fields.get('event')}"]
-            for key, value in fields.items():
-                if key == "event" or value is None:
-                    continue
-                if isinstance(value, dict):
-                    value = json.dumps(value, default=str)
-                parts.append(f"{key}={value}")
-            line = " ".join(parts)
+            line = (f"{self._stamp(record.created)} {record.levelname} {record.name}: "
+                    f"{record.getMessage()}")
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
+    def line(self, created: float, level: str, name: str, fields: dict[str, Any]) -> str:
+        """An event's line, from its fields (the same for a record and without one)."""
+        parts = [f"{self._stamp(created)} {level} {fields.get('event')}"]
+        for key, value in fields.items():
+            if key == "event" or value is None:
+                continue
+            if isinstance(value, dict):
+                value = json.dumps(value, default=str)
+            parts.append(f"{key}={value}")
+        return " ".join(parts)
+
+    def _stamp(self, created: float) -> str:
+        second = int(created)
+        if second != self._second[0]:
+            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+        return self._second[1]
+
 
 _HANDLER_FLAG = "_dispatcher_handler"
+#: On the handlers ``write_lines`` may write to: ours, stream handlers of our formats.
+_LINES_FLAG = "_dispatcher_lines"
 
 
 def formatter(settings: DispatcherSettings) -> logging.Formatter:
@@ -85,10 +101,40 @@ def configure_logging(settings: DispatcherSettings) -> None:
         logger.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     setattr(handler, _HANDLER_FLAG, True)
+    setattr(handler, _LINES_FLAG, True)
     handler.setFormatter(formatter(settings))
     logger.addHandler(handler)
     logger.setLevel(settings.log_level)
     logger.propagate = False
+    set_line_writer(write_lines)
+
+
+def write_lines(level: int, batch: Sequence[dict[str, Any]]) -> bool:
+    """Write events' lines straight to the handler ``configure_logging`` or
+    ``log_until_configured`` gave the logger, as that handler would write their
+    records, in one write; False (the events then go through ``logging``) unless it is
+    the logger's only output and nothing could filter or alter a record on the way."""
+    handlers = logger.handlers
+    if len(handlers) != 1 or logger.filters or logger.disabled or (
+            logger.propagate and logging.getLogger().handlers):
+        return False
+    handler = handlers[0]
+    line = getattr(handler.formatter, "line", None)
+    if (not getattr(handler, _LINES_FLAG, False) or handler.filters or line is None
+            or level < handler.level or not isinstance(handler, logging.StreamHandler)):
+        return False
+    now, name = time.time(), logging.getLevelName(level)
+    text = "".join([line(now, name, logger.name, fields) + "\n" for fields in batch])
+    handler.acquire()
+    try:
+        handler.stream.write(text)
+        handler.flush()
+    except Exception:  # as logging does: reported on stderr, never raised
+        handler.handleError(logger.makeRecord(logger.name, level, __file__, 0,
+                                              "event lines", (), None))
+    finally:
+        handler.release()
+    return True
 
 
 class _UntilConfigured(logging.StreamHandler):  # type: ignore[type-arg]
@@ -107,7 +153,9 @@ def log_until_configured(settings: DispatcherSettings) -> None:
     if logger.handlers or logging.getLogger().handlers:
         return
     handler = _UntilConfigured(sys.stderr)
+    setattr(handler, _LINES_FLAG, True)
     handler.setFormatter(formatter(settings))
     logger.addHandler(handler)
+    set_line_writer(write_lines)
     if logger.level == logging.NOTSET:
         logger.setLevel(settings.log_level)

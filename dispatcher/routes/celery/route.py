@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery
 
 from ...core.errors import BrokerUnavailable
-from ...core.events import emit
+from ...core.events import emit, emit_many
 from ...core.execution import Execution
 from ...core.job import Job
 from ...core.ports import Route
@@ -142,8 +142,7 @@ class CeleryRoute:
 
         def confirmed(start: int) -> None:
             del sent[start]
-            for job in jobs[start:start + PUBLISH_BATCH]:
-                emit("task.dispatched", job, reason=reason)
+            emit_many("task.dispatched", jobs[start:start + PUBLISH_BATCH], reason=reason)
 
         def not_confirmed(start: int, batch: list[Prepared]) -> None:
             for index, item in enumerate(batch, start):

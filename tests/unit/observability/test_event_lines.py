@@ -1,0 +1,111 @@
+"""Event lines written without a ``LogRecord`` each (``observability.logging``'s
+``write_lines``) are the lines the records would have become, and only taken where
+nothing could see or alter a record on the way."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from dispatcher import task
+from dispatcher.core import events
+from dispatcher.core.events import emit, emit_many, set_listeners
+from dispatcher.core.job import Job
+from dispatcher.observability.logging import configure_logging
+from tests.unit.helpers import unit_settings
+
+
+@task(name="unit.lines.noop", weight=1)
+def noop() -> None:
+    return None
+
+
+def jobs(count: int) -> list[Job]:
+    return [Job(id=f"job-{n}", spec=noop.spec, route="celery", queue="q", priority=5,
+                payload={}, request_id="req-1") for n in range(count)]
+
+
+@pytest.fixture
+def our_logger() -> Iterator[logging.Logger]:
+    """The dispatcher logger with only the handler ``configure_logging`` gives it."""
+    logger = logging.getLogger("dispatcher")
+    saved = (list(logger.handlers), list(logger.filters), logger.level, logger.propagate)
+    for handler in saved[0]:
+        logger.removeHandler(handler)
+    yield logger
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    for handler in saved[0]:
+        logger.addHandler(handler)
+    logger.filters[:] = saved[1]
+    logger.setLevel(saved[2])
+    logger.propagate = saved[3]
+
+
+def written(logger: logging.Logger, log_format: str) -> tuple[list[str], int]:
+    """The lines one emit and one emit_many write, and how many records were made."""
+    stream = io.StringIO()
+    logger.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    made = 0
+    factory = logging.getLogRecordFactory()
+
+    def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        nonlocal made
+        made += 1
+        return factory(*args, **kwargs)
+
+    logging.setLogRecordFactory(counting)
+    try:
+        first, *rest = jobs(3)
+        emit("task.succeeded", first, duration_ms=1.23456)
+        emit_many("task.dispatched", rest, reason="spill_over")
+    finally:
+        logging.setLogRecordFactory(factory)
+    lines = stream.getvalue().splitlines()
+    if log_format == "json":  # the time aside
+        return [json.dumps({k: v for k, v in json.loads(x).items() if k != "ts"})
+                for x in lines], made
+    return [x.split(" ", 2)[2] for x in lines], made
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_lines_written_directly_are_those_of_the_records(
+        our_logger: logging.Logger, log_format: str) -> None:
+    configure_logging(unit_settings(log_format=log_format))
+    direct, made_direct = written(our_logger, log_format)
+    our_logger.addFilter(lambda record: True)  # a filter must see records: none skipped
+    via_records, made_via_records = written(our_logger, log_format)
+    assert (made_direct, made_via_records) == (0, 3)
+    assert direct == via_records
+    assert len(direct) == 3
+    assert "duration_ms" in direct[0] and "reason" in direct[2]
+
+
+def test_another_handler_gets_records(our_logger: logging.Logger) -> None:
+    configure_logging(unit_settings())
+    seen: list[logging.LogRecord] = []
+    extra = logging.Handler()
+    extra.emit = seen.append  # type: ignore[method-assign]
+    our_logger.addHandler(extra)
+    _, made = written(our_logger, "text")
+    assert made == 3
+    assert [r.dispatch["event"] for r in seen] == [  # type: ignore[attr-defined]
+        "task.succeeded", "task.dispatched", "task.dispatched"]
+
+
+def test_emit_many_tells_the_listeners_of_each_job_even_with_the_level_off(
+        our_logger: logging.Logger) -> None:
+    configure_logging(unit_settings(log_level="warning"))
+    heard: list[tuple[str, str]] = []
+    saved = events._listeners  # the runtime's metrics, put back after
+    set_listeners(lambda event, job, duration, extra: heard.append((event, job.id)))
+    try:
+        emit_many("task.dispatched", jobs(2), reason="x")
+    finally:
+        set_listeners(*saved)
+    assert heard == [("task.dispatched", "job-0"), ("task.dispatched", "job-1")]
