@@ -37,6 +37,9 @@ def our_logger() -> Iterator[logging.Logger]:
     saved = (list(logger.handlers), list(logger.filters), logger.level, logger.propagate)
     for handler in saved[0]:
         logger.removeHandler(handler)
+    # pytest attaches its capture handler to loggers that do not propagate when a test
+    # phase starts; configure_logging (in the test) makes it non-propagating again.
+    logger.propagate = True
     yield logger
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
@@ -50,7 +53,9 @@ def our_logger() -> Iterator[logging.Logger]:
 def written(logger: logging.Logger, log_format: str) -> tuple[list[str], int]:
     """The lines one emit and one emit_many write, and how many records were made."""
     stream = io.StringIO()
-    logger.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+    ours = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    assert len(ours) == 1
+    ours[0].setStream(stream)
     made = 0
     factory = logging.getLogRecordFactory()
 
