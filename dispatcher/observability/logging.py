@@ -13,7 +13,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..core.events import logger, set_line_writer
 from ..core.settings import DispatcherSettings
@@ -74,10 +74,11 @@ class TextFormatter(logging.Formatter):
         return " ".join(parts)
 
     def _stamp(self, created: float) -> str:
-        second = int(created)
-        if second != self._second[0]:
-            self._second = (second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
-        return self._second[1]
+        second, cached = int(created), self._second  # one read: threads share it
+        if second != cached[0]:
+            cached = self._second = (
+                second, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second)))
+        return cached[1]
 
 
 _HANDLER_FLAG = "_dispatcher_handler"
@@ -113,21 +114,19 @@ def write_lines(level: int, batch: Sequence[dict[str, Any]]) -> bool:
     """Write events' lines straight to the handler ``configure_logging`` or
     ``log_until_configured`` gave the logger, as that handler would write their
     records, in one write; False (the events then go through ``logging``) unless it is
-    the logger's only output and nothing could filter or alter a record on the way."""
-    handlers = logger.handlers
-    if len(handlers) != 1 or logger.filters or logger.disabled or (
-            logger.propagate and logging.getLogger().handlers):
+    the logger's only output and nothing could see, filter or alter a record on the way
+    (a filter, another handler, a patched ``Logger`` such as an error tracker's, a
+    record factory of your own)."""
+    handler = _only_output(level)
+    if handler is None:
         return False
-    handler = handlers[0]
-    line = getattr(handler.formatter, "line", None)
-    if (not getattr(handler, _LINES_FLAG, False) or handler.filters or line is None
-            or level < handler.level or not isinstance(handler, logging.StreamHandler)):
-        return False
-    now, name = time.time(), logging.getLevelName(level)
-    text = "".join([line(now, name, logger.name, fields) + "\n" for fields in batch])
+    formatter = cast(TextFormatter | JsonFormatter, handler.formatter)
     handler.acquire()
     try:
-        handler.stream.write(text)
+        now, name = time.time(), logging.getLevelName(level)
+        end = handler.terminator
+        handler.stream.write("".join([formatter.line(now, name, logger.name, fields) + end
+                                      for fields in batch]))
         handler.flush()
     except Exception:  # as logging does: reported on stderr, never raised
         handler.handleError(logger.makeRecord(logger.name, level, __file__, 0,
@@ -135,6 +134,25 @@ def write_lines(level: int, batch: Sequence[dict[str, Any]]) -> bool:
     finally:
         handler.release()
     return True
+
+
+def _only_output(level: int) -> logging.StreamHandler[Any] | None:
+    """The handler a record at ``level`` would reach and nothing else, if it is ours."""
+    handlers = logger.handlers
+    if (len(handlers) != 1 or logger.filters or logger.disabled
+            or type(logger) is not logging.Logger
+            or logging.Logger.handle.__module__ != "logging"
+            or logging.Logger.callHandlers.__module__ != "logging"
+            or logging.getLogRecordFactory() is not logging.LogRecord):
+        return None
+    handler = handlers[0]
+    root_handlers = logging.getLogger().handlers
+    if (not getattr(handler, _LINES_FLAG, False) or handler.filters or level < handler.level
+            or not isinstance(handler, logging.StreamHandler)
+            or type(handler.formatter) not in (TextFormatter, JsonFormatter)
+            or (root_handlers and (logger.propagate or isinstance(handler, _UntilConfigured)))):
+        return None
+    return handler
 
 
 class _UntilConfigured(logging.StreamHandler):  # type: ignore[type-arg]

@@ -113,9 +113,11 @@ class Link:
             if not stale:
                 return connection
             self.drop()
-        self._pid = os.getpid()
+        # Nothing of a connection made before (or in the parent, before a fork) is kept.
+        self._connection = self._reader = None
         self._unread = 0
-        connection = self._connection = self.client.connection_pool.get_connection()
+        connection = self.client.connection_pool.get_connection()
+        self._connection, self._pid = connection, os.getpid()
         if readable_directly(connection):
             sock = connection._sock
             if sock is None:
@@ -128,8 +130,11 @@ class Link:
         """Whether a reply (or the server's close) has come, without waiting."""
         if self._connection is None:
             return False
-        if self._reader is not None:
-            return self._reader.has_data()
+        reader = self._reader
+        if reader is not None:
+            # The pool may have disconnected it meanwhile (redis-py's pool.disconnect):
+            # its socket is then gone, or another one.
+            return reader.sock is not self._connection._sock or reader.has_data()
         return bool(self._connection.can_read(timeout=0))
 
     def send(self, commands: Sequence[tuple[Any, ...]]) -> None:

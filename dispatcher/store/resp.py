@@ -7,31 +7,45 @@ buffer, and a parser for the reply kinds of RESP2 and RESP3, answering what redi
 answers with ``decode_responses`` off (bytes, ints, lists, None; an error reply as
 its ``ResponseError`` subclass, raised at the top level and kept inside a list).
 
-Only for connections whose class reads replies the way redis-py's ``Connection``
-does: a class with its own ``read_response`` (Sentinel's, which turns a demoted
-master's error into a ``ConnectionError``) keeps it (see ``readable_directly``).
+Only for plain TCP and Unix connections whose class reads replies the way redis-py's
+``Connection`` does, without decoding (see ``readable_directly``); the others keep
+redis-py's reading: Sentinel's (it turns a demoted master's error into a
+``ConnectionError``), TLS (a TLS record may carry no reply) and decoding clients.
+RESP3 push messages between replies are skipped: nothing here subscribes or tracks
+keys, and redis-py's maintenance hints (Redis Enterprise) are only hints.
 """
 
 from __future__ import annotations
 
 import select
 import socket
-import ssl
 from typing import Any
 
 import redis
 from redis._parsers.base import BaseParser
-from redis.connection import AbstractConnection, Connection
+from redis.connection import AbstractConnection, Connection, SSLConnection
 
 #: How much one ``recv`` asks for.
 _CHUNK = 65_536
 
 
-def _error(text: bytes) -> redis.ResponseError:
-    """An error reply as the ``ResponseError`` subclass redis-py gives it."""
-    error: redis.ResponseError = BaseParser.parse_error(  # type: ignore[no-untyped-call]
+def _error(text: bytes) -> redis.RedisError:
+    """An error reply as the exception redis-py makes of it: a ``ResponseError``
+    subclass, or a ``ConnectionError`` one for a server that cannot serve now
+    (``LOADING``, ``NOAUTH``, too many clients), which redis-py raises wherever it is."""
+    error: redis.RedisError = BaseParser.parse_error(  # type: ignore[no-untyped-call]
         text.decode("utf-8", errors="replace"))
+    if isinstance(error, redis.ConnectionError):
+        raise error
     return error
+
+
+def _socket_error(exc: OSError, doing: str) -> redis.RedisError:
+    """As redis-py words it: the socket's own timeout is a ``TimeoutError``, anything
+    else (an OS-level ``ETIMEDOUT`` too: the connection is dead) a ``ConnectionError``."""
+    if isinstance(exc, TimeoutError) and exc.errno is None:
+        return redis.TimeoutError(f"Timeout {doing} socket")
+    return redis.ConnectionError(f"Error {doing} socket: {exc}")
 
 
 class _Push(list[Any]):
@@ -39,12 +53,15 @@ class _Push(list[Any]):
 
 
 def readable_directly(connection: Any) -> bool:
-    """Whether ``connection`` reads and sends as redis-py's ``Connection`` does, so its
-    socket may be read with a ``ReplyReader`` (TCP, TLS and Unix sockets do)."""
+    """Whether ``connection``'s socket may be read with a ``ReplyReader``: a plain TCP
+    or Unix connection that reads, sends and decodes as redis-py's ``Connection``."""
     kind = type(connection)
     return (isinstance(connection, AbstractConnection)
+            and not isinstance(connection, SSLConnection)
             and kind.read_response is Connection.read_response
-            and kind.send_packed_command is Connection.send_packed_command)
+            and kind.send_packed_command is Connection.send_packed_command
+            and not connection.encoder.decode_responses
+            and hasattr(select, "poll"))
 
 
 class ReplyReader:
@@ -53,10 +70,10 @@ class ReplyReader:
     part of a reply)."""
 
     def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
+        #: The socket read; the connection's own once it reconnected is another one.
+        self.sock = sock
         self._buffer = bytearray()
         self._pos = 0
-        self._tls = isinstance(sock, ssl.SSLSocket)
         self._poll = select.poll()  # any descriptor number, unlike select.select
         self._poll.register(sock, select.POLLIN)
 
@@ -64,11 +81,9 @@ class ReplyReader:
         """Send ``chunks`` in order; socket errors as redis-py raises them."""
         try:
             for chunk in chunks:
-                self._sock.sendall(chunk)
-        except TimeoutError:
-            raise redis.TimeoutError("Timeout writing to socket") from None
+                self.sock.sendall(chunk)
         except OSError as exc:
-            raise redis.ConnectionError(f"Error while writing to socket: {exc}") from exc
+            raise _socket_error(exc, "writing to") from exc
 
     def reply(self) -> Any:
         """The next reply; an error reply at the top level is raised."""
@@ -83,8 +98,6 @@ class ReplyReader:
         """Whether reply bytes (or the server's close) are here, without waiting."""
         if self._pos < len(self._buffer):
             return True
-        if self._tls and self._sock.pending():  # type: ignore[attr-defined]
-            return True  # decrypted already
         try:
             return bool(self._poll.poll(0))
         except OSError:
@@ -92,11 +105,9 @@ class ReplyReader:
 
     def _fill(self) -> None:
         try:
-            data = self._sock.recv(_CHUNK)
-        except TimeoutError:
-            raise redis.TimeoutError("Timeout reading from socket") from None
+            data = self.sock.recv(_CHUNK)
         except OSError as exc:
-            raise redis.ConnectionError(f"Error while reading from socket: {exc}") from exc
+            raise _socket_error(exc, "reading from") from exc
         if not data:
             raise redis.ConnectionError("Connection closed by server.")
         if self._pos:
@@ -122,6 +133,12 @@ class ReplyReader:
 
     def _value(self) -> Any:
         line = self._line()
+        try:
+            return self._parse(line)
+        except ValueError:
+            raise redis.InvalidResponse(f"malformed reply from Redis: {line[:40]!r}") from None
+
+    def _parse(self, line: bytes) -> Any:
         kind, rest = line[:1], line[1:]
         if kind == b":" or kind == b"(":
             return int(rest)

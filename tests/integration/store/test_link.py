@@ -137,7 +137,17 @@ def test_replies_are_read_directly_only_where_redis_py_reads_them_plainly() -> N
     from dispatcher.store.sentinel import MasterConnection
 
     assert readable_directly(Connection())
-    assert readable_directly(SSLConnection())
     assert readable_directly(UnixDomainSocketConnection())
     # Sentinel's connection turns a demoted master's error reply into a ConnectionError.
     assert not readable_directly(MasterConnection(connection_pool=None))
+    assert not readable_directly(SSLConnection())  # a TLS record may carry no reply
+    assert not readable_directly(Connection(decode_responses=True))  # str, not bytes
+
+
+def test_a_connection_the_pool_disconnected_is_replaced(own_redis: EmbeddedRedis) -> None:
+    """``client.close()`` and ``pool.disconnect()`` close connections in use too."""
+    client = redis.Redis.from_url(own_redis.url)
+    link = Link(client)
+    assert link.call("SET", "k", "v") is not None
+    client.connection_pool.disconnect()
+    assert link.call("GET", "k") == b"v"

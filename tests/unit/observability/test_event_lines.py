@@ -57,20 +57,20 @@ def written(logger: logging.Logger, log_format: str) -> tuple[list[str], int]:
     assert len(ours) == 1
     ours[0].setStream(stream)
     made = 0
-    factory = logging.getLogRecordFactory()
+    make_record = logger.makeRecord
 
     def counting(*args: Any, **kwargs: Any) -> logging.LogRecord:
         nonlocal made
         made += 1
-        return factory(*args, **kwargs)
+        return make_record(*args, **kwargs)
 
-    logging.setLogRecordFactory(counting)
+    logger.makeRecord = counting  # type: ignore[method-assign]
     try:
         first, *rest = jobs(3)
         emit("task.succeeded", first, duration_ms=1.23456)
         emit_many("task.dispatched", rest, reason="spill_over")
     finally:
-        logging.setLogRecordFactory(factory)
+        del logger.makeRecord
     lines = stream.getvalue().splitlines()
     if log_format == "json":  # the time aside
         return [json.dumps({k: v for k, v in json.loads(x).items() if k != "ts"})
@@ -114,3 +114,59 @@ def test_emit_many_tells_the_listeners_of_each_job_even_with_the_level_off(
     finally:
         set_listeners(*saved)
     assert heard == [("task.dispatched", "job-0"), ("task.dispatched", "job-1")]
+
+
+def test_an_error_tracker_patching_logging_and_a_record_factory_get_records(
+        our_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An error tracker (Sentry's logging integration) patches ``Logger.callHandlers``
+    to see every record; a record factory adds fields to each: both get records."""
+    configure_logging(unit_settings())
+    seen: list[str] = []
+    original = logging.Logger.callHandlers
+
+    def tracking(self: logging.Logger, record: logging.LogRecord) -> None:
+        seen.append(record.getMessage())
+        original(self, record)
+
+    monkeypatch.setattr(logging.Logger, "callHandlers", tracking)
+    lines, made = written(our_logger, "text")
+    assert made == 3 and len(seen) == 3 and len(lines) == 3
+    monkeypatch.undo()
+    factory = logging.getLogRecordFactory()
+    monkeypatch.setattr(logging, "_logRecordFactory", lambda *a, **k: factory(*a, **k))
+    assert written(our_logger, "text")[1] == 3
+
+
+def test_a_line_that_cannot_be_formatted_is_reported_not_raised(
+        our_logger: logging.Logger, capsys: pytest.CaptureFixture[str]) -> None:
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    configure_logging(unit_settings())
+    emit("task.dispatched", jobs(1)[0], reason=Unprintable())  # no exception here
+    assert "no text" in capsys.readouterr().err  # logging's report of a failed emit
+
+
+def test_the_fallback_handler_stays_silent_once_the_app_configured_logging(
+        our_logger: logging.Logger) -> None:
+    """``log_until_configured``'s handler writes only while the root logger has none;
+    the direct path keeps to that even when the logger does not propagate."""
+    from dispatcher.observability.logging import log_until_configured
+
+    root = logging.getLogger()
+    saved = root.handlers[:]  # pytest's own, put back after
+    root.handlers.clear()
+    try:
+        log_until_configured(unit_settings())
+        stream = io.StringIO()
+        our_logger.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        root.addHandler(logging.NullHandler())  # the app configured logging
+        our_logger.propagate = False
+        emit("task.dispatched", jobs(1)[0])
+        assert stream.getvalue() == ""
+        root.handlers.clear()
+        emit("task.dispatched", jobs(1)[0])  # the root has no handler again: written
+        assert "task.dispatched" in stream.getvalue()
+    finally:
+        root.handlers[:] = saved
