@@ -83,8 +83,8 @@ class Link:
     """A connection from ``client``'s pool kept by this process (a forked child takes
     a new one). Not thread-safe: callers serialise their use.
 
-    Replies are read straight from the socket (``resp.ReplyReader``) unless the
-    connection's class reads them its own way (Sentinel's), which is then used.
+    Replies are read straight from the socket (``resp.ReplyReader``) on plain TCP and
+    Unix connections; TLS, Sentinel's and decoding ones keep redis-py's reading.
     Any error other than a command's own error reply drops the connection, since the
     replies may be out of step; the next call connects afresh.
     """

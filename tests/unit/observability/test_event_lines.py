@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -28,26 +27,6 @@ def noop() -> None:
 def jobs(count: int) -> list[Job]:
     return [Job(id=f"job-{n}", spec=noop.spec, route="celery", queue="q", priority=5,
                 payload={}, request_id="req-1") for n in range(count)]
-
-
-@pytest.fixture
-def our_logger() -> Iterator[logging.Logger]:
-    """The dispatcher logger with only the handler ``configure_logging`` gives it."""
-    logger = logging.getLogger("dispatcher")
-    saved = (list(logger.handlers), list(logger.filters), logger.level, logger.propagate)
-    for handler in saved[0]:
-        logger.removeHandler(handler)
-    # pytest attaches its capture handler to loggers that do not propagate when a test
-    # phase starts; configure_logging (in the test) makes it non-propagating again.
-    logger.propagate = True
-    yield logger
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    for handler in saved[0]:
-        logger.addHandler(handler)
-    logger.filters[:] = saved[1]
-    logger.setLevel(saved[2])
-    logger.propagate = saved[3]
 
 
 def written(logger: logging.Logger, log_format: str) -> tuple[list[str], int]:
@@ -80,31 +59,31 @@ def written(logger: logging.Logger, log_format: str) -> tuple[list[str], int]:
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_lines_written_directly_are_those_of_the_records(
-        our_logger: logging.Logger, log_format: str) -> None:
+        pristine_logger: logging.Logger, log_format: str) -> None:
     configure_logging(unit_settings(log_format=log_format))
-    direct, made_direct = written(our_logger, log_format)
-    our_logger.addFilter(lambda record: True)  # a filter must see records: none skipped
-    via_records, made_via_records = written(our_logger, log_format)
+    direct, made_direct = written(pristine_logger, log_format)
+    pristine_logger.addFilter(lambda record: True)  # a filter must see records: none skipped
+    via_records, made_via_records = written(pristine_logger, log_format)
     assert (made_direct, made_via_records) == (0, 3)
     assert direct == via_records
     assert len(direct) == 3
     assert "duration_ms" in direct[0] and "reason" in direct[2]
 
 
-def test_another_handler_gets_records(our_logger: logging.Logger) -> None:
+def test_another_handler_gets_records(pristine_logger: logging.Logger) -> None:
     configure_logging(unit_settings())
     seen: list[logging.LogRecord] = []
     extra = logging.Handler()
     extra.emit = seen.append  # type: ignore[method-assign]
-    our_logger.addHandler(extra)
-    _, made = written(our_logger, "text")
+    pristine_logger.addHandler(extra)
+    _, made = written(pristine_logger, "text")
     assert made == 3
     assert [r.dispatch["event"] for r in seen] == [  # type: ignore[attr-defined]
         "task.succeeded", "task.dispatched", "task.dispatched"]
 
 
 def test_emit_many_tells_the_listeners_of_each_job_even_with_the_level_off(
-        our_logger: logging.Logger) -> None:
+        pristine_logger: logging.Logger) -> None:
     configure_logging(unit_settings(log_level="warning"))
     heard: list[tuple[str, str]] = []
     saved = events._listeners  # the runtime's metrics, put back after
@@ -117,7 +96,7 @@ def test_emit_many_tells_the_listeners_of_each_job_even_with_the_level_off(
 
 
 def test_an_error_tracker_patching_logging_and_a_record_factory_get_records(
-        our_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
+        pristine_logger: logging.Logger, monkeypatch: pytest.MonkeyPatch) -> None:
     """An error tracker (Sentry's logging integration) patches ``Logger.callHandlers``
     to see every record; a record factory adds fields to each: both get records."""
     configure_logging(unit_settings())
@@ -129,16 +108,16 @@ def test_an_error_tracker_patching_logging_and_a_record_factory_get_records(
         original(self, record)
 
     monkeypatch.setattr(logging.Logger, "callHandlers", tracking)
-    lines, made = written(our_logger, "text")
+    lines, made = written(pristine_logger, "text")
     assert made == 3 and len(seen) == 3 and len(lines) == 3
     monkeypatch.undo()
     factory = logging.getLogRecordFactory()
     monkeypatch.setattr(logging, "_logRecordFactory", lambda *a, **k: factory(*a, **k))
-    assert written(our_logger, "text")[1] == 3
+    assert written(pristine_logger, "text")[1] == 3
 
 
 def test_a_line_that_cannot_be_formatted_is_reported_not_raised(
-        our_logger: logging.Logger, capsys: pytest.CaptureFixture[str]) -> None:
+        pristine_logger: logging.Logger, capsys: pytest.CaptureFixture[str]) -> None:
     class Unprintable:
         def __str__(self) -> str:
             raise RuntimeError("no text")
@@ -149,7 +128,7 @@ def test_a_line_that_cannot_be_formatted_is_reported_not_raised(
 
 
 def test_the_fallback_handler_stays_silent_once_the_app_configured_logging(
-        our_logger: logging.Logger) -> None:
+        pristine_logger: logging.Logger) -> None:
     """``log_until_configured``'s handler writes only while the root logger has none;
     the direct path keeps to that even when the logger does not propagate."""
     from dispatcher.observability.logging import log_until_configured
@@ -160,9 +139,9 @@ def test_the_fallback_handler_stays_silent_once_the_app_configured_logging(
     try:
         log_until_configured(unit_settings())
         stream = io.StringIO()
-        our_logger.handlers[0].setStream(stream)  # type: ignore[attr-defined]
+        pristine_logger.handlers[0].setStream(stream)  # type: ignore[attr-defined]
         root.addHandler(logging.NullHandler())  # the app configured logging
-        our_logger.propagate = False
+        pristine_logger.propagate = False
         emit("task.dispatched", jobs(1)[0])
         assert stream.getvalue() == ""
         root.handlers.clear()

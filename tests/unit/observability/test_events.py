@@ -282,24 +282,6 @@ def test_text_formatter(dispatcher_log: ListHandler) -> None:
     assert formatter.format(plain).endswith("INFO dispatcher: plain 7")
 
 
-@pytest.fixture
-def pristine_logger() -> Iterator[logging.Logger]:
-    logger = logging.getLogger("dispatcher")
-    saved = (list(logger.handlers), logger.level, logger.propagate)
-    for handler in saved[0]:
-        logger.removeHandler(handler)
-    # pytest attaches its capture handlers to non-propagating loggers when a test
-    # phase starts; a propagating logger keeps them out of this test's view.
-    logger.propagate = True
-    yield logger
-    for handler in list(logger.handlers):
-        logger.removeHandler(handler)
-    for handler in saved[0]:
-        logger.addHandler(handler)
-    logger.setLevel(saved[1])
-    logger.propagate = saved[2]
-
-
 def test_configure_logging_is_idempotent(pristine_logger: logging.Logger) -> None:
     configure_logging(unit_settings(log_format="json", log_level="warning"))
     configure_logging(unit_settings(log_format="json", log_level="warning"))
