@@ -26,15 +26,17 @@ class JsonFormatter(logging.Formatter):
         fields = getattr(record, "dispatch", None)
         if not isinstance(fields, dict):
             fields = {"message": record.getMessage()}
-        line = self.line(record.created, record.levelname, record.name, fields)
+        data = self._data(record.created, record.levelname, record.name, fields)
         if record.exc_info:
-            data = json.loads(line)
             data["exc_info"] = self.formatException(record.exc_info)
-            line = json.dumps(data, default=str)
-        return line
+        return json.dumps(data, default=str)
 
     def line(self, created: float, level: str, name: str, fields: dict[str, Any]) -> str:
         """An event's line, from its fields (the same for a record and without one)."""
+        return json.dumps(self._data(created, level, name, fields), default=str)
+
+    @staticmethod
+    def _data(created: float, level: str, name: str, fields: dict[str, Any]) -> dict[str, Any]:
         data: dict[str, Any] = {
             "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
             + f".{int((created - int(created)) * 1000):03d}Z",
@@ -42,7 +44,7 @@ class JsonFormatter(logging.Formatter):
             "logger": name,
         }
         data.update(fields)
-        return json.dumps(data, default=str)
+        return data
 
 
 class TextFormatter(logging.Formatter):
