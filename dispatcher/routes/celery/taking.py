@@ -49,6 +49,9 @@ class TakingChannel:
     #: While a message the script took is delivered: its delivery tag and what the
     #: script counted for it (``[runs, cancelled]``, None for a message not ours).
     taken: tuple[str, list[Any] | None] | None = None
+    #: While a message is delivered: the list it was taken from (with every prefix) and
+    #: the message exactly as taken, to put it back should writing it down fail.
+    holding: tuple[str, str] | None = None
     #: The run count's lifetime for the script (0: not counted on the broker).
     _runs_ttl: int | None = None
 
@@ -88,19 +91,20 @@ class TakingChannel:
             self._runs_ttl, keys.MARKER_PREFIX, keys.CANCEL_PREFIX, keys.RUNS_PREFIX)]))
 
     def _brpop_read(self, **options: Any) -> bool:
-        if not self._taking:
-            delivered: bool = super()._brpop_read(**options)  # type: ignore[misc]
-            self._take_next = True  # a message came: there may be more
-            return delivered
+        """kombu's reading of ``BRPOP``'s reply, or the script's; either way the
+        message is delivered by ``_deliver``, which keeps it as it was taken."""
         channel: Any = self
+        taking = self._taking
         try:
             try:
-                reply = channel.client.parse_response(channel.client.connection, "EVALSHA",
-                                                      **options)
+                reply = channel.client.parse_response(
+                    channel.client.connection, "EVALSHA" if taking else "BRPOP", **options)
             except redis.exceptions.NoScriptError:
                 channel._create_client().script_load(TAKE.source)  # Redis restarted
                 raise Empty() from None
             except redis.ResponseError as exc:
+                if not taking:
+                    raise
                 log.warning("taking messages with one round trip is off: %s", exc)
                 self._take_off = True
                 raise Empty() from None
@@ -108,26 +112,33 @@ class TakingChannel:
                 channel.client.connection.disconnect()
                 raise
             if not reply:
-                self._take_next = False  # empty: block on BRPOP until one comes
+                if taking:
+                    self._take_next = False  # empty: block on BRPOP until one comes
                 raise Empty()
+            if not taking:  # kombu's client gave the list's name without the prefix
+                self._take_next = True  # a message came: there may be more
+                reply = [channel.global_keyprefix + bytes_to_str(reply[0]), reply[1]]
             self._deliver(reply)
             return True
         finally:
             self._taking = False
             channel._in_poll = None
-            channel._flush_brpop_reauth()
+            flush = getattr(channel, "_flush_brpop_reauth", None)  # recent kombu only
+            if flush is not None:
+                flush()
 
     def _deliver(self, reply: list[Any]) -> None:
         channel: Any = self
-        name = bytes_to_str(reply[0])[len(channel.global_keyprefix):]
-        queue = name.rsplit(channel.sep, 1)[0]
-        payload = loads(bytes_to_str(reply[1]))
+        key, item = bytes_to_str(reply[0]), bytes_to_str(reply[1])
+        queue = key[len(channel.global_keyprefix):].rsplit(channel.sep, 1)[0]
+        payload = loads(item)
         if len(reply) > 2:  # written down by the script
             runs, cancelled, ours = (int(value) for value in reply[3:6])
             counts = [runs if runs >= 0 else None, bool(cancelled)] if ours else None
             self.taken = (payload["properties"]["delivery_tag"], counts)
+        self.holding = (key, item)
         try:
             channel._queue_cycle.rotate(queue)
             channel.connection._deliver(payload, queue)
         finally:
-            self.taken = None
+            self.taken = self.holding = None

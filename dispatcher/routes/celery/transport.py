@@ -6,7 +6,8 @@ job as well: mark the publication started, read the job's cancel mark and count 
 delivery (crash redeliveries, see ``worker``). Here those commands ride in kombu's
 steps: while a backlog lasts, one script pops the message and writes all of it down
 (``taking``); otherwise the message kombu's ``BRPOP`` brought is written down in one
-transaction over a connection of our own with hand-packed commands (``store.link``).
+transaction over a connection of our own with hand-packed commands (``store.link``),
+or put back on its queue if that fails (``putback``).
 Acknowledgements do not wait for their replies. The counts reach the pool process in
 the ``dispatch_delivery`` header; a message without it (another transport, a foreign
 message) is counted by the pool process as before.
@@ -39,17 +40,12 @@ from kombu.utils.json import dumps
 from ...store import keys
 from ...store.link import Link
 from .protocol import HEADER
+from .putback import PUT_BACKS, Untaken
 from .recovery import started_commands
 from .taking import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, TakingChannel, runs_ttl
 
-__all__ = [
-    "COUNT_RUNS_OPTION",
-    "RUNS_TTL_OPTION",
-    "SentinelTransport",
-    "Transport",
-    "transport_for",
-    "uncount",
-]
+__all__ = ["COUNT_RUNS_OPTION", "RUNS_TTL_OPTION", "SentinelTransport", "Transport",
+           "transport_for", "uncount"]
 
 #: The header that carries a delivery's bookkeeping to the pool process:
 #: ``[runs, cancelled]`` (runs: deliveries counted so far, None when not counted).
@@ -57,6 +53,8 @@ DELIVERY_HEADER = "dispatch_delivery"
 
 #: A connection lost or out of step: replaced.
 _LOST = (redis.ConnectionError, redis.TimeoutError, OSError)
+#: Writing a taken message down failed: it is put back (``putback``).
+_REFUSED = (redis.RedisError, OSError)
 log = logging.getLogger("dispatcher.worker")
 
 #: Replies to one acknowledgement: MULTI, ZREM, HDEL (queued), EXEC.
@@ -84,14 +82,26 @@ def delivery_counts(source: Any) -> tuple[int | None, bool] | None:
     return (None if runs is None else int(runs)), bool(cancelled)
 
 
-def delivery_commands(job_id: str, attempt: object, runs_ttl: int) -> list[tuple[Any, ...]]:
-    """A delivery's bookkeeping: marked started, its cancel mark read, and (``runs_ttl``
-    above 0) the delivery counted. The cancel mark's reply is the third, the count the
-    fourth. ``lua/take.lua`` does the same in its script."""
-    commands = [*started_commands(f"{job_id}:{attempt}"), ("EXISTS", keys.cancel(job_id))]
+def delivery_commands(publication: str, runs_ttl: int) -> list[tuple[Any, ...]]:
+    """A delivery's bookkeeping (``publication``: ``<job id>:<attempt>``): marked
+    started, its cancel mark read, and (``runs_ttl`` above 0) the delivery counted. The
+    cancel mark's reply is the third, the count the fourth. ``lua/take.lua`` does the
+    same in its script."""
+    job_id = publication.rpartition(":")[0]
+    commands = [*started_commands(publication), ("EXISTS", keys.cancel(job_id))]
     if runs_ttl > 0:
         commands += [("INCR", keys.runs(job_id)), ("EXPIRE", keys.runs(job_id), runs_ttl)]
     return commands
+
+
+def _publication(headers: Any) -> str | None:
+    """``<job id>:<attempt>`` of a message of ours due now; None for another."""
+    if not isinstance(headers, dict) or headers.get("eta"):
+        return None
+    meta, job_id = headers.get(HEADER), headers.get("id")
+    if not isinstance(meta, dict) or not isinstance(job_id, str):
+        return None
+    return f"{job_id}:{meta.get('attempt') or 1}"
 
 
 def uncount(client: redis.Redis, job_id: str, message: Any) -> None:
@@ -143,30 +153,39 @@ class DeliveryQoS(kombu_redis.QoS):
             virtual.QoS.append(self, message, delivery_tag)
             return
         entry = dumps([message._raw, delivery["exchange"], delivery["routing_key"]])
+        written_at = time.time()
         commands: list[tuple[Any, ...]] = [
             ("MULTI",),
-            ("ZADD", self._key(self.unacked_index_key), time.time(), delivery_tag),
+            ("ZADD", self._key(self.unacked_index_key), written_at, delivery_tag),
             ("HSET", self._key(self.unacked_key), delivery_tag, entry),
         ]
-        ours = self._our_commands(headers)
-        commands += ours
+        publication = _publication(headers)
+        if publication is not None:
+            commands += delivery_commands(publication, self._runs_ttl if self._count_runs else 0)
         commands.append(("EXEC",))
-        replies = self._transact(commands)
-        if ours:
+        try:
+            replies = self._transact(commands)
+        except _REFUSED as exc:  # the message was taken off its queue: not to be lost
+            self._put_back(delivery_tag, publication, written_at, exc)
+            raise
+        if publication is not None:
             cancelled = bool(replies[4])
             runs = int(replies[5]) if self._count_runs else None
             headers[DELIVERY_HEADER] = [runs, cancelled]
         virtual.QoS.append(self, message, delivery_tag)
 
-    def _our_commands(self, headers: Any) -> list[tuple[Any, ...]]:
-        """Our bookkeeping for a message of ours due now; none for another."""
-        if not isinstance(headers, dict) or headers.get("eta"):
-            return []
-        meta, job_id = headers.get(HEADER), headers.get("id")
-        if not isinstance(meta, dict) or not isinstance(job_id, str):
-            return []
-        return delivery_commands(job_id, meta.get("attempt") or 1,
-                                 self._runs_ttl if self._count_runs else 0)
+    def _put_back(self, tag: Any, publication: str | None, written_at: float,
+                  reason: BaseException) -> None:
+        """Hand the message being delivered, as our channel took it, to ``putback``."""
+        channel: Any = self.channel
+        holding = getattr(channel, "holding", None)
+        if holding is None:  # taken some other way: nothing kept to give back
+            log.error("a message taken off its queue is lost (tag %s): %s", tag, reason)
+            return
+        key, item = holding
+        PUT_BACKS.hand(redis.Redis(connection_pool=channel.pool), Untaken(
+            key, item, str(tag), self._key(self.unacked_key), self._key(self.unacked_index_key),
+            written_at, publication, publication is not None and self._count_runs), reason)
 
     def ack(self, delivery_tag: Any) -> None:
         """Sent without waiting for the reply, which is read later (before the next

@@ -112,7 +112,7 @@ class CeleryWorker:
             return runs, cancelled
         records = self.records
         shared = records is not None and settings.results_url == settings.broker_url
-        commands = delivery_commands(job.id, job.attempt, ttl if shared else 0)
+        commands = delivery_commands(job.publish_id, ttl if shared else 0)
         link = self._count_link()
         try:
             link.send(commands)

@@ -13,7 +13,7 @@
 -- counted), cancelled (0/1), ours (0/1)}.
 local item, from
 for i = 4, #KEYS do
-  item = redis.call('RPOP', KEYS[i])
+  item = redis.call('LINDEX', KEYS[i], -1)
   if item then
     from = KEYS[i]
     break
@@ -22,13 +22,17 @@ end
 if not item then
   return false
 end
+-- The message is popped last: Redis does not undo a script's writes when a later one
+-- is refused (out of memory, an ACL), and a refused write must leave it queued.
 local ok, message = pcall(cjson.decode, item)
 if not ok or type(message) ~= 'table' or type(message['properties']) ~= 'table' then
+  redis.call('RPOP', from)
   return {from, item}
 end
 local properties = message['properties']
 local info, tag = properties['delivery_info'], properties['delivery_tag']
 if type(info) ~= 'table' or type(tag) ~= 'string' then
+  redis.call('RPOP', from)
   return {from, item}
 end
 redis.call('ZADD', KEYS[1], ARGV[1], tag)
@@ -38,6 +42,7 @@ local headers = message['headers']
 if type(headers) ~= 'table' or type(headers['id']) ~= 'string'
     or type(headers['dispatch']) ~= 'table'
     or (headers['eta'] ~= nil and headers['eta'] ~= cjson.null and headers['eta'] ~= '') then
+  redis.call('RPOP', from)
   return {from, item, 1, -1, 0, 0}
 end
 local id = headers['id']
@@ -54,4 +59,5 @@ if tonumber(ARGV[2]) > 0 then
   runs = redis.call('INCR', ARGV[5] .. id)
   redis.call('EXPIRE', ARGV[5] .. id, ARGV[2])
 end
+redis.call('RPOP', from)
 return {from, item, 1, runs, cancelled, 1}

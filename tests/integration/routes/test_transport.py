@@ -3,11 +3,14 @@ unacknowledged-message bookkeeping, and ours folded into the same transaction.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -17,10 +20,12 @@ from dispatcher import DispatcherSettings, configure
 from dispatcher.core.job import Job, new_job_id
 from dispatcher.routes.celery.app import create_celery_app
 from dispatcher.routes.celery.protocol import HEADER
+from dispatcher.routes.celery.putback import PUT_BACKS
 from dispatcher.routes.celery.transport import DELIVERY_HEADER, DeliveryQoS, transport_for, uncount
 from dispatcher.runtime.container import current
 from dispatcher.store import keys
 from dispatcher.store.embedded import EmbeddedRedis
+from dispatcher.store.scripts import TAKE
 from tests.integration import sample_tasks as samples
 from tests.support import wait_until
 
@@ -198,3 +203,69 @@ def test_a_queue_consumed_without_acks_is_not_written_down(queue: str) -> None:
     assert taken[0].headers[HEADER]
     assert not client.hlen(keys.KOMBU_UNACKED)
     app.close()
+
+
+@contextlib.contextmanager
+def user_without(client: redis.Redis, *commands: str) -> Iterator[tuple[str, str]]:
+    """A Redis user of this test's own that may run every command but ``commands``:
+    its broker URL and name."""
+    name, password = f"refused-{uuid.uuid4().hex[:8]}", uuid.uuid4().hex
+    client.execute_command("ACL", "SETUSER", name, "on", f">{password}", "~*", "&*",
+                           "+@all", *(f"-{command}" for command in commands))
+    parts = urlsplit(current().settings.broker_url or "")
+    try:
+        yield parts._replace(netloc=f"{name}:{password}@{parts.hostname}:{parts.port}"
+                             ).geturl(), name
+    finally:
+        client.execute_command("ACL", "DELUSER", name)
+
+
+def queue_list(client: redis.Redis, queue: str) -> bytes:
+    """The name of the one list of ``queue`` that holds messages now."""
+    (found,) = client.scan_iter(match=f"{queue}*")
+    return found
+
+
+def test_a_message_that_cannot_be_written_down_goes_back_to_its_queue(queue: str) -> None:
+    """kombu's BRPOP took the message off its queue, and writing it down is refused
+    (here by an ACL; in production by the old master during a Sentinel failover): the
+    message goes back to the head of its queue once Redis takes it, once."""
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    job = publish(queue)
+    key = queue_list(client, queue)
+    item = client.lindex(key, -1)
+    with user_without(client, "zadd", "evalsha", "eval") as (url, name):
+        app = create_celery_app(current().settings.model_copy(update={"broker_url": url}))
+        with pytest.raises(redis.ResponseError, match="no permissions"):
+            take(app, queue)  # the script refused, then BRPOP took it
+        assert client.llen(key) == 0  # taken, and not written down
+        assert not client.hlen(keys.KOMBU_UNACKED)
+        (untaken,) = PUT_BACKS.pending()  # Redis refuses its scripts: kept, tried again
+        assert untaken.item == (item or b"").decode() and untaken.publication == job.publish_id
+        client.execute_command("ACL", "SETUSER", name, "+evalsha", "+eval")
+        wait_until(lambda: not PUT_BACKS.pending(), "the message put back")
+        app.close()
+    assert client.lrange(key, 0, -1) == [item]
+    again, _ = take(create_celery_app(current().settings), queue)
+    assert again.headers["id"] == job.id
+    assert again.headers[DELIVERY_HEADER] == [1, False]  # the refused delivery never counted
+    again.ack()
+
+
+def test_a_refused_take_leaves_the_message_queued(queue: str) -> None:
+    """``take.lua`` pops last: a write refused midway (an ACL here, out of memory in
+    production) is not undone by Redis, and must not lose the message."""
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    publish(queue)
+    key = queue_list(client, queue)
+    item = client.lindex(key, -1)
+    with user_without(client, "hset") as (url, _):
+        refused = redis.Redis.from_url(url)
+        with pytest.raises(redis.ResponseError, match="hset"):
+            refused.eval(TAKE.source, 4, keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED,
+                         keys.INFLIGHT, key, time.time(), 0, keys.MARKER_PREFIX,
+                         keys.CANCEL_PREFIX, keys.RUNS_PREFIX)
+        refused.close()
+    assert client.lrange(key, 0, -1) == [item]
+    message, _ = take(create_celery_app(current().settings), queue)
+    message.ack()

@@ -1,0 +1,143 @@
+"""Giving back a message this worker took off its queue but could not write down.
+
+An idle worker waits on kombu's ``BRPOP``: Redis takes the message off its queue then,
+and the worker writes it down (kombu's unacked entry and our bookkeeping,
+``transport.DeliveryQoS``) in a second round trip. Should that second step fail, the
+message exists only in this process, and kombu would drop it. It happens in a Redis
+Sentinel failover: the old master refuses writes from the moment its replica is
+promoted, which may fall between the two steps. Here the message is kept and put back
+at the head of its queue as soon as Redis takes writes again, by a thread that tries
+until it can; ``store/lua/put_back.lua`` decides in one step whether it still needs to
+go back. Should the process end first, a message of ours is still re-queued by the
+sweeper (``recovery``) after ``requeue_lost_after``; another one is lost, as with
+kombu alone.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+
+from ...store import keys
+from ...store.scripts import PUT_BACK
+from .protocol import QUEUE_SEP
+
+log = logging.getLogger("dispatcher.worker")
+
+#: Redis away or refusing: the next try waits a little longer (up to ``LONGEST_WAIT``).
+_AWAY = (redis.RedisError, OSError)
+FIRST_WAIT = 0.1
+LONGEST_WAIT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Untaken:
+    """A message taken off ``queue_key`` and not written down."""
+
+    queue_key: str
+    #: The message exactly as it was taken (found again in its queue by value).
+    item: str
+    tag: str
+    unacked_key: str
+    unacked_index_key: str
+    #: The unacked-index score the failed write-down carried (marks the entry as ours).
+    written_at: float
+    #: For a message of ours, ``<job id>:<attempt>``; None for another.
+    publication: str | None = None
+    #: The failed write-down counted the run too.
+    counted: bool = False
+
+    @property
+    def queue(self) -> str:
+        """The queue's name, for the log."""
+        return keys.unprefixed(self.queue_key).split(QUEUE_SEP)[0]
+
+    def script_keys(self) -> list[str]:
+        found = [self.queue_key, self.unacked_key, self.unacked_index_key]
+        if self.publication is not None:
+            found += [keys.marker(self.publication), keys.INFLIGHT]
+            if self.counted:
+                found.append(keys.runs(self.publication.rpartition(":")[0]))
+        return found
+
+    def script_args(self, now: float) -> list[str]:
+        return [self.item, self.tag, repr(self.written_at), repr(now), self.publication or ""]
+
+
+def put_back(client: redis.Redis, message: Untaken) -> bool:
+    """One try: True when ``message`` went back to its queue, False when it was
+    somewhere already. Raises the ``redis`` error when Redis refuses or is away."""
+    script = client.register_script(PUT_BACK.source)
+    return bool(script(keys=message.script_keys(), args=message.script_args(time.time())))
+
+
+class PutBack:
+    """Puts back messages handed to it from a thread of its own, which ends once it has
+    none left."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[tuple[redis.Redis, Untaken]] = []
+        self._thread: threading.Thread | None = None
+        self._exit_hook = False
+
+    def hand(self, client: redis.Redis, message: Untaken, reason: BaseException) -> None:
+        """Keep ``message`` until ``client``'s Redis takes it back."""
+        log.warning("a message taken from queue %s could not be written down (%s): it goes "
+                    "back to its queue as soon as Redis takes writes (delivery tag %s)",
+                    message.queue, reason, message.tag)
+        with self._lock:
+            self._pending.append((client, message))
+            if not self._exit_hook:
+                atexit.register(self._report_left)
+                self._exit_hook = True
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="dispatch-put-back",
+                                                daemon=True)
+                self._thread.start()
+
+    def pending(self) -> list[Untaken]:
+        with self._lock:
+            return [message for _, message in self._pending]
+
+    def _run(self) -> None:
+        wait = FIRST_WAIT
+        while True:
+            with self._lock:
+                batch = list(self._pending)
+                if not batch:
+                    self._thread = None
+                    return
+            refused = False
+            for entry in batch:
+                client, message = entry
+                try:
+                    back = put_back(client, message)
+                except _AWAY as exc:
+                    refused = True
+                    log.debug("putting back %s: not yet (%s)", message.tag, exc)
+                    continue
+                with self._lock:
+                    self._pending.remove(entry)
+                log.info("the message with delivery tag %s %s", message.tag,
+                         "is back at the head of its queue" if back
+                         else "was in Redis already: nothing to put back")
+            if refused:
+                time.sleep(wait)
+                wait = min(wait * 2, LONGEST_WAIT)
+
+    def _report_left(self) -> None:
+        for message in self.pending():
+            log.error("the message with delivery tag %s, taken from queue %s, was not put "
+                      "back before this process ended%s", message.tag, message.queue,
+                      "; the sweeper re-queues it" if message.publication else "")
+
+
+#: The worker process's one instance: it outlives the channel, which kombu replaces
+#: when it reconnects.
+PUT_BACKS = PutBack()
