@@ -23,10 +23,13 @@ from pathlib import Path
 import pytest
 
 from dispatcher import DispatcherSettings, TaskHandle, configure
+from dispatcher.core.job import Job, new_job_id
 from dispatcher.routes.celery.monitor import BrokerMonitor
+from dispatcher.routes.celery.prepare import prepared
 from dispatcher.runtime.container import current
+from dispatcher.store.scripts import PUBLISH
 from tests.sentinel_harness import SentinelSet, require_debian_redis
-from tests.support import Process
+from tests.support import Process, wait_until
 
 from . import tasks
 from .conftest import FULL, report
@@ -174,3 +177,54 @@ def test_failover_under_load_is_bounded_and_lossless(
     for client in (monitor.publisher.client, current().redis):
         assert client is not None
         assert client.connection_pool.master_address == ("127.0.0.1", new)
+
+
+def test_a_job_taken_as_the_master_stops_taking_writes_is_put_back(
+        sentinels: SentinelSet, tmp_path: Path) -> None:
+    """The old master refuses writes (its replica was promoted) between an idle
+    worker's ``BRPOP`` and the worker writing the job down. Forced here: one
+    transaction pushes the job and raises ``min-replicas-to-write`` past the replicas
+    there are. The worker keeps the job and puts it back once the master takes writes
+    again; it runs once."""
+    ledger = tmp_path / "ledger.txt"
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("DISPATCH_") or k == "REDIS_URL")}
+    env.update(sentinels.env(), DISPATCH_TASK_MODULES="tests.reliability.tasks",
+               DISPATCH_SPOOL_PATH=str(tmp_path / "worker-spool.sqlite3"),
+               DISPATCH_METRICS_PORT="0", RELIABILITY_LEDGER=str(ledger),
+               PYTHONUNBUFFERED="1")
+    worker = Process([sys.executable, "-m", "worker", "--concurrency", "1"], env,
+                     tmp_path / "worker.log")
+    master_port = sentinels.master_port()
+    try:
+        worker.wait_for_output(" ready.", timeout=60)
+        settings = DispatcherSettings(  # type: ignore[call-arg]
+            broker_url=sentinels.url, sentinel_master=sentinels.master_name,
+            sentinel_password=sentinels.sentinel_password,
+            spool_path=str(tmp_path / "test-spool.sqlite3"), _env_file=None)
+        configure(settings)
+        name = f"put-back-{uuid.uuid4().hex[:6]}"
+        job = Job(new_job_id(), tasks.work.spec, "celery", settings.default_queue, 5,
+                  {"job": name, "ms": 5})
+        key, message, record, _ = prepared(settings, job, fresh=True)
+        publisher = current().celery.monitor.publisher
+        with sentinels.server(master_port) as master:
+            wait_until(lambda: any(client["cmd"] == "brpop" for client in master.client_list()),
+                       "the worker waiting on BRPOP")
+            master.script_load(PUBLISH.source)
+            with master.pipeline(transaction=True) as both:
+                both.execute_command(*publisher.command([(job.publish_id, key, message,
+                                                          record, None)]))
+                both.config_set("min-replicas-to-write", sentinels.replicas + 1)
+                both.execute()
+            try:
+                wait_until(lambda: "NOREPLICAS" in worker.output(),
+                           "the worker refused its write-down")
+                assert master.llen(key) == 0 and name not in _done(ledger)[0]
+            finally:
+                master.config_set("min-replicas-to-write", sentinels.replicas)
+        wait_until(lambda: name in _done(ledger)[0], "the job put back and run")
+        wait_until(lambda: "back at the head of its queue" in worker.output(), "the log")
+    finally:
+        worker.stop()
+    assert _done(ledger)[0][name] == 1

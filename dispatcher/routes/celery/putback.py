@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import redis
 
@@ -69,6 +70,25 @@ class Untaken:
         return [self.item, self.tag, repr(self.written_at), repr(now), self.publication or ""]
 
 
+def own_pool(channel: Any) -> redis.ConnectionPool:
+    """A new pool to the Redis of kombu's ``channel``, for the put-back thread alone:
+    kombu disconnects the channel's pools while it reconnects. kombu's Sentinel channel
+    notes the Sentinel manager each new pool is made with, to close it with its own
+    pools; it keeps noting its own."""
+    kept = getattr(channel, "_sentinel_manager", None)
+    pool: redis.ConnectionPool = channel._get_pool()
+    if kept is not None:
+        channel._sentinel_manager = kept
+    return pool
+
+
+def _close(client: redis.Redis) -> None:
+    pool = client.connection_pool
+    pool.disconnect()
+    for sentinel in getattr(getattr(pool, "sentinel_manager", None), "sentinels", ()):
+        sentinel.close()
+
+
 def put_back(client: redis.Redis, message: Untaken) -> bool:
     """One try: True when ``message`` went back to its queue, False when it was
     somewhere already. Raises the ``redis`` error when Redis refuses or is away."""
@@ -87,7 +107,8 @@ class PutBack:
         self._exit_hook = False
 
     def hand(self, client: redis.Redis, message: Untaken, reason: BaseException) -> None:
-        """Keep ``message`` until ``client``'s Redis takes it back."""
+        """Keep ``message`` until ``client``'s Redis takes it back. ``client`` is the
+        thread's own, its pool disconnected once the message is back."""
         log.warning("a message taken from queue %s could not be written down (%s): it goes "
                     "back to its queue as soon as Redis takes writes (delivery tag %s)",
                     message.queue, reason, message.tag)
@@ -118,12 +139,14 @@ class PutBack:
                 client, message = entry
                 try:
                     back = put_back(client, message)
-                except _AWAY as exc:
+                except Exception as exc:  # never given up while this process lives
                     refused = True
-                    log.debug("putting back %s: not yet (%s)", message.tag, exc)
+                    log.log(logging.DEBUG if isinstance(exc, _AWAY) else logging.WARNING,
+                            "putting back %s: not yet (%r)", message.tag, exc)
                     continue
                 with self._lock:
                     self._pending.remove(entry)
+                _close(client)  # its own pool (see ``hand``)
                 log.info("the message with delivery tag %s %s", message.tag,
                          "is back at the head of its queue" if back
                          else "was in Redis already: nothing to put back")

@@ -40,7 +40,7 @@ from kombu.utils.json import dumps
 from ...store import keys
 from ...store.link import Link
 from .protocol import HEADER
-from .putback import PUT_BACKS, Untaken
+from .putback import PUT_BACKS, Untaken, own_pool
 from .recovery import started_commands
 from .taking import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, TakingChannel, runs_ttl
 
@@ -183,7 +183,7 @@ class DeliveryQoS(kombu_redis.QoS):
             log.error("a message taken off its queue is lost (tag %s): %s", tag, reason)
             return
         key, item = holding
-        PUT_BACKS.hand(redis.Redis(connection_pool=channel.pool), Untaken(
+        PUT_BACKS.hand(redis.Redis(connection_pool=own_pool(channel)), Untaken(
             key, item, str(tag), self._key(self.unacked_key), self._key(self.unacked_index_key),
             written_at, publication, publication is not None and self._count_runs), reason)
 
