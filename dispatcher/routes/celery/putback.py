@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ class PutBack:
         with self._lock:
             self._pending.append((client, message))
             if not self._exit_hook:
-                atexit.register(self._report_left)
+                atexit.register(self._report_left, os.getpid())
                 self._exit_hook = True
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="dispatch-put-back",
@@ -154,7 +155,9 @@ class PutBack:
                 time.sleep(wait)
                 wait = min(wait * 2, LONGEST_WAIT)
 
-    def _report_left(self) -> None:
+    def _report_left(self, pid: int) -> None:
+        if os.getpid() != pid:  # a forked pool process: the messages are not its own
+            return
         for message in self.pending():
             log.error("the message with delivery tag %s, taken from queue %s, was not put "
                       "back before this process ended%s", message.tag, message.queue,
