@@ -35,6 +35,8 @@ LATE = 5.0
 PAUSE = 0.2
 #: How long a tick's claim is kept: far longer than any pass that could still see it.
 CLAIM_TTL = 300
+#: Seconds after which a tick claimed and not dispatched may be claimed by another.
+LEASE = 10.0
 
 
 def all_schedules(settings: DispatcherSettings) -> list[Schedule]:
@@ -83,29 +85,37 @@ class Scheduler:
         for schedule in self.schedules:
             latest = self.state.latest(schedule, now)
             ticks = schedule.ticks(latest, now, self.zone)
-            if not ticks:
-                self.state.take(schedule, None, now, CLAIM_TTL)
-                continue
             chosen = chosen_ticks(ticks, now - latest, self.settings.schedule_catchup)
             if len(chosen) < len(ticks):
                 log.warning("schedule %s of %s missed %d tick(s); catch-up %s runs %d",
                             schedule.describe(), schedule.task, len(ticks),
                             self.settings.schedule_catchup, len(chosen))
             for tick in chosen:  # each claim moves the latest pass to its own tick only
-                dispatched += self._claim_and_dispatch(schedule, tick)
-            self.state.take(schedule, None, now, CLAIM_TTL)
+                dispatched += self._claim_and_dispatch(schedule, tick, now)
+            overdue = self.state.take(schedule, None, now, CLAIM_TTL, now=now).overdue
+            for tick in overdue:  # claimed by a scheduler that did not dispatch them
+                if now - tick > CLAIM_TTL:
+                    self.state.settle(schedule, tick)
+                    log.error("schedule %s of %s: tick %r not dispatched (claimed, never "
+                              "settled, for %d s)", schedule.describe(), schedule.task,
+                              tick, CLAIM_TTL)
+                else:
+                    dispatched += self._claim_and_dispatch(schedule, tick, now)
         return dispatched
 
-    def _claim_and_dispatch(self, schedule: Schedule, tick: float) -> int:
+    def _claim_and_dispatch(self, schedule: Schedule, tick: float, now: float) -> int:
         """Dispatch ``tick`` if this scheduler claims it. Until that is settled the tick
         is owed: a Redis error (the claim's reply lost, the dispatch refused) leaves it
-        to the next pass, so a Redis restart loses no tick."""
+        to the next pass, so a Redis restart loses no tick; were this process to die
+        first, another scheduler takes the claim over after ``LEASE``."""
         owed = (schedule.key, tick)
         self._owed[owed] = schedule
-        if not self.state.take(schedule, tick, tick, CLAIM_TTL, self.claimer):
+        if not self.state.take(schedule, tick, tick, CLAIM_TTL, self.claimer, now=now,
+                               lease=LEASE).claimed:
             del self._owed[owed]  # another worker's
             return 0
         dispatched = self._dispatch(schedule, tick)
+        self.state.settle(schedule, tick)
         del self._owed[owed]
         return dispatched
 
@@ -117,12 +127,15 @@ class Scheduler:
                 log.error("schedule %s of %s: tick %r not dispatched (Redis away %d s)",
                           schedule.describe(), schedule.task, tick, CLAIM_TTL)
                 continue
-            dispatched += self._claim_and_dispatch(schedule, tick)
+            dispatched += self._claim_and_dispatch(schedule, tick, now)
         return dispatched
 
     def _dispatch(self, schedule: Schedule, tick: float) -> int:
         try:
-            task = registered(schedule.task)
+            # Under one key per tick: a tick claimed again after its claimer died runs
+            # once, even if that claimer had dispatched it.
+            task = registered(schedule.task).options(
+                idempotency_key=f"schedule:{digest(schedule)}:{tick!r}")
             if self.settings.broker_url and task.route_for().route == "inline":
                 # Never inline in a worker's main process: Celery runs it.
                 task = task.options(route="celery")

@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from dispatcher import DispatcherSettings, configure, task
 from dispatcher.fastapi import install, jobs_router
-from dispatcher.runtime.scheduler import Scheduler, schedule_rows
+from dispatcher.runtime.scheduler import CLAIM_TTL, LEASE, Scheduler, schedule_rows
 from dispatcher.store.embedded import EmbeddedRedis
-from dispatcher.store.schedules import ScheduleState
+from dispatcher.store.schedules import ScheduleState, Taken
 from dispatcher.testing import capture_dispatches
 
 
@@ -64,9 +64,9 @@ def test_a_tick_whose_claim_reply_was_lost_is_dispatched_once_on_a_later_pass(
     lost: list[float | None] = []
 
     def take_then_lose(schedule: Any, tick: float | None, latest: float, ttl: int,
-                       claimer: str = "1") -> bool:
-        claimed = state.take(schedule, tick, latest, ttl, claimer)
-        if tick is not None and claimed and not lost:
+                       claimer: str = "1", **options: Any) -> Taken:
+        claimed = state.take(schedule, tick, latest, ttl, claimer, **options)
+        if tick is not None and claimed.claimed and not lost:
             lost.append(tick)
             raise redis.ConnectionError("the reply was lost")
         return claimed
@@ -82,6 +82,33 @@ def test_a_tick_whose_claim_reply_was_lost_is_dispatched_once_on_a_later_pass(
                     scheduler.run_once(now + index * 0.05)
     assert lost, "no claim of the first scheduler was lost"
     assert len(handles) == 9  # each tick once, the lost one too
+
+
+@pytest.mark.parametrize("dispatched", [False, True])
+def test_a_tick_claimed_by_a_scheduler_that_died_is_dispatched_once_by_another(
+        state: ScheduleState, dispatched: bool) -> None:
+    """The claimer died after its claim, before or after the dispatch, without settling
+    it: once the lease is over another scheduler claims the tick, and the tick's
+    idempotency key makes it run once either way."""
+    dead, live = _schedulers(state, 2, catchup="none")
+    (schedule,) = dead.schedules
+    start = 4_000_000.0
+    dead.run_once(start)  # starts the schedule
+    tick_at = start + 1
+    with capture_dispatches() as handles:
+        assert state.take(schedule, tick_at, tick_at, CLAIM_TTL, dead.claimer, now=tick_at
+                          ).claimed
+        if dispatched:
+            assert dead._dispatch(schedule, tick_at) == 1
+        before = len(handles)
+        live.run_once(tick_at + 0.5)  # the claim is the dead one's, within its lease
+        assert len(handles) == before
+        live.run_once(tick_at + LEASE + 0.5)  # missed ticks are not run (catch-up none)
+        assert len(handles) == 1
+        for step in range(1, 4):  # settled: never again (and no new tick meanwhile)
+            live.run_once(tick_at + LEASE + 0.5 + step * 0.1)
+        assert len(handles) == 1
+    assert not state.take(schedule, None, tick_at, CLAIM_TTL, now=tick_at + 100).overdue
 
 
 @pytest.mark.parametrize(("catchup", "expected"), [("latest", 1), ("all", 30), ("none", 0)])
