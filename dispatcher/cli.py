@@ -23,7 +23,7 @@ from .core.errors import DispatchError
 from .core.registry import import_task_modules
 from .core.settings import DispatcherSettings, get_settings
 from .ops.routes_table import aligned, format_table
-from .routes.celery.supervisor import CHILD_MARK, CONFIG_ERROR, supervise
+from .routes.celery.supervisor import CHILD_MARK, CONFIG_ERROR, install_alarm, supervise
 from .routes.celery.worker import worker_queues
 from .runtime.container import current
 from .runtime.scheduler import schedule_rows
@@ -55,6 +55,7 @@ def run_worker(argv: list[str]) -> int:
         # Not Celery's "celery@host": a stock worker on the same host must not share
         # the name, or the sweeper could not tell the two apart (see routes.celery.fleet).
         args += ["--hostname", DEFAULT_NODE_NAME]
+    install_alarm()
     app.worker_main([*args, *argv])
     return 0
 

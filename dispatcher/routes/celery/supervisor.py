@@ -6,6 +6,7 @@ SIGTERM/SIGINT are passed on and end both."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
@@ -37,32 +38,44 @@ def _kill_tree(pid: int) -> None:
             os.kill(target, signal.SIGKILL)
 
 
-#: What Celery logs before its shutdown may hang (see ``_relay_output``).
-UNRECOVERABLE = b"Unrecoverable error"
+#: What Celery logs before its shutdown may hang (see ``UnrecoverableAlarm``).
+UNRECOVERABLE = "Unrecoverable error"
+#: Celery's logger of that line (``celery.worker.worker``, ``WorkController.start``).
+UNRECOVERABLE_LOGGER = "celery.worker.worker"
+#: The supervisor's pid, given to its child: the child signals nobody else.
+SUPERVISOR_PID = "DISPATCH_SUPERVISOR_PID"
+#: The child's word to the supervisor that Celery met an unrecoverable error.
+ALARM = signal.SIGUSR1
 
 
-def _relay_output(child: subprocess.Popen[bytes]) -> None:
-    """Pass the worker's output on; after an "Unrecoverable error" Celery's own shutdown
-    can hang for good (seen when Redis vanishes mid-restore), so end the worker from
-    outside a little later and let the loop start a fresh one. Its jobs are redelivered
-    (acks_late).
+class UnrecoverableAlarm(logging.Handler):
+    """In the worker (the supervisor's child): tells the supervisor when Celery logs an
+    "Unrecoverable error". Celery's own shutdown can hang for good after one (seen
+    when Redis vanishes mid-restore), so the supervisor ends the worker from outside a
+    little later and starts a fresh one; its jobs are redelivered (acks_late).
 
-    Copied as it comes, in chunks: a worker logs a line or two per job, and relaying
-    each line through Python cost this process ~5 % of a busy worker's CPU."""
-    assert child.stdout is not None
-    source, target = child.stdout.fileno(), sys.stderr.fileno()
-    tail = b""  # the end of the previous chunk: the mark may straddle two
-    armed = False
-    while chunk := os.read(source, 65536):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(target, view):]
-        if not armed and UNRECOVERABLE in tail + chunk:
-            armed = True
-            timer = threading.Timer(SHUTDOWN_WATCHDOG, _kill_tree, args=(child.pid,))
-            timer.daemon = True
-            timer.start()
-        tail = chunk[-len(UNRECOVERABLE):]
+    A signal, not the supervisor reading the worker's output: the worker writes to the
+    supervisor's stderr itself, since relaying a line or two per job through another
+    process cost a busy worker ~3 % of its CPU."""
+
+    def __init__(self, supervisor: int) -> None:
+        super().__init__(logging.CRITICAL)
+        self.supervisor = supervisor
+        self.sent = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.sent or UNRECOVERABLE not in str(record.msg):
+            return
+        if os.getppid() == self.supervisor:  # never another process
+            self.sent = True
+            os.kill(self.supervisor, ALARM)
+
+
+def install_alarm() -> None:
+    """In the supervisor's child: the ``UnrecoverableAlarm`` on Celery's logger."""
+    supervisor = int(os.environ.get(SUPERVISOR_PID) or 0)
+    if supervisor:
+        logging.getLogger(UNRECOVERABLE_LOGGER).addHandler(UnrecoverableAlarm(supervisor))
 
 
 def supervise(argv: list[str], command: list[str] | None = None) -> int:
@@ -78,9 +91,19 @@ def supervise(argv: list[str], command: list[str] | None = None) -> int:
             # already reached the child, and a second SIGINT would make it a cold one.
             child.send_signal(signal.SIGTERM)
 
+    watchdogs: dict[int, threading.Timer] = {}
+
+    def alarm(signum: int, frame: object) -> None:
+        if child is not None and child.pid not in watchdogs:
+            watchdogs[child.pid] = timer = threading.Timer(
+                SHUTDOWN_WATCHDOG, _kill_tree, args=(child.pid,))
+            timer.daemon = True
+            timer.start()
+
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    env = {**os.environ, CHILD_MARK: "1"}
+    signal.signal(ALARM, alarm)
+    env = {**os.environ, CHILD_MARK: "1", SUPERVISOR_PID: str(os.getpid())}
     pause = 1.0
     while True:
         started = time.monotonic()
@@ -91,12 +114,11 @@ def supervise(argv: list[str], command: list[str] | None = None) -> int:
             child = subprocess.Popen(
                 command or [sys.executable, "-m", "dispatcher", "worker", *argv],
                 env={**env, METRICS_DIR: metrics_dir},
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                stdout=sys.stderr.fileno(),  # one stream, as Celery's own output
             )
-            relay = threading.Thread(target=_relay_output, args=(child,), daemon=True)
-            relay.start()
             code = child.wait()
-            relay.join(timeout=5)
+            if (watchdog := watchdogs.pop(child.pid, None)) is not None:
+                watchdog.cancel()
         finally:
             shutil.rmtree(metrics_dir, ignore_errors=True)
         if stopping:

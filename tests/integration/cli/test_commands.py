@@ -138,15 +138,19 @@ def test_supervisor_ends_a_worker_that_hangs_after_an_unrecoverable_error(
 
     monkeypatch.setattr(entry, "SHUTDOWN_WATCHDOG", 0.5)
     runs = tmp_path / "runs"
-    # Run 1 says what Celery says, then hangs; run 2 exits 0 unasked (still a crash);
-    # run 3 refuses its settings, which ends the supervisor.
+    # Run 1 logs what Celery logs (to the logger Celery logs it to, with the alarm the
+    # worker installs), then hangs; run 2 exits 0 unasked (still a crash); run 3
+    # refuses its settings, which ends the supervisor.
     script = (
-        "import pathlib, sys, time\n"
+        "import logging, pathlib, sys, time\n"
+        "from dispatcher.routes.celery.supervisor import install_alarm\n"
         f"runs = pathlib.Path({str(runs)!r})\n"
         "n = len(runs.read_text()) if runs.exists() else 0\n"
         "runs.write_text('x' * (n + 1))\n"
         "if n == 0:\n"
-        "    print('CRITICAL/MainProcess] Unrecoverable error: boom', flush=True)\n"
+        "    install_alarm()\n"
+        "    logging.getLogger('celery.worker.worker').critical(\n"
+        "        'Unrecoverable error: %r', RuntimeError('boom'))\n"
         "    time.sleep(120)\n"
         "sys.exit(0 if n == 1 else 2)\n"
     )
