@@ -14,6 +14,24 @@ from .sentinel import master_client
 #: What a Redis call raises when Redis is down or does not answer in time.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
+#: Error replies of a server that takes no writes for now (full, lost its replicas,
+#: demoted, failing to save, busy with a script), as redis-py raises them.
+_REFUSING_CLASSES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
+                     redis.exceptions.TryAgainError)
+_REFUSING_CODES = ("NOREPLICAS", "MISCONF", "MASTERDOWN", "BUSY ", "OOM", "READONLY")
+
+
+def refuses_writes(error: BaseException) -> bool:
+    """Whether ``error`` says Redis takes no writes *for now* (try again later), as
+    opposed to refusing this command for good (a bad script, a missing permission).
+    A script's error carries the code of the command that failed inside it."""
+    if isinstance(error, _REFUSING_CLASSES):
+        return True
+    text = str(error)
+    return isinstance(error, redis.ResponseError) and any(
+        text.startswith(code) or f" {code}" in text or f"-{code}" in text
+        for code in _REFUSING_CODES)
+
 
 def redis_client(url: str, timeout: float, sentinel: SentinelOptions | None = None
                  ) -> redis.Redis:

@@ -16,6 +16,7 @@ kombu alone.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -83,6 +84,24 @@ def own_pool(channel: Any) -> redis.ConnectionPool:
     return pool
 
 
+def hand_over(channel: Any, tag: str, unacked_key: str, unacked_index_key: str,
+              written_at: float, publication: str | None, counted: bool,
+              reason: BaseException) -> None:
+    """Hand the message kombu's ``channel`` is delivering, as the channel took it
+    (``taking.TakingChannel.holding``), to ``PUT_BACKS``."""
+    holding = getattr(channel, "holding", None)
+    if holding is None:  # taken some other way: nothing kept to give back
+        log.error("a message taken off its queue is lost (tag %s): %s", tag, reason)
+        return
+    key, item = holding
+    untaken = Untaken(key, item, tag, unacked_key, unacked_index_key, written_at,
+                      publication, counted)
+    try:
+        PUT_BACKS.hand(redis.Redis(connection_pool=own_pool(channel)), untaken, reason)
+    except Exception:  # the caller raises the original error
+        log.exception("a message taken off its queue is lost (tag %s): %s", tag, reason)
+
+
 def _close(client: redis.Redis) -> None:
     pool = client.connection_pool
     pool.disconnect()
@@ -144,10 +163,15 @@ class PutBack:
                     refused = True
                     log.log(logging.DEBUG if isinstance(exc, _AWAY) else logging.WARNING,
                             "putting back %s: not yet (%r)", message.tag, exc)
+                    # A new connection for the next try: the Sentinels may name another
+                    # master by then (kombu's connections stay on a refusing one).
+                    with contextlib.suppress(Exception):
+                        client.connection_pool.disconnect()
                     continue
                 with self._lock:
                     self._pending.remove(entry)
-                _close(client)  # its own pool (see ``hand``)
+                with contextlib.suppress(Exception):
+                    _close(client)  # its own pool (see ``hand``)
                 log.info("the message with delivery tag %s %s", message.tag,
                          "is back at the head of its queue" if back
                          else "was in Redis already: nothing to put back")

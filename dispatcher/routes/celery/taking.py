@@ -21,6 +21,7 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 
 from ...store import keys
+from ...store.client import refuses_writes
 from ...store.link import pack_commands
 from ...store.scripts import TAKE
 
@@ -105,6 +106,8 @@ class TakingChannel:
             except redis.ResponseError as exc:
                 if not taking:
                     raise
+                if refuses_writes(exc):  # for now: Celery reconnects, with its backoff
+                    raise redis.ConnectionError(f"Redis refuses writes: {exc}") from exc
                 log.warning("taking messages with one round trip is off: %s", exc)
                 self._take_off = True
                 raise Empty() from None

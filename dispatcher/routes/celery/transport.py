@@ -38,9 +38,10 @@ from kombu.transport.virtual import base as virtual
 from kombu.utils.json import dumps
 
 from ...store import keys
+from ...store.client import refuses_writes
 from ...store.link import Link
 from .protocol import HEADER
-from .putback import PUT_BACKS, Untaken, own_pool
+from .putback import hand_over
 from .recovery import started_commands
 from .taking import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, TakingChannel, runs_ttl
 
@@ -166,26 +167,18 @@ class DeliveryQoS(kombu_redis.QoS):
         try:
             replies = self._transact(commands)
         except _REFUSED as exc:  # the message was taken off its queue: not to be lost
-            self._put_back(delivery_tag, publication, written_at, exc)
-            raise
+            hand_over(self.channel, str(delivery_tag), self._key(self.unacked_key),
+                      self._key(self.unacked_index_key), written_at, publication,
+                      publication is not None and self._count_runs, exc)
+            if isinstance(exc, _LOST):
+                raise
+            # Celery stops a worker at a channel error, but reconnects after this one.
+            raise redis.ConnectionError(f"writing a message down failed: {exc}") from exc
         if publication is not None:
             cancelled = bool(replies[4])
             runs = int(replies[5]) if self._count_runs else None
             headers[DELIVERY_HEADER] = [runs, cancelled]
         virtual.QoS.append(self, message, delivery_tag)
-
-    def _put_back(self, tag: Any, publication: str | None, written_at: float,
-                  reason: BaseException) -> None:
-        """Hand the message being delivered, as our channel took it, to ``putback``."""
-        channel: Any = self.channel
-        holding = getattr(channel, "holding", None)
-        if holding is None:  # taken some other way: nothing kept to give back
-            log.error("a message taken off its queue is lost (tag %s): %s", tag, reason)
-            return
-        key, item = holding
-        PUT_BACKS.hand(redis.Redis(connection_pool=own_pool(channel)), Untaken(
-            key, item, str(tag), self._key(self.unacked_key), self._key(self.unacked_index_key),
-            written_at, publication, publication is not None and self._count_runs), reason)
 
     def ack(self, delivery_tag: Any) -> None:
         """Sent without waiting for the reply, which is read later (before the next
@@ -242,11 +235,16 @@ class DeliveryQoS(kombu_redis.QoS):
                 link.connect()
                 if not link.has_data():
                     return
-            try:
-                for _ in range(_ACK_REPLIES):
+            refused = None
+            for _ in range(_ACK_REPLIES):  # every reply, so the next read is in step
+                try:
                     link.read()
-            except redis.ResponseError as exc:
-                log.warning("an acknowledgement was refused: %s", exc)
+                except redis.ResponseError as exc:
+                    refused = refused or exc
+            if refused is not None and refuses_writes(refused):  # kept, sent again
+                raise redis.ConnectionError(f"an acknowledgement was refused: {refused}")
+            if refused is not None:
+                log.warning("an acknowledgement was refused: %s", refused)
             self._acks.popleft()
 
     def _lost(self, link: Link) -> None:

@@ -11,9 +11,14 @@
 -- Returns nil when every list is empty; {list, message} for a message it could not
 -- read (kombu writes it down as usual); else {list, message, 1, runs (-1: not
 -- counted), cancelled (0/1), ours (0/1)}.
+-- The pop is the first write: Redis refuses a script for lack of memory only at its
+-- first write, and only for a command that may grow memory (RPOP may not), so a full
+-- Redis still lets a message be taken and written down. (Should a later write be
+-- refused all the same, say by an ACL, the message would be taken and recorded
+-- nowhere: the worker's Redis user needs every command used here.)
 local item, from
 for i = 4, #KEYS do
-  item = redis.call('LINDEX', KEYS[i], -1)
+  item = redis.call('RPOP', KEYS[i])
   if item then
     from = KEYS[i]
     break
@@ -22,17 +27,13 @@ end
 if not item then
   return false
 end
--- The message is popped last: Redis does not undo a script's writes when a later one
--- is refused (out of memory, an ACL), and a refused write must leave it queued.
 local ok, message = pcall(cjson.decode, item)
 if not ok or type(message) ~= 'table' or type(message['properties']) ~= 'table' then
-  redis.call('RPOP', from)
   return {from, item}
 end
 local properties = message['properties']
 local info, tag = properties['delivery_info'], properties['delivery_tag']
 if type(info) ~= 'table' or type(tag) ~= 'string' then
-  redis.call('RPOP', from)
   return {from, item}
 end
 redis.call('ZADD', KEYS[1], ARGV[1], tag)
@@ -42,7 +43,6 @@ local headers = message['headers']
 if type(headers) ~= 'table' or type(headers['id']) ~= 'string'
     or type(headers['dispatch']) ~= 'table'
     or (headers['eta'] ~= nil and headers['eta'] ~= cjson.null and headers['eta'] ~= '') then
-  redis.call('RPOP', from)
   return {from, item, 1, -1, 0, 0}
 end
 local id = headers['id']
@@ -59,5 +59,4 @@ if tonumber(ARGV[2]) > 0 then
   runs = redis.call('INCR', ARGV[5] .. id)
   redis.call('EXPIRE', ARGV[5] .. id, ARGV[2])
 end
-redis.call('RPOP', from)
 return {from, item, 1, runs, cancelled, 1}

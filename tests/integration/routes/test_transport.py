@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -25,7 +24,6 @@ from dispatcher.routes.celery.transport import DELIVERY_HEADER, DeliveryQoS, tra
 from dispatcher.runtime.container import current
 from dispatcher.store import keys
 from dispatcher.store.embedded import EmbeddedRedis
-from dispatcher.store.scripts import TAKE
 from tests.integration import sample_tasks as samples
 from tests.support import wait_until
 
@@ -236,8 +234,10 @@ def test_a_message_that_cannot_be_written_down_goes_back_to_its_queue(queue: str
     item = client.lindex(key, -1)
     with user_without(client, "zadd", "evalsha", "eval") as (url, name):
         app = create_celery_app(current().settings.model_copy(update={"broker_url": url}))
-        with pytest.raises(redis.ResponseError, match="no permissions"):
-            take(app, queue)  # the script refused, then BRPOP took it
+        # The script refused, then BRPOP took it: a connection error, which Celery
+        # reconnects after (a channel error would stop the worker).
+        with pytest.raises(redis.ConnectionError, match="no permissions"):
+            take(app, queue)
         assert client.llen(key) == 0  # taken, and not written down
         assert not client.hlen(keys.KOMBU_UNACKED)
         (untaken,) = PUT_BACKS.pending()  # Redis refuses its scripts: kept, tried again
@@ -252,20 +252,28 @@ def test_a_message_that_cannot_be_written_down_goes_back_to_its_queue(queue: str
     again.ack()
 
 
-def test_a_refused_take_leaves_the_message_queued(queue: str) -> None:
-    """``take.lua`` pops last: a write refused midway (an ACL here, out of memory in
-    production) is not undone by Redis, and must not lose the message."""
+def test_a_refused_acknowledgement_is_sent_again_and_replies_stay_in_step(queue: str) -> None:
+    """Redis refused an acknowledgement (here every write, with min-replicas-to-write
+    above the replicas there are): its four replies are all read, and the ack is kept
+    and sent again, not dropped (the job would run again an hour later)."""
+    app = create_celery_app(current().settings)
     client = redis.Redis.from_url(current().settings.broker_url or "")
+    connection = app.connection_for_read()
     publish(queue)
-    key = queue_list(client, queue)
-    item = client.lindex(key, -1)
-    with user_without(client, "hset") as (url, _):
-        refused = redis.Redis.from_url(url)
-        with pytest.raises(redis.ResponseError, match="hset"):
-            refused.eval(TAKE.source, 4, keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED,
-                         keys.INFLIGHT, key, time.time(), 0, keys.MARKER_PREFIX,
-                         keys.CANCEL_PREFIX, keys.RUNS_PREFIX)
-        refused.close()
-    assert client.lrange(key, 0, -1) == [item]
-    message, _ = take(create_celery_app(current().settings), queue)
-    message.ack()
+    publish(queue)
+    first, channel = take(app, queue, connection)
+    second, _ = take(app, queue, connection)
+    client.config_set("min-replicas-to-write", 1)
+    try:
+        first.ack()  # sent, refused
+        wait_until(lambda: channel.qos._link.has_data(), "the refusal")
+    finally:
+        client.config_set("min-replicas-to-write", 0)
+    second.ack()  # reads the refusal first, sends both again on a new connection
+    wait_until(lambda: not client.hexists(keys.KOMBU_UNACKED, first.delivery_tag)
+               and not client.hexists(keys.KOMBU_UNACKED, second.delivery_tag), "both acks")
+    job = publish(queue)  # the connection's replies are in step: a delivery reads its own
+    third, _ = take(app, queue, connection)
+    assert third.headers["id"] == job.id and third.headers[DELIVERY_HEADER] == [1, False]
+    third.ack()
+    app.close()
