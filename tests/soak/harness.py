@@ -12,6 +12,7 @@ available, so a short run sees each kind before any repeats.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -114,7 +115,6 @@ class SentinelCluster(EmbeddedCluster):
         sentinels = self.sentinels
         assert sentinels is not None
         started = time.monotonic()
-        old = sentinels.failover()
         new = 0
 
         def promoted() -> bool:
@@ -122,7 +122,17 @@ class SentinelCluster(EmbeddedCluster):
             new = sentinels.promoted(old) or 0
             return bool(new)
 
-        wait_until(promoted, "a promoted replica", 60)
+        # A Sentinel may accept the command and then abort (no good replica: one still
+        # resynchronising after a pause of the master made them fail over by
+        # themselves): asked again until a replica is promoted.
+        for attempt in itertools.count(1):
+            old = sentinels.failover()
+            try:
+                wait_until(promoted, "a promoted replica", 15)
+                break
+            except TimeoutError:
+                if attempt == 4:
+                    raise
         took = time.monotonic() - started
         sentinels.wait_ready(new, timeout=60)
         return (f"SENTINEL FAILOVER: master {old} -> {new}, promoted after {took:.1f}s, "

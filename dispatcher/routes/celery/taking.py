@@ -104,10 +104,10 @@ class TakingChannel:
                 channel._create_client().script_load(TAKE.source)  # Redis restarted
                 raise Empty() from None
             except redis.ResponseError as exc:
-                if not taking:
-                    raise
                 if refuses_writes(exc):  # for now: Celery reconnects, with its backoff
                     raise redis.ConnectionError(f"Redis refuses writes: {exc}") from exc
+                if not taking:
+                    raise
                 log.warning("taking messages with one round trip is off: %s", exc)
                 self._take_off = True
                 raise Empty() from None

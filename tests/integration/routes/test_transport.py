@@ -277,3 +277,27 @@ def test_a_refused_acknowledgement_is_sent_again_and_replies_stay_in_step(queue:
     assert third.headers["id"] == job.id and third.headers[DELIVERY_HEADER] == [1, False]
     third.ack()
     app.close()
+
+
+def test_a_take_refused_for_now_is_a_connection_error_not_the_end_of_the_script(
+        queue: str) -> None:
+    """A Redis that takes no writes for a while (here min-replicas-to-write above the
+    replicas there are): Celery is told the connection failed, and reconnects with its
+    backoff; the one-round-trip take stays on for when Redis takes writes again."""
+    app = create_celery_app(current().settings)
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    job = publish(queue)
+    connection = app.connection_for_read()
+    client.config_set("min-replicas-to-write", 1)
+    try:
+        with pytest.raises(redis.ConnectionError, match="NOREPLICAS"):
+            take(app, queue, connection)
+    finally:
+        client.config_set("min-replicas-to-write", 0)
+    channel = connection.default_channel
+    assert not channel._take_off
+    message, channel = take(app, queue, app.connection_for_read())
+    assert message.headers["id"] == job.id
+    assert channel.qos._link is None  # taken and written down by the script
+    message.ack()
+    app.close()
