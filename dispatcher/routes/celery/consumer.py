@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery.worker.consumer import Consumer
 
-from .transport import uncount
+from .delivery import uncount
 from .unknown import HAND_BACK_DELAY
 
 if TYPE_CHECKING:

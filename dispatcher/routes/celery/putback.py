@@ -1,16 +1,18 @@
-"""Giving back a message this worker took off its queue but could not write down.
+"""Writes this worker owes Redis, made by a thread of their own once Redis takes them.
 
-An idle worker waits on kombu's ``BRPOP``: Redis takes the message off its queue then,
-and the worker writes it down (kombu's unacked entry and our bookkeeping,
-``transport.DeliveryQoS``) in a second round trip. Should that second step fail, the
-message exists only in this process, and kombu would drop it. It happens in a Redis
-Sentinel failover: the old master refuses writes from the moment its replica is
-promoted, which may fall between the two steps. Here the message is kept and put back
-at the head of its queue as soon as Redis takes writes again, by a thread that tries
-until it can; ``store/lua/put_back.lua`` decides in one step whether it still needs to
-go back. Should the process end first, a message of ours is still re-queued by the
-sweeper (``recovery``) after ``requeue_lost_after``; another one is lost, as with
-kombu alone.
+- **A message taken off its queue but not written down** (``Untaken``). An idle worker
+  waits on kombu's ``BRPOP``: Redis takes the message off its queue then, and the
+  worker writes it down (kombu's unacked entry and our bookkeeping,
+  ``transport.DeliveryQoS``) in a second round trip. Should that second step fail, the
+  message exists only in this process, and kombu would drop it. It happens in a Redis
+  Sentinel failover: the old master refuses writes from the moment its replica is
+  promoted, which may fall between the two steps. The message goes back to the head
+  of its queue; ``store/lua/put_back.lua`` decides in one step whether it still needs
+  to. Should the process end first, a message of ours is still re-queued by the
+  sweeper (``recovery``) after ``requeue_lost_after``; another one is lost, as with
+  kombu alone.
+- **Acknowledgements never confirmed** (``UnsentAcks``) when their connection is given
+  up: each of those jobs ran, and would run again once kombu restores its message.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -71,6 +73,63 @@ class Untaken:
     def script_args(self, now: float) -> list[str]:
         return [self.item, self.tag, repr(self.written_at), repr(now), self.publication or ""]
 
+    def handed(self, reason: BaseException) -> str:
+        return (f"a message taken from queue {self.queue} could not be written down "
+                f"({reason}): it goes back to its queue as soon as Redis takes writes "
+                f"(delivery tag {self.tag})")
+
+    def apply(self, client: redis.Redis) -> str:
+        back = put_back(client, self)
+        return (f"the message with delivery tag {self.tag} "
+                + ("is back at the head of its queue" if back
+                   else "was in Redis already: nothing to put back"))
+
+    def left(self) -> str:
+        return (f"the message with delivery tag {self.tag}, taken from queue {self.queue}, "
+                "was not put back before this process ended"
+                + ("; the sweeper re-queues it" if self.publication else ""))
+
+
+@dataclass(frozen=True, slots=True)
+class UnsentAcks:
+    """Acknowledgements Redis did not confirm when their connection was given up (it
+    refused writes for a while, or went away): sent again until it takes them, or each
+    of these jobs, run already, would run again once kombu restores it (an hour later,
+    at the default visibility timeout)."""
+
+    tags: tuple[str, ...]
+    unacked_key: str
+    unacked_index_key: str
+
+    @property
+    def tag(self) -> str:
+        return ", ".join(self.tags)
+
+    def handed(self, reason: BaseException) -> str:
+        return (f"{len(self.tags)} acknowledgement(s) not confirmed ({reason}): sent "
+                f"again as soon as Redis takes writes (delivery tags {self.tag})")
+
+    def apply(self, client: redis.Redis) -> str:
+        with client.pipeline(transaction=True) as both:  # as kombu's own ack
+            both.zrem(self.unacked_index_key, *self.tags)
+            both.hdel(self.unacked_key, *self.tags)
+            both.execute()
+        return f"acknowledged late: delivery tags {self.tag}"
+
+    def left(self) -> str:
+        return (f"acknowledgements of delivery tags {self.tag} were not sent before this "
+                "process ended: those jobs run again once restored")
+
+
+class Owed(Protocol):
+    """A write this worker owes Redis."""
+
+    @property
+    def tag(self) -> str: ...
+    def handed(self, reason: BaseException) -> str: ...
+    def apply(self, client: redis.Redis) -> str: ...
+    def left(self) -> str: ...
+
 
 def own_pool(channel: Any) -> redis.ConnectionPool:
     """A new pool to the Redis of kombu's ``channel``, for the put-back thread alone:
@@ -102,6 +161,16 @@ def hand_over(channel: Any, tag: str, unacked_key: str, unacked_index_key: str,
         log.exception("a message taken off its queue is lost (tag %s): %s", tag, reason)
 
 
+def owe_acks(channel: Any, tags: list[str], unacked_key: str, unacked_index_key: str,
+             reason: BaseException) -> None:
+    """Hand acknowledgements kombu's ``channel`` could not get confirmed to ``PUT_BACKS``."""
+    try:
+        PUT_BACKS.hand(redis.Redis(connection_pool=own_pool(channel)),
+                       UnsentAcks(tuple(tags), unacked_key, unacked_index_key), reason)
+    except Exception:
+        log.exception("acknowledgements of delivery tags %s are lost: %s", tags, reason)
+
+
 def _close(client: redis.Redis) -> None:
     pool = client.connection_pool
     pool.disconnect()
@@ -117,21 +186,19 @@ def put_back(client: redis.Redis, message: Untaken) -> bool:
 
 
 class PutBack:
-    """Puts back messages handed to it from a thread of its own, which ends once it has
-    none left."""
+    """Makes the writes handed to it (``Untaken``, ``UnsentAcks``) from a thread of its
+    own, which ends once it has none left."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._pending: list[tuple[redis.Redis, Untaken]] = []
+        self._pending: list[tuple[redis.Redis, Owed]] = []
         self._thread: threading.Thread | None = None
         self._exit_hook = False
 
-    def hand(self, client: redis.Redis, message: Untaken, reason: BaseException) -> None:
-        """Keep ``message`` until ``client``'s Redis takes it back. ``client`` is the
-        thread's own, its pool disconnected once the message is back."""
-        log.warning("a message taken from queue %s could not be written down (%s): it goes "
-                    "back to its queue as soon as Redis takes writes (delivery tag %s)",
-                    message.queue, reason, message.tag)
+    def hand(self, client: redis.Redis, message: Owed, reason: BaseException) -> None:
+        """Keep ``message`` until ``client``'s Redis takes it. ``client`` is the
+        thread's own, its pool disconnected once the write is made."""
+        log.warning("%s", message.handed(reason))
         with self._lock:
             self._pending.append((client, message))
             if not self._exit_hook:
@@ -142,7 +209,7 @@ class PutBack:
                                                 daemon=True)
                 self._thread.start()
 
-    def pending(self) -> list[Untaken]:
+    def pending(self) -> list[Owed]:
         with self._lock:
             return [message for _, message in self._pending]
 
@@ -158,7 +225,7 @@ class PutBack:
             for entry in batch:
                 client, message = entry
                 try:
-                    back = put_back(client, message)
+                    done = message.apply(client)
                 except Exception as exc:  # never given up while this process lives
                     refused = True
                     log.log(logging.DEBUG if isinstance(exc, _AWAY) else logging.WARNING,
@@ -172,9 +239,7 @@ class PutBack:
                     self._pending.remove(entry)
                 with contextlib.suppress(Exception):
                     _close(client)  # its own pool (see ``hand``)
-                log.info("the message with delivery tag %s %s", message.tag,
-                         "is back at the head of its queue" if back
-                         else "was in Redis already: nothing to put back")
+                log.info("%s", done)
             if refused:
                 time.sleep(wait)
                 wait = min(wait * 2, LONGEST_WAIT)
@@ -183,9 +248,7 @@ class PutBack:
         if os.getpid() != pid:  # a forked pool process: the messages are not its own
             return
         for message in self.pending():
-            log.error("the message with delivery tag %s, taken from queue %s, was not put "
-                      "back before this process ended%s", message.tag, message.queue,
-                      "; the sweeper re-queues it" if message.publication else "")
+            log.error("%s", message.left())
 
 
 #: The worker process's one instance: it outlives the channel, which kombu replaces

@@ -25,7 +25,6 @@ settings from the transport's name.
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import threading
 import time
@@ -37,20 +36,15 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.json import dumps
 
-from ...store import keys
 from ...store.client import refuses_writes
 from ...store.link import Link
-from .protocol import HEADER
-from .putback import hand_over
-from .recovery import started_commands
+from .delivery import DELIVERY_HEADER, delivery_commands, publication_of
+from .putback import hand_over, owe_acks
 from .taking import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, TakingChannel, runs_ttl
 
 __all__ = ["COUNT_RUNS_OPTION", "RUNS_TTL_OPTION", "SentinelTransport", "Transport",
-           "transport_for", "uncount"]
+           "transport_for"]
 
-#: The header that carries a delivery's bookkeeping to the pool process:
-#: ``[runs, cancelled]`` (runs: deliveries counted so far, None when not counted).
-DELIVERY_HEADER = "dispatch_delivery"
 
 #: A connection lost or out of step: replaced.
 _LOST = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -69,51 +63,6 @@ def transport_for(broker_url: str | None) -> str | None:
     scheme = urlsplit(broker_url or "").scheme
     name = _SCHEMES.get(scheme)
     return None if name is None else f"{__name__}:{name}"
-
-
-def delivery_counts(source: Any) -> tuple[int | None, bool] | None:
-    """What this transport counted for a delivery, read from a message's headers (a
-    dict) or a Celery request (attributes): ``(runs, cancelled)``, runs None when not
-    counted on the broker; None when the transport counted nothing."""
-    delivery = (source.get(DELIVERY_HEADER) if isinstance(source, dict)
-                else getattr(source, DELIVERY_HEADER, None))
-    if not (isinstance(delivery, list) and len(delivery) == 2):
-        return None
-    runs, cancelled = delivery
-    return (None if runs is None else int(runs)), bool(cancelled)
-
-
-def delivery_commands(publication: str, runs_ttl: int) -> list[tuple[Any, ...]]:
-    """A delivery's bookkeeping (``publication``: ``<job id>:<attempt>``): marked
-    started, its cancel mark read, and (``runs_ttl`` above 0) the delivery counted. The
-    cancel mark's reply is the third, the count the fourth. ``lua/take.lua`` does the
-    same in its script."""
-    job_id = publication.rpartition(":")[0]
-    commands = [*started_commands(publication), ("EXISTS", keys.cancel(job_id))]
-    if runs_ttl > 0:
-        commands += [("INCR", keys.runs(job_id)), ("EXPIRE", keys.runs(job_id), runs_ttl)]
-    return commands
-
-
-def _publication(headers: Any) -> str | None:
-    """``<job id>:<attempt>`` of a message of ours due now; None for another."""
-    if not isinstance(headers, dict) or headers.get("eta"):
-        return None
-    meta, job_id = headers.get(HEADER), headers.get("id")
-    if not isinstance(meta, dict) or not isinstance(job_id, str):
-        return None
-    return f"{job_id}:{meta.get('attempt') or 1}"
-
-
-def uncount(client: redis.Redis, job_id: str, message: Any) -> None:
-    """Take back the run this transport counted for ``message``, which will not run
-    here (handed back for another worker). Best effort: a count left over reads as
-    one death of the job, far from the poison threshold."""
-    counts = delivery_counts(getattr(message, "headers", None))
-    if counts is None or counts[0] is None:
-        return
-    with contextlib.suppress(redis.RedisError):
-        client.decr(keys.runs(job_id))
 
 
 class DeliveryQoS(kombu_redis.QoS):
@@ -160,7 +109,7 @@ class DeliveryQoS(kombu_redis.QoS):
             ("ZADD", self._key(self.unacked_index_key), written_at, delivery_tag),
             ("HSET", self._key(self.unacked_key), delivery_tag, entry),
         ]
-        publication = _publication(headers)
+        publication = publication_of(headers)
         if publication is not None:
             commands += delivery_commands(publication, self._runs_ttl if self._count_runs else 0)
         commands.append(("EXEC",))
@@ -184,21 +133,36 @@ class DeliveryQoS(kombu_redis.QoS):
         """Sent without waiting for the reply, which is read later (before the next
         command that waits, or when it has come): the consumer's loop does not stop
         for it. Until its reply is read the ack is kept, and sent again on a new
-        connection if this one turns out lost (an ack is idempotent)."""
+        connection if this one turns out lost or refused (an ack is idempotent). Should
+        the new one fail too, the unconfirmed acks go to ``putback``'s thread, which
+        sends them once Redis takes writes."""
         with self._lock:
-            for retry in (True, False):
-                link = self._connection()
-                try:
-                    self._read_acks(link, wait=False)  # also finds a lost connection
-                    link.send(self._ack_commands(delivery_tag))
-                    self._acks.append(delivery_tag)
-                    break
-                except _LOST as exc:
-                    self._lost(link)
-                    if not retry:
-                        raise
-                    log.debug("acknowledging again on a new connection: %s", exc)
+            try:
+                for retry in (True, False):
+                    link = self._connection()
+                    try:
+                        self._read_acks(link, wait=False)  # also finds a lost connection
+                        link.send(self._ack_commands(delivery_tag))
+                        self._acks.append(delivery_tag)
+                        break
+                    except _LOST as exc:
+                        if not retry:
+                            raise
+                        log.debug("acknowledging again on a new connection: %s", exc)
+                        self._lost(link)
+            except _LOST as exc:
+                self._owe_acks([*self._acks, *([] if delivery_tag in self._acks
+                                              else [delivery_tag])], exc)
         virtual.QoS.ack(self, delivery_tag)
+
+    def _owe_acks(self, tags: list[Any], reason: BaseException) -> None:
+        """Give up this connection and hand ``tags`` to ``putback``'s thread."""
+        if self._link is not None:
+            self._link.drop()
+        self._acks.clear()
+        if tags:
+            owe_acks(self.channel, [str(tag) for tag in tags], self._key(self.unacked_key),
+                     self._key(self.unacked_index_key), reason)
 
     def _ack_commands(self, tag: Any) -> list[tuple[Any, ...]]:
         return [("MULTI",), ("ZREM", self._key(self.unacked_index_key), tag),
@@ -260,8 +224,8 @@ class DeliveryQoS(kombu_redis.QoS):
                 return
             try:
                 self._read_acks(link)  # processed before the connection closes
-            except _LOST:
-                self._acks.clear()
+            except _LOST as exc:
+                self._owe_acks(list(self._acks), exc)
             link.close()
 
 

@@ -25,10 +25,10 @@ from ...core.settings import DispatcherSettings
 from ...store import keys
 from ...store.link import Link
 from .defer import defer
+from .delivery import delivery_commands, delivery_counts
 from .monitor import BROKER_ERRORS
 from .protocol import HEADER
 from .route import CeleryRoute
-from .transport import delivery_commands, delivery_counts
 from .unknown import UnknownTasks
 
 log = logging.getLogger("dispatcher.worker")

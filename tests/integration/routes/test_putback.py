@@ -13,8 +13,8 @@ import redis
 
 from dispatcher import DispatcherSettings, configure
 from dispatcher.core.job import Job, new_job_id
+from dispatcher.routes.celery.delivery import delivery_commands
 from dispatcher.routes.celery.putback import Untaken, put_back
-from dispatcher.routes.celery.transport import delivery_commands
 from dispatcher.runtime.container import current
 from dispatcher.store import keys
 from dispatcher.store.embedded import EmbeddedRedis

@@ -18,9 +18,10 @@ from celery import Celery
 from dispatcher import DispatcherSettings, configure
 from dispatcher.core.job import Job, new_job_id
 from dispatcher.routes.celery.app import create_celery_app
+from dispatcher.routes.celery.delivery import DELIVERY_HEADER, uncount
 from dispatcher.routes.celery.protocol import HEADER
-from dispatcher.routes.celery.putback import PUT_BACKS
-from dispatcher.routes.celery.transport import DELIVERY_HEADER, DeliveryQoS, transport_for, uncount
+from dispatcher.routes.celery.putback import PUT_BACKS, UnsentAcks, Untaken
+from dispatcher.routes.celery.transport import DeliveryQoS, transport_for
 from dispatcher.runtime.container import current
 from dispatcher.store import keys
 from dispatcher.store.embedded import EmbeddedRedis
@@ -241,6 +242,7 @@ def test_a_message_that_cannot_be_written_down_goes_back_to_its_queue(queue: str
         assert client.llen(key) == 0  # taken, and not written down
         assert not client.hlen(keys.KOMBU_UNACKED)
         (untaken,) = PUT_BACKS.pending()  # Redis refuses its scripts: kept, tried again
+        assert isinstance(untaken, Untaken)
         assert untaken.item == (item or b"").decode() and untaken.publication == job.publish_id
         client.execute_command("ACL", "SETUSER", name, "+evalsha", "+eval")
         wait_until(lambda: not PUT_BACKS.pending(), "the message put back")
@@ -300,4 +302,29 @@ def test_a_take_refused_for_now_is_a_connection_error_not_the_end_of_the_script(
     assert message.headers["id"] == job.id
     assert channel.qos._link is None  # taken and written down by the script
     message.ack()
+    app.close()
+
+
+def test_acknowledgements_still_refused_at_close_are_sent_by_the_put_back_thread(
+        queue: str) -> None:
+    """The channel closes (Celery reconnecting) while Redis still refuses writes: the
+    unconfirmed acks are not dropped (their jobs would run again once kombu restores
+    them, an hour later) but sent by the put-back thread once Redis takes writes."""
+    app = create_celery_app(current().settings)
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    publish(queue)
+    message, channel = take(app, queue)
+    client.config_set("min-replicas-to-write", 1)
+    try:
+        message.ack()  # sent, refused
+        wait_until(lambda: channel.qos._link.has_data(), "the refusal")
+        channel.qos.close_link()
+        (owed,) = PUT_BACKS.pending()
+        assert isinstance(owed, UnsentAcks) and owed.tags == (message.delivery_tag,)
+        assert client.hexists(keys.KOMBU_UNACKED, message.delivery_tag)
+    finally:
+        client.config_set("min-replicas-to-write", 0)
+    wait_until(lambda: not PUT_BACKS.pending(), "the acknowledgement sent late")
+    assert not client.hexists(keys.KOMBU_UNACKED, message.delivery_tag)
+    assert client.zscore(keys.KOMBU_UNACKED_INDEX, message.delivery_tag) is None
     app.close()
