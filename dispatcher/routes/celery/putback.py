@@ -29,13 +29,13 @@ from typing import Any, Protocol
 import redis
 
 from ...store import keys
+from ...store.client import REDIS_ERRORS
 from ...store.scripts import PUT_BACK
 from .protocol import QUEUE_SEP
 
 log = logging.getLogger("dispatcher.worker")
 
-#: Redis away or refusing: the next try waits a little longer (up to ``LONGEST_WAIT``).
-_AWAY = (redis.RedisError, OSError)
+#: Redis away or refusing (``REDIS_ERRORS``): the next try waits a little longer.
 FIRST_WAIT = 0.1
 LONGEST_WAIT = 2.0
 
@@ -153,22 +153,14 @@ def hand_over(channel: Any, tag: str, unacked_key: str, unacked_index_key: str,
         log.error("a message taken off its queue is lost (tag %s): %s", tag, reason)
         return
     key, item = holding
-    untaken = Untaken(key, item, tag, unacked_key, unacked_index_key, written_at,
-                      publication, counted)
-    try:
-        PUT_BACKS.hand(redis.Redis(connection_pool=own_pool(channel)), untaken, reason)
-    except Exception:  # the caller raises the original error
-        log.exception("a message taken off its queue is lost (tag %s): %s", tag, reason)
+    PUT_BACKS.owe(channel, Untaken(key, item, tag, unacked_key, unacked_index_key,
+                                   written_at, publication, counted), reason)
 
 
 def owe_acks(channel: Any, tags: list[str], unacked_key: str, unacked_index_key: str,
              reason: BaseException) -> None:
     """Hand acknowledgements kombu's ``channel`` could not get confirmed to ``PUT_BACKS``."""
-    try:
-        PUT_BACKS.hand(redis.Redis(connection_pool=own_pool(channel)),
-                       UnsentAcks(tuple(tags), unacked_key, unacked_index_key), reason)
-    except Exception:
-        log.exception("acknowledgements of delivery tags %s are lost: %s", tags, reason)
+    PUT_BACKS.owe(channel, UnsentAcks(tuple(tags), unacked_key, unacked_index_key), reason)
 
 
 def _close(client: redis.Redis) -> None:
@@ -209,6 +201,14 @@ class PutBack:
                                                 daemon=True)
                 self._thread.start()
 
+    def owe(self, channel: Any, message: Owed, reason: BaseException) -> None:
+        """``hand`` with a client of the thread's own to the Redis of kombu's
+        ``channel``; never raises (the caller goes on with ``reason``)."""
+        try:
+            self.hand(redis.Redis(connection_pool=own_pool(channel)), message, reason)
+        except Exception:
+            log.exception("lost, delivery tags %s: %s", message.tag, reason)
+
     def pending(self) -> list[Owed]:
         with self._lock:
             return [message for _, message in self._pending]
@@ -228,7 +228,7 @@ class PutBack:
                     done = message.apply(client)
                 except Exception as exc:  # never given up while this process lives
                     refused = True
-                    log.log(logging.DEBUG if isinstance(exc, _AWAY) else logging.WARNING,
+                    log.log(logging.DEBUG if isinstance(exc, REDIS_ERRORS) else logging.WARNING,
                             "putting back %s: not yet (%r)", message.tag, exc)
                     # A new connection for the next try: the Sentinels may name another
                     # master by then (kombu's connections stay on a refusing one).

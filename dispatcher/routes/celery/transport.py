@@ -36,7 +36,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.json import dumps
 
-from ...store.client import refuses_writes
+from ...store.client import REDIS_ERRORS, refuses_writes
 from ...store.link import Link
 from .delivery import DELIVERY_HEADER, delivery_commands, publication_of
 from .putback import hand_over, owe_acks
@@ -48,8 +48,6 @@ __all__ = ["COUNT_RUNS_OPTION", "RUNS_TTL_OPTION", "SentinelTransport", "Transpo
 
 #: A connection lost or out of step: replaced.
 _LOST = (redis.ConnectionError, redis.TimeoutError, OSError)
-#: Writing a taken message down failed: it is put back (``putback``).
-_REFUSED = (redis.RedisError, OSError)
 log = logging.getLogger("dispatcher.worker")
 
 #: Replies to one acknowledgement: MULTI, ZREM, HDEL (queued), EXEC.
@@ -115,7 +113,7 @@ class DeliveryQoS(kombu_redis.QoS):
         commands.append(("EXEC",))
         try:
             replies = self._transact(commands)
-        except _REFUSED as exc:  # the message was taken off its queue: not to be lost
+        except REDIS_ERRORS as exc:  # the message was taken off its queue: not to be lost
             hand_over(self.channel, str(delivery_tag), self._key(self.unacked_key),
                       self._key(self.unacked_index_key), written_at, publication,
                       publication is not None and self._count_runs, exc)
