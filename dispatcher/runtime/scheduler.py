@@ -35,8 +35,6 @@ LATE = 5.0
 PAUSE = 0.2
 #: How long a tick's claim is kept: far longer than any pass that could still see it.
 CLAIM_TTL = 300
-#: Seconds after which a tick claimed and not dispatched may be claimed by another.
-LEASE = 10.0
 
 
 def all_schedules(settings: DispatcherSettings) -> list[Schedule]:
@@ -107,11 +105,10 @@ class Scheduler:
         """Dispatch ``tick`` if this scheduler claims it. Until that is settled the tick
         is owed: a Redis error (the claim's reply lost, the dispatch refused) leaves it
         to the next pass, so a Redis restart loses no tick; were this process to die
-        first, another scheduler takes the claim over after ``LEASE``."""
+        first, another scheduler takes the claim over after ``store.schedules.LEASE``."""
         owed = (schedule.key, tick)
         self._owed[owed] = schedule
-        if not self.state.take(schedule, tick, tick, CLAIM_TTL, self.claimer, now=now,
-                               lease=LEASE).claimed:
+        if not self.state.take(schedule, tick, tick, CLAIM_TTL, self.claimer, now=now).claimed:
             del self._owed[owed]  # another worker's
             return 0
         dispatched = self._dispatch(schedule, tick)

@@ -23,6 +23,11 @@ def digest(schedule: Schedule) -> str:
     return hashlib.sha1(schedule.key.encode()).hexdigest()[:16]
 
 
+#: Seconds after which a tick claimed and not settled may be claimed by another
+#: scheduler (its claimer died between claim and dispatch, or cannot reach Redis).
+LEASE = 10.0
+
+
 class Taken(NamedTuple):
     claimed: bool
     overdue: list[float]
@@ -41,7 +46,7 @@ class ScheduleState:
         return float(as_text(self.client.get(key) or repr(now)))
 
     def take(self, schedule: Schedule, tick: float | None, latest: float, ttl: int,
-             claimer: str = "1", now: float | None = None, lease: float = 10.0) -> Taken:
+             claimer: str = "1", now: float | None = None, lease: float = LEASE) -> Taken:
         """Claim ``tick`` (None: claim nothing) for ``claimer`` and move the latest pass
         to ``latest``. ``claimed`` is True if ``claimer`` is the one to dispatch the tick
         (it claimed it now or before, or took over a claim owed longer than ``lease``

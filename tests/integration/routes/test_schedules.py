@@ -18,9 +18,9 @@ from fastapi.testclient import TestClient
 
 from dispatcher import DispatcherSettings, configure, task
 from dispatcher.fastapi import install, jobs_router
-from dispatcher.runtime.scheduler import CLAIM_TTL, LEASE, Scheduler, schedule_rows
+from dispatcher.runtime.scheduler import CLAIM_TTL, Scheduler, schedule_rows
 from dispatcher.store.embedded import EmbeddedRedis
-from dispatcher.store.schedules import ScheduleState, Taken
+from dispatcher.store.schedules import LEASE, ScheduleState, Taken
 from dispatcher.testing import capture_dispatches
 
 
