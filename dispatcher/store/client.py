@@ -9,7 +9,7 @@ from redis.retry import Retry
 from ..core.errors import ConfigurationError
 from ..core.redis_url import SentinelOptions, is_sentinel_url
 from ..core.settings import DispatcherSettings
-from .sentinel import master_client
+from .sentinel import NOT_A_WRITABLE_MASTER, master_client
 
 #: What a Redis call raises when Redis is down or does not answer in time.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
@@ -18,7 +18,7 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 #: demoted, failing to save, busy with a script), as redis-py raises them.
 _REFUSING_CLASSES = (redis.exceptions.OutOfMemoryError, redis.exceptions.ReadOnlyError,
                      redis.exceptions.TryAgainError)
-_REFUSING_CODES = ("NOREPLICAS", "MISCONF", "MASTERDOWN", "BUSY ", "OOM", "READONLY")
+_REFUSING_CODES = (*NOT_A_WRITABLE_MASTER, "MISCONF", "MASTERDOWN", "BUSY ", "OOM")
 
 
 def refuses_writes(error: BaseException) -> bool:
