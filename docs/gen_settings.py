@@ -56,6 +56,7 @@ SEE_ALSO: dict[str, str] = {
     "allow_insecure_tls": "[Start-up checks](operations.md#start-up-checks)",
     "worker_events": "[Celery's own tools](deployment.md#celerys-own-tools)",
     "worker_mingle": "[Running workers](deployment.md#running-workers)",
+    "worker_spare_below": "[Running workers](deployment.md#running-workers)",
     "metrics_port": "[Metrics](operations.md#metrics)",
     "metrics_host": "[Metrics](operations.md#metrics)",
     "log_format": "[Logs](operations.md#logs)",

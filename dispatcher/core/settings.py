@@ -179,6 +179,13 @@ class DispatcherSettings(FleetSettings, TimeSettings):
         "\"... succeeded in\"). Off: our task.started / task.succeeded events say the "
         "same, and the received line costs the worker's main process, its serial stage.",
     )
+    worker_spare_below: float = Field(
+        default=0.05,
+        ge=0,
+        description="A worker takes one job ahead of its free pool processes while its "
+        "jobs take less than this many seconds on average (a job held behind long ones "
+        "would wait while another worker idles); 0: never.",
+    )
     worker_mingle: bool = Field(
         default=False,
         description="`dispatcher worker` runs Celery's start-up mingle (syncing revoked "

@@ -39,6 +39,8 @@ KOMBU_UNACKED_INDEX = "unacked_index"
 KOMBU_UNACKED_MUTEX = "unacked_mutex"
 #: Per job, how many deliveries a worker started (crash redeliveries count).
 RUNS_PREFIX = "dispatch:runs:"
+#: Per job, while a delivery counted in its run count has not started (see take.lua).
+TAKEN_PREFIX = "dispatch:taken:"
 #: One key per live dispatcher worker, by its Celery node name: its heartbeat (JSON:
 #: when, its queues and task names), expiring after ``DISPATCH_WORKER_DEAD_AFTER``.
 WORKER_PREFIX = "dispatch:worker:"
@@ -98,6 +100,10 @@ def marker(publish_id: str) -> str:
 
 def runs(task_id: str) -> str:
     return RUNS_PREFIX + task_id
+
+
+def taken(task_id: str) -> str:
+    return TAKEN_PREFIX + task_id
 
 
 def worker(hostname: str) -> str:

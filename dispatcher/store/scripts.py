@@ -1,6 +1,7 @@
 """The Lua scripts, kept as ``lua/*.lua`` package files and loaded once.
 
-Scripts that take a batch start with ``lua/helpers.lua`` (see ``link.join_fields``).
+Scripts that take a batch start with ``lua/helpers.lua`` (see ``link.join_fields``);
+a ``prelude`` is another shared part put before a script (a function it calls).
 ``Script.evalsha_args`` gives the arguments of an ``EVALSHA`` without a round trip
 to ask whether Redis knows the script; callers load it on ``NoScriptError``.
 """
@@ -13,9 +14,11 @@ from importlib import resources
 
 
 class Script:
-    def __init__(self, name: str, *, helpers: bool = False) -> None:
+    def __init__(self, name: str, *, helpers: bool = False, prelude: str | None = None) -> None:
         self.name = name
         body = _read(name)
+        if prelude is not None:  # a shared function the script calls
+            body = _read(prelude) + body
         self.source = (_read("helpers") + body) if helpers else body
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
@@ -36,5 +39,6 @@ ADMIT = Script("admit")
 RELEASE_SLOT = Script("release_slot", helpers=True)
 RENEW_SLOTS = Script("renew_slots")
 DEFER = Script("defer")
-TAKE = Script("take")
+TAKE = Script("take", prelude="count_delivery")
+COUNT_RUN = Script("count_run", prelude="count_delivery")
 PUT_BACK = Script("put_back")

@@ -95,3 +95,17 @@ def one_slot(job: str, ms: int) -> None:
     note("start", job)
     time.sleep(ms / 1000)
     note("done", job)
+
+
+def gate(job: str) -> Path:
+    """The file that lets ``rel.gated`` ``job`` finish."""
+    return _ledger().parent / f"gate-{job}"
+
+
+@task(name="rel.gated", weight=8, retry=POLICY)
+def gated(job: str) -> None:
+    """Runs until the test opens its gate (a file): a job known to be running."""
+    note("start", job)
+    while not gate(job).exists():
+        time.sleep(0.02)
+    note("done", job)

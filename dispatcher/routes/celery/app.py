@@ -1,5 +1,6 @@
 """The Celery app of both sides (publisher and worker), configured from our settings:
-JSON only, at-least-once (late acks, prefetch 1), priorities on, our consumer."""
+JSON only, at-least-once (late acks, prefetch 1 and a spare while jobs are short),
+priorities on, our consumer."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from celery import Celery
 from ...core.redis_url import is_sentinel_url, parse_sentinel_url
 from ...core.settings import DispatcherSettings
 from ...store import keys
+from .spare import SPARE_BELOW_OPTION
 from .transport import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, transport_for
 
 #: How long kombu's restore lock outlives a worker that died holding it.
@@ -36,6 +38,7 @@ def create_celery_app(settings: DispatcherSettings, main: str = "dispatcher") ->
         # the broker when the records store is the broker's.
         RUNS_TTL_OPTION: settings.result_ttl,
         COUNT_RUNS_OPTION: settings.results_url == settings.broker_url,
+        SPARE_BELOW_OPTION: settings.worker_spare_below,
         "socket_timeout": settings.publish_timeout,
         "socket_connect_timeout": settings.publish_timeout,
         **sentinel_options(settings, settings.broker_url),

@@ -44,7 +44,7 @@ def defer(client: redis.Redis, settings: DispatcherSettings, job: Job,
         client.register_script(DEFER.source)(
             keys=[keys.marker(job.publish_id), keys.DELAYED, keys.INFLIGHT,
                   keys.slots(slot or job.spec.name), keys.slot_waiters(slot or job.spec.name),
-                  keys.runs(job.id)],
+                  keys.runs(job.id), keys.taken(job.id)],
             args=[job.publish_id, now + refused.wait,
                   settings.result_ttl + math.ceil(refused.wait), json.dumps(envelope),
                   queue_key(job.queue or settings.default_queue, job.priority),

@@ -10,6 +10,7 @@ from typing import Any
 import redis
 
 from ...store import keys
+from ...store.scripts import COUNT_RUN
 from .protocol import HEADER
 from .recovery import started_commands
 
@@ -30,15 +31,19 @@ def delivery_counts(source: Any) -> tuple[int | None, bool] | None:
     return (None if runs is None else int(runs)), bool(cancelled)
 
 
-def delivery_commands(publication: str, runs_ttl: int) -> list[tuple[Any, ...]]:
+def delivery_commands(publication: str, runs_ttl: int, *,
+                      held: bool = False) -> list[tuple[Any, ...]]:
     """A delivery's bookkeeping (``publication``: ``<job id>:<attempt>``): marked
-    started, its cancel mark read, and (``runs_ttl`` above 0) the delivery counted. The
+    started, its cancel mark read, and (``runs_ttl`` above 0) the delivery counted
+    (``lua/count_delivery.lua``; ``held``: taken by the consumer, not started yet). The
     cancel mark's reply is the third, the count the fourth. ``lua/take.lua`` does the
-    same in its script."""
+    same in its script. The count is sent as the script's source, not its digest: in a
+    transaction an unknown digest would only fail at ``EXEC``."""
     job_id = publication.rpartition(":")[0]
     commands = [*started_commands(publication), ("EXISTS", keys.cancel(job_id))]
     if runs_ttl > 0:
-        commands += [("INCR", keys.runs(job_id)), ("EXPIRE", keys.runs(job_id), runs_ttl)]
+        commands.append(("EVAL", COUNT_RUN.source, 2, keys.runs(job_id), keys.taken(job_id),
+                         runs_ttl, "1" if held else "0"))
     return commands
 
 
@@ -54,10 +59,12 @@ def publication_of(headers: Any) -> str | None:
 
 def uncount(client: redis.Redis, job_id: str, message: Any) -> None:
     """Take back the run this transport counted for ``message``, which will not run
-    here (handed back for another worker). Best effort: a count left over reads as
-    one death of the job, far from the poison threshold."""
+    here (handed back for another worker), and its taken mark. Best effort: a count
+    left over reads as one death of the job, far from the poison threshold."""
     counts = delivery_counts(getattr(message, "headers", None))
     if counts is None or counts[0] is None:
         return
-    with contextlib.suppress(redis.RedisError):
-        client.decr(keys.runs(job_id))
+    with contextlib.suppress(redis.RedisError), client.pipeline() as undo:
+        undo.decr(keys.runs(job_id))
+        undo.delete(keys.taken(job_id))
+        undo.execute()

@@ -67,7 +67,8 @@ class Untaken:
         if self.publication is not None:
             found += [keys.marker(self.publication), keys.INFLIGHT]
             if self.counted:
-                found.append(keys.runs(self.publication.rpartition(":")[0]))
+                job_id = self.publication.rpartition(":")[0]
+                found += [keys.runs(job_id), keys.taken(job_id)]
         return found
 
     def script_args(self, now: float) -> list[str]:

@@ -89,7 +89,8 @@ class TakingChannel:
         # Packed here: redis-py's packer costs this serial stage more than the command.
         connection.send_packed_command(pack_commands([(
             "EVALSHA", TAKE.sha, len(fixed) + len(lists), *fixed, *lists, repr(time.time()),
-            self._runs_ttl, keys.MARKER_PREFIX, keys.CANCEL_PREFIX, keys.RUNS_PREFIX)]))
+            self._runs_ttl, keys.MARKER_PREFIX, keys.CANCEL_PREFIX, keys.RUNS_PREFIX,
+            keys.TAKEN_PREFIX)]))
 
     def _brpop_read(self, **options: Any) -> bool:
         """kombu's reading of ``BRPOP``'s reply, or the script's; either way the

@@ -36,10 +36,12 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.json import dumps
 
+from ...store import keys
 from ...store.client import REDIS_ERRORS, refuses_writes
 from ...store.link import Link
 from .delivery import DELIVERY_HEADER, delivery_commands, publication_of
 from .putback import hand_over, owe_acks
+from .spare import SpareQoS
 from .taking import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, TakingChannel, runs_ttl
 
 __all__ = ["COUNT_RUNS_OPTION", "RUNS_TTL_OPTION", "SentinelTransport", "Transport",
@@ -63,7 +65,16 @@ def transport_for(broker_url: str | None) -> str | None:
     return None if name is None else f"{__name__}:{name}"
 
 
-class DeliveryQoS(kombu_redis.QoS):
+class _Started:
+    """A job a pool process accepted, whose taken mark is to be cleared (``started``)."""
+
+    __slots__ = ("job_id",)
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+
+
+class DeliveryQoS(SpareQoS, kombu_redis.QoS):
     """kombu's ``unacked`` bookkeeping and ours in one transaction per delivery."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -71,12 +82,14 @@ class DeliveryQoS(kombu_redis.QoS):
         self._link: Link | None = None
         #: kombu acknowledges from any thread (a threads pool): the link is shared.
         self._lock = threading.Lock()
-        #: Delivery tags of acknowledgements sent whose replies are not read yet.
+        #: Sent, their replies not read yet: delivery tags of acknowledgements, and
+        #: ``_Started`` entries (the taken marks cleared).
         self._acks: collections.deque[Any] = collections.deque()
         channel: Any = self.channel
         options = channel.connection.client.transport_options or {}
         self._runs_ttl = runs_ttl(options)
         self._count_runs = self._runs_ttl > 0
+        self.init_spare(options)
 
     def _connection(self) -> Link:
         if self._link is None:
@@ -109,7 +122,8 @@ class DeliveryQoS(kombu_redis.QoS):
         ]
         publication = publication_of(headers)
         if publication is not None:
-            commands += delivery_commands(publication, self._runs_ttl if self._count_runs else 0)
+            commands += delivery_commands(publication, self._runs_ttl if self._count_runs else 0,
+                                          held=True)
         commands.append(("EXEC",))
         try:
             replies = self._transact(commands)
@@ -134,37 +148,51 @@ class DeliveryQoS(kombu_redis.QoS):
         connection if this one turns out lost or refused (an ack is idempotent). Should
         the new one fail too, the unconfirmed acks go to ``putback``'s thread, which
         sends them once Redis takes writes."""
+        self.note_end(delivery_tag)
+        self._send(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def started(self, delivery_tag: Any, job_id: str) -> None:
+        """A pool process accepted the job (``started.StartedRequest``): its taken mark
+        is cleared, sent as an ack is. Best effort: a mark left over (Redis lost
+        meanwhile) only spares the job one death count, should it die this run."""
+        self.note_start(delivery_tag)
+        if self._count_runs:
+            self._send(_Started(job_id))
+
+    def _send(self, entry: Any) -> None:
         with self._lock:
             try:
                 for retry in (True, False):
                     link = self._connection()
                     try:
                         self._read_acks(link, wait=False)  # also finds a lost connection
-                        link.send(self._ack_commands(delivery_tag))
-                        self._acks.append(delivery_tag)
-                        break
+                        link.send(self._commands(entry))
+                        self._acks.append(entry)
+                        return
                     except _LOST as exc:
                         if not retry:
                             raise
                         log.debug("acknowledging again on a new connection: %s", exc)
                         self._lost(link)
             except _LOST as exc:
-                self._owe_acks([*self._acks, *([] if delivery_tag in self._acks
-                                              else [delivery_tag])], exc)
-        virtual.QoS.ack(self, delivery_tag)
+                self._owe_acks([*self._acks, *([] if entry in self._acks else [entry])], exc)
 
     def _owe_acks(self, tags: list[Any], reason: BaseException) -> None:
         """Give up this connection and hand ``tags`` to ``putback``'s thread."""
         if self._link is not None:
             self._link.drop()
         self._acks.clear()
+        tags = [tag for tag in tags if not isinstance(tag, _Started)]  # best effort
         if tags:
             owe_acks(self.channel, [str(tag) for tag in tags], self._key(self.unacked_key),
                      self._key(self.unacked_index_key), reason)
 
-    def _ack_commands(self, tag: Any) -> list[tuple[Any, ...]]:
-        return [("MULTI",), ("ZREM", self._key(self.unacked_index_key), tag),
-                ("HDEL", self._key(self.unacked_key), tag), ("EXEC",)]
+    def _commands(self, entry: Any) -> list[tuple[Any, ...]]:
+        if isinstance(entry, _Started):
+            return [("DEL", keys.taken(entry.job_id))]
+        return [("MULTI",), ("ZREM", self._key(self.unacked_index_key), entry),
+                ("HDEL", self._key(self.unacked_key), entry), ("EXEC",)]
 
     def _transact(self, commands: list[tuple[Any, ...]]) -> Any:
         """Run ``commands`` (MULTI ... EXEC) and return EXEC's replies. A connection
@@ -198,7 +226,8 @@ class DeliveryQoS(kombu_redis.QoS):
                 if not link.has_data():
                     return
             refused = None
-            for _ in range(_ACK_REPLIES):  # every reply, so the next read is in step
+            replies = 1 if isinstance(self._acks[0], _Started) else _ACK_REPLIES
+            for _ in range(replies):  # every reply, so the next read is in step
                 try:
                     link.read()
                 except redis.ResponseError as exc:
@@ -213,9 +242,10 @@ class DeliveryQoS(kombu_redis.QoS):
         """Replace the connection; acks whose replies never came are sent again."""
         link.drop()
         if self._acks:
-            link.send([c for tag in self._acks for c in self._ack_commands(tag)])
+            link.send([c for entry in self._acks for c in self._commands(entry)])
 
     def close_link(self) -> None:
+        self.forget_starts()
         with self._lock:
             link, self._link = self._link, None
             if link is None:

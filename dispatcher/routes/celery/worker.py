@@ -29,6 +29,7 @@ from .delivery import delivery_commands, delivery_counts
 from .monitor import BROKER_ERRORS
 from .protocol import HEADER
 from .route import CeleryRoute
+from .started import StartedRequest
 from .unknown import UnknownTasks
 
 log = logging.getLogger("dispatcher.worker")
@@ -122,7 +123,7 @@ class CeleryWorker:
             return None, False
         cancelled = bool(replies[2])
         if shared:
-            return int(replies[-2]), cancelled
+            return int(replies[-1]), cancelled
         return _count_separately(records, job, ttl), cancelled
 
     def connect_early(self) -> None:
@@ -247,7 +248,7 @@ class CeleryWorker:
         run.__name__ = task.spec.name.rsplit(".", 1)[-1]
         run.__doc__ = task.spec.fn.__doc__
         app.task(name=task.spec.name, bind=True, ignore_result=True, acks_late=True,
-                 typing=False, throws=(TaskFailed,))(run)
+                 typing=False, throws=(TaskFailed,), Request=StartedRequest)(run)
 
 
 def _counted_on_broker(request: Any) -> bool:

@@ -5,7 +5,8 @@
 -- pushes it (release_slot.lua); if one freed since it was refused, it goes back on its
 -- queue at once.
 -- KEYS[1] its marker, KEYS[2] the delay store, KEYS[3] the in-flight index, KEYS[4]
--- the slot key's leases, KEYS[5] its waiters, KEYS[6] the job's run count. ARGV[1]
+-- the slot key's leases, KEYS[5] its waiters, KEYS[6] the job's run count, KEYS[7] its
+-- taken mark (count_delivery.lua). ARGV[1]
 -- publish id, ARGV[2] due, ARGV[3] marker ttl (s), ARGV[4] the message, ARGV[5] its
 -- queue key, ARGV[6] slots (0: it waits for a rate limit), ARGV[7] now, ARGV[8] 1 if
 -- the worker counted this delivery as a run when it took it (it never ran: uncounted).
@@ -13,6 +14,7 @@
 redis.call('SET', KEYS[1], ARGV[5] .. '\n' .. ARGV[4], 'EX', ARGV[3])
 if ARGV[8] == '1' and tonumber(redis.call('GET', KEYS[6]) or '0') > 0 then
   redis.call('DECR', KEYS[6])
+  redis.call('DEL', KEYS[7])
 end
 local slots = tonumber(ARGV[6])
 if slots > 0 then

@@ -3,7 +3,8 @@
 -- it is somewhere already. Atomic, so it cannot race a consumer or the sweeper.
 -- KEYS[1] the queue list it was taken from, KEYS[2] kombu's unacked hash, KEYS[3] its
 -- index; for a message of ours also KEYS[4] its publication's marker and KEYS[5] the
--- in-flight index, and when its run was counted KEYS[6] the job's run count.
+-- in-flight index, and when its run was counted KEYS[6] the job's run count and KEYS[7]
+-- its taken mark (count_delivery.lua).
 -- ARGV[1] the message as taken, ARGV[2] its delivery tag, ARGV[3] the index score the
 -- failed write-down carried, ARGV[4] now, ARGV[5] the publication id (ours).
 -- Returns 1 when pushed back, 0 when it was somewhere already.
@@ -19,6 +20,7 @@ if score then
     redis.call('ZADD', KEYS[5], ARGV[4], ARGV[5])
     if KEYS[6] and tonumber(redis.call('GET', KEYS[6]) or '0') > 0 then
       redis.call('DECR', KEYS[6])
+      redis.call('DEL', KEYS[7])
     end
   end
 elseif redis.call('LPOS', KEYS[1], ARGV[1]) then

@@ -7,7 +7,8 @@
 -- KEYS[1] kombu's unacked index, KEYS[2] its unacked hash, KEYS[3] the in-flight
 -- index, KEYS[4..] the queue lists in order. ARGV[1] now, ARGV[2] the run count's ttl
 -- (0: not counted here), ARGV[3] the marker prefix, ARGV[4] the cancel-mark prefix,
--- ARGV[5] the run-count prefix.
+-- ARGV[5] the run-count prefix, ARGV[6] the taken-mark prefix.
+-- The delivery is counted by count_delivery.lua (put before this script), held.
 -- Returns nil when every list is empty; {list, message} for a message it could not
 -- read (kombu writes it down as usual); else {list, message, 1, runs (-1: not
 -- counted), cancelled (0/1), ours (0/1)}.
@@ -56,7 +57,6 @@ redis.call('SET', ARGV[3] .. publication, '1', 'XX', 'KEEPTTL')
 local cancelled = redis.call('EXISTS', ARGV[4] .. id)
 local runs = -1
 if tonumber(ARGV[2]) > 0 then
-  runs = redis.call('INCR', ARGV[5] .. id)
-  redis.call('EXPIRE', ARGV[5] .. id, ARGV[2])
+  runs = count_delivery(ARGV[5] .. id, ARGV[6] .. id, ARGV[2], true)
 end
 return {from, item, 1, runs, cancelled, 1}

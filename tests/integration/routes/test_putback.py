@@ -75,16 +75,18 @@ def test_a_write_down_that_landed_after_all_is_taken_back(client: redis.Redis) -
     with client.pipeline() as pipe:
         pipe.zadd(message.unacked_index_key, {message.tag: message.written_at})
         pipe.hset(message.unacked_key, message.tag, "[]")
-        for command in delivery_commands(job.publish_id, 60):
+        for command in delivery_commands(job.publish_id, 60, held=True):
             pipe.execute_command(*command)
         pipe.execute()
     assert client.get(keys.runs(job.id)) == b"2"
+    assert client.get(keys.taken(job.id)) == b"1"
     assert client.get(keys.marker(job.publish_id)) == b"1"
     assert put_back(client, message) is True
     assert queued(client, message) == [message.item.encode()]
     assert not client.hexists(message.unacked_key, message.tag)
     assert client.zscore(message.unacked_index_key, message.tag) is None
     assert client.get(keys.runs(job.id)) == b"1"
+    assert client.get(keys.taken(job.id)) is None  # the next delivery counts afresh
     held = f"{message.queue_key}\n{message.item}".encode()
     assert client.get(keys.marker(job.publish_id)) == held  # the sweeper's to re-queue
     assert client.zscore(keys.INFLIGHT, job.publish_id) is not None

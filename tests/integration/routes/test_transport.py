@@ -104,20 +104,29 @@ def test_a_connection_lost_between_jobs_is_replaced(queue: str) -> None:
     app.close()
 
 
-def test_a_redelivery_counts_again_and_sees_the_cancel_mark(queue: str) -> None:
+def test_a_redelivery_counts_once_started_and_sees_the_cancel_mark(queue: str) -> None:
+    """A delivery is counted as it is taken and marked taken until a pool process
+    accepts it: one that never started (its worker stopped or died holding it) gives
+    its count over to the next delivery, one that started counts as a death."""
     app = create_celery_app(current().settings)
     client = redis.Redis.from_url(current().settings.broker_url or "")
     job = publish(queue)
     message, _ = take(app, queue)
-    message.reject(requeue=True)  # back to its queue, as kombu restores it
-    client.set(keys.cancel(job.id), "1")
-    again, _ = take(app, queue)
+    assert client.get(keys.taken(job.id)) == b"1"
+    message.reject(requeue=True)  # back to its queue unstarted, as kombu restores it
+    again, channel = take(app, queue)
     assert again.headers["id"] == job.id
-    assert again.headers[DELIVERY_HEADER] == [2, True]
+    assert again.headers[DELIVERY_HEADER] == [1, False]  # its count taken over: no death
+    channel.qos.started(again.delivery_tag, job.id)  # a pool process accepted it
+    wait_until(lambda: client.get(keys.taken(job.id)) is None, "the taken mark cleared")
+    again.reject(requeue=True)  # as after its process died
+    client.set(keys.cancel(job.id), "1")
+    third, _ = take(app, queue)
+    assert third.headers[DELIVERY_HEADER] == [2, True]
     # Handed back for another worker (an unknown task): the delivery is not a run.
-    uncount(client, job.id, again)
-    assert client.get(keys.runs(job.id)) == b"1"
-    again.ack()
+    uncount(client, job.id, third)
+    assert client.get(keys.runs(job.id)) == b"1" and client.get(keys.taken(job.id)) is None
+    third.ack()
     app.close()
 
 
