@@ -26,6 +26,10 @@ _listeners: tuple[Listener, ...] = ()
 #: or returns False and they go through ``logging`` (see ``set_line_writer``).
 LineWriter = Callable[[int, Sequence[dict[str, Any]]], bool]
 _line_writer: LineWriter | None = None
+#: ``(level, fields, task ids)``: the same, for events whose fields differ only in
+#: their task id (a batch of one task's jobs: one line formatted, the ids put in).
+SameLinesWriter = Callable[[int, dict[str, Any], Sequence[str]], bool]
+_same_writer: SameLinesWriter | None = None
 
 
 def set_listeners(*listeners: Listener) -> None:
@@ -35,12 +39,13 @@ def set_listeners(*listeners: Listener) -> None:
     _listeners = listeners
 
 
-def set_line_writer(writer: LineWriter | None) -> None:
-    """Let ``writer`` write event lines without a ``logging.LogRecord`` each (set by
-    ``dispatcher.observability.logging`` while the logger's only output is its own
-    handler: a record costs more than the line it becomes, on every job)."""
-    global _line_writer
-    _line_writer = writer
+def set_line_writer(writer: LineWriter | None, same: SameLinesWriter | None = None) -> None:
+    """Let ``writer`` (and ``same``, for a batch of one task's jobs) write event lines
+    without a ``logging.LogRecord`` each (set by ``dispatcher.observability.logging``
+    while the logger's only output is its own handler: a record costs more than the
+    line it becomes, on every job)."""
+    global _line_writer, _same_writer
+    _line_writer, _same_writer = writer, same
 
 
 def error_fields(error: BaseException) -> dict[str, str]:
@@ -70,8 +75,21 @@ def emit_many(event: str, jobs: Sequence[Job], *, level: int = logging.INFO,
     for job in jobs:
         for listener in _listeners:
             listener(event, job, None, extra)
-    if jobs and logger.isEnabledFor(level):
-        _log(level, [_fields(event, job, None, None, extra) for job in jobs])
+    if not jobs or not logger.isEnabledFor(level):
+        return
+    first = jobs[0]
+    same = _same_writer
+    if (same is not None and all(_alike(job, first) for job in jobs)
+            and same(level, _fields(event, first, None, None, extra), [job.id for job in jobs])):
+        return
+    _log(level, [_fields(event, job, None, None, extra) for job in jobs])
+
+
+def _alike(job: Job, other: Job) -> bool:
+    """Whether the two jobs' events have the same fields but for the task id."""
+    return (job.spec is other.spec and job.route == other.route and job.queue == other.queue
+            and job.priority == other.priority and job.attempt == other.attempt
+            and job.request_id == other.request_id)
 
 
 def _fields(event: str, job: Job, duration_ms: float | None, error: BaseException | None,

@@ -149,3 +149,46 @@ def test_the_fallback_handler_stays_silent_once_the_app_configured_logging(
         assert "task.dispatched" in stream.getvalue()
     finally:
         root.handlers[:] = saved
+
+
+def batch_lines(logger: logging.Logger, log_format: str, batch: list[Job]) -> list[str]:
+    stream = io.StringIO()
+    [handler] = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
+    handler.setStream(stream)
+    emit_many("task.dispatched", batch, reason="spill_over")
+    lines = stream.getvalue().splitlines()
+    if log_format == "json":
+        return [json.dumps({k: v for k, v in json.loads(x).items() if k != "ts"})
+                for x in lines]
+    return [x.split(" ", 2)[2] for x in lines]
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_batch_of_one_tasks_jobs_reads_as_the_records_would(
+        pristine_logger: logging.Logger, log_format: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """One line formatted for the batch, each id put in: ids JSON must escape included,
+    and a batch whose jobs differ beyond their ids takes the line-per-job path."""
+    configure_logging(unit_settings(log_format=log_format))
+    same = jobs(3)
+    same[1] = Job(id='job "quoted" \\ é', spec=noop.spec, route="celery", queue="q",
+                  priority=5, payload={}, request_id="req-1")
+    mixed = [*jobs(2), Job(id="job-other", spec=noop.spec, route="celery", queue="q",
+                           priority=9, payload={}, request_id="req-1")]
+    formatted_once: list[int] = []
+    write_same = events._same_writer
+    assert write_same is not None
+
+    def counting(level: int, fields: dict[str, Any], ids: Any) -> bool:
+        formatted_once.append(len(ids))
+        return write_same(level, fields, ids)
+
+    monkeypatch.setattr(events, "_same_writer", counting)
+    direct = batch_lines(pristine_logger, log_format, same) + batch_lines(
+        pristine_logger, log_format, mixed)
+    assert formatted_once == [3]  # the mixed batch went line by line
+    pristine_logger.addFilter(lambda record: True)  # records from here on
+    via_records = batch_lines(pristine_logger, log_format, same) + batch_lines(
+        pristine_logger, log_format, mixed)
+    assert direct == via_records and len(direct) == 6
+    assert 'quoted' in direct[1]
