@@ -12,7 +12,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, cast
 
 from ..core.events import logger, set_line_writer
@@ -119,23 +119,11 @@ def write_lines(level: int, batch: Sequence[dict[str, Any]]) -> bool:
     the logger's only output and nothing could see, filter or alter a record on the way
     (a filter, another handler, a patched ``Logger`` such as an error tracker's, a
     record factory of your own)."""
-    handler = _only_output(level)
-    if handler is None:
-        return False
-    formatter = cast(TextFormatter | JsonFormatter, handler.formatter)
-    handler.acquire()
-    try:
-        now, name = time.time(), logging.getLevelName(level)
-        end = handler.terminator
-        handler.stream.write("".join([formatter.line(now, name, logger.name, fields) + end
-                                      for fields in batch]))
-        handler.flush()
-    except Exception:  # as logging does: reported on stderr, never raised
-        handler.handleError(logger.makeRecord(logger.name, level, __file__, 0,
-                                              "event lines", (), None))
-    finally:
-        handler.release()
-    return True
+    def text(formatter: _Formatter, now: float, level_name: str, end: str) -> str:
+        return "".join([formatter.line(now, level_name, logger.name, fields) + end
+                        for fields in batch])
+
+    return _write(level, text)
 
 
 #: Stands for the task id in a line formatted once for many jobs (``write_same_lines``).
@@ -146,19 +134,30 @@ def write_same_lines(level: int, fields: dict[str, Any], ids: Sequence[str]) -> 
     """``write_lines`` for events whose fields differ only in their task id: the line
     is formatted once with a stand-in for the id, which each id then replaces (the
     same text as ``write_lines``'s, which a test compares)."""
+    def text(formatter: _Formatter, now: float, level_name: str, end: str) -> str:
+        json_lines = isinstance(formatter, JsonFormatter)
+        line = formatter.line(now, level_name, logger.name, {**fields, "task_id": _ID}) + end
+        head, _, tail = line.partition(json.dumps(_ID)[1:-1] if json_lines else _ID)
+        return "".join([head + (json.dumps(task_id)[1:-1] if json_lines
+                                and not _plain(task_id) else task_id) + tail
+                        for task_id in ids])
+
+    return _write(level, text)
+
+
+_Formatter = TextFormatter | JsonFormatter
+
+
+def _write(level: int, text: Callable[[_Formatter, float, str, str], str]) -> bool:
+    """Write ``text(formatter, now, level name, line end)`` to the logger's only output
+    in one write; False when it is not ours alone (``_only_output``)."""
     handler = _only_output(level)
     if handler is None:
         return False
-    formatter = cast(TextFormatter | JsonFormatter, handler.formatter)
-    json_lines = isinstance(formatter, JsonFormatter)
     handler.acquire()
     try:
-        line = formatter.line(time.time(), logging.getLevelName(level), logger.name,
-                              {**fields, "task_id": _ID}) + handler.terminator
-        head, _, tail = line.partition(json.dumps(_ID)[1:-1] if json_lines else _ID)
-        handler.stream.write("".join([
-            head + (json.dumps(task_id)[1:-1] if json_lines and not _plain(task_id)
-                    else task_id) + tail for task_id in ids]))
+        handler.stream.write(text(cast(_Formatter, handler.formatter), time.time(),
+                                  logging.getLevelName(level), handler.terminator))
         handler.flush()
     except Exception:  # as logging does: reported on stderr, never raised
         handler.handleError(logger.makeRecord(logger.name, level, __file__, 0,

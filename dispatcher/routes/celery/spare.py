@@ -5,7 +5,7 @@ job waits for the consumer to acknowledge it, take the next message from Redis (
 trip) and hand it over: on jobs of a millisecond the pool processes sat idle for a good
 part of the time and the machine's cores with them (steady drain of no-op jobs, 2 slots:
 ~25 % of both cores idle). One job taken ahead, the *spare*, is handed over as soon as a
-process frees (+13-23 % on that drain, see ``bench/README.md``).
+process frees (+6-24 % on that drain, see ``bench/README.md``).
 
 A spare is held only while the worker's jobs take less than ``DISPATCH_WORKER_SPARE_BELOW``
 seconds on average (started to acknowledged, a moving average): a job held behind long
