@@ -42,6 +42,7 @@ SEE_ALSO: dict[str, str] = {
     "inline_hold_request": "[Tests for your own app](guide.md#tests-for-your-own-app)",
     "inline_max_seconds": "[Adaptive routing](guide.md#adaptive-routing)",
     "inline_max_pending": "[Spill-over](guide.md#spill-over)",
+    "inline_max_backlog": "[Spill-over](guide.md#spill-over)",
     "adaptive_window": "[Adaptive routing](guide.md#adaptive-routing)",
     "shutdown_grace": "[API shutdown](operations.md#api-shutdown)",
     "result_ttl": "[Job records](records.md)",

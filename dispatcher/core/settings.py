@@ -110,10 +110,20 @@ class DispatcherSettings(FleetSettings, TimeSettings):
         "exceeds this, and back once it falls below half of it.",
     )
     inline_max_pending: int = Field(
-        default=1000,
+        default=10_000,
         ge=1,
         description="Inline jobs waiting in one process before new, not pinned jobs spill "
-        "over to Celery (needs a broker).",
+        "over to Celery (needs a broker); fewer when DISPATCH_INLINE_MAX_BACKLOG says so. "
+        "A waiting job takes ~600 bytes.",
+    )
+    inline_max_backlog: float = Field(
+        default=2.5,
+        gt=0,
+        description="Seconds of work the inline jobs waiting in one process may add up to "
+        "before new, not pinned jobs spill over to Celery: each counts at the mean run "
+        "time of this process's inline jobs (10 ms until one has run), spread over "
+        "DISPATCH_INLINE_CONCURRENCY slots. Cheap jobs wait here rather than cost a "
+        "broker round trip and a worker; heavy ones go to Celery sooner.",
     )
     adaptive_window: int = Field(
         default=20,

@@ -12,9 +12,17 @@ inline executor asks the governor before it starts each job:
   memory); a started one costs it the job's CPU and the GIL's hand-offs;
 - a job held that long starts even though the loop is still saturated, paced to keep
   the CPU time of such jobs within ``DISPATCH_INLINE_BUSY_SHARE`` of the time (0.02
-  by default): a sustained overload cannot hold background work forever. The backlog
-  drains as soon as the burst ends (or spills over to Celery past
-  ``DISPATCH_INLINE_MAX_PENDING``).
+  by default): a sustained overload cannot hold background work forever;
+- once the burst ends, the held backlog drains paced to ``RECOVERY_SHARE`` of the time
+  until the loop has gone ``RECOVERY`` seconds without saturation. Draining it flat
+  out starved the loop: its thread waited for the GIL behind the job threads, so its
+  own CPU clock read "idle" and the whole backlog ran at once. With the 2-connection
+  no-op load of ``bench/``, 1,000 held jobs ran in ~100 ms stalls that held a few dozen
+  requests each (p99 ~6 ms against ~2 ms at a quarter share). Jobs that wait rather
+  than compute (I/O, sleeps) use little CPU and are hardly paced.
+
+What does not fit spills over to Celery (``DISPATCH_INLINE_MAX_PENDING``,
+``DISPATCH_INLINE_MAX_BACKLOG``).
 
 The loop's own CPU clock is the signal, not a count of open requests: requests queue
 in the server's sockets where no middleware sees them, and a request that awaits a
@@ -42,6 +50,12 @@ HOLD_NAP = 0.02
 #: which then waits its turn back. Measured on a 2-core machine: a raw
 #: ``BackgroundTasks`` job with two hand-offs costs a saturated server ~0.25 ms.
 HANDOFF = 0.00025
+#: Share of the time a backlog held during a burst may use as it drains, and how long
+#: after the loop's last saturated reading that pacing lasts (see the module docstring).
+RECOVERY_SHARE = 0.25
+RECOVERY = 1.0
+#: Weight of the newest job in ``Governor.mean_run``.
+RUN_WEIGHT = 0.05
 
 class ServerLoad:
     """How busy the server's event loop thread is, from its own CPU clock. One per
@@ -104,7 +118,15 @@ class Governor:
         self._busy = busy
         self._turn = threading.Lock()
         self._pace = threading.Lock()
+        #: When the next job may start while the loop is saturated ...
         self._next_start = 0.0
+        #: ... and while a held backlog drains after a burst (``perf_counter`` times).
+        self._next_drained = 0.0
+        #: When the loop last read as saturated.
+        self._busy_at = float("-inf")
+        #: Mean wall time of a job (seconds, moving average; None until one has run):
+        #: what the spill-over limit weighs a waiting job at.
+        self.mean_run: float | None = None
 
     def wait_turn(self, due: float | None = None) -> None:
         """Return when a job that became due at ``due`` (``time.time()``; None: no hold)
@@ -114,23 +136,48 @@ class Governor:
             return
         held_until = None if due is None else due + self.max_hold
         with self._turn:
-            while self._busy():
-                if held_until is not None:
-                    hold = held_until - time.time()
-                    if hold > 0:
-                        time.sleep(min(hold, HOLD_NAP))
-                        continue
-                    held_until = None
-                delay = self._next_start - time.perf_counter()
+            while True:
+                if self._saturated():
+                    if held_until is not None:
+                        hold = held_until - time.time()
+                        if hold > 0:
+                            time.sleep(min(hold, HOLD_NAP))
+                            continue
+                        held_until = None
+                    next_start = self._next_start
+                elif self._recovering():
+                    next_start = self._next_drained
+                else:
+                    return
+                delay = next_start - time.perf_counter()
                 if delay <= 0:
                     return
                 time.sleep(min(delay, MAX_NAP))
 
-    def spent(self, cpu_seconds: float) -> None:
-        """A job used ``cpu_seconds``: while busy, the next start waits long enough to
-        keep background work, hand-offs included, within its share."""
-        if self.share >= 1.0 or not self._busy():
+    def spent(self, cpu_seconds: float, wall_seconds: float = 0.0) -> None:
+        """A job used ``cpu_seconds`` in ``wall_seconds``: while busy (or draining after
+        a burst), the next start waits long enough to keep background work within its
+        share (while busy, hand-offs included)."""
+        mean = self.mean_run
+        self.mean_run = (wall_seconds if mean is None
+                         else mean + RUN_WEIGHT * (wall_seconds - mean))
+        if self.share >= 1.0:
             return
-        pause = (cpu_seconds + HANDOFF) * (1.0 - self.share) / self.share
-        with self._pace:
-            self._next_start = max(self._next_start, time.perf_counter()) + pause
+        if self._saturated():
+            pause = (cpu_seconds + HANDOFF) * (1.0 - self.share) / self.share
+            with self._pace:
+                self._next_start = max(self._next_start, time.perf_counter()) + pause
+        elif self._recovering():
+            pause = cpu_seconds * (1.0 - RECOVERY_SHARE) / RECOVERY_SHARE
+            with self._pace:
+                self._next_drained = max(self._next_drained, time.perf_counter()) + pause
+
+    def _saturated(self) -> bool:
+        if self._busy():
+            self._busy_at = time.perf_counter()
+            return True
+        return False
+
+    def _recovering(self) -> bool:
+        """Whether the loop read as saturated less than ``RECOVERY`` seconds ago."""
+        return time.perf_counter() - self._busy_at < RECOVERY

@@ -133,24 +133,36 @@ def celery_queue(spec: TaskSpec, options: CallOptions, settings: DispatcherSetti
     )
 
 
-def spill_room(decision: RouteDecision, settings: DispatcherSettings,
-               waiting: int) -> int | None:
-    """How many more jobs of ``decision`` may queue inline, with ``waiting`` jobs
-    waiting, before the rest spill over to Celery; None when spill-over does not apply
-    (not inline, pinned or forced inline, no broker)."""
-    if (decision.route != "inline" or decision.cause in NEVER_SPILLED
-            or settings.broker_url is None):
-        return None
-    return max(0, settings.inline_max_pending - waiting)
+#: What an inline job is taken to cost before this process has timed one (seconds).
+UNTIMED_RUN = 0.01
+
+
+def pending_limit(settings: DispatcherSettings, mean_run: float | None) -> int:
+    """Inline jobs that may wait in one process before new ones spill over to Celery:
+    ``DISPATCH_INLINE_MAX_PENDING``, or fewer once their work, at ``mean_run`` seconds
+    each (the process's measured mean; ``UNTIMED_RUN`` while None) over the executor's
+    slots, passes ``DISPATCH_INLINE_MAX_BACKLOG`` seconds. So a backlog of no-op jobs
+    may be long (running one costs less than publishing it) and one of heavy jobs
+    short (they would wait long here while a worker could run them)."""
+    per_job = UNTIMED_RUN if mean_run is None else max(mean_run, 1e-6)
+    by_time = int(settings.inline_max_backlog * settings.inline_concurrency / per_job)
+    return max(1, min(settings.inline_max_pending, by_time))
+
+
+def spills(decision: RouteDecision, settings: DispatcherSettings) -> bool:
+    """Whether ``decision`` may spill over to Celery: inline by policy (not pinned or
+    forced inline) and a broker configured."""
+    return (decision.route == "inline" and decision.cause not in NEVER_SPILLED
+            and settings.broker_url is not None)
 
 
 def spilled(decision: RouteDecision, spec: TaskSpec, options: CallOptions,
-            settings: DispatcherSettings) -> RouteDecision:
-    """``decision`` sent to Celery because the inline executor is full."""
+            settings: DispatcherSettings, limit: int) -> RouteDecision:
+    """``decision`` sent to Celery because ``limit`` inline jobs are waiting already."""
     queue = decide_route(spec, CallOptions(route="celery", queue=options.queue), settings).queue
     return RouteDecision(
         "celery", queue, decision.priority,
-        Cause.SPILL_OVER, f"spill-over: >= {settings.inline_max_pending} inline jobs waiting",
+        Cause.SPILL_OVER, f"spill-over: >= {limit} inline jobs waiting",
     )
 
 

@@ -19,7 +19,7 @@ from ..core.job import Job, new_job_id
 from ..core.settings import DispatcherSettings, get_settings
 from ..core.spec import CallOptions, PriorityName, RouteName, TaskSpec
 from ..core.validation import ArgumentValidator
-from ..policy.routing import EVENT_REASON, Cause, RouteDecision, decide_route, spill_room, spilled
+from ..policy.routing import EVENT_REASON, Cause, RouteDecision, decide_route, spilled, spills
 from ..routes.inline.route import InlinePlan
 from .container import current
 from .handle import TaskHandle
@@ -119,14 +119,15 @@ class Task(Generic[P, R]):
                 or options.idempotency_key is not None or settings is not get_settings()):
             return None
         return current().inline.plan(self.spec, decision, settings,
-                                     spills=spill_room(decision, settings, 0) is not None)
+                                     spills=spills(decision, settings))
 
     def _spill_room(self, decision: RouteDecision, settings: DispatcherSettings) -> int | None:
         """How many more jobs of this decision may queue inline before the rest spill
         over to Celery; None when spill-over does not apply."""
-        if spill_room(decision, settings, 0) is None:
+        if not spills(decision, settings):
             return None
-        return spill_room(decision, settings, current().inline.waiting())
+        inline = current().inline
+        return max(0, inline.pending_limit(settings) - inline.waiting())
 
     def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Validate the arguments, route the job and schedule it; returns its handle.
@@ -172,7 +173,8 @@ class Task(Generic[P, R]):
                 for payload in payloads[:room]
             ]
             payloads = payloads[room:]
-            decision = spilled(decision, self.spec, self.call_options, settings)
+            decision = spilled(decision, self.spec, self.call_options, settings,
+                               current().inline.pending_limit(settings))
         now = time.time()
         jobs = [
             self._job(new_job_id(), payload, decision, now) for payload in payloads
@@ -226,7 +228,9 @@ class Task(Generic[P, R]):
             decision = self.route_for(settings)
         spill = False
         if decision.route == "inline" and self._spill_room(decision, settings) == 0:
-            decision, spill = spilled(decision, self.spec, self.call_options, settings), True
+            limit = current().inline.pending_limit(settings)
+            decision, spill = spilled(decision, self.spec, self.call_options, settings,
+                                      limit), True
         runtime = current()
         job_id = new_job_id()
         key = self.call_options.idempotency_key

@@ -244,7 +244,7 @@ class InlineExecutor:
             return admission
         with self._lock:
             self._running += 1
-        cpu = time.thread_time()
+        cpu, began = time.thread_time(), time.perf_counter()
         try:
             outcome = run_attempt(self.execution, self._loop, job, admission.at)
         except BaseException:  # a bug here must not lose the job silently
@@ -256,7 +256,7 @@ class InlineExecutor:
         finally:
             with self._lock:
                 self._running -= 1
-            self.governor.spent(time.thread_time() - cpu)
+            self.governor.spent(time.thread_time() - cpu, time.perf_counter() - began)
         if outcome.retry_delay is None:
             self._finish(job)
         else:

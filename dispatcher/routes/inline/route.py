@@ -23,7 +23,7 @@ from ...core.job import Job, new_job_id
 from ...core.ports import Route
 from ...core.settings import DispatcherSettings
 from ...core.spec import RouteName, TaskSpec
-from ...policy.routing import RouteDecision, handed_over_queue
+from ...policy.routing import RouteDecision, handed_over_queue, pending_limit
 from .executor import InlineExecutor
 
 log = logging.getLogger("dispatcher.inline")
@@ -69,6 +69,12 @@ class InlineRoute:
     def waiting(self) -> int:
         executor = self._executor
         return 0 if executor is None else executor.waiting()
+
+    def pending_limit(self, settings: DispatcherSettings) -> int:
+        """Waiting jobs at which new ones spill over (``policy.routing.pending_limit``),
+        from this process's mean inline run time."""
+        executor = self._executor
+        return pending_limit(settings, None if executor is None else executor.governor.mean_run)
 
     def dispatch(self, job: Job, countdown: float | None, reason: str | None = None) -> None:
         """Record and announce ``job``, then attach it to the current request or run it."""
@@ -153,7 +159,7 @@ class InlinePlan:
     on a saturated server every microsecond of a dispatch is a request answered less.
     """
 
-    __slots__ = ("pinned", "priority", "queue", "route", "settings", "spec", "spill_at")
+    __slots__ = ("pinned", "priority", "queue", "route", "settings", "spec", "spills")
 
     def __init__(self, route: InlineRoute, spec: TaskSpec, decision: RouteDecision,
                  settings: DispatcherSettings, *, spills: bool) -> None:
@@ -163,13 +169,14 @@ class InlinePlan:
         self.queue = decision.queue
         self.priority = decision.priority
         self.pinned = decision.pinned_inline
-        #: Waiting jobs at which a dispatch spills over to Celery (None: never).
-        self.spill_at = settings.inline_max_pending if spills else None
+        #: Whether a dispatch may spill over to Celery once enough jobs wait.
+        self.spills = spills
 
     def dispatch(self, payload: dict[str, Any]) -> Job | None:
         """Dispatch ``payload`` as ``InlineRoute.dispatch`` would; None, having done
         nothing, when the plan does not apply now (the executor is full: it spills)."""
-        if self.spill_at is not None and self.route.waiting() >= self.spill_at:
+        route = self.route
+        if self.spills and route.waiting() >= route.pending_limit(self.settings):
             return None
         job = Job(new_job_id(), self.spec, "inline", self.queue, self.priority, payload, 1,
                   request_id_var.get(), time.time(), self.pinned, None)

@@ -6,6 +6,7 @@
 - When Redis hangs, the dispatching thread is never held up: the publisher spools
   what it holds, and the relay delivers every job exactly once after the outage.
 - A plain script that exits right after spilling hands every job over at exit.
+- Heavy jobs spill over after a shorter backlog than cheap ones.
 """
 
 from __future__ import annotations
@@ -120,6 +121,40 @@ def test_after_a_lifespan_ends_spilled_jobs_are_published_again_not_spooled(
     reasons = {reason for _, reason, task_id in dispatched.seen
                if task_id in {h.id for h in handles}}
     assert reasons == {"spill_over"}
+
+
+def _routes_behind_a_busy_slot(key: str, count: int) -> list[TaskHandle]:
+    """Dispatch ``count`` jobs while the only inline slot is held by a gated job."""
+    GATE.clear()
+    try:
+        gated.dispatch()
+        wait_until(lambda: current().inline_load()[0] == 1, "the gated job running")
+        return [samples.slow_inline.dispatch(key, seconds=0) for _ in range(count)]
+    finally:
+        GATE.set()
+
+
+def test_heavy_jobs_spill_over_sooner_than_cheap_ones(broker: str) -> None:
+    """Each waiting job counts at the process's mean run time against
+    ``DISPATCH_INLINE_MAX_BACKLOG``; ``DISPATCH_INLINE_MAX_PENDING`` stays the cap."""
+    key = f"weigh:{uuid.uuid4()}"
+    configure(get_settings(), inline_concurrency=1, inline_max_pending=1000,
+              inline_max_backlog=1.0)
+    assert current().inline.pending_limit(get_settings()) == 100  # untimed: 10 ms a job
+    assert samples.slow_inline.dispatch(key, seconds=0.5).get(timeout=60) is None
+    limit = current().inline.pending_limit(get_settings())
+    assert limit in (1, 2)  # one 0.5 s job timed: 1 s of backlog holds one or two
+    heavy = _routes_behind_a_busy_slot(key, 4)
+    assert [h.route for h in heavy] == ["inline"] * limit + ["celery"] * (4 - limit)
+
+    configure(get_settings(), inline_concurrency=1, inline_max_pending=1000,
+              inline_max_backlog=1.0)
+    assert samples.slow_inline.dispatch(key, seconds=0).get(timeout=60) is None
+    assert current().inline.pending_limit(get_settings()) > 20  # cheap: a long backlog
+    cheap = _routes_behind_a_busy_slot(key, 20)
+    assert {h.route for h in cheap} == {"inline"}
+    for handle in heavy + cheap:
+        assert handle.get(timeout=60) is None and handle.state() == "SUCCESS"
 
 
 @pytest.fixture

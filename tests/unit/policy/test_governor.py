@@ -144,3 +144,39 @@ def test_while_idle_a_fresh_job_is_not_held() -> None:
     started = time.perf_counter()
     gov.wait_turn(time.time())
     assert time.perf_counter() - started < 1.0
+
+
+def test_after_a_burst_the_held_backlog_drains_paced_to_the_recovery_share() -> None:
+    busy = [True]
+    gov = Governor(0.02, busy=lambda: busy[0])
+    gov.wait_turn(time.time() - 60.0)  # read as saturated: a burst
+    busy[0] = False
+    gov.spent(0.01)  # the burst just ended: draining
+    before = time.perf_counter()
+    gov.wait_turn()
+    share = governor.RECOVERY_SHARE
+    assert time.perf_counter() - before >= 0.01 * (1 - share) / share * 0.99
+
+
+def test_the_drain_is_not_paced_once_the_loop_has_been_calm_for_a_while(
+    monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(governor, "RECOVERY", 0.0)
+    busy = [True]
+    gov = Governor(0.02, busy=lambda: busy[0])
+    gov.wait_turn(time.time() - 60.0)
+    busy[0] = False
+    gov.spent(10.0)  # would mean a 30 s pause while draining
+    started = time.perf_counter()
+    gov.wait_turn()
+    assert time.perf_counter() - started < 1.0
+
+
+def test_the_mean_run_time_follows_the_jobs() -> None:
+    gov = Governor(1.0)
+    assert gov.mean_run is None
+    gov.spent(0.0, 0.2)
+    assert gov.mean_run == 0.2  # the first job sets it
+    for _ in range(200):
+        gov.spent(0.0, 0.001)
+    assert gov.mean_run is not None and gov.mean_run < 0.002  # and it moves to the newest

@@ -10,8 +10,9 @@ from dispatcher.policy.routing import (
     Cause,
     decide_route,
     handed_over_queue,
-    spill_room,
+    pending_limit,
     spilled,
+    spills,
 )
 
 
@@ -56,15 +57,25 @@ def test_only_the_callers_inline_choice_is_pinned() -> None:
 def test_spill_over_applies_to_policy_choices_with_a_broker_only() -> None:
     settings = _settings(broker_url=BROKER, inline_max_pending=10)
     by_weight = decide_route(LIGHT, CallOptions(), settings)
-    assert spill_room(by_weight, settings, 4) == 6
-    assert spill_room(by_weight, settings, 12) == 0
+    assert spills(by_weight, settings)
     for pinned in (decide_route(LIGHT, CallOptions(route="inline"), settings),
                    decide_route(PINNED, CallOptions(), settings),
                    decide_route(LIGHT, CallOptions(), _settings(broker_url=BROKER,
                                                                 force_route="inline"))):
-        assert spill_room(pinned, settings, 10_000) is None
-    assert spill_room(by_weight, _settings(), 10_000) is None  # no broker
-    overflow = spilled(by_weight, LIGHT, CallOptions(queue="q"), settings)
+        assert not spills(pinned, settings)
+    assert not spills(by_weight, _settings())  # no broker
+    overflow = spilled(by_weight, LIGHT, CallOptions(queue="q"), settings, 10)
     assert (overflow.route, overflow.cause, overflow.queue) == ("celery", Cause.SPILL_OVER, "q")
-    assert overflow.reason.startswith("spill-over")
+    assert overflow.reason == "spill-over: >= 10 inline jobs waiting"
     assert handed_over_queue(HEAVY, settings) == "big"
+
+
+def test_the_pending_limit_weighs_the_mean_run_time() -> None:
+    settings = _settings(broker_url=BROKER, inline_max_pending=10_000, inline_max_backlog=2.5,
+                         inline_concurrency=4)
+    # Untimed: 10 ms a job, so 2.5 s over 4 slots is 1,000 jobs (the old fixed limit).
+    assert pending_limit(settings, None) == 1000
+    assert pending_limit(settings, 0.1) == 100  # heavy jobs: a short backlog
+    assert pending_limit(settings, 0.0002) == 10_000  # no-ops: up to the count limit
+    assert pending_limit(settings, 60.0) == 1  # never below one
+    assert pending_limit(_settings(inline_max_pending=7), 0.0) == 7
