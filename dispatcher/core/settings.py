@@ -113,17 +113,15 @@ class DispatcherSettings(FleetSettings, TimeSettings):
         default=10_000,
         ge=1,
         description="Inline jobs waiting in one process before new, not pinned jobs spill "
-        "over to Celery (needs a broker); fewer when DISPATCH_INLINE_MAX_BACKLOG says so. "
-        "A waiting job takes ~600 bytes.",
+        "over to Celery (needs a broker); fewer under DISPATCH_INLINE_MAX_BACKLOG.",
     )
     inline_max_backlog: float = Field(
         default=2.5,
         gt=0,
         description="Seconds of work the inline jobs waiting in one process may add up to "
         "before new, not pinned jobs spill over to Celery: each counts at the mean run "
-        "time of this process's inline jobs (10 ms until one has run), spread over "
-        "DISPATCH_INLINE_CONCURRENCY slots. Cheap jobs wait here rather than cost a "
-        "broker round trip and a worker; heavy ones go to Celery sooner.",
+        "time of this process's inline jobs (10 ms until one has run) over "
+        "DISPATCH_INLINE_CONCURRENCY slots, so heavy jobs spill sooner than cheap ones.",
     )
     adaptive_window: int = Field(
         default=20,

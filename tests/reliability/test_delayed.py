@@ -93,13 +93,15 @@ def test_three_workers_dispatch_each_tick_once_through_a_kill_and_a_redis_restar
     wait_until(lambda: len(cluster.events("tick")) >= len(claims), "every tick's job run")
     jobs = len(cluster.events("tick"))
     # Ticks may only be missing if Redis was away longer than a scheduler's lateness
-    # allowance (then catch-up "latest" runs one of them), and only from that outage.
+    # allowance (then catch-up "latest" runs one of them), and only from that outage. A
+    # tick due up to one period (1 s) before Redis went away waits that much longer: on
+    # a loaded machine the restart alone can take ~LATE seconds.
     missing = sorted(set(expected) - set(claims))
     outage = up_at - down_at
     report(f"1 s schedule, 3 workers, {seconds} s, SIGKILL x1, Redis restart "
            f"({outage:.1f} s)", len(expected), jobs, len(missing), jobs - len(claims),
            "one job per tick")
-    if outage <= LATE:
+    if outage + 1 <= LATE:
         assert missing == []
     assert all(down_at - 1 <= tick <= up_at + LATE for tick in missing)
     assert jobs == len(claims)  # one job per tick, none twice

@@ -124,10 +124,11 @@ def test_after_a_lifespan_ends_spilled_jobs_are_published_again_not_spooled(
 
 
 def _routes_behind_a_busy_slot(key: str, count: int) -> list[TaskHandle]:
-    """Dispatch ``count`` jobs while the only inline slot is held by a gated job."""
+    """Dispatch ``count`` jobs while the only inline slot is held by a gated job
+    (pinned inline: the gate opens in this process only)."""
     GATE.clear()
     try:
-        gated.dispatch()
+        gated.options(route="inline").dispatch()
         wait_until(lambda: current().inline_load()[0] == 1, "the gated job running")
         return [samples.slow_inline.dispatch(key, seconds=0) for _ in range(count)]
     finally:
