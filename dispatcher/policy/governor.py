@@ -17,9 +17,9 @@ inline executor asks the governor before it starts each job:
   until the loop has gone ``RECOVERY`` seconds without saturation. Draining it flat
   out starved the loop: its thread waited for the GIL behind the job threads, so its
   own CPU clock read "idle" and the whole backlog ran at once. With the 2-connection
-  no-op load of ``bench/``, 1,000 held jobs ran in ~100 ms stalls that held a few dozen
-  requests each (p99 ~6 ms against ~2 ms at a quarter share). Jobs that wait rather
-  than compute (I/O, sleeps) use little CPU and are hardly paced.
+  no-op load of ``bench/``, ~1,000 held jobs ran in 60-220 ms stalls that held up to
+  50 requests each (p99 ~6 ms, against ~2.5 ms at a quarter share). Jobs that wait
+  rather than compute (I/O, sleeps) use little CPU and are hardly paced.
 
 What does not fit spills over to Celery (``DISPATCH_INLINE_MAX_PENDING``,
 ``DISPATCH_INLINE_MAX_BACKLOG``).
@@ -155,9 +155,9 @@ class Governor:
                 time.sleep(min(delay, MAX_NAP))
 
     def spent(self, cpu_seconds: float, wall_seconds: float = 0.0) -> None:
-        """A job used ``cpu_seconds`` in ``wall_seconds``: while busy (or draining after
-        a burst), the next start waits long enough to keep background work within its
-        share (while busy, hand-offs included)."""
+        """A job used ``cpu_seconds`` in ``wall_seconds`` (which moves ``mean_run``):
+        while busy (or draining after a burst), the next start waits long enough to
+        keep background work within its share (while busy, hand-offs included)."""
         mean = self.mean_run
         self.mean_run = (wall_seconds if mean is None
                          else mean + RUN_WEIGHT * (wall_seconds - mean))
