@@ -121,13 +121,10 @@ class Task(Generic[P, R]):
         return current().inline.plan(self.spec, decision, settings,
                                      spills=spills(decision, settings))
 
-    def _spill_room(self, decision: RouteDecision, settings: DispatcherSettings) -> int | None:
-        """How many more jobs of this decision may queue inline before the rest spill
-        over to Celery; None when spill-over does not apply."""
-        if not spills(decision, settings):
-            return None
-        inline = current().inline
-        return max(0, inline.pending_limit(settings) - inline.waiting())
+    def _spill_limit(self, decision: RouteDecision, settings: DispatcherSettings) -> int | None:
+        """Waiting inline jobs at which this decision spills over to Celery; None when
+        spill-over does not apply."""
+        return current().inline.pending_limit(settings) if spills(decision, settings) else None
 
     def dispatch(self, *args: P.args, **kwargs: P.kwargs) -> TaskHandle:
         """Validate the arguments, route the job and schedule it; returns its handle.
@@ -161,8 +158,9 @@ class Task(Generic[P, R]):
         decision = self.route_for(settings)
         handles = []
         if decision.route == "inline":
-            room = self._spill_room(decision, settings)
-            if room is None or room >= len(payloads):
+            limit = self._spill_limit(decision, settings)
+            room = 0 if limit is None else max(0, limit - current().inline.waiting())
+            if limit is None or room >= len(payloads):
                 return [
                     self._dispatch_validated(payload, decision, settings)
                     for payload in payloads
@@ -173,8 +171,7 @@ class Task(Generic[P, R]):
                 for payload in payloads[:room]
             ]
             payloads = payloads[room:]
-            decision = spilled(decision, self.spec, self.call_options, settings,
-                               current().inline.pending_limit(settings))
+            decision = spilled(decision, self.spec, self.call_options, settings, limit)
         now = time.time()
         jobs = [
             self._job(new_job_id(), payload, decision, now) for payload in payloads
@@ -227,8 +224,8 @@ class Task(Generic[P, R]):
         if decision is None:
             decision = self.route_for(settings)
         spill = False
-        if decision.route == "inline" and self._spill_room(decision, settings) == 0:
-            limit = current().inline.pending_limit(settings)
+        limit = self._spill_limit(decision, settings) if decision.route == "inline" else None
+        if limit is not None and current().inline.waiting() >= limit:
             decision, spill = spilled(decision, self.spec, self.call_options, settings,
                                       limit), True
         runtime = current()
