@@ -30,6 +30,10 @@ _line_writer: LineWriter | None = None
 #: their task id (a batch of one task's jobs: one line formatted, the ids put in).
 SameLinesWriter = Callable[[int, dict[str, Any], Sequence[str]], bool]
 _same_writer: SameLinesWriter | None = None
+#: ``(level, fields of each event)``: formats the lines now and returns what writes
+#: them, or None (they go through ``logging``): for ``Announcement.prepare``.
+LinePreparer = Callable[[int, Sequence[dict[str, Any]]], "Callable[[], None] | None"]
+_line_preparer: LinePreparer | None = None
 
 
 def set_listeners(*listeners: Listener) -> None:
@@ -39,13 +43,14 @@ def set_listeners(*listeners: Listener) -> None:
     _listeners = listeners
 
 
-def set_line_writer(writer: LineWriter | None, same: SameLinesWriter | None = None) -> None:
-    """Let ``writer`` (and ``same``, for a batch of one task's jobs) write event lines
-    without a ``logging.LogRecord`` each (set by ``dispatcher.observability.logging``
-    while the logger's only output is its own handler: a record costs more than the
-    line it becomes, on every job)."""
-    global _line_writer, _same_writer
-    _line_writer, _same_writer = writer, same
+def set_line_writer(writer: LineWriter | None, same: SameLinesWriter | None = None,
+                    prepare: LinePreparer | None = None) -> None:
+    """Let ``writer`` (``same``, for a batch of one task's jobs; ``prepare``, in two
+    steps) write event lines without a ``logging.LogRecord`` each (set by
+    ``dispatcher.observability.logging`` while the logger's only output is its own
+    handler: a record costs more than the line it becomes, on every job)."""
+    global _line_writer, _same_writer, _line_preparer
+    _line_writer, _same_writer, _line_preparer = writer, same, prepare
 
 
 def error_fields(error: BaseException) -> dict[str, str]:
@@ -67,6 +72,35 @@ def emit(
         listener(event, job, duration_ms, extra)
     if logger.isEnabledFor(level):
         _log(level, [_fields(event, job, duration_ms, error, extra)])
+
+
+class Announcement:
+    """``emit(event, job, **extra)`` once the outcome is known, its line formatted
+    beforehand (``prepare``) while the process would only wait: ``.dispatch()``
+    formats ``task.dispatched`` while Redis runs the publish script, about a tenth of
+    the call's time."""
+
+    __slots__ = ("_write", "event", "extra", "job")
+
+    def __init__(self, event: str, job: Job, **extra: Any) -> None:
+        self.event, self.job, self.extra = event, job, extra
+        self._write: Callable[[], None] | None = None
+
+    def prepare(self) -> None:
+        """Format the line now (nothing is written)."""
+        if self._write is None and logger.isEnabledFor(logging.INFO):
+            batch = [_fields(self.event, self.job, None, None, self.extra)]
+            prepare = _line_preparer
+            self._write = (prepare(logging.INFO, batch) if prepare is not None else None) \
+                or (lambda: _log(logging.INFO, batch))
+
+    def emit(self) -> None:
+        """Tell the listeners and write the line (formatted now if not yet)."""
+        for listener in _listeners:
+            listener(self.event, self.job, None, self.extra)
+        self.prepare()
+        if self._write is not None:
+            self._write()
 
 
 def emit_many(event: str, jobs: Sequence[Job], *, level: int = logging.INFO,

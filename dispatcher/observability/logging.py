@@ -109,7 +109,7 @@ def configure_logging(settings: DispatcherSettings) -> None:
     logger.addHandler(handler)
     logger.setLevel(settings.log_level)
     logger.propagate = False
-    set_line_writer(write_lines, write_same_lines)
+    set_line_writer(write_lines, write_same_lines, prepare_lines)
 
 
 def write_lines(level: int, batch: Sequence[dict[str, Any]]) -> bool:
@@ -154,6 +154,24 @@ def _write(level: int, text: Callable[[_Formatter, float, str, str], str]) -> bo
     handler = _only_output(level)
     if handler is None:
         return False
+    _write_text(handler, level, text)
+    return True
+
+
+def prepare_lines(level: int, batch: Sequence[dict[str, Any]]) -> Callable[[], None] | None:
+    """``write_lines`` in two steps: the lines are formatted now, and written when the
+    returned callable is called (None: they go through ``logging``)."""
+    handler = _only_output(level)
+    if handler is None:
+        return None
+    text = "".join([cast(_Formatter, handler.formatter).line(
+        time.time(), logging.getLevelName(level), logger.name, fields) + handler.terminator
+        for fields in batch])
+    return lambda: _write_text(handler, level, lambda *_: text)
+
+
+def _write_text(handler: logging.StreamHandler[Any], level: int,
+                text: Callable[[_Formatter, float, str, str], str]) -> None:
     handler.acquire()
     try:
         handler.stream.write(text(cast(_Formatter, handler.formatter), time.time(),
@@ -164,7 +182,6 @@ def _write(level: int, text: Callable[[_Formatter, float, str, str], str]) -> bo
                                               "event lines", (), None))
     finally:
         handler.release()
-    return True
 
 
 def _plain(text: str) -> bool:
@@ -210,6 +227,6 @@ def log_until_configured(settings: DispatcherSettings) -> None:
     setattr(handler, _LINES_FLAG, True)
     handler.setFormatter(formatter(settings))
     logger.addHandler(handler)
-    set_line_writer(write_lines, write_same_lines)
+    set_line_writer(write_lines, write_same_lines, prepare_lines)
     if logger.level == logging.NOTSET:
         logger.setLevel(settings.log_level)

@@ -29,6 +29,7 @@ def _read(name: str) -> str:
 
 
 PUBLISH = Script("publish", helpers=True)
+PUBLISH_ONE = Script("publish_one")
 WRITE_RECORDS = Script("write_records", helpers=True)
 RECOVER = Script("recover")
 RELEASE_DUE = Script("release_due", helpers=True)

@@ -2,9 +2,10 @@
 
 Publishing through Celery's ``apply_async`` costs a producer, an exchange lookup and
 several round trips per job; here a batch is one ``EVALSHA`` of
-``store/lua/publish.lua``, which pushes each message onto kombu's list for (queue,
-priority) *and* sets a publish marker, so a job re-sent after a timeout or from the
-outage spool lands in the queue exactly once. A job not yet due goes to the delay store
+``store/lua/publish.lua`` (``publish_one.lua`` for a single job), which pushes each
+message onto kombu's list for (queue, priority) *and* sets a publish marker, so a
+job re-sent after a timeout or from the outage spool lands in the queue exactly once. A
+job not yet due goes to the delay store
 instead, and is pushed when due (``delayed``).
 """
 
@@ -13,14 +14,14 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
 import redis
 
 from ...store import keys
 from ...store.link import Link, join_fields
-from ...store.scripts import PUBLISH
+from ...store.scripts import PUBLISH, PUBLISH_ONE
 
 PublishItem = tuple[str, str, str, str | None, float | None]
 """``(publish_id, queue_key, message_json, record_json, due)``: one job to publish; a
@@ -41,17 +42,32 @@ class Publisher:
         self._sha = PUBLISH.sha
         self._local = threading.local()
 
-    def publish_one(self, item: PublishItem) -> int:
+    def publish_one(self, item: PublishItem,
+                    meanwhile: Callable[[], object] | None = None) -> int:
         """``publish([item])`` through this thread's own connection, kept across calls
-        (no pool checkout per job: the one-by-one ``.dispatch()`` path)."""
+        (no pool checkout per job: the one-by-one ``.dispatch()`` path). ``meanwhile``
+        is called once the command is sent, before its reply is read: work that does
+        not need the outcome, done while Redis runs the script."""
         link: Link | None = getattr(self._local, "link", None)
         if link is None:
             link = self._local.link = Link(self.client)
-        command = self.command([item])
+        publish_id, key, message, record, due = item
+        if "\x00" in publish_id or "\x00" in key:  # as command() refuses them
+            raise ValueError("a queue name or publish id holds a NUL character")
+        command = ("EVALSHA", PUBLISH_ONE.sha, 3, keys.INFLIGHT, keys.JOBS_INDEX,
+                   keys.DELAYED, self.marker_ttl, self.record_ttl, time.time(), publish_id,
+                   key, message, record or "", "" if due is None else repr(due),
+                   keys.MARKER_PREFIX, keys.RECORD_PREFIX)
         try:
-            return int(link.call(*command))
+            link.send([command])
+            try:
+                if meanwhile is not None:
+                    meanwhile()
+            finally:
+                reply = link.read()
+            return int(reply)
         except redis.exceptions.NoScriptError:
-            self.client.script_load(PUBLISH.source)
+            self.client.script_load(PUBLISH_ONE.source)
             return int(link.call(*command))
 
     def publish(self, items: Sequence[PublishItem]) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 from celery import Celery
 
 from ...core.errors import BrokerUnavailable
-from ...core.events import emit, emit_many
+from ...core.events import Announcement, emit, emit_many
 from ...core.execution import Execution
 from ...core.job import Job
 from ...core.ports import Route
@@ -111,12 +111,13 @@ class CeleryRoute:
             self.execution.record(job, "PENDING")
         if not monitor.healthy:
             return self._on_outage(job, countdown, *item, outage)
+        dispatched = Announcement("task.dispatched", job, reason=reason)
         try:
-            monitor.publisher.publish_one((job.publish_id, *item))
+            monitor.publisher.publish_one((job.publish_id, *item), dispatched.prepare)
         except BROKER_ERRORS as exc:
             monitor.mark_down(exc)
             return self._on_outage(job, countdown, *item, outage)
-        emit("task.dispatched", job, reason=reason)
+        dispatched.emit()
         return "celery"
 
     def dispatch_many(

@@ -13,7 +13,7 @@ import pytest
 
 from dispatcher import task
 from dispatcher.core import events
-from dispatcher.core.events import emit, emit_many, set_listeners
+from dispatcher.core.events import Announcement, emit, emit_many, set_listeners
 from dispatcher.core.job import Job
 from dispatcher.observability.logging import configure_logging
 from tests.unit.helpers import unit_settings
@@ -30,7 +30,8 @@ def jobs(count: int) -> list[Job]:
 
 
 def written(logger: logging.Logger, log_format: str) -> tuple[list[str], int]:
-    """The lines one emit and one emit_many write, and how many records were made."""
+    """The lines one emit, one emit_many and one prepared ``Announcement`` write, and
+    how many records were made."""
     stream = io.StringIO()
     ours = [h for h in logger.handlers if isinstance(h, logging.StreamHandler)]
     assert len(ours) == 1
@@ -48,6 +49,10 @@ def written(logger: logging.Logger, log_format: str) -> tuple[list[str], int]:
         first, *rest = jobs(3)
         emit("task.succeeded", first, duration_ms=1.23456)
         emit_many("task.dispatched", rest, reason="spill_over")
+        announced = Announcement("task.dispatched", first, reason="announced")
+        announced.prepare()
+        assert stream.getvalue().count("\n") == 3  # formatted, not written yet
+        announced.emit()
     finally:
         del logger.makeRecord
     lines = stream.getvalue().splitlines()
@@ -64,10 +69,11 @@ def test_lines_written_directly_are_those_of_the_records(
     direct, made_direct = written(pristine_logger, log_format)
     pristine_logger.addFilter(lambda record: True)  # a filter must see records: none skipped
     via_records, made_via_records = written(pristine_logger, log_format)
-    assert (made_direct, made_via_records) == (0, 3)
+    assert (made_direct, made_via_records) == (0, 4)
     assert direct == via_records
-    assert len(direct) == 3
+    assert len(direct) == 4
     assert "duration_ms" in direct[0] and "reason" in direct[2]
+    assert "announced" in direct[3]
 
 
 def test_another_handler_gets_records(pristine_logger: logging.Logger) -> None:
@@ -77,9 +83,9 @@ def test_another_handler_gets_records(pristine_logger: logging.Logger) -> None:
     extra.emit = seen.append  # type: ignore[method-assign]
     pristine_logger.addHandler(extra)
     _, made = written(pristine_logger, "text")
-    assert made == 3
+    assert made == 4
     assert [r.dispatch["event"] for r in seen] == [  # type: ignore[attr-defined]
-        "task.succeeded", "task.dispatched", "task.dispatched"]
+        "task.succeeded", "task.dispatched", "task.dispatched", "task.dispatched"]
 
 
 def test_emit_many_tells_the_listeners_of_each_job_even_with_the_level_off(
@@ -93,6 +99,22 @@ def test_emit_many_tells_the_listeners_of_each_job_even_with_the_level_off(
     finally:
         set_listeners(*saved)
     assert heard == [("task.dispatched", "job-0"), ("task.dispatched", "job-1")]
+
+
+def test_an_announcement_tells_the_listeners_once_emitted_not_when_prepared(
+        pristine_logger: logging.Logger) -> None:
+    configure_logging(unit_settings(log_level="warning"))
+    heard: list[str] = []
+    saved = events._listeners
+    set_listeners(lambda event, job, duration, extra: heard.append(extra["reason"]))
+    try:
+        announced = Announcement("task.dispatched", jobs(1)[0], reason="x")
+        announced.prepare()
+        assert heard == []
+        announced.emit()
+    finally:
+        set_listeners(*saved)
+    assert heard == ["x"]
 
 
 def test_an_error_tracker_patching_logging_and_a_record_factory_get_records(
@@ -109,11 +131,11 @@ def test_an_error_tracker_patching_logging_and_a_record_factory_get_records(
 
     monkeypatch.setattr(logging.Logger, "callHandlers", tracking)
     lines, made = written(pristine_logger, "text")
-    assert made == 3 and len(seen) == 3 and len(lines) == 3
+    assert made == 4 and len(seen) == 4 and len(lines) == 4
     monkeypatch.undo()
     factory = logging.getLogRecordFactory()
     monkeypatch.setattr(logging, "_logRecordFactory", lambda *a, **k: factory(*a, **k))
-    assert written(pristine_logger, "text")[1] == 3
+    assert written(pristine_logger, "text")[1] == 4
 
 
 def test_a_line_that_cannot_be_formatted_is_reported_not_raised(
