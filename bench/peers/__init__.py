@@ -26,10 +26,13 @@ class Spec:
     venv: str | None = None
     #: Ours: the runner sets the ``DISPATCH_*`` variables for its agent and workers.
     dispatcher: bool = False
+    #: A measuring probe, not a peer: run only when ``BENCH_PEERS`` names it.
+    probe: bool = False
 
 
 PEERS: tuple[Spec, ...] = (
     Spec("ours", "bench.peers.ours:Ours", 1, dispatcher=True),
+    Spec("lean-probe", "bench.peers.ours:LeanProbe", 10, dispatcher=True, probe=True),
     Spec("celery", "bench.peers.celery_peer:AtLeastOnce", 2),
     Spec("celery-defaults", "bench.peers.celery_peer:Defaults", 3),
     Spec("celery+results", "bench.peers.celery_peer:WithResults", 4),

@@ -47,3 +47,10 @@ class Ours(Peer):
     def settled(self, handle: object) -> bool:
         # kombu keeps delivered, unacknowledged messages in the "unacked" hash.
         return not self.client.hlen("unacked")
+
+
+class LeanProbe(Ours):
+    """``bench.lean_probe``: ours, taken by a consumer of our own (a measuring probe)."""
+
+    def worker_command(self, python: str, slots: int, index: int) -> list[str]:
+        return [python, "-m", "bench.lean_probe", str(slots)]

@@ -21,7 +21,7 @@ ROWS = (
     ("procs", "6. worker processes"),
 )
 #: Peers that are not a task queue: left out of "the fastest peer" and "the best peer".
-NOT_PEERS = {"ours", "redis"}
+NOT_PEERS = {"ours", "lean-probe", "redis"}
 #: What a cell shows when the peer has no such thing, or it was not measured.
 DASH = "\u2013"
 

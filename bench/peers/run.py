@@ -31,7 +31,7 @@ def chosen(h: Harness) -> list[Spec]:
     unknown = set(names) - {s.name for s in PEERS}
     if unknown:
         raise SystemExit(f"unknown peers: {sorted(unknown)}; known: {[s.name for s in PEERS]}")
-    specs = [s for s in PEERS if not names or s.name in names]
+    specs = [s for s in PEERS if s.name in names or (not names and not s.probe)]
     for spec in [s for s in specs if not h.available(s)]:
         print(f"skipped {spec.name}: no {h.python(spec)} (make .venv-bench-arq/.installed-"
               "bench-arq, or `make bench`, installs it)", file=sys.stderr)
