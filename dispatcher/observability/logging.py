@@ -160,13 +160,17 @@ def _write(level: int, text: Callable[[_Formatter, float, str, str], str]) -> bo
 
 def prepare_lines(level: int, batch: Sequence[dict[str, Any]]) -> Callable[[], None] | None:
     """``write_lines`` in two steps: the lines are formatted now, and written when the
-    returned callable is called (None: they go through ``logging``)."""
+    returned callable is called (None: they go through ``logging``, as lines that
+    cannot be formatted do, to be reported when written, never raised here)."""
     handler = _only_output(level)
     if handler is None:
         return None
-    text = "".join([cast(_Formatter, handler.formatter).line(
-        time.time(), logging.getLevelName(level), logger.name, fields) + handler.terminator
-        for fields in batch])
+    try:
+        text = "".join([cast(_Formatter, handler.formatter).line(
+            time.time(), logging.getLevelName(level), logger.name, fields)
+            + handler.terminator for fields in batch])
+    except Exception:
+        return None
     return lambda: _write_text(handler, level, lambda *_: text)
 
 

@@ -3,10 +3,9 @@
 Publishing through Celery's ``apply_async`` costs a producer, an exchange lookup and
 several round trips per job; here a batch is one ``EVALSHA`` of
 ``store/lua/publish.lua`` (``publish_one.lua`` for a single job), which pushes each
-message onto kombu's list for (queue, priority) *and* sets a publish marker, so a
-job re-sent after a timeout or from the outage spool lands in the queue exactly once. A
-job not yet due goes to the delay store
-instead, and is pushed when due (``delayed``).
+message onto kombu's list for (queue, priority) *and* sets a publish marker, so a job
+re-sent after a timeout or from the outage spool lands in the queue exactly once. A job
+not yet due goes to the delay store instead, and is pushed when due (``delayed``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 -- publish.lua for one job (the one-by-one .dispatch()): the same keys, markers, record
 -- and index entries, without the batch's field parsing and gathering, which cost
--- Redis a third of this script's time when the batch is a single job.
+-- Redis about a quarter of the script's time when the batch is a single job.
 -- KEYS as publish.lua's. ARGV[1] marker ttl, ARGV[2] record ttl, ARGV[3] now,
 -- ARGV[4] publish id, ARGV[5] queue key, ARGV[6] message, ARGV[7] record ('' for
 -- none), ARGV[8] due time ('' for now), ARGV[9] the marker key prefix, ARGV[10] the

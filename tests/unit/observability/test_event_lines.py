@@ -147,6 +147,11 @@ def test_a_line_that_cannot_be_formatted_is_reported_not_raised(
     configure_logging(unit_settings())
     emit("task.dispatched", jobs(1)[0], reason=Unprintable())  # no exception here
     assert "no text" in capsys.readouterr().err  # logging's report of a failed emit
+    announced = Announcement("task.dispatched", jobs(1)[0], reason=Unprintable())
+    announced.prepare()  # no exception here either
+    assert capsys.readouterr().err == ""  # reported when emitted, not before
+    announced.emit()
+    assert "no text" in capsys.readouterr().err
 
 
 def test_the_fallback_handler_stays_silent_once_the_app_configured_logging(
