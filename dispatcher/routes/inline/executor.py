@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import Literal, overload
 
 from ...core.errors import DispatchError
-from ...core.execution import Execution
+from ...core.execution import Execution, Outcome
 from ...core.job import Job
 from ...core.limits import SLOT_RECHECK, Admission, admit, release
 from ...policy.governor import Governor
@@ -245,21 +245,17 @@ class InlineExecutor:
         with self._lock:
             self._running += 1
         cpu, began = time.thread_time(), time.perf_counter()
+        outcome: Outcome | None = None
         try:
             outcome = run_attempt(self.execution, self._loop, job, admission.at)
         except BaseException:  # a bug here must not lose the job silently
             log.exception("inline executor failed while running task %s", job.id)
-            release(self.execution.limits, job, admission)
-            self._slot_waits.wake(admission.slot)
-            self._finish(job)
-            return None
-        finally:
-            with self._lock:
-                self._running -= 1
-            self.governor.spent(time.thread_time() - cpu, time.perf_counter() - began)
-        if outcome.retry_delay is None:
-            self._finish(job)
-        else:
+        with self._lock:  # in one step: a job that ended is neither running nor waiting
+            self._running -= 1
+            if outcome is None or outcome.retry_delay is None:
+                self._finish(job, locked=True)
+        self.governor.spent(time.thread_time() - cpu, time.perf_counter() - began)
+        if outcome is not None and outcome.retry_delay is not None:
             retry = job.next_attempt(outcome.retry_delay)
             with self._lock:
                 kept = job.id in self._outstanding  # not abandoned by a drain meanwhile
@@ -267,8 +263,9 @@ class InlineExecutor:
                     self._outstanding[job.id] = retry
             if kept:
                 self._later(outcome.retry_delay, self._enqueue, retry)
-        if outcome.lingering is not None:  # a timed-out call still runs (Python cannot
-            # stop a thread): it keeps both its slots, so hung tasks cannot multiply.
+        if outcome is not None and outcome.lingering is not None:  # a timed-out call
+            # still runs (Python cannot stop a thread): it keeps both its slots, so hung
+            # tasks cannot multiply.
             with self._lock:
                 self._running += 1
             try:
@@ -291,9 +288,12 @@ class InlineExecutor:
             return None
         return admit(self.execution.limits, job, slot_recheck=SLOT_RECHECK)
 
-    def _finish(self, job: Job) -> None:
-        with self._lock:
-            self._outstanding.pop(job.id, None)
-            if not self._outstanding:
-                self._idle.notify_all()
+    def _finish(self, job: Job, *, locked: bool = False) -> None:
+        """``job`` ended: no longer outstanding (``locked``: the caller holds the lock)."""
+        if not locked:
+            with self._lock:
+                return self._finish(job, locked=True)
+        self._outstanding.pop(job.id, None)
+        if not self._outstanding:
+            self._idle.notify_all()
 

@@ -89,6 +89,28 @@ def test_sync_task_succeeds(counter: Counter) -> None:
     assert TaskHandle.lookup(handle.id) == handle
 
 
+def test_a_job_that_ended_is_neither_running_nor_waiting(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spill-over limit reads ``waiting()``: once a job's attempt has ended, it is
+    counted nowhere, not as waiting for a moment after it stopped running."""
+    @task(name="unit.inline.ended")
+    def ended() -> None:
+        return None
+
+    executor = current().inline.executor
+    seen: list[tuple[int, int, int]] = []
+    spent = executor.governor.spent
+
+    def spying(cpu: float, wall: float) -> None:  # called right after the attempt ended
+        seen.append((executor.running(), executor.waiting(), executor.outstanding()))
+        spent(cpu, wall)
+
+    monkeypatch.setattr(executor.governor, "spent", spying)
+    ended.dispatch().get(timeout=5)
+    wait_for_inline_jobs(timeout=5)
+    assert seen == [(0, 0, 0)]
+
+
 def test_async_task_succeeds(counter: Counter) -> None:
     @task(name="unit.inline.async")
     async def mul(a: int, b: int) -> dict[str, int]:
