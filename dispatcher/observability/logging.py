@@ -119,11 +119,16 @@ def write_lines(level: int, batch: Sequence[dict[str, Any]]) -> bool:
     the logger's only output and nothing could see, filter or alter a record on the way
     (a filter, another handler, a patched ``Logger`` such as an error tracker's, a
     record factory of your own)."""
+    return _write(level, _lines(batch))
+
+
+def _lines(batch: Sequence[dict[str, Any]]) -> Callable[[_Formatter, float, str, str], str]:
+    """The text of ``batch``'s lines, given the formatter, time, level name and end."""
     def text(formatter: _Formatter, now: float, level_name: str, end: str) -> str:
         return "".join([formatter.line(now, level_name, logger.name, fields) + end
                         for fields in batch])
 
-    return _write(level, text)
+    return text
 
 
 #: Stands for the task id in a line formatted once for many jobs (``write_same_lines``).
@@ -166,9 +171,8 @@ def prepare_lines(level: int, batch: Sequence[dict[str, Any]]) -> Callable[[], N
     if handler is None:
         return None
     try:
-        text = "".join([cast(_Formatter, handler.formatter).line(
-            time.time(), logging.getLevelName(level), logger.name, fields)
-            + handler.terminator for fields in batch])
+        text = _lines(batch)(cast(_Formatter, handler.formatter), time.time(),
+                             logging.getLevelName(level), handler.terminator)
     except Exception:
         return None
     return lambda: _write_text(handler, level, lambda *_: text)
