@@ -26,6 +26,7 @@ from .ops.routes_table import aligned, format_table
 from .routes.celery.supervisor import CHILD_MARK, CONFIG_ERROR, install_alarm, supervise
 from .routes.celery.worker import worker_queues
 from .runtime.container import current
+from .runtime.direct_worker import direct_layout, is_direct_child, run_direct_consumer
 from .runtime.scheduler import schedule_rows
 from .runtime.worker_app import create_worker_app
 from .store.client import client_for
@@ -65,7 +66,17 @@ def _given(argv: list[str], short: str, long: str) -> bool:
 
 
 def worker(argv: list[str]) -> int:
-    return run_worker(argv) if os.environ.get(CHILD_MARK) else supervise(argv)
+    if os.environ.get(CHILD_MARK):
+        return run_direct_consumer() if is_direct_child() else run_worker(argv)
+    try:
+        direct = get_settings().worker_consumer == "direct"
+    except DispatchError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return CONFIG_ERROR
+    if direct:
+        celery_argv, consumers = direct_layout(argv, DEFAULT_NODE_NAME)
+        return supervise(celery_argv, others=consumers)
+    return supervise(argv)
 
 
 def _listing(read: Callable[[DispatcherSettings], list[dict[str, Any]]], as_json: bool,

@@ -22,6 +22,7 @@ from .fleet_settings import FleetSettings
 from .redis_url import check_redis_url
 from .spec import RouteName, parse_priority
 from .time_settings import TimeSettings
+from .worker_settings import WorkerSettings
 
 
 class RouteRule(BaseModel):
@@ -48,7 +49,7 @@ class RouteRule(BaseModel):
         return tuple(parse_priority(v) for v in items)
 
 
-class DispatcherSettings(FleetSettings, TimeSettings):
+class DispatcherSettings(FleetSettings, TimeSettings, WorkerSettings):
     """All settings; each field ``foo`` is read from ``DISPATCH_FOO``."""
 
     model_config = SettingsConfigDict(
@@ -174,39 +175,6 @@ class DispatcherSettings(FleetSettings, TimeSettings):
     )
     allow_insecure_tls: bool = Field(
         default=False, description="Accept rediss:// URLs that skip certificate checks."
-    )
-    worker_events: bool = Field(
-        default=False,
-        description="Workers send Celery task events from the start (Celery's default is "
-        "off too); Flower switches them on while it watches. Costs ~30% of the "
-        "throughput of very short jobs.",
-    )
-    worker_task_logs: bool = Field(
-        default=False,
-        description="Celery's own per-job log lines in workers (\"Task ... received\", "
-        "\"... succeeded in\"). Off: our task.started / task.succeeded events say the "
-        "same, and the received line costs the worker's main process, its serial stage.",
-    )
-    worker_spare_below: float = Field(
-        default=0.05,
-        ge=0,
-        description="A worker takes one job ahead of its free pool processes while its "
-        "jobs take less than this many seconds on average (a job held behind long ones "
-        "would wait while another worker idles); 0: never.",
-    )
-    worker_mingle: bool = Field(
-        default=False,
-        description="`dispatcher worker` runs Celery's start-up mingle (syncing revoked "
-        "task ids with other workers, ~1 s per start). Off: the dispatcher never revokes.",
-    )
-    metrics_port: int = Field(
-        default=9808,
-        ge=0,
-        le=65535,
-        description="Port of the worker's Prometheus /metrics endpoint; 0 switches it off.",
-    )
-    metrics_host: str = Field(
-        default="127.0.0.1", description="Address the worker's metrics endpoint binds to."
     )
     log_format: Literal["text", "json"] = Field(
         default="text",

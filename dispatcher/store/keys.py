@@ -46,6 +46,9 @@ TAKEN_PREFIX = "dispatch:taken:"
 WORKER_PREFIX = "dispatch:worker:"
 #: Per live worker, the delivery tags it holds (taken, not acknowledged) at its last beat.
 HELD_SUFFIX = ":held"
+#: Per direct consumer, "<queue list>\n<delivery tag>" of the message it took last
+#: (``routes/celery/direct``): what a restarted consumer gives back at once.
+HOLDING_SUFFIX = ":holding"
 #: Sorted set of every worker that has beaten, by its last beat: where to look for them.
 WORKERS = "dispatch:workers"
 #: Per delivery (tag and time) given back from a dead worker: who claimed it.
@@ -114,6 +117,10 @@ def held(hostname: str) -> str:
     return WORKER_PREFIX + hostname + HELD_SUFFIX
 
 
+def holding(hostname: str) -> str:
+    return WORKER_PREFIX + hostname + HOLDING_SUFFIX
+
+
 def inline_report(process: str) -> str:
     return INLINE_PREFIX + process
 
@@ -159,7 +166,8 @@ def adaptive_state(task_name: str) -> str:
 
 
 _BASE = {name: value for name, value in dict(globals()).items()
-         if name.isupper() and isinstance(value, str) and name not in {"PREFIX", "HELD_SUFFIX"}}
+         if name.isupper() and isinstance(value, str)
+         and name not in {"PREFIX", "HELD_SUFFIX", "HOLDING_SUFFIX"}}
 
 
 def use_namespace(namespace: str | None) -> None:

@@ -40,6 +40,8 @@ class Cluster:
     #: The suite's short timeouts (visibility 10 s, lost-job requeue 5 s); False: every
     #: setting at its default, as users run it.
     short: bool = True
+    #: ``DISPATCH_WORKER_CONSUMER`` of the workers it starts.
+    consumer: str = "celery"
     redis: EmbeddedRedis = field(init=False)
     workers: list[Process] = field(default_factory=list)
     apis: list[Process] = field(default_factory=list)
@@ -86,7 +88,8 @@ class Cluster:
             log = self.root / f"worker{len(self.workers)}.log"
             name = ["--hostname", hostname] if hostname else []
             worker = Process([sys.executable, "-m", "worker", "--concurrency",
-                              str(concurrency), *name], {**self.env, **env}, log)
+                              str(concurrency), *name],
+                             {**self.env, "DISPATCH_WORKER_CONSUMER": self.consumer, **env}, log)
             self.workers.append(worker)  # stopped by close() even if it never gets ready
             started.append(worker)
         for worker in started:
@@ -168,8 +171,13 @@ class Cluster:
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     """A cluster with the suite's short timeouts; ``indirect`` parameter "defaults":
-    every setting at its default."""
-    c = Cluster(tmp_path, short=getattr(request, "param", "short") == "short")
+    every setting at its default; "direct" or "direct-defaults": the same, with workers
+    on the direct consumer (``DISPATCH_WORKER_CONSUMER=direct``)."""
+    param = getattr(request, "param", "short")
+    consumer, _, timeouts = param.rpartition("-") if "-" in param else ("", "", param)
+    if param == "direct":
+        consumer, timeouts = "direct", "short"
+    c = Cluster(tmp_path, short=timeouts == "short", consumer=consumer or "celery")
     try:
         yield c
     finally:

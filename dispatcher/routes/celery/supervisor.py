@@ -15,11 +15,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 CHILD_MARK = "DISPATCH_WORKER_CHILD"
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 SHUTDOWN_WATCHDOG = 10.0
 CONFIG_ERROR = 2
+#: Seconds before a direct consumer killed by a signal starts again.
+KILLED_PAUSE = 0.2
 
 
 def _descendants(pid: int) -> list[int]:
@@ -78,25 +82,36 @@ def install_alarm() -> None:
         logging.getLogger(UNRECOVERABLE_LOGGER).addHandler(UnrecoverableAlarm(supervisor))
 
 
-def supervise(argv: list[str], command: list[str] | None = None) -> int:
-    """Keep one worker process running until we are told to stop."""
-    stopping = False
-    child: subprocess.Popen[bytes] | None = None
+@dataclass
+class Child:
+    """One process the supervisor keeps running: ``command`` with ``env`` added."""
+
+    command: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    label: str = "the Celery worker"
+    popen: subprocess.Popen[bytes] | None = None
+
+
+def supervise(argv: list[str], command: list[str] | None = None,
+              others: Sequence[Child] = ()) -> int:
+    """Keep the Celery worker (and ``others``: the direct consumers) running until we are
+    told to stop; the Celery worker's exit code."""
+    stopping = threading.Event()
+    celery = Child(command or [sys.executable, "-m", "dispatcher", "worker", *argv])
+    children = [celery, *others]
 
     def forward(signum: int, frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        if child is not None and child.poll() is None:
-            # Always SIGTERM (a warm shutdown, idempotent in Celery): a terminal's Ctrl-C
-            # already reached the child, and a second SIGINT would make it a cold one.
-            child.send_signal(signal.SIGTERM)
+        stopping.set()
+        for child in children:
+            _terminate(child.popen)
 
     watchdogs: dict[int, threading.Timer] = {}
 
     def alarm(signum: int, frame: object) -> None:
-        if child is not None and child.pid not in watchdogs:
-            watchdogs[child.pid] = timer = threading.Timer(
-                SHUTDOWN_WATCHDOG, _kill_tree, args=(child.pid,))
+        popen = celery.popen  # only the Celery worker raises the alarm
+        if popen is not None and popen.pid not in watchdogs:
+            watchdogs[popen.pid] = timer = threading.Timer(
+                SHUTDOWN_WATCHDOG, _kill_tree, args=(popen.pid,))
             timer.daemon = True
             timer.start()
 
@@ -104,24 +119,65 @@ def supervise(argv: list[str], command: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(ALARM, alarm)
     env = {**os.environ, CHILD_MARK: "1", SUPERVISOR_PID: str(os.getpid())}
+    # Each worker's pool processes write their metrics into files of a fresh directory
+    # (prometheus-client's multiprocess mode); counters restart with it. With direct
+    # consumers beside it, all of them share one for the supervisor's life.
+    shared = tempfile.mkdtemp(prefix="dispatch-metrics-", dir=os.environ.get(METRICS_DIR)) \
+        if others else None
+    codes: dict[int, int] = {}
+
+    def keep(index: int, child: Child) -> None:
+        codes[index] = _keep_running(child, env, stopping, watchdogs, shared)
+        if index == 0 or codes[index] == CONFIG_ERROR:
+            forward(signal.SIGTERM, None)  # the others go with it
+
+    # The Celery worker from this (the main) thread, the direct consumers each from a
+    # thread of its own; signals reach the main thread while it waits.
+    threads = [threading.Thread(target=keep, args=(i, c), name=f"supervise-{i}", daemon=True)
+               for i, c in enumerate(children) if i]
+    for thread in threads:
+        thread.start()
+    try:
+        keep(0, celery)
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(1.0)
+    finally:
+        if shared is not None:
+            shutil.rmtree(shared, ignore_errors=True)
+    return codes.get(0, 0)
+
+
+def _terminate(popen: subprocess.Popen[bytes] | None) -> None:
+    if popen is not None and popen.poll() is None:
+        # Always SIGTERM (a warm shutdown, idempotent in Celery): a terminal's Ctrl-C
+        # already reached the child, and a second SIGINT would make it a cold one.
+        popen.send_signal(signal.SIGTERM)
+
+
+def _keep_running(child: Child, env: dict[str, str], stopping: threading.Event,
+                  watchdogs: dict[int, threading.Timer], shared: str | None) -> int:
+    """Start ``child`` again whenever it ends unasked; its last exit code."""
     pause = 1.0
-    while True:
+    code = 0
+    while not stopping.is_set():
         started = time.monotonic()
-        # Each worker's pool processes write their metrics into files of a fresh
-        # directory (prometheus-client's multiprocess mode); counters restart with it.
-        metrics_dir = tempfile.mkdtemp(prefix="dispatch-metrics-", dir=os.environ.get(METRICS_DIR))
+        metrics_dir = shared or tempfile.mkdtemp(prefix="dispatch-metrics-",
+                                                 dir=os.environ.get(METRICS_DIR))
         try:
-            child = subprocess.Popen(
-                command or [sys.executable, "-m", "dispatcher", "worker", *argv],
-                env={**env, METRICS_DIR: metrics_dir},
+            child.popen = popen = subprocess.Popen(
+                child.command, env={**env, **child.env, METRICS_DIR: metrics_dir},
                 stdout=sys.stderr.fileno(),  # one stream, as Celery's own output
             )
-            code = child.wait()
-            if (watchdog := watchdogs.pop(child.pid, None)) is not None:
+            if stopping.is_set():  # told to stop while it started
+                _terminate(popen)
+            code = popen.wait()
+            if (watchdog := watchdogs.pop(popen.pid, None)) is not None:
                 watchdog.cancel()
         finally:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-        if stopping:
+            if shared is None:
+                shutil.rmtree(metrics_dir, ignore_errors=True)
+        if stopping.is_set():
             return code
         if code == CONFIG_ERROR and time.monotonic() - started < 30:
             return code  # refused its settings at start-up: starting again cannot help
@@ -129,9 +185,13 @@ def supervise(argv: list[str], command: list[str] | None = None) -> int:
         # "successfully" after an unrecoverable error when Redis vanished under it.
         if time.monotonic() - started > 60:
             pause = 1.0
-        print(f"worker: the Celery worker exited with {code}; starting it again in "
-              f"{pause:g}s", file=sys.stderr, flush=True)
-        time.sleep(pause)
-        pause = min(pause * 2, 30.0)
-        if stopping:
-            return code
+        # A direct consumer killed by a signal (its job killed it, or the OOM killer)
+        # comes back at once, as Celery replaces a pool process; the job it held is
+        # given back as it starts, and counted a death each time (poison after a few).
+        wait = KILLED_PAUSE if code < 0 and child.env else pause
+        print(f"worker: {child.label} exited with {code}; starting it again in "
+              f"{wait:g}s", file=sys.stderr, flush=True)
+        stopping.wait(wait)
+        if wait == pause:
+            pause = min(pause * 2, 30.0)
+    return code

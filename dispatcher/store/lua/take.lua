@@ -7,8 +7,10 @@
 -- KEYS[1] kombu's unacked index, KEYS[2] its unacked hash, KEYS[3] the in-flight
 -- index, KEYS[4..] the queue lists in order. ARGV[1] now, ARGV[2] the run count's ttl
 -- (0: not counted here), ARGV[3] the marker prefix, ARGV[4] the cancel-mark prefix,
--- ARGV[5] the run-count prefix, ARGV[6] the taken-mark prefix.
--- The delivery is counted by count_delivery.lua (put before this script), held.
+-- ARGV[5] the run-count prefix, ARGV[6] the taken-mark prefix; for the direct consumer,
+-- which starts the job at once (not held), ARGV[7] '0', ARGV[8] its holding key (set to
+-- "<list>\n<tag>") and ARGV[9] that key's lifetime.
+-- The delivery is counted by count_delivery.lua (put before this script).
 -- Returns nil when every list is empty; {list, message} for a message it could not
 -- read (kombu writes it down as usual); else {list, message, 1, runs (-1: not
 -- counted), cancelled (0/1), ours (0/1)}.
@@ -40,6 +42,9 @@ end
 redis.call('ZADD', KEYS[1], ARGV[1], tag)
 redis.call('HSET', KEYS[2], tag, '[' .. item .. ',' .. cjson.encode(info['exchange']) .. ','
            .. cjson.encode(info['routing_key']) .. ']')
+if ARGV[8] then
+  redis.call('SET', ARGV[8], from .. '\n' .. tag, 'EX', ARGV[9])
+end
 local headers = message['headers']
 if type(headers) ~= 'table' or type(headers['id']) ~= 'string'
     or type(headers['dispatch']) ~= 'table'
@@ -57,6 +62,6 @@ redis.call('SET', ARGV[3] .. publication, '1', 'XX', 'KEEPTTL')
 local cancelled = redis.call('EXISTS', ARGV[4] .. id)
 local runs = -1
 if tonumber(ARGV[2]) > 0 then
-  runs = count_delivery(ARGV[5] .. id, ARGV[6] .. id, ARGV[2], true)
+  runs = count_delivery(ARGV[5] .. id, ARGV[6] .. id, ARGV[2], ARGV[7] ~= '0')
 end
 return {from, item, 1, runs, cancelled, 1}

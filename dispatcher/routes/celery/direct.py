@@ -1,0 +1,300 @@
+"""The direct consumer (``DISPATCH_WORKER_CONSUMER=direct``): a worker process that
+takes its own messages and runs them itself, with no consumer process and no pool
+pipe in between.
+
+Each take is one script call (``lua/take.lua``): the message is popped and written
+down as kombu's Redis transport writes it (its ``unacked`` entry and index), with our
+bookkeeping (started mark, cancel mark, run count), and the last job's
+acknowledgement rides in the same write. An idle consumer waits on ``BRPOP`` and
+writes down what it brings in a second step (``direct_take``). Messages stay Celery's
+protocol 2, and each job runs through ``CeleryWorker.execute``: the same execution
+core, records, retries, limits and events as under Celery's consumer.
+
+Each consumer beats as a worker of its own (``liveness``): when one dies, the rescue
+of any live worker gives back its message once its heartbeat expired, and the same
+consumer started again gives it back at once (its holding key).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from typing import Any
+
+import redis
+from celery.exceptions import Retry
+
+from ...core.errors import TaskFailed
+from ...core.periodic import Periodic
+from ...core.ports import RegisteredTask
+from ...core.registry import all_tasks
+from ...store import keys
+from ...store.client import client_for
+from ...store.link import Link, as_text
+from ...store.scripts import TAKE
+from .direct_take import HOLDING_TTL, NotWritten, give_back_held, write_down
+from .liveness import Heartbeat
+from .monitor import BROKER_ERRORS
+from .protocol import queue_keys
+from .putback import PUT_BACKS
+from .taken import Refused, TakenMessage, delivery_tag, due_in, read_message
+from .unknown import HAND_BACK_DELAY
+from .worker import CeleryWorker
+
+log = logging.getLogger("dispatcher.worker")
+
+#: Seconds an idle consumer blocks on ``BRPOP`` before it looks at its stop flag.
+IDLE_WAIT = 1.0
+#: Longest pause between tries while Redis is away.
+LONGEST_PAUSE = 2.0
+
+
+def take_order(queues: list[str]) -> list[str]:
+    """The lists to take from, in order: each priority step across every queue, the
+    order Celery's Redis transport polls them in."""
+    return [key for step in zip(*(queue_keys(q) for q in queues), strict=True) for key in step]
+
+
+class DirectConsumer:
+    """Takes messages from ``queues`` and runs them in this process until ``stop()``."""
+
+    def __init__(self, worker: CeleryWorker, hostname: str, queues: list[str]) -> None:
+        settings = worker.settings
+        self.worker = worker
+        self.hostname = hostname
+        self.queues = queues
+        assert settings.broker_url is not None  # a worker refuses to start without one
+        # Its own client: BRPOP blocks longer than the publish timeout allows a command.
+        self.client = client_for(settings.model_copy(
+            update={"publish_timeout": settings.publish_timeout + IDLE_WAIT + 1.0}),
+            settings.broker_url)
+        self.link = Link(self.client)
+        self.tasks: dict[str, RegisteredTask] = {t.spec.name: t for t in all_tasks()}
+        self.lists = take_order(queues)
+        shared = worker.records is not None and settings.results_url == settings.broker_url
+        #: The run count's lifetime; 0: our records live apart, counted when the job runs.
+        self.runs_ttl = settings.result_ttl if shared else 0
+        fixed = [keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED, keys.INFLIGHT]
+        self._take = ("EVALSHA", TAKE.sha, len(fixed) + len(self.lists), *fixed, *self.lists)
+        self._stop = threading.Event()
+        #: Held while a take is in flight or a message is held: the heartbeat lists
+        #: what this consumer holds, and must never beat between a take and its reply.
+        self._holding_lock = threading.Lock()
+        self._held: str | None = None
+        #: The last job's acknowledgement, sent with the next take.
+        self._owed: list[tuple[Any, ...]] = []
+        self.heartbeat = Heartbeat(
+            worker.route.monitor.publisher.client, hostname, settings.worker_dead_after,
+            list(self.tasks), self._holdings, lambda: self.queues)
+        pause = max(1.0, min(10.0, settings.requeue_lost_after / 2, settings.worker_dead_after / 3))
+        self._beats = Periodic("dispatch-direct-beat", self._beat, pause,
+                               expected=BROKER_ERRORS, log=log)
+
+    def _holdings(self) -> list[str]:
+        with self._holding_lock:
+            return [] if self._held is None else [self._held]
+
+    def _beat(self) -> None:
+        if not self._stop.is_set():
+            self.heartbeat.beat()
+
+    def stop(self) -> None:
+        """Finish the job in hand, acknowledge it and return from ``run``."""
+        self._stop.set()
+
+    def run(self) -> None:
+        """Take and run messages until ``stop()``; then acknowledge the last one and say
+        this consumer has stopped (its heartbeat removed)."""
+        self._beats.start()
+        self._start()
+        log.info("direct consumer %s ready: queues %s", self.hostname, ", ".join(self.queues))
+        pause = 0.1
+        while not self._stop.is_set():
+            try:
+                message = self._next()
+                pause = 0.1
+            except BROKER_ERRORS as exc:
+                self.link.drop()
+                log.warning("direct consumer %s: Redis is unavailable (%s); trying again "
+                            "in %.1f s", self.hostname, exc, pause)
+                self._stop.wait(pause)
+                pause = min(pause * 2, LONGEST_PAUSE)
+                continue
+            if message is not None:
+                self._handle(message)
+        self._beats.stop()
+        self._settle()
+
+    def _start(self) -> None:
+        """Beat once, and give back what this consumer's last run held when it died:
+        now, not when its heartbeat expires (the rescue's way), so a job that kills its
+        process runs again at once and is counted a death each time (poison after a
+        few). With Redis away, both are left to the beat thread and the rescue."""
+        try:
+            self.heartbeat.beat()
+            back = give_back_held(self.client, self.hostname)
+        except BROKER_ERRORS as exc:
+            log.warning("direct consumer %s: Redis is unavailable at start (%s)",
+                        self.hostname, exc)
+            return
+        if back is not None:
+            log.warning("direct consumer %s started again: the message it held (delivery "
+                        "tag %s) is back in its queue", self.hostname, back)
+
+    def _settle(self) -> None:
+        """Send what is owed and remove the heartbeat; what fails is left to the rescue."""
+        try:
+            if self._owed:
+                self.link.send(self._owed)
+                for _ in self._owed:
+                    self.link.read()
+                self._owed = []
+            self.client.delete(keys.holding(self.hostname))
+            self.heartbeat.stop()
+        except BROKER_ERRORS as exc:
+            log.warning("direct consumer %s stopped without settling (%s): the rescue gives "
+                        "back what it held", self.hostname, exc)
+        self.link.close()
+
+    def _next(self) -> TakenMessage | None:
+        """The next message, written down and held (None: none came, or it was refused)."""
+        with self._holding_lock:
+            reply = self._send_take()
+            counts: list[Any] | None
+            if reply:
+                key, item = as_text(reply[0]), as_text(reply[1])
+                if len(reply) <= 2:  # unreadable: the script wrote nothing down
+                    self._refuse(key, item, written=False)
+                    return None
+                counts = self._counts(reply[3:6])
+            else:
+                popped = self.link.call("BRPOP", *self.lists, IDLE_WAIT)
+                if not popped:
+                    return None
+                key, item = as_text(popped[0]), as_text(popped[1])
+                written = self._write_down(key, item)
+                if written is False:
+                    return None
+                counts = written if isinstance(written, list) else None
+            try:
+                message = read_message(key, item, counts)
+            except Refused as exc:
+                log.error("%s", exc)
+                self._refuse(key, item, written=True)
+                return None
+            self._held = message.tag
+            return message
+
+    def _send_take(self) -> Any:
+        """Send the owed acknowledgement and the take; the take's reply. An owed
+        acknowledgement stays owed until Redis has answered it (sent again, it changes
+        nothing)."""
+        command = (*self._take, repr(time.time()), self.runs_ttl, keys.MARKER_PREFIX,
+                   keys.CANCEL_PREFIX, keys.RUNS_PREFIX, keys.TAKEN_PREFIX, "0",
+                   keys.holding(self.hostname), HOLDING_TTL)
+        owed = self._owed
+        self.link.send([*owed, command])
+        for _ in owed:
+            self.link.read()
+        self._owed = []
+        try:
+            return self.link.read()
+        except redis.exceptions.NoScriptError:  # Redis restarted, or another one
+            self.client.script_load(TAKE.source)
+            return self.link.call(*command)
+
+    @staticmethod
+    def _counts(reply: list[Any]) -> list[Any] | None:
+        runs, cancelled, ours = (int(value) for value in reply)
+        return [runs if runs >= 0 else None, bool(cancelled)] if ours else None
+
+    def _write_down(self, key: str, item: str) -> list[Any] | bool | None:
+        """Write down what ``BRPOP`` took (``write_down``); on a Redis error the message
+        goes back to its queue from the put-back thread, and False is returned."""
+        try:
+            return write_down(self.link, key, item, self.runs_ttl, self.hostname)
+        except NotWritten as failed:
+            self.link.drop()
+            settings = self.worker.settings
+            PUT_BACKS.hand(client_for(settings, str(settings.broker_url)), failed.untaken,
+                           failed.reason)
+            return False
+        except Refused:
+            self._refuse(key, item, written=False)
+            return False
+
+    def _refuse(self, key: str, item: str, written: bool) -> None:
+        """A message that cannot run: logged (by the caller, or here when unreadable)
+        and acknowledged if it was written down. Never run."""
+        if not written:
+            log.error("refused a message that cannot be decoded (from %s): not a task "
+                      "message: %.200s", keys.unprefixed(key), item)
+            return
+        tag = delivery_tag(json.loads(item))
+        if tag is not None:
+            self._owed = _ack(tag)
+
+    def _handle(self, message: TakenMessage) -> None:
+        """Run the held message, or hand it back; its acknowledgement is then owed.
+        Should Redis fail while a message is handed back or refused, the message stays
+        written down: the rescue gives it back once this consumer's beat says it no
+        longer holds it."""
+        try:
+            task = self.tasks.get(message.task)
+            if task is None:
+                self._unknown(message)
+            elif message.expires is not None and message.expires < time.time():
+                log.warning("task %s (%s) expired before it could run: not run",
+                            message.id, message.task)
+                self._owed = _ack(message.tag)
+            elif due_in(message) > 0:  # a plain Celery client's countdown: not yet
+                self._hand_back(message, min(due_in(message), HAND_BACK_DELAY))
+            else:
+                self._execute(task, message)
+                self._owed = _ack(message.tag)
+        except BROKER_ERRORS as exc:
+            log.warning("direct consumer %s could not hand back job %s (%s): the rescue "
+                        "gives it back", self.hostname, message.id, exc)
+        finally:
+            with self._holding_lock:
+                self._held = None
+
+    def _execute(self, task: RegisteredTask, message: TakenMessage) -> None:
+        try:
+            self.worker.execute(task, message, message.kwargs, tuple(message.args))
+        except Exception as exc:  # failed, or retried: either way recorded and acknowledged
+            if not isinstance(exc, Retry | TaskFailed):
+                log.exception("task %s (%s) ended with an error outside the task: %s",
+                              message.id, message.task, exc)
+
+    def _unknown(self, message: TakenMessage) -> None:
+        unknown = self.worker.unknown_tasks
+        if unknown.verdict(message.id, message.task) == "hand_back":
+            if message.counted_run:  # it will not run here: take the count back
+                self.client.decr(keys.runs(message.id))
+            self._hand_back(message, HAND_BACK_DELAY)
+            return
+        log.error("refused a message for a task no worker has (task=%r id=%r): not run",
+                  message.task, message.id)
+        try:
+            unknown.fail(message.id, message.task, message)
+        except Exception as exc:  # still refused; the message is not run
+            log.warning("could not record the unknown task %s: %s", message.id, exc)
+        self._owed = _ack(message.tag)
+
+    def _hand_back(self, message: TakenMessage, after: float) -> None:
+        """Back to the end of its queue after ``after`` seconds (held meanwhile)."""
+        self._stop.wait(after)
+        with self.client.pipeline(transaction=True) as back:
+            back.lpush(message.queue_key, message.item)
+            back.zrem(keys.KOMBU_UNACKED_INDEX, message.tag)
+            back.hdel(keys.KOMBU_UNACKED, message.tag)
+            back.execute()
+
+
+def _ack(tag: str) -> list[tuple[Any, ...]]:
+    """kombu's acknowledgement of ``tag`` (its entry and index removed together)."""
+    return [("MULTI",), ("ZREM", keys.KOMBU_UNACKED_INDEX, tag),
+            ("HDEL", keys.KOMBU_UNACKED, tag), ("EXEC",)]
