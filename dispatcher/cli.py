@@ -74,8 +74,8 @@ def worker(argv: list[str]) -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return CONFIG_ERROR
     if direct:
-        celery_argv, consumers = direct_layout(argv, DEFAULT_NODE_NAME)
-        return supervise(celery_argv, others=consumers)
+        celery_argv, celery_env, consumers = direct_layout(argv, DEFAULT_NODE_NAME)
+        return supervise(celery_argv, others=consumers, celery_env=celery_env)
     return supervise(argv)
 
 

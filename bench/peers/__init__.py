@@ -28,11 +28,15 @@ class Spec:
     dispatcher: bool = False
     #: A measuring probe, not a peer: run only when ``BENCH_PEERS`` names it.
     probe: bool = False
+    #: Settings of a tuned row of ours (each named in its column): ``DISPATCH_*`` pairs
+    #: for its agent and workers.
+    settings: tuple[tuple[str, str], ...] = ()
 
 
 PEERS: tuple[Spec, ...] = (
     Spec("ours", "bench.peers.ours:Ours", 1, dispatcher=True),
-    Spec("lean-probe", "bench.peers.ours:LeanProbe", 10, dispatcher=True, probe=True),
+    Spec("ours-direct", "bench.peers.ours:Ours", 10, dispatcher=True,
+         settings=(("DISPATCH_WORKER_CONSUMER", "direct"),)),
     Spec("celery", "bench.peers.celery_peer:AtLeastOnce", 2),
     Spec("celery-defaults", "bench.peers.celery_peer:Defaults", 3),
     Spec("celery+results", "bench.peers.celery_peer:WithResults", 4),

@@ -52,7 +52,7 @@ class Harness:
         if spec.dispatcher:
             env.update(DISPATCH_BROKER_URL=self.url(spec),
                        DISPATCH_TASK_MODULES="bench.worker_tasks",
-                       DISPATCH_SPOOL_PATH=str(self.data / "spool.sqlite3"))
+                       DISPATCH_SPOOL_PATH=str(self.data / "spool.sqlite3"), **dict(spec.settings))
             if worker:
                 from dispatcher.store.embedded import free_port
 

@@ -6,7 +6,8 @@ The runner sets only ``DISPATCH_BROKER_URL``, ``DISPATCH_TASK_MODULES``,
 that workers running at once, or someone else's on this machine, do not collide on
 9808; the endpoint stays on, as by default). No event, log-level or concurrency
 setting: the worker's two slots are Celery's ``--concurrency 2`` (prefork, its default
-pool).
+pool). The ``ours-direct`` column is the same with ``DISPATCH_WORKER_CONSUMER=direct``
+(two direct consumers and the Celery process beside them).
 """
 
 from __future__ import annotations
@@ -47,10 +48,3 @@ class Ours(Peer):
     def settled(self, handle: object) -> bool:
         # kombu keeps delivered, unacknowledged messages in the "unacked" hash.
         return not self.client.hlen("unacked")
-
-
-class LeanProbe(Ours):
-    """``bench.lean_probe``: ours, taken by a consumer of our own (a measuring probe)."""
-
-    def worker_command(self, python: str, slots: int, index: int) -> list[str]:
-        return [python, "-m", "bench.lean_probe", str(slots)]

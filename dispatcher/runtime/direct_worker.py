@@ -18,17 +18,21 @@ import sys
 from ..core.errors import DispatchError
 from ..core.settings import get_settings
 from ..routes.celery.direct import DirectConsumer
-from ..routes.celery.supervisor import CHILD_MARK, CONFIG_ERROR, Child
+from ..routes.celery.supervisor import (
+    CHILD_MARK,
+    CONFIG_ERROR,
+    DIRECT_CONSUMERS,
+    DIRECT_NAME,
+    DIRECT_NODE,
+    DIRECT_QUEUES,
+    Child,
+)
 from ..routes.celery.worker import worker_queues
 from ..routes.celery.worker_metrics import use_multiprocess_files
 from .worker_app import create_worker_app
 
 log = logging.getLogger("dispatcher.worker")
 
-#: Set by the supervisor in a direct consumer's environment: its worker hostname.
-DIRECT_NAME = "DISPATCH_DIRECT_CONSUMER"
-#: Set with it: the queues it consumes, comma-separated.
-DIRECT_QUEUES = "DISPATCH_DIRECT_QUEUES"
 #: The queue the Celery worker process beside direct consumers consumes: nothing is
 #: published there; the process is for remote control and the upkeep.
 CONTROL_QUEUE = "dispatch.control"
@@ -52,8 +56,9 @@ def _option(argv: list[str], short: str, long: str) -> tuple[str | None, list[st
 
 
 def direct_layout(argv: list[str], node_name: str,
-                  ) -> tuple[list[str], list[Child]]:
-    """The Celery worker's options and the direct consumers to start beside it.
+                  ) -> tuple[list[str], dict[str, str], list[Child]]:
+    """The Celery worker's options and environment, and the direct consumers to start
+    beside it.
 
     ``--concurrency`` (default: the CPU count, as Celery's) is the number of direct
     consumers; ``--queues`` what they consume (default: every queue a registered task
@@ -70,14 +75,15 @@ def direct_layout(argv: list[str], node_name: str,
         raise ValueError("--concurrency must be at least 1")
     name, _, host = (hostname or node_name).partition("@")
     host = (host or "%h").replace("%h", socket.gethostname())
+    node = f"{name}@{host}"
+    names = [f"{name}-direct{i}@{host}" for i in range(1, count + 1)]
     consumers = [Child([sys.executable, "-m", "dispatcher", "worker"],
-                       {DIRECT_NAME: f"{name}-direct{i}@{host}",
-                        DIRECT_QUEUES: queues or ""},
+                       {DIRECT_NAME: hostname, DIRECT_QUEUES: queues or "", DIRECT_NODE: node},
                        label=f"direct consumer {i}")
-                 for i in range(1, count + 1)]
+                 for i, hostname in enumerate(names, 1)]
     celery = [*rest, "--pool", "solo", "--concurrency", "1", "--queues", CONTROL_QUEUE,
-              "--hostname", f"{name}@{host}"]
-    return celery, consumers
+              "--hostname", node]
+    return celery, {DIRECT_CONSUMERS: ",".join(names)}, consumers
 
 
 def is_direct_child() -> bool:
@@ -96,7 +102,8 @@ def run_direct_consumer() -> int:
         return CONFIG_ERROR
     queues = [q for q in os.environ.get(DIRECT_QUEUES, "").split(",") if q] \
         or worker_queues(settings)
-    consumer = DirectConsumer(app.dispatch_worker, hostname, queues)  # type: ignore[attr-defined]
+    consumer = DirectConsumer(app.dispatch_worker, hostname, queues,  # type: ignore[attr-defined]
+                              os.environ.get(DIRECT_NODE))
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     signal.signal(signal.SIGINT, lambda *_: consumer.stop())
     consumer.run()

@@ -5,6 +5,7 @@ Celery's signals. ``worker.app`` (this repository) and ``dispatcher worker`` bot
 from __future__ import annotations
 
 import logging
+import os
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
@@ -14,6 +15,7 @@ from ..core.settings import DispatcherSettings, get_settings
 from ..observability.logging import configure_logging
 from ..ops.checks import check_configuration
 from ..routes.celery.app import create_celery_app
+from ..routes.celery.supervisor import DIRECT_CONSUMERS
 from ..routes.celery.upkeep import Upkeep, start_upkeep
 from ..routes.celery.worker import CeleryWorker, require_broker
 from ..routes.celery.worker_metrics import install_worker_metrics
@@ -61,7 +63,8 @@ def create_worker_app(settings: DispatcherSettings) -> Celery:
     upkeep: list[Upkeep | Scheduler] = []
 
     def ready(sender: object, **_: object) -> None:
-        upkeep.append(start_upkeep(route, sender))
+        direct = [n for n in os.environ.get(DIRECT_CONSUMERS, "").split(",") if n]
+        upkeep.append(start_upkeep(route, sender, direct))
         upkeep.append(Scheduler(settings, ScheduleState(route.monitor.publisher.client)).start())
 
     worker_ready.connect(ready, weak=False)

@@ -49,6 +49,8 @@ HELD_SUFFIX = ":held"
 #: Per direct consumer, "<queue list>\n<delivery tag>" of the message it took last
 #: (``routes/celery/direct``): what a restarted consumer gives back at once.
 HOLDING_SUFFIX = ":holding"
+#: Per node with direct consumers: present while its Celery process sends task events.
+EVENTS_SUFFIX = ":events"
 #: Sorted set of every worker that has beaten, by its last beat: where to look for them.
 WORKERS = "dispatch:workers"
 #: Per delivery (tag and time) given back from a dead worker: who claimed it.
@@ -121,6 +123,10 @@ def holding(hostname: str) -> str:
     return WORKER_PREFIX + hostname + HOLDING_SUFFIX
 
 
+def events_switch(node: str) -> str:
+    return WORKER_PREFIX + node + EVENTS_SUFFIX
+
+
 def inline_report(process: str) -> str:
     return INLINE_PREFIX + process
 
@@ -167,7 +173,7 @@ def adaptive_state(task_name: str) -> str:
 
 _BASE = {name: value for name, value in dict(globals()).items()
          if name.isupper() and isinstance(value, str)
-         and name not in {"PREFIX", "HELD_SUFFIX", "HOLDING_SUFFIX"}}
+         and name not in {"PREFIX", "HELD_SUFFIX", "HOLDING_SUFFIX", "EVENTS_SUFFIX"}}
 
 
 def use_namespace(namespace: str | None) -> None:

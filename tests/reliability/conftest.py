@@ -25,6 +25,8 @@ from dispatcher.store.embedded import EmbeddedRedis, free_port
 from tests.support import Process, wait_http
 
 FULL = os.environ.get("RELIABILITY_SCALE", "small") == "full"
+#: The workers' consumer in every scenario that does not choose one itself.
+CONSUMER = os.environ.get("RELIABILITY_CONSUMER", "celery")
 ROWS: list[dict[str, object]] = []
 
 
@@ -40,8 +42,9 @@ class Cluster:
     #: The suite's short timeouts (visibility 10 s, lost-job requeue 5 s); False: every
     #: setting at its default, as users run it.
     short: bool = True
-    #: ``DISPATCH_WORKER_CONSUMER`` of the workers it starts.
-    consumer: str = "celery"
+    #: ``DISPATCH_WORKER_CONSUMER`` of the workers it starts (``RELIABILITY_CONSUMER``
+    #: runs every scenario on another one: ``RELIABILITY_CONSUMER=direct make reliability``).
+    consumer: str = CONSUMER
     redis: EmbeddedRedis = field(init=False)
     workers: list[Process] = field(default_factory=list)
     apis: list[Process] = field(default_factory=list)
@@ -177,7 +180,8 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
     consumer, _, timeouts = param.rpartition("-") if "-" in param else ("", "", param)
     if param == "direct":
         consumer, timeouts = "direct", "short"
-    c = Cluster(tmp_path, short=timeouts == "short", consumer=consumer or "celery")
+    c = Cluster(tmp_path, short=timeouts == "short",
+                consumer=consumer or CONSUMER)
     try:
         yield c
     finally:

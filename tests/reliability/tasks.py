@@ -109,3 +109,13 @@ def gated(job: str) -> None:
     while not gate(job).exists():
         time.sleep(0.02)
     note("done", job)
+
+
+@task(name="rel.fails_once", weight=8, retry=POLICY)
+def fails_once(job: str) -> int:
+    """Fails its first attempt, then succeeds: a retry, recorded."""
+    if not seen("fail", job):
+        note("fail", job)
+        raise RuntimeError("first attempt fails")
+    note("done", job)
+    return current_job().attempt  # type: ignore[union-attr]

@@ -32,7 +32,7 @@ from tests.sentinel_harness import SentinelSet, require_debian_redis
 from tests.support import Process, wait_until
 
 from . import tasks
-from .conftest import FULL, report
+from .conftest import CONSUMER, FULL, report
 
 RATE = 25          # dispatches per second
 BEFORE = 2.0       # seconds of load before the failover
@@ -99,7 +99,8 @@ def test_failover_under_load_is_bounded_and_lossless(
     env.update(sentinels.env(), DISPATCH_TASK_MODULES="tests.reliability.tasks",
                DISPATCH_SPOOL_PATH=str(tmp_path / "worker-spool.sqlite3"),
                DISPATCH_LOG_FORMAT="json", DISPATCH_METRICS_PORT="0",
-               RELIABILITY_LEDGER=str(ledger), PYTHONUNBUFFERED="1")
+               RELIABILITY_LEDGER=str(ledger), PYTHONUNBUFFERED="1",
+               DISPATCH_WORKER_CONSUMER=CONSUMER)
     worker = Process([sys.executable, "-m", "worker", "--concurrency", "2"], env,
                      tmp_path / "worker.log")
     try:
@@ -192,7 +193,7 @@ def test_a_job_taken_as_the_master_stops_taking_writes_is_put_back(
     env.update(sentinels.env(), DISPATCH_TASK_MODULES="tests.reliability.tasks",
                DISPATCH_SPOOL_PATH=str(tmp_path / "worker-spool.sqlite3"),
                DISPATCH_METRICS_PORT="0", RELIABILITY_LEDGER=str(ledger),
-               PYTHONUNBUFFERED="1")
+               PYTHONUNBUFFERED="1", DISPATCH_WORKER_CONSUMER=CONSUMER)
     worker = Process([sys.executable, "-m", "worker", "--concurrency", "1"], env,
                      tmp_path / "worker.log")
     master_port = sentinels.master_port()

@@ -34,10 +34,18 @@ from ...store import keys
 from ...store.client import client_for
 from ...store.link import Link, as_text
 from ...store.scripts import TAKE
-from .direct_take import HOLDING_TTL, NotWritten, give_back_held, write_down
-from .liveness import Heartbeat
+from .direct_events import TaskEvents
+from .direct_take import (
+    HOLDING_TTL,
+    NotWritten,
+    ack_commands,
+    give_back_held,
+    take_counts,
+    take_order,
+    write_down,
+)
+from .liveness import Heartbeat, beat_pause
 from .monitor import BROKER_ERRORS
-from .protocol import queue_keys
 from .putback import PUT_BACKS
 from .taken import Refused, TakenMessage, delivery_tag, due_in, read_message
 from .unknown import HAND_BACK_DELAY
@@ -51,25 +59,19 @@ IDLE_WAIT = 1.0
 LONGEST_PAUSE = 2.0
 
 
-def take_order(queues: list[str]) -> list[str]:
-    """The lists to take from, in order: each priority step across every queue, the
-    order Celery's Redis transport polls them in."""
-    return [key for step in zip(*(queue_keys(q) for q in queues), strict=True) for key in step]
-
-
 class DirectConsumer:
     """Takes messages from ``queues`` and runs them in this process until ``stop()``."""
 
-    def __init__(self, worker: CeleryWorker, hostname: str, queues: list[str]) -> None:
+    def __init__(self, worker: CeleryWorker, hostname: str, queues: list[str],
+                 node: str | None = None) -> None:
         settings = worker.settings
         self.worker = worker
         self.hostname = hostname
         self.queues = queues
-        assert settings.broker_url is not None  # a worker refuses to start without one
         # Its own client: BRPOP blocks longer than the publish timeout allows a command.
         self.client = client_for(settings.model_copy(
             update={"publish_timeout": settings.publish_timeout + IDLE_WAIT + 1.0}),
-            settings.broker_url)
+            str(settings.broker_url))  # a worker refuses to start without one
         self.link = Link(self.client)
         self.tasks: dict[str, RegisteredTask] = {t.spec.name: t for t in all_tasks()}
         self.lists = take_order(queues)
@@ -88,8 +90,11 @@ class DirectConsumer:
         self.heartbeat = Heartbeat(
             worker.route.monitor.publisher.client, hostname, settings.worker_dead_after,
             list(self.tasks), self._holdings, lambda: self.queues)
-        pause = max(1.0, min(10.0, settings.requeue_lost_after / 2, settings.worker_dead_after / 3))
-        self._beats = Periodic("dispatch-direct-beat", self._beat, pause,
+        #: Celery's task events, on while the node's Celery process has them on.
+        self.events = TaskEvents(worker.route.app, worker.route.monitor.publisher.client,
+                                 hostname, node or hostname, settings.worker_events)
+        self._beats = Periodic("dispatch-direct-beat", self._beat,
+                               beat_pause(settings.requeue_lost_after, settings.worker_dead_after),
                                expected=BROKER_ERRORS, log=log)
 
     def _holdings(self) -> list[str]:
@@ -99,6 +104,7 @@ class DirectConsumer:
     def _beat(self) -> None:
         if not self._stop.is_set():
             self.heartbeat.beat()
+            self.events.refresh()
 
     def stop(self) -> None:
         """Finish the job in hand, acknowledge it and return from ``run``."""
@@ -125,6 +131,7 @@ class DirectConsumer:
             if message is not None:
                 self._handle(message)
         self._beats.stop()
+        self.events.close()
         self._settle()
 
     def _start(self) -> None:
@@ -168,7 +175,7 @@ class DirectConsumer:
                 if len(reply) <= 2:  # unreadable: the script wrote nothing down
                     self._refuse(key, item, written=False)
                     return None
-                counts = self._counts(reply[3:6])
+                counts = take_counts(reply[3:6])
             else:
                 popped = self.link.call("BRPOP", *self.lists, IDLE_WAIT)
                 if not popped:
@@ -205,11 +212,6 @@ class DirectConsumer:
             self.client.script_load(TAKE.source)
             return self.link.call(*command)
 
-    @staticmethod
-    def _counts(reply: list[Any]) -> list[Any] | None:
-        runs, cancelled, ours = (int(value) for value in reply)
-        return [runs if runs >= 0 else None, bool(cancelled)] if ours else None
-
     def _write_down(self, key: str, item: str) -> list[Any] | bool | None:
         """Write down what ``BRPOP`` took (``write_down``); on a Redis error the message
         goes back to its queue from the put-back thread, and False is returned."""
@@ -234,7 +236,7 @@ class DirectConsumer:
             return
         tag = delivery_tag(json.loads(item))
         if tag is not None:
-            self._owed = _ack(tag)
+            self._owed = ack_commands(tag)
 
     def _handle(self, message: TakenMessage) -> None:
         """Run the held message, or hand it back; its acknowledgement is then owed.
@@ -248,12 +250,12 @@ class DirectConsumer:
             elif message.expires is not None and message.expires < time.time():
                 log.warning("task %s (%s) expired before it could run: not run",
                             message.id, message.task)
-                self._owed = _ack(message.tag)
+                self._owed = ack_commands(message.tag)
             elif due_in(message) > 0:  # a plain Celery client's countdown: not yet
                 self._hand_back(message, min(due_in(message), HAND_BACK_DELAY))
             else:
                 self._execute(task, message)
-                self._owed = _ack(message.tag)
+                self._owed = ack_commands(message.tag)
         except BROKER_ERRORS as exc:
             log.warning("direct consumer %s could not hand back job %s (%s): the rescue "
                         "gives it back", self.hostname, message.id, exc)
@@ -262,12 +264,16 @@ class DirectConsumer:
                 self._held = None
 
     def _execute(self, task: RegisteredTask, message: TakenMessage) -> None:
+        started = self.events.started(message)
         try:
-            self.worker.execute(task, message, message.kwargs, tuple(message.args))
+            result = self.worker.execute(task, message, message.kwargs, tuple(message.args))
         except Exception as exc:  # failed, or retried: either way recorded and acknowledged
+            self.events.ended(message, started, error=exc)
             if not isinstance(exc, Retry | TaskFailed):
                 log.exception("task %s (%s) ended with an error outside the task: %s",
                               message.id, message.task, exc)
+            return
+        self.events.ended(message, started, result)
 
     def _unknown(self, message: TakenMessage) -> None:
         unknown = self.worker.unknown_tasks
@@ -282,7 +288,7 @@ class DirectConsumer:
             unknown.fail(message.id, message.task, message)
         except Exception as exc:  # still refused; the message is not run
             log.warning("could not record the unknown task %s: %s", message.id, exc)
-        self._owed = _ack(message.tag)
+        self._owed = ack_commands(message.tag)
 
     def _hand_back(self, message: TakenMessage, after: float) -> None:
         """Back to the end of its queue after ``after`` seconds (held meanwhile)."""
@@ -292,9 +298,3 @@ class DirectConsumer:
             back.zrem(keys.KOMBU_UNACKED_INDEX, message.tag)
             back.hdel(keys.KOMBU_UNACKED, message.tag)
             back.execute()
-
-
-def _ack(tag: str) -> list[tuple[Any, ...]]:
-    """kombu's acknowledgement of ``tag`` (its entry and index removed together)."""
-    return [("MULTI",), ("ZREM", keys.KOMBU_UNACKED_INDEX, tag),
-            ("HDEL", keys.KOMBU_UNACKED, tag), ("EXEC",)]

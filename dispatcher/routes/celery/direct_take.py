@@ -14,6 +14,7 @@ from ...store.link import Link, as_text
 from ...store.scripts import GIVE_BACK_HELD
 from .delivery import delivery_commands
 from .monitor import BROKER_ERRORS
+from .protocol import queue_keys
 from .putback import Untaken
 from .taken import Refused, delivery_tag
 
@@ -92,3 +93,22 @@ def give_back_held(client: redis.Redis, hostname: str) -> str | None:
         keys=[key, keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, holding],
         args=[tag, entry, message])
     return tag if back else None
+
+
+def take_order(queues: list[str]) -> list[str]:
+    """The lists to take from, in order: each priority step across every queue, the
+    order Celery's Redis transport polls them in."""
+    return [key for step in zip(*(queue_keys(q) for q in queues), strict=True) for key in step]
+
+
+def ack_commands(tag: str) -> list[tuple[Any, ...]]:
+    """kombu's acknowledgement of ``tag`` (its entry and index removed together)."""
+    return [("MULTI",), ("ZREM", keys.KOMBU_UNACKED_INDEX, tag),
+            ("HDEL", keys.KOMBU_UNACKED, tag), ("EXEC",)]
+
+
+def take_counts(reply: list[Any]) -> list[Any] | None:
+    """``[runs, cancelled]`` from the take script's reply (runs None: not counted); None
+    for a message not ours."""
+    runs, cancelled, ours = (int(value) for value in reply)
+    return [runs if runs >= 0 else None, bool(cancelled)] if ours else None

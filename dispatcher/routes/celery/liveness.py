@@ -41,6 +41,12 @@ class Beat:
         return self.at > -math.inf
 
 
+def beat_pause(requeue_lost_after: float, dead_after: float) -> float:
+    """Seconds between beats: three fit in a heartbeat's life, and the sweep (every
+    ``requeue_lost_after / 2``) rides on them."""
+    return max(1.0, min(10.0, requeue_lost_after / 2, dead_after / 3))
+
+
 class Heartbeat:
     """This worker's beat. ``held`` lists the delivery tags the worker holds; ``queues``
     the queues it consumes (both read at each beat: they change with reconnections)."""

@@ -48,6 +48,13 @@ UNRECOVERABLE = "Unrecoverable error"
 UNRECOVERABLE_LOGGER = "celery.worker.worker"
 #: The supervisor's pid, given to its child: the child signals nobody else.
 SUPERVISOR_PID = "DISPATCH_SUPERVISOR_PID"
+#: In a direct consumer's environment: its worker hostname, the queues it consumes
+#: (comma-separated; empty: every queue a registered task routes to) and its node.
+DIRECT_NAME = "DISPATCH_DIRECT_CONSUMER"
+DIRECT_QUEUES = "DISPATCH_DIRECT_QUEUES"
+DIRECT_NODE = "DISPATCH_DIRECT_NODE"
+#: In the Celery process beside direct consumers: their hostnames, comma-separated.
+DIRECT_CONSUMERS = "DISPATCH_DIRECT_CONSUMERS"
 #: The child's word to the supervisor that Celery met an unrecoverable error.
 ALARM = signal.SIGUSR1
 
@@ -93,11 +100,12 @@ class Child:
 
 
 def supervise(argv: list[str], command: list[str] | None = None,
-              others: Sequence[Child] = ()) -> int:
+              others: Sequence[Child] = (), celery_env: dict[str, str] | None = None) -> int:
     """Keep the Celery worker (and ``others``: the direct consumers) running until we are
     told to stop; the Celery worker's exit code."""
     stopping = threading.Event()
-    celery = Child(command or [sys.executable, "-m", "dispatcher", "worker", *argv])
+    celery = Child(command or [sys.executable, "-m", "dispatcher", "worker", *argv],
+                   celery_env or {})
     children = [celery, *others]
 
     def forward(signum: int, frame: object) -> None:

@@ -6,6 +6,7 @@ thread of its own (it wakes far more often), publish delayed jobs when due (``de
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from kombu.exceptions import OperationalError
@@ -13,8 +14,9 @@ from kombu.exceptions import OperationalError
 from ...core.periodic import Periodic
 from ...core.registry import all_tasks
 from .delayed import DelayRelay
+from .direct_events import answer_active_for, publish_switch, task_events_on
 from .fleet import Fleet
-from .liveness import Heartbeat, consumer_holdings
+from .liveness import Heartbeat, beat_pause, consumer_holdings
 from .monitor import BROKER_ERRORS
 from .recovery import Sweeper
 from .rescue import Rescuer
@@ -29,13 +31,11 @@ SWEEP_ERRORS: tuple[type[BaseException], ...] = (*BROKER_ERRORS, OperationalErro
 class Upkeep:
     """Built when the worker is ready (``consumer``: Celery's, the worker_ready sender)."""
 
-    def __init__(self, route: CeleryRoute, consumer: Any) -> None:
+    def __init__(self, route: CeleryRoute, consumer: Any, direct: Sequence[str] = ()) -> None:
         settings = route.settings
         client = route.monitor.publisher.client
         hostname = str(consumer.hostname)
-        #: Three beats fit in a heartbeat's life; the sweep keeps its own interval.
-        self.pause = max(1.0, min(10.0, settings.requeue_lost_after / 2,
-                                  settings.worker_dead_after / 3))
+        self.pause = beat_pause(settings.requeue_lost_after, settings.worker_dead_after)
         held, queues = consumer_holdings(consumer)
         self.heartbeat = Heartbeat(client, hostname, settings.worker_dead_after,
                                    [t.spec.name for t in all_tasks()], held, queues)
@@ -45,6 +45,10 @@ class Upkeep:
                                sightings=self.fleet.sightings)
         self.rescuer = Rescuer(route.app, client, hostname, self.fleet.sightings)
         self.delayed = DelayRelay(client)
+        #: This node's direct consumers (``direct``): told whether to send task events.
+        self.direct = list(direct)
+        self.consumer = consumer
+        self.client = client
         self.loop = Periodic("dispatch-upkeep", self.run_once, self.pause,
                              expected=SWEEP_ERRORS, log=log)
 
@@ -66,9 +70,15 @@ class Upkeep:
         if self.loop.stopped:
             return
         self.heartbeat.beat()
+        if self.direct:
+            publish_switch(self.client, self.heartbeat.hostname, task_events_on(self.consumer))
         self.fleet.observe()
         self.sweeper.sweep()
         self.rescuer.rescue()
 
-def start_upkeep(route: CeleryRoute, consumer: Any) -> Upkeep:
-    return Upkeep(route, consumer).start()
+def start_upkeep(route: CeleryRoute, consumer: Any, direct: Sequence[str] = ()) -> Upkeep:
+    """The upkeep of a Celery worker process; ``direct``: the hostnames of the direct
+    consumers beside it, whose jobs ``inspect active`` then lists too."""
+    if direct:
+        answer_active_for(route.monitor.publisher.client, list(direct))
+    return Upkeep(route, consumer, direct).start()

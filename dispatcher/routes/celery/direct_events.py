@@ -1,0 +1,169 @@
+"""Celery's task events from direct consumers (what Flower's task view shows), and
+``celery inspect active`` answered for them by their node's Celery process.
+
+Flower switches task events on by remote control, which reaches the node's Celery
+process only (the consumers listen to no control queue). That process says at each
+upkeep pass whether they are on (``events_switch``); each consumer reads it at each
+heartbeat and sends the events Celery's consumer and request would send, under its
+own hostname: ``task-received``, ``task-started``, then ``task-succeeded``,
+``task-failed`` or ``task-retried``. Arguments go out as the message's
+``argsrepr``/``kwargsrepr`` (ours hide them), never as values.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import traceback
+from typing import Any
+
+import redis
+from celery import Celery
+from celery.exceptions import Retry
+from celery.utils.saferepr import saferepr
+
+from ...store import keys
+from ...store.link import as_text
+from .taken import TakenMessage
+
+log = logging.getLogger("dispatcher.worker")
+
+#: Seconds a node's "task events on" word outlives the upkeep pass that wrote it.
+SWITCH_TTL = 60
+
+
+def task_events_on(consumer: Any) -> bool:
+    """Whether a Celery worker's consumer sends task events now (Celery's own test:
+    its dispatcher enabled, and the ``task`` group among its groups if it has any)."""
+    dispatcher = getattr(consumer, "event_dispatcher", None)
+    if dispatcher is None or not dispatcher.enabled:
+        return False
+    groups = dispatcher.groups
+    return not groups or "task" in groups
+
+
+def publish_switch(client: redis.Redis, node: str, on: bool) -> None:
+    """The node's Celery process: tell its direct consumers whether to send events."""
+    if on:
+        client.set(keys.events_switch(node), "1", ex=SWITCH_TTL)
+    else:
+        client.delete(keys.events_switch(node))
+
+
+class TaskEvents:
+    """One direct consumer's task events: off until ``refresh`` finds them switched on
+    (or ``always``, ``DISPATCH_WORKER_EVENTS``)."""
+
+    def __init__(self, app: Celery, client: redis.Redis, hostname: str, node: str,
+                 always: bool) -> None:
+        self.app = app
+        self.client = client
+        self.hostname = hostname
+        self.node = node
+        self.always = always
+        self.on = always
+        self._dispatcher: Any = None
+
+    def refresh(self) -> None:
+        """Read the node's switch (from the heartbeat thread)."""
+        if not self.always:
+            self.on = self.client.exists(keys.events_switch(self.node)) == 1
+
+    def _send(self, kind: str, **fields: Any) -> None:
+        try:
+            if self._dispatcher is None:
+                self._dispatcher = self.app.events.Dispatcher(
+                    self.app.connection_for_write(), hostname=self.hostname, enabled=True,
+                    buffer_while_offline=False)
+            self._dispatcher.send(kind, **fields)
+        except Exception as exc:  # a monitor never stops a job (Redis away, or worse)
+            log.debug("task event %s not sent: %s", kind, exc)
+            self.close()
+
+    def started(self, message: TakenMessage) -> float:
+        """``task-received`` and ``task-started``; the time it started."""
+        now = time.time()
+        if self.on:
+            headers = _headers(message)
+            self._send("task-received", uuid=message.id, name=message.task,
+                       args=headers.get("argsrepr") or saferepr(message.args),
+                       kwargs=headers.get("kwargsrepr") or saferepr(message.kwargs),
+                       root_id=headers.get("root_id"), parent_id=headers.get("parent_id"),
+                       retries=headers.get("retries") or 0, eta=None, expires=None)
+            self._send("task-started", uuid=message.id)
+        return now
+
+    def ended(self, message: TakenMessage, started: float, result: Any = None,
+              error: BaseException | None = None) -> None:
+        """``task-succeeded``, ``task-retried`` or ``task-failed``."""
+        if not self.on:
+            return
+        if error is None:
+            self._send("task-succeeded", uuid=message.id, result=saferepr(result),
+                       runtime=time.time() - started)
+            return
+        kind = "task-retried" if isinstance(error, Retry) else "task-failed"
+        self._send(kind, uuid=message.id, exception=saferepr(error),
+                   traceback="".join(traceback.format_exception(error)))
+
+    def close(self) -> None:
+        dispatcher, self._dispatcher = self._dispatcher, None
+        if dispatcher is not None:
+            try:
+                dispatcher.close()
+                dispatcher.connection.close()
+            except Exception as exc:
+                log.debug("closing the event dispatcher: %s", exc)
+
+
+def _headers(message: TakenMessage) -> dict[str, Any]:
+    try:
+        headers = json.loads(message.item).get("headers")
+    except ValueError:
+        return {}
+    return headers if isinstance(headers, dict) else {}
+
+
+def held_jobs(client: redis.Redis, consumers: list[str]) -> list[dict[str, Any]]:
+    """What ``inspect active`` lists for ``consumers``: the message each holds (taken,
+    not yet acknowledged), in the shape of Celery's ``Request.info(safe=True)``."""
+    holdings = client.mget([keys.holding(name) for name in consumers]) if consumers else []
+    jobs = []
+    for name, raw in zip(consumers, holdings, strict=True):
+        if raw is None:
+            continue
+        tag = as_text(raw).partition("\n")[2]
+        entry, taken_at = client.hget(keys.KOMBU_UNACKED, tag), \
+            client.zscore(keys.KOMBU_UNACKED_INDEX, tag)
+        try:
+            envelope, exchange, routing_key = json.loads(entry or "")
+            headers, properties = envelope["headers"], envelope["properties"]
+        except (ValueError, TypeError, KeyError):
+            continue
+        jobs.append({"id": headers.get("id"), "name": headers.get("task"),
+                     "args": headers.get("argsrepr"), "kwargs": headers.get("kwargsrepr"),
+                     "type": headers.get("task"), "hostname": name, "time_start": taken_at,
+                     "acknowledged": False, "worker_pid": None,
+                     "delivery_info": {"exchange": exchange, "routing_key": routing_key,
+                                       "priority": properties.get("priority"),
+                                       "redelivered": None}})
+    return jobs
+
+
+def answer_active_for(client: redis.Redis, consumers: list[str]) -> None:
+    """In the Celery process beside direct consumers: ``inspect active`` lists their
+    jobs after its own (Celery's command, replaced in this process's registry)."""
+    from celery.worker.control import Panel, inspect_command
+
+    own = Panel.data["active"]
+
+    @inspect_command(alias="dump_active")
+    def active(state: Any, safe: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
+        """List of tasks currently being executed."""
+        try:
+            theirs = held_jobs(client, consumers)
+        except Exception as exc:  # Redis away: what this process knows
+            log.warning("inspect active: the direct consumers' jobs are unknown: %s", exc)
+            theirs = []
+        return [*own(state, safe=safe, **kwargs), *theirs]
