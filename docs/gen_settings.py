@@ -56,7 +56,7 @@ SEE_ALSO: dict[str, str] = {
     "redact": "[Secrets](operations.md#secrets)",
     "allow_insecure_tls": "[Start-up checks](operations.md#start-up-checks)",
     "worker_events": "[Celery's own tools](deployment.md#celerys-own-tools)",
-    "worker_consumer": "[The direct consumer](deployment.md#the-direct-consumer-opt-in)",
+    "worker_consumer": "[Direct consumers](deployment.md#direct-consumers-and-celerys-consumer)",
     "worker_mingle": "[Running workers](deployment.md#running-workers)",
     "worker_spare_below": "[Running workers](deployment.md#running-workers)",
     "metrics_port": "[Metrics](operations.md#metrics)",

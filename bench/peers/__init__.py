@@ -35,8 +35,8 @@ class Spec:
 
 PEERS: tuple[Spec, ...] = (
     Spec("ours", "bench.peers.ours:Ours", 1, dispatcher=True),
-    Spec("ours-direct", "bench.peers.ours:Ours", 10, dispatcher=True,
-         settings=(("DISPATCH_WORKER_CONSUMER", "direct"),)),
+    Spec("ours-celery", "bench.peers.ours:Ours", 10, dispatcher=True,
+         settings=(("DISPATCH_WORKER_CONSUMER", "celery"),)),
     Spec("celery", "bench.peers.celery_peer:AtLeastOnce", 2),
     Spec("celery-defaults", "bench.peers.celery_peer:Defaults", 3),
     Spec("celery+results", "bench.peers.celery_peer:WithResults", 4),

@@ -5,9 +5,10 @@ The runner sets only ``DISPATCH_BROKER_URL``, ``DISPATCH_TASK_MODULES``,
 ``DISPATCH_SPOOL_PATH`` and, for the worker, ``DISPATCH_METRICS_PORT`` (a free port, so
 that workers running at once, or someone else's on this machine, do not collide on
 9808; the endpoint stays on, as by default). No event, log-level or concurrency
-setting: the worker's two slots are Celery's ``--concurrency 2`` (prefork, its default
-pool). The ``ours-direct`` column is the same with ``DISPATCH_WORKER_CONSUMER=direct``
-(two direct consumers and the Celery process beside them).
+setting: the worker's two slots are ``--concurrency 2``: two direct consumers (the
+default consumer) beside one Celery process for remote control and the upkeep. The
+``ours-celery`` column is the same with ``DISPATCH_WORKER_CONSUMER=celery`` (Celery's
+consumer and a prefork pool of two).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ ROWS = (
     ("procs", "6. worker processes"),
 )
 #: Peers that are not a task queue: left out of "the fastest peer" and "the best peer".
-NOT_PEERS = {"ours", "ours-direct", "redis"}
+NOT_PEERS = {"ours", "ours-celery", "redis"}
 #: What a cell shows when the peer has no such thing, or it was not measured.
 DASH = "\u2013"
 
@@ -126,12 +126,8 @@ def target_lines(res: Results) -> list[str]:
     check("(goal) drain >= the fastest peer's drain", "drain", best("drain", fastest), 1.0)
     check("dispatch-to-start p50 <= the best peer's", "p50", best("p50", quickest), 1.0,
           higher=False)
-    if any("ours-direct" in res.get(row, {}) for row in ("drain", "p50")):
-        lines.append("  tuned row ours-direct (DISPATCH_WORKER_CONSUMER=direct), not a headline:")
+    if "ours-celery" in res.get("drain", {}):
+        lines.append("  tuned row ours-celery (DISPATCH_WORKER_CONSUMER=celery), not a headline:")
         check("drain >= 1.2x Celery prefork at the same settings", "drain", "celery", 1.2,
-              mine="ours-direct")
-        check("(goal) drain >= the fastest peer's drain", "drain", best("drain", fastest),
-              1.0, mine="ours-direct")
-        check("dispatch-to-start p50 <= the best peer's", "p50", best("p50", quickest), 1.0,
-              higher=False, mine="ours-direct")
+              mine="ours-celery")
     return lines

@@ -13,13 +13,13 @@ from pydantic_settings import BaseSettings
 class WorkerSettings(BaseSettings):
     """How a worker takes and runs messages."""
 
-    worker_consumer: Literal["celery", "direct"] = Field(
-        default="celery",
-        description="Who takes messages off the queues in `dispatcher worker`. celery: "
-        "Celery's consumer hands each message to a prefork pool process. direct: each of "
-        "`--concurrency` processes takes its own messages and runs them itself (about twice "
-        "the throughput of short jobs, half the start latency); one Celery process per "
-        "worker stays for `inspect`, Flower and the upkeep. Opt-in while it is new.",
+    worker_consumer: Literal["direct", "celery"] = Field(
+        default="direct",
+        description="Who takes messages off the queues in `dispatcher worker`. direct: each "
+        "of `--concurrency` processes takes its own messages and runs them itself, beside "
+        "one Celery process for `inspect`, Flower and the upkeep. celery: Celery's consumer "
+        "hands each message to a prefork pool process (about half the throughput of short "
+        "jobs; for Celery's pool options, or a message `eta` held in the worker).",
     )
     worker_events: bool = Field(
         default=False,

@@ -25,8 +25,9 @@ from dispatcher.store.embedded import EmbeddedRedis, free_port
 from tests.support import Process, wait_http
 
 FULL = os.environ.get("RELIABILITY_SCALE", "small") == "full"
-#: The workers' consumer in every scenario that does not choose one itself.
-CONSUMER = os.environ.get("RELIABILITY_CONSUMER", "celery")
+#: The workers' consumer in every scenario that does not choose one itself (the
+#: product's default, ``direct``, unless ``RELIABILITY_CONSUMER`` names another).
+CONSUMER = os.environ.get("RELIABILITY_CONSUMER", "direct")
 ROWS: list[dict[str, object]] = []
 
 
@@ -43,7 +44,7 @@ class Cluster:
     #: setting at its default, as users run it.
     short: bool = True
     #: ``DISPATCH_WORKER_CONSUMER`` of the workers it starts (``RELIABILITY_CONSUMER``
-    #: runs every scenario on another one: ``RELIABILITY_CONSUMER=direct make reliability``).
+    #: runs every scenario on another one: ``RELIABILITY_CONSUMER=celery make reliability``).
     consumer: str = CONSUMER
     redis: EmbeddedRedis = field(init=False)
     workers: list[Process] = field(default_factory=list)
@@ -174,8 +175,9 @@ class Cluster:
 @pytest.fixture
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     """A cluster with the suite's short timeouts; ``indirect`` parameter "defaults":
-    every setting at its default; "direct" or "direct-defaults": the same, with workers
-    on the direct consumer (``DISPATCH_WORKER_CONSUMER=direct``)."""
+    every setting at its default; "<consumer>-short" or "<consumer>-defaults": the same,
+    with workers on that consumer (``DISPATCH_WORKER_CONSUMER``); "direct": direct
+    consumers with short timeouts."""
     param = getattr(request, "param", "short")
     consumer, _, timeouts = param.rpartition("-") if "-" in param else ("", "", param)
     if param == "direct":

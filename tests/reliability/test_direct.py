@@ -91,7 +91,8 @@ def test_direct_consumers_finish_their_jobs_on_sigterm(cluster: Cluster) -> None
 @pytest.mark.parametrize("cluster", ["direct"], indirect=True)
 def test_direct_consumers_answer_celerys_tools(cluster: Cluster) -> None:
     """Task events (what Flower shows) once switched on by remote control, as Flower
-    does, and ``inspect active`` listing a job a direct consumer runs."""
+    does, and ``inspect active`` / ``active_queues`` listing a job a direct consumer
+    runs and the queue it consumes."""
     cluster.start_worker(2)
     plain = Celery(broker=cluster.redis.url)
     client = redis.Redis.from_url(cluster.redis.url)
@@ -140,6 +141,8 @@ def test_direct_consumers_answer_celerys_tools(cluster: Cluster) -> None:
         assert job is not None, replies
         assert job["name"] == "rel.single" and "-direct" in job["hostname"]
         assert job["time_start"] is not None
+        queues = plain.control.inspect(timeout=3).active_queues() or {}
+        assert "celery" in {q["name"] for qs in queues.values() for q in qs}, queues
         running.get(timeout=60)
         assert client.exists("dispatch:worker:dispatcher@" + job["hostname"].split("@")[1]
                              + ":events")

@@ -30,11 +30,13 @@ def _ids(prefix: str, n: int) -> list[str]:
     return [f"{prefix}-{i}-{uuid.uuid4().hex[:6]}" for i in range(n)]
 
 
-@pytest.mark.parametrize("cluster", ["short", "defaults", "direct-defaults"], indirect=True)
+@pytest.mark.parametrize("cluster", ["celery-short", "celery-defaults", "defaults"],
+                         indirect=True)
 def test_worker_sigkill_loses_nothing(cluster: Cluster) -> None:
     """The whole process group is killed (an OOM kill, a lost container) and a new
-    worker started; at default settings the dead worker's jobs come back through its
-    expired heartbeat, not the hour-long visibility timeout."""
+    worker started; at default settings the dead worker's jobs come back at once (the
+    direct consumers, started again) or through its expired heartbeat (Celery's
+    consumer), not after the hour-long visibility timeout."""
     n, concurrency, kills = scale(1000, 60), 2, 2
     low, high = (100, 300) if FULL or not cluster.short else (30, 90)
     client = redis.Redis.from_url(cluster.redis.url)
@@ -51,23 +53,21 @@ def test_worker_sigkill_loses_nothing(cluster: Cluster) -> None:
         killed, killed_at = time.monotonic(), time.time()
         held = [tag for tag, at in client.zrange(UNACKED_INDEX, 0, -1, withscores=True)
                 if at < killed_at]  # the dead worker's: taken, never acknowledged
-        # Direct consumers give back what they held as they start again under the same
-        # node name; started under another one (the host never came back), the rescue
-        # gives it back once their heartbeats expired, as for Celery's.
-        renamed = cluster.consumer == "direct" and k == 1
-        worker = cluster.start_worker(concurrency, hostname="renamed@%h" if renamed else None)
+        # Direct consumers started again under the same node name give back at once
+        # what they held (a host that never comes back: test_fleet).
+        worker = cluster.start_worker(concurrency)
         if not cluster.short and held:  # back without waiting for the visibility timeout
             wait_until(lambda held=held, at=killed_at: all(  # type: ignore[misc]
                 (client.zscore(UNACKED_INDEX, tag) or at + 1) >= at for tag in held),
                        "the dead worker's jobs back in their queue", scale(600, 180))
             recoveries.append(time.monotonic() - killed)
             worker.wait_for_output("from a dead worker" if cluster.consumer == "celery"
-                                   or renamed else "is back in its queue")
+                                   else "is back in its queue")
     done = cluster.wait_done(set(jobs), timeout=scale(600, 180))
     completed = sum(1 for j in jobs if j in done)
     duplicates = sum(done[j] - 1 for j in jobs if done[j] > 1)
     settings = ("short timeouts" if cluster.short else "defaults") + (
-        ", direct consumer" if cluster.consumer == "direct" else "")
+        ", Celery's consumer" if cluster.consumer == "celery" else "")
     back = ", back after " + ", ".join(f"{r:.0f}s" for r in recoveries) if recoveries else ""
     report(f"worker SIGKILL x2 ({settings})", n, completed, n - completed, duplicates,
            f"dup limit {2 * concurrency * kills}{back}")
@@ -75,7 +75,7 @@ def test_worker_sigkill_loses_nothing(cluster: Cluster) -> None:
     assert duplicates <= 2 * concurrency * kills
 
 
-@pytest.mark.parametrize("cluster", ["short", "direct"], indirect=True)
+@pytest.mark.parametrize("cluster", ["celery-short", "short"], indirect=True)
 def test_redis_restarts_while_consuming(cluster: Cluster) -> None:
     n = scale(2000, 200)
     jobs = _ids("restart", n)
@@ -160,7 +160,7 @@ def test_dispatch_during_broker_outage_is_bounded_and_lossless(cluster: Cluster)
     assert completed == n
 
 
-@pytest.mark.parametrize("cluster", ["short", "direct"], indirect=True)
+@pytest.mark.parametrize("cluster", ["celery-short", "short"], indirect=True)
 def test_poison_jobs_are_dead_lettered_and_crashers_rerun(cluster: Cluster) -> None:
     n = scale(50, 8)
     cluster.start_worker(2)
@@ -206,7 +206,7 @@ def test_api_sigterm_hands_inline_jobs_over(cluster: Cluster) -> None:
     assert completed == n, cluster.diagnose(set(jobs) - set(done))
 
 
-@pytest.mark.parametrize("cluster", ["short", "direct"], indirect=True)
+@pytest.mark.parametrize("cluster", ["celery-short", "short"], indirect=True)
 def test_hostile_messages_are_refused_without_running(cluster: Cluster, tmp_path) -> None:  # type: ignore[no-untyped-def]
     # No grace for unknown tasks: refused at once, not handed back for another worker.
     worker = cluster.start_worker(2, DISPATCH_UNKNOWN_TASK_GRACE="0")

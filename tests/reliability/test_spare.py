@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 import redis
 
 from dispatcher.store import keys
@@ -15,6 +16,8 @@ from . import tasks
 from .conftest import Cluster
 
 
+# The spare is Celery's consumer's (the direct consumer takes no job ahead).
+@pytest.mark.parametrize("cluster", ["celery-short"], indirect=True)
 def test_a_job_held_ahead_by_a_killed_worker_gets_no_death(cluster: Cluster) -> None:
     client = redis.Redis.from_url(cluster.redis.url)
     worker = cluster.start_worker(1)

@@ -40,6 +40,7 @@ from .direct_take import (
     NotWritten,
     ack_commands,
     give_back_held,
+    hand_back,
     take_counts,
     take_order,
     write_down,
@@ -104,7 +105,6 @@ class DirectConsumer:
     def _beat(self) -> None:
         if not self._stop.is_set():
             self.heartbeat.beat()
-            self.events.refresh()
 
     def stop(self) -> None:
         """Finish the job in hand, acknowledge it and return from ``run``."""
@@ -195,22 +195,26 @@ class DirectConsumer:
             return message
 
     def _send_take(self) -> Any:
-        """Send the owed acknowledgement and the take; the take's reply. An owed
-        acknowledgement stays owed until Redis has answered it (sent again, it changes
-        nothing)."""
-        command = (*self._take, repr(time.time()), self.runs_ttl, keys.MARKER_PREFIX,
+        """Send the owed acknowledgement and the take (and, now and then, a look at the
+        node's task-events switch); the take's reply. An owed acknowledgement stays owed
+        until Redis has answered it (sent again, it changes nothing)."""
+        now = time.time()
+        command = (*self._take, repr(now), self.runs_ttl, keys.MARKER_PREFIX,
                    keys.CANCEL_PREFIX, keys.RUNS_PREFIX, keys.TAKEN_PREFIX, "0",
                    keys.holding(self.hostname), HOLDING_TTL)
-        owed = self._owed
-        self.link.send([*owed, command])
+        owed, look = self._owed, self.events.look(now)
+        self.link.send([*owed, command, *look])
         for _ in owed:
             self.link.read()
         self._owed = []
         try:
-            return self.link.read()
+            reply = self.link.read()
         except redis.exceptions.NoScriptError:  # Redis restarted, or another one
+            reply = None
             self.client.script_load(TAKE.source)
-            return self.link.call(*command)
+        for _ in look:
+            self.events.seen(self.link.read())
+        return reply
 
     def _write_down(self, key: str, item: str) -> list[Any] | bool | None:
         """Write down what ``BRPOP`` took (``write_down``); on a Redis error the message
@@ -291,10 +295,5 @@ class DirectConsumer:
         self._owed = ack_commands(message.tag)
 
     def _hand_back(self, message: TakenMessage, after: float) -> None:
-        """Back to the end of its queue after ``after`` seconds (held meanwhile)."""
-        self._stop.wait(after)
-        with self.client.pipeline(transaction=True) as back:
-            back.lpush(message.queue_key, message.item)
-            back.zrem(keys.KOMBU_UNACKED_INDEX, message.tag)
-            back.hdel(keys.KOMBU_UNACKED, message.tag)
-            back.execute()
+        self._stop.wait(after)  # held meanwhile, so not taken again at once
+        hand_back(self.client, message)

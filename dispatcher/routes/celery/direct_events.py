@@ -1,10 +1,11 @@
 """Celery's task events from direct consumers (what Flower's task view shows), and
-``celery inspect active`` answered for them by their node's Celery process.
+``celery inspect active`` / ``active_queues`` answered for them by their node's Celery
+process.
 
 Flower switches task events on by remote control, which reaches the node's Celery
 process only (the consumers listen to no control queue). That process says at each
-upkeep pass whether they are on (``events_switch``); each consumer reads it at each
-heartbeat and sends the events Celery's consumer and request would send, under its
+upkeep pass whether they are on (``events_switch``); each consumer looks at it with
+a take about once a second and sends the events Celery's consumer and request would send, under its
 own hostname: ``task-received``, ``task-started``, then ``task-succeeded``,
 ``task-failed`` or ``task-retried``. Arguments go out as the message's
 ``argsrepr``/``kwargsrepr`` (ours hide them), never as values.
@@ -16,6 +17,7 @@ import json
 import logging
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -25,12 +27,15 @@ from celery.utils.saferepr import saferepr
 
 from ...store import keys
 from ...store.link import as_text
+from .liveness import live_workers
 from .taken import TakenMessage
 
 log = logging.getLogger("dispatcher.worker")
 
 #: Seconds a node's "task events on" word outlives the upkeep pass that wrote it.
 SWITCH_TTL = 60
+#: Seconds between a consumer's looks at its node's switch (one command, with a take).
+LOOK_EVERY = 1.0
 
 
 def task_events_on(consumer: Any) -> bool:
@@ -64,11 +69,18 @@ class TaskEvents:
         self.always = always
         self.on = always
         self._dispatcher: Any = None
+        self._looked = 0.0
 
-    def refresh(self) -> None:
-        """Read the node's switch (from the heartbeat thread)."""
-        if not self.always:
-            self.on = self.client.exists(keys.events_switch(self.node)) == 1
+    def look(self, now: float) -> list[tuple[Any, ...]]:
+        """The command that reads the node's switch, at most once a ``LOOK_EVERY``
+        (sent with a take; its reply goes to ``seen``)."""
+        if self.always or now - self._looked < LOOK_EVERY:
+            return []
+        self._looked = now
+        return [("EXISTS", keys.events_switch(self.node))]
+
+    def seen(self, reply: Any) -> None:
+        self.on = bool(int(reply))
 
     def _send(self, kind: str, **fields: Any) -> None:
         try:
@@ -151,19 +163,34 @@ def held_jobs(client: redis.Redis, consumers: list[str]) -> list[dict[str, Any]]
     return jobs
 
 
-def answer_active_for(client: redis.Redis, consumers: list[str]) -> None:
+def answer_for_consumers(client: redis.Redis, consumers: list[str]) -> None:
     """In the Celery process beside direct consumers: ``inspect active`` lists their
-    jobs after its own (Celery's command, replaced in this process's registry)."""
+    jobs after its own, and ``inspect active_queues`` the queues they consume (Celery's
+    commands, replaced in this process's registry)."""
     from celery.worker.control import Panel, inspect_command
+    from kombu import Queue
 
-    own = Panel.data["active"]
+    own_active, own_queues = Panel.data["active"], Panel.data["active_queues"]
+
+    def theirs(read: Callable[[], list[dict[str, Any]]]) -> list[dict[str, Any]]:
+        try:
+            return read()
+        except Exception as exc:  # Redis away: what this process knows
+            log.warning("inspect: the direct consumers' part is unknown: %s", exc)
+            return []
+
+    def consumed() -> list[dict[str, Any]]:
+        beats = live_workers(client)
+        names = sorted({q for name in consumers if name in beats for q in beats[name].queues})
+        return [dict(Queue(name).as_dict(recurse=True)) for name in names]
 
     @inspect_command(alias="dump_active")
     def active(state: Any, safe: bool = False, **kwargs: Any) -> list[dict[str, Any]]:
         """List of tasks currently being executed."""
-        try:
-            theirs = held_jobs(client, consumers)
-        except Exception as exc:  # Redis away: what this process knows
-            log.warning("inspect active: the direct consumers' jobs are unknown: %s", exc)
-            theirs = []
-        return [*own(state, safe=safe, **kwargs), *theirs]
+        return [*own_active(state, safe=safe, **kwargs),
+                *theirs(lambda: held_jobs(client, consumers))]
+
+    @inspect_command()
+    def active_queues(state: Any) -> list[dict[str, Any]]:
+        """List the task queues a worker is currently consuming from."""
+        return [*own_queues(state), *theirs(consumed)]

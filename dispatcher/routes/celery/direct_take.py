@@ -16,7 +16,7 @@ from .delivery import delivery_commands
 from .monitor import BROKER_ERRORS
 from .protocol import queue_keys
 from .putback import Untaken
-from .taken import Refused, delivery_tag
+from .taken import Refused, TakenMessage, delivery_tag
 
 #: Seconds a consumer's holding key outlives its last take (a consumer that never
 #: starts again leaves nothing behind for good).
@@ -112,3 +112,13 @@ def take_counts(reply: list[Any]) -> list[Any] | None:
     for a message not ours."""
     runs, cancelled, ours = (int(value) for value in reply)
     return [runs if runs >= 0 else None, bool(cancelled)] if ours else None
+
+
+def hand_back(client: redis.Redis, message: TakenMessage) -> None:
+    """``message`` back to the end of its queue, its unacknowledged entry removed in the
+    same step (as kombu's requeue)."""
+    with client.pipeline(transaction=True) as back:
+        back.lpush(message.queue_key, message.item)
+        back.zrem(keys.KOMBU_UNACKED_INDEX, message.tag)
+        back.hdel(keys.KOMBU_UNACKED, message.tag)
+        back.execute()

@@ -14,7 +14,7 @@ from kombu.exceptions import OperationalError
 from ...core.periodic import Periodic
 from ...core.registry import all_tasks
 from .delayed import DelayRelay
-from .direct_events import answer_active_for, publish_switch, task_events_on
+from .direct_events import answer_for_consumers, publish_switch, task_events_on
 from .fleet import Fleet
 from .liveness import Heartbeat, beat_pause, consumer_holdings
 from .monitor import BROKER_ERRORS
@@ -78,7 +78,7 @@ class Upkeep:
 
 def start_upkeep(route: CeleryRoute, consumer: Any, direct: Sequence[str] = ()) -> Upkeep:
     """The upkeep of a Celery worker process; ``direct``: the hostnames of the direct
-    consumers beside it, whose jobs ``inspect active`` then lists too."""
+    consumers beside it, whose jobs and queues ``inspect`` then lists too."""
     if direct:
-        answer_active_for(route.monitor.publisher.client, list(direct))
+        answer_for_consumers(route.monitor.publisher.client, list(direct))
     return Upkeep(route, consumer, direct).start()

@@ -72,9 +72,11 @@ def test_two_namespaces_share_a_redis_without_meeting(
         assert job.id not in worker.output()
     # Each namespace sees its own workers.
     alpha_workers = set(live_workers(client))
-    assert alpha_workers and all(name.startswith("alpha@") for name in alpha_workers)
+    # (the node's Celery process and its direct consumers, ``alpha-direct<i>@host``)
+    assert alpha_workers and all(name.startswith(("alpha@", "alpha-direct"))
+                                 for name in alpha_workers), alpha_workers
     _as("beta", redis_server.url, tmp_path)
     assert client.get(keys.record(ran.id)) is None  # beta cannot read alpha's record
-    assert all(name.startswith("beta@") for name in live_workers(client))
+    assert all(name.startswith(("beta@", "beta-direct")) for name in live_workers(client))
     assert json.loads(client.get("alpha:" + "celery-task-meta-" + ran.id) or "{}")["status"] \
         == "SUCCESS"
