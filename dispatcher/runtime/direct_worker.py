@@ -79,7 +79,7 @@ def direct_layout(argv: list[str], node_name: str,
     names = [f"{name}-direct{i}@{host}" for i in range(1, count + 1)]
     consumers = [Child([sys.executable, "-m", "dispatcher", "worker"],
                        {DIRECT_NAME: hostname, DIRECT_QUEUES: queues or "", DIRECT_NODE: node},
-                       label=f"direct consumer {i}")
+                       label=f"direct consumer {i}", quick_restart=True)
                  for i, hostname in enumerate(names, 1)]
     celery = [*rest, "--pool", "solo", "--concurrency", "1", "--queues", CONTROL_QUEUE,
               "--hostname", node]

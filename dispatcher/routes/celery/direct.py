@@ -17,6 +17,7 @@ consumer started again gives it back at once (its holding key).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
@@ -235,12 +236,12 @@ class DirectConsumer:
         """A message that cannot run: logged (by the caller, or here when unreadable)
         and acknowledged if it was written down. Never run."""
         if not written:
-            log.error("refused a message that cannot be decoded (from %s): not a task "
-                      "message: %.200s", keys.unprefixed(key), item)
+            log.error("refused a message that cannot be decoded (from %s, %d bytes): not "
+                      "a task message", keys.unprefixed(key), len(item))
             return
-        tag = delivery_tag(json.loads(item))
-        if tag is not None:
-            self._owed = ack_commands(tag)
+        with contextlib.suppress(ValueError):  # written down: readable by Redis's JSON
+            if (tag := delivery_tag(json.loads(item))) is not None:
+                self._owed = ack_commands(tag)
 
     def _handle(self, message: TakenMessage) -> None:
         """Run the held message, or hand it back; its acknowledgement is then owed.

@@ -96,6 +96,8 @@ class Child:
     command: list[str]
     env: dict[str, str] = field(default_factory=dict)
     label: str = "the Celery worker"
+    #: Killed by a signal, it starts again after ``KILLED_PAUSE`` (a direct consumer).
+    quick_restart: bool = False
     popen: subprocess.Popen[bytes] | None = None
 
 
@@ -196,7 +198,7 @@ def _keep_running(child: Child, env: dict[str, str], stopping: threading.Event,
         # A direct consumer killed by a signal (its job killed it, or the OOM killer)
         # comes back at once, as Celery replaces a pool process; the job it held is
         # given back as it starts, and counted a death each time (poison after a few).
-        wait = KILLED_PAUSE if code < 0 and child.env else pause
+        wait = KILLED_PAUSE if code < 0 and child.quick_restart else pause
         print(f"worker: {child.label} exited with {code}; starting it again in "
               f"{wait:g}s", file=sys.stderr, flush=True)
         stopping.wait(wait)
