@@ -190,6 +190,11 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
         c.close()
 
 
+def on(cluster: Cluster, scenario: str) -> str:
+    """``scenario``, naming Celery's consumer when the cluster's workers run on it."""
+    return f"{scenario} [Celery's consumer]" if cluster.consumer == "celery" else scenario
+
+
 def report(scenario: str, accepted: int, completed: int, lost: int, duplicates: int,
            note: str = "") -> None:
     ROWS.append({"scenario": scenario, "accepted": accepted, "completed": completed,

@@ -23,7 +23,7 @@ from dispatcher.store.keys import KOMBU_UNACKED_INDEX as UNACKED_INDEX
 from tests.support import wait_until
 
 from . import tasks
-from .conftest import FULL, Cluster, report, scale
+from .conftest import FULL, Cluster, on, report, scale
 
 
 def _ids(prefix: str, n: int) -> list[str]:
@@ -66,10 +66,9 @@ def test_worker_sigkill_loses_nothing(cluster: Cluster) -> None:
     done = cluster.wait_done(set(jobs), timeout=scale(600, 180))
     completed = sum(1 for j in jobs if j in done)
     duplicates = sum(done[j] - 1 for j in jobs if done[j] > 1)
-    settings = ("short timeouts" if cluster.short else "defaults") + (
-        ", Celery's consumer" if cluster.consumer == "celery" else "")
+    settings = "short timeouts" if cluster.short else "defaults"
     back = ", back after " + ", ".join(f"{r:.0f}s" for r in recoveries) if recoveries else ""
-    report(f"worker SIGKILL x2 ({settings})", n, completed, n - completed, duplicates,
+    report(on(cluster, f"worker SIGKILL x2 ({settings})"), n, completed, n - completed, duplicates,
            f"dup limit {2 * concurrency * kills}{back}")
     assert completed == n, cluster.diagnose(set(jobs) - set(done))
     assert duplicates <= 2 * concurrency * kills
@@ -97,7 +96,7 @@ def test_redis_restarts_while_consuming(cluster: Cluster) -> None:
     done = cluster.wait_done(set(jobs), timeout=scale(300, 90))
     completed = sum(1 for j in jobs if j in done)
     duplicates = sum(done[j] - 1 for j in jobs if done[j] > 1)
-    report("Redis stopped 5 s x2", n, completed, n - completed, duplicates,
+    report(on(cluster, "Redis stopped 5 s x2"), n, completed, n - completed, duplicates,
            "resumed after " + ", ".join(f"{r:.1f}s" for r in resumes))
     assert completed == n, cluster.diagnose(set(jobs) - set(done))
     assert max(resumes) <= 30
@@ -178,7 +177,7 @@ def test_poison_jobs_are_dead_lettered_and_crashers_rerun(cluster: Cluster) -> N
     cluster.wait_done({"after-poison"}, timeout=30)
     attempts = [h.record()["attempt"] for h in handles]  # type: ignore[index]
     completed = sum(1 for j in jobs if j in done)
-    report("self-SIGKILL jobs + 1 poison", n + 1, completed, n - completed,
+    report(on(cluster, "self-SIGKILL jobs + 1 poison"), n + 1, completed, n - completed,
            sum(done[j] - 1 for j in jobs if done[j] > 1),
            f"poison runs {cluster.events('start')['poison']}, dead-lettered")
     assert completed == n
@@ -250,7 +249,7 @@ def test_hostile_messages_are_refused_without_running(cluster: Cluster, tmp_path
     decode_errors = [e for e in refusals if "cannot be decoded" in e and "pickle" not in e]
     unregistered = [e for e in refusals if "no worker has" in e]
     executions = sum(cluster.events().values()) - 1
-    report("hostile messages (pickle, bad JSON, unknown)", 3, 0, 0, executions,
+    report(on(cluster, "hostile messages (pickle, bad JSON, unknown)"), 3, 0, 0, executions,
            f"ERROR logs: pickle {len(pickle_errors)}, decode {len(decode_errors)}, "
            f"unregistered {len(unregistered)}; worker alive")
     assert not marker.exists()
