@@ -97,7 +97,7 @@ class TaskEvents:
         """``task-received`` and ``task-started``; the time it started."""
         now = time.time()
         if self.on:
-            headers = _headers(message)
+            headers = message.headers
             self._send("task-received", uuid=message.id, name=message.task,
                        args=headers.get("argsrepr") or saferepr(message.args),
                        kwargs=headers.get("kwargsrepr") or saferepr(message.kwargs),
@@ -127,14 +127,6 @@ class TaskEvents:
                 dispatcher.connection.close()
             except Exception as exc:
                 log.debug("closing the event dispatcher: %s", exc)
-
-
-def _headers(message: TakenMessage) -> dict[str, Any]:
-    try:
-        headers = json.loads(message.item).get("headers")
-    except ValueError:
-        return {}
-    return headers if isinstance(headers, dict) else {}
 
 
 def held_jobs(client: redis.Redis, consumers: list[str]) -> list[dict[str, Any]]:

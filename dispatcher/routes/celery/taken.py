@@ -42,6 +42,8 @@ class TakenMessage:
     kwargs: dict[str, Any] = field(default_factory=dict)
     eta: float | None = None
     expires: float | None = None
+    #: The message's headers as read (Celery's task events quote some of them).
+    headers: dict[str, Any] = field(default_factory=dict)
 
     @property
     def payload(self) -> list[Any]:
@@ -100,7 +102,8 @@ def read_message(queue_key: str, item: str, counts: list[Any] | None) -> TakenMe
         delivery_info=info if isinstance(info, dict) else {},
         dispatch=meta if isinstance(meta, dict) else None,
         dispatch_delivery=counts, args=args, kwargs=kwargs,
-        eta=_stamp(headers.get("eta")), expires=_stamp(headers.get("expires")))
+        eta=_stamp(headers.get("eta")), expires=_stamp(headers.get("expires")),
+        headers=headers)
 
 
 def _body(envelope: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
