@@ -66,7 +66,7 @@ def test_three_workers_dispatch_each_tick_once_through_a_kill_and_a_redis_restar
         cluster: Cluster) -> None:
     """A 1-second schedule on 3 workers; a third of the way one is SIGKILLed and
     restarted, two thirds of the way Redis restarts (its data kept on disk)."""
-    seconds = scale(30, 15)
+    seconds = scale(30, 12)
     schedules = '[{"task": "rel.tick", "every": 1}]'
     workers = cluster.start_workers([f"tick{i}@%h" for i in range(3)], 1,
                                     DISPATCH_SCHEDULES=schedules)
