@@ -22,13 +22,13 @@ import pytest
 
 from dispatcher import DispatcherSettings, configure
 from dispatcher.store.embedded import EmbeddedRedis, free_port
+from tests import summary
 from tests.support import Process, wait_http
 
 FULL = os.environ.get("RELIABILITY_SCALE", "small") == "full"
 #: The workers' consumer in every scenario that does not choose one itself (the
 #: product's default, ``direct``, unless ``RELIABILITY_CONSUMER`` names another).
 CONSUMER = os.environ.get("RELIABILITY_CONSUMER", "direct")
-ROWS: list[dict[str, object]] = []
 
 
 def scale(full: int, small: int) -> int:
@@ -197,19 +197,6 @@ def on(cluster: Cluster, scenario: str) -> str:
 
 def report(scenario: str, accepted: int, completed: int, lost: int, duplicates: int,
            note: str = "") -> None:
-    ROWS.append({"scenario": scenario, "accepted": accepted, "completed": completed,
-                 "lost": lost, "duplicates": duplicates, "note": note})
-
-
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not ROWS:
-        return
-    write = terminalreporter.write_line
-    write("")
-    write(f"fault-injection results (scale: {'full' if FULL else 'small'})")
-    header = f"{'scenario':<34} {'accepted':>8} {'completed':>9} {'lost':>5} {'dup':>4}  note"
-    write(header)
-    write("-" * len(header))
-    for row in ROWS:
-        write(f"{row['scenario']:<34} {row['accepted']:>8} {row['completed']:>9} "
-              f"{row['lost']:>5} {row['duplicates']:>4}  {row['note']}")
+    summary.add("reliability", {"scenario": scenario, "accepted": accepted,
+                                "completed": completed, "lost": lost,
+                                "duplicates": duplicates, "note": note})

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 
 from dispatcher import get_settings
+from tests import summary
 
-from .conftest import REPORT
 from .harness import (
     FAULTS,
     Chaos,
@@ -79,7 +79,8 @@ def test_chaos_soak(tmp_path: Path) -> None:
         write_jobs(verdict, tmp_path / "jobs.tsv")
         bound = duplicate_bound(chaos)
         lines = table(verdict, chaos, traffic, SEED, SECONDS, drained, bound)
-        REPORT.extend([*lines, ""])
+        for line in [*lines, ""]:
+            summary.add("soak", line)
         for line in lines:
             say(line)
 
