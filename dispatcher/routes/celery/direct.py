@@ -6,9 +6,10 @@ Each take is one script call (``lua/take.lua``): the message is popped and writt
 down as kombu's Redis transport writes it (its ``unacked`` entry and index), with our
 bookkeeping (started mark, cancel mark, run count), and the last job's
 acknowledgement rides in the same write. An idle consumer waits on ``BRPOP`` and
-writes down what it brings in a second step (``direct_take``). Messages stay Celery's
-protocol 2, and each job runs through ``CeleryWorker.execute``: the same execution
-core, records, retries, limits and events as under Celery's consumer.
+hands what it brings to the same script, which writes it down (``direct_take``).
+Messages stay Celery's protocol 2, and each job runs through
+``CeleryWorker.execute``: the same execution core, records, retries, limits and
+events as under Celery's consumer.
 
 Each consumer beats as a worker of its own (``liveness``): when one dies, the rescue
 of any live worker gives back its message once its heartbeat expired, and the same
@@ -170,24 +171,19 @@ class DirectConsumer:
         """The next message, written down and held (None: none came, or it was refused)."""
         with self._holding_lock:
             reply = self._send_take()
-            counts: list[Any] | None
-            if reply:
-                key, item = as_text(reply[0]), as_text(reply[1])
-                if len(reply) <= 2:  # unreadable: the script wrote nothing down
-                    self._refuse(key, item, written=False)
-                    return None
-                counts = take_counts(reply[3:6])
-            else:
+            if not reply:
                 popped = self.link.call("BRPOP", *self.lists, IDLE_WAIT)
                 if not popped:
                     return None
-                key, item = as_text(popped[0]), as_text(popped[1])
-                written = self._write_down(key, item)
-                if written is False:
+                reply = self._write_down(as_text(popped[0]), as_text(popped[1]))
+                if not reply:
                     return None
-                counts = written if isinstance(written, list) else None
+            key, item = as_text(reply[0]), as_text(reply[1])
+            if len(reply) <= 2:  # unreadable: the script wrote nothing down
+                self._refuse(key, item, written=False)
+                return None
             try:
-                message = read_message(key, item, counts)
+                message = read_message(key, item, take_counts(reply[3:6]))
             except Refused as exc:
                 log.error("%s", exc)
                 self._refuse(key, item, written=True)
@@ -195,16 +191,18 @@ class DirectConsumer:
             self._held = message.tag
             return message
 
+    def _take_command(self, now: float) -> tuple[Any, ...]:
+        return (*self._take, repr(now), self.runs_ttl, keys.MARKER_PREFIX, keys.CANCEL_PREFIX,
+                keys.RUNS_PREFIX, keys.TAKEN_PREFIX, "0", keys.holding(self.hostname),
+                HOLDING_TTL)
+
     def _send_take(self) -> Any:
         """Send the owed acknowledgement and the take (and, now and then, a look at the
         node's task-events switch); the take's reply. An owed acknowledgement stays owed
         until Redis has answered it (sent again, it changes nothing)."""
         now = time.time()
-        command = (*self._take, repr(now), self.runs_ttl, keys.MARKER_PREFIX,
-                   keys.CANCEL_PREFIX, keys.RUNS_PREFIX, keys.TAKEN_PREFIX, "0",
-                   keys.holding(self.hostname), HOLDING_TTL)
         owed, look = self._owed, self.events.look(now)
-        self.link.send([*owed, command, *look])
+        self.link.send([*owed, self._take_command(now), *look])
         for _ in owed:
             self.link.read()
         self._owed = []
@@ -217,20 +215,21 @@ class DirectConsumer:
             self.events.seen(self.link.read())
         return reply
 
-    def _write_down(self, key: str, item: str) -> list[Any] | bool | None:
-        """Write down what ``BRPOP`` took (``write_down``); on a Redis error the message
-        goes back to its queue from the put-back thread, and False is returned."""
+    def _write_down(self, key: str, item: str) -> Any:
+        """Write down what ``BRPOP`` took (``write_down``): the take's reply. On a Redis
+        error the message goes back to its queue from the put-back thread (None)."""
+        now = time.time()
         try:
-            return write_down(self.link, key, item, self.runs_ttl, self.hostname)
+            return write_down(self.link, self._take_command(now), now, key, item,
+                              self.runs_ttl)
         except NotWritten as failed:
             self.link.drop()
             settings = self.worker.settings
             PUT_BACKS.hand(client_for(settings, str(settings.broker_url)), failed.untaken,
                            failed.reason)
-            return False
         except Refused:
             self._refuse(key, item, written=False)
-            return False
+        return None
 
     def _refuse(self, key: str, item: str, written: bool) -> None:
         """A message that cannot run: logged (by the caller, or here when unreadable)

@@ -1,18 +1,17 @@
-"""The direct consumer's writes outside its take script (``direct``): writing down a
-message ``BRPOP`` brought, and giving back at start what its last run held."""
+"""The direct consumer's writes besides its take (``direct``): writing down a message
+``BRPOP`` brought, and giving back at start what its last run held."""
 
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import redis
 
 from ...store import keys
 from ...store.link import Link, as_text
-from ...store.scripts import GIVE_BACK_HELD
-from .delivery import delivery_commands
+from ...store.scripts import GIVE_BACK_HELD, TAKE
+from .delivery import publication_of
 from .monitor import BROKER_ERRORS
 from .protocol import queue_keys
 from .putback import Untaken
@@ -32,45 +31,40 @@ class NotWritten(Exception):
         self.reason = reason
 
 
-def write_down(link: Link, key: str, item: str, runs_ttl: int,
-               hostname: str) -> list[Any] | None:
-    """kombu's unacknowledged entry and our bookkeeping for ``item``, taken off ``key``
-    by ``BRPOP``, in one transaction (as ``lua/take.lua`` writes a message it takes).
-    The take's counts ``[runs, cancelled]``; None for a message not ours. Raises
-    ``Refused`` for a message that cannot be written down (unreadable), ``NotWritten``
-    when Redis failed."""
+def write_down(link: Link, take: tuple[Any, ...], now: float, key: str, item: str,
+               runs_ttl: int) -> Any:
+    """Write down ``item``, taken off ``key`` by ``BRPOP``, with the take script given
+    the message instead of popping one (``lua/take.lua``): kombu's unacknowledged entry
+    and our bookkeeping in one step and one reply, the message read by Redis's JSON
+    alone. ``take``: the take command (``EVALSHA``, keys, arguments up to the holding
+    key's lifetime, ``now`` among them). Returns the take's reply. Raises
+    ``NotWritten`` when Redis failed: the message must go back (``Refused`` instead if
+    it is unreadable besides)."""
+    command = (*take, item, key)
+    try:
+        try:
+            return link.call(*command)
+        except redis.exceptions.NoScriptError:  # Redis restarted, or another one
+            link.client.script_load(TAKE.source)
+            return link.call(*command)
+    except BROKER_ERRORS as exc:
+        raise NotWritten(untaken(key, item, now, runs_ttl), exc) from exc
+
+
+def untaken(key: str, item: str, written_at: float, runs_ttl: int) -> Untaken:
+    """What putting back ``item`` must undo of a write-down that may have landed.
+    Raises ``Refused`` for a message that cannot be read (never written down)."""
     try:
         envelope = json.loads(item)
-        info, headers = envelope["properties"]["delivery_info"], envelope["headers"]
+        headers = envelope["headers"]
         tag = delivery_tag(envelope)
     except (ValueError, KeyError, TypeError):
         raise Refused("unreadable") from None
-    if tag is None or not isinstance(info, dict) or not isinstance(headers, dict):
+    if tag is None:
         raise Refused("unreadable")
-    meta = headers.get("dispatch")
-    ours = isinstance(meta, dict) and isinstance(headers.get("id"), str) \
-        and not headers.get("eta")
-    publication = f"{headers['id']}:{meta.get('attempt') or 1}" \
-        if ours and isinstance(meta, dict) else None
-    now = time.time()
-    entry = json.dumps([envelope, info.get("exchange"), info.get("routing_key")])
-    commands: list[tuple[Any, ...]] = [
-        ("MULTI",), ("ZADD", keys.KOMBU_UNACKED_INDEX, repr(now), tag),
-        ("HSET", keys.KOMBU_UNACKED, tag, entry)]
-    if publication is not None:
-        commands += delivery_commands(publication, runs_ttl)
-    commands += [("SET", keys.holding(hostname), f"{key}\n{tag}", "EX", HOLDING_TTL),
-                 ("EXEC",)]
-    try:
-        link.send(commands)
-        done = [link.read() for _ in commands][-1]
-    except BROKER_ERRORS as exc:
-        raise NotWritten(Untaken(key, item, tag, keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX,
-                                 now, publication,
-                                 counted=publication is not None and runs_ttl > 0), exc) from exc
-    if publication is None:
-        return None
-    return [int(done[5]) if runs_ttl > 0 else None, bool(done[4])]
+    publication = publication_of(headers)
+    return Untaken(key, item, tag, keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, written_at,
+                   publication, counted=publication is not None and runs_ttl > 0)
 
 
 def give_back_held(client: redis.Redis, hostname: str) -> str | None:

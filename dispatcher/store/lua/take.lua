@@ -9,7 +9,8 @@
 -- (0: not counted here), ARGV[3] the marker prefix, ARGV[4] the cancel-mark prefix,
 -- ARGV[5] the run-count prefix, ARGV[6] the taken-mark prefix; for the direct consumer,
 -- which starts the job at once (not held), ARGV[7] '0', ARGV[8] its holding key (set to
--- "<list>\n<tag>") and ARGV[9] that key's lifetime.
+-- "<list>\n<tag>") and ARGV[9] that key's lifetime; when its BRPOP brought a message,
+-- ARGV[10] that message and ARGV[11] its list: written down as if popped here.
 -- The delivery is counted by count_delivery.lua (put before this script).
 -- Returns nil when every list is empty; {list, message} for a message it could not
 -- read (kombu writes it down as usual); else {list, message, 1, runs (-1: not
@@ -18,13 +19,16 @@
 -- first write, and only for a command that may grow memory (RPOP may not), so a full
 -- Redis still lets a message be taken and written down. (Should a later write be
 -- refused all the same, say by an ACL, the message would be taken and recorded
--- nowhere: the worker's Redis user needs every command used here.)
-local item, from
-for i = 4, #KEYS do
-  item = redis.call('RPOP', KEYS[i])
-  if item then
-    from = KEYS[i]
-    break
+-- nowhere: the worker's Redis user needs every command used here.) A message a BRPOP
+-- brought is written down or refused whole; refused, the consumer puts it back.
+local item, from = ARGV[10], ARGV[11]
+if not item then
+  for i = 4, #KEYS do
+    item = redis.call('RPOP', KEYS[i])
+    if item then
+      from = KEYS[i]
+      break
+    end
   end
 end
 if not item then
