@@ -20,7 +20,7 @@ from dispatcher.routes.celery.direct_take import take_counts, take_order
 from dispatcher.routes.celery.protocol import queue_keys, task_message
 from dispatcher.routes.celery.supervisor import DIRECT_CONSUMERS, DIRECT_NAME, DIRECT_QUEUES
 from dispatcher.routes.celery.taken import Refused, due_in, read_message
-from dispatcher.runtime.direct_worker import CONTROL_QUEUE, direct_layout
+from dispatcher.runtime.worker_layout import CONTROL_QUEUE, direct_layout
 
 
 @task(name="tests.direct.unit")

@@ -1,40 +1,35 @@
-"""The ``dispatcher`` command (also ``python -m dispatcher``).
-
-- ``dispatcher worker [celery worker options]``: a supervised Celery worker for every
-  registered task (``DISPATCH_TASK_MODULES``), consuming every queue they route to;
-- ``dispatcher routes [--json]``: every registered task and where it goes, and why;
-- ``dispatcher schedules [--json]``: every schedule, its last dispatch and next tick;
-- ``dispatcher redis [--port 6379] [--dir .dispatch/redis]``: the embedded
-  Redis-compatible server for development, on 127.0.0.1, its data kept in ``--dir``.
-"""
+"""The ``dispatcher`` commands that load the whole package: the worker's children (the
+Celery worker process and the direct consumers), ``routes``, ``schedules`` and ``redis``.
+``dispatcher.cli`` imports this module only when one of them runs."""
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .core.errors import DispatchError
-from .core.registry import import_task_modules
-from .core.settings import DispatcherSettings, get_settings
-from .ops.routes_table import aligned, format_table
-from .routes.celery.supervisor import CHILD_MARK, CONFIG_ERROR, install_alarm, supervise
-from .routes.celery.worker import worker_queues
-from .runtime.container import current
-from .runtime.direct_worker import direct_layout, is_direct_child, run_direct_consumer
-from .runtime.scheduler import schedule_rows
-from .runtime.worker_app import create_worker_app
-from .store.client import client_for
-from .store.embedded import EmbeddedRedis
-from .store.schedules import ScheduleState
+from ..core.errors import DispatchError
+from ..core.registry import import_task_modules
+from ..core.settings import DispatcherSettings, get_settings
+from ..ops.routes_table import aligned, format_table
+from ..routes.celery.supervisor import CONFIG_ERROR, install_alarm
+from ..routes.celery.worker import worker_queues
+from ..runtime.container import current
+from ..runtime.direct_worker import run_direct_consumer
+from ..runtime.scheduler import schedule_rows
+from ..runtime.worker_app import create_worker_app
+from ..runtime.worker_layout import DEFAULT_NODE_NAME, is_direct_child
+from ..store.client import client_for
+from ..store.embedded import EmbeddedRedis
+from ..store.schedules import ScheduleState
 
-#: The Celery node name of ``dispatcher worker`` unless ``-n``/``--hostname`` is given.
-DEFAULT_NODE_NAME = "dispatcher@%h"
+
+def run_child(argv: list[str]) -> int:
+    """A child of the worker's supervisor: a direct consumer, or the Celery worker."""
+    return run_direct_consumer() if is_direct_child() else run_worker(argv)
 
 
 def run_worker(argv: list[str]) -> int:
@@ -63,20 +58,6 @@ def run_worker(argv: list[str]) -> int:
 
 def _given(argv: list[str], short: str, long: str) -> bool:
     return any(a in (short, long) or a.startswith(long + "=") for a in argv)
-
-
-def worker(argv: list[str]) -> int:
-    if os.environ.get(CHILD_MARK):
-        return run_direct_consumer() if is_direct_child() else run_worker(argv)
-    try:
-        direct = get_settings().worker_consumer == "direct"
-    except DispatchError as exc:
-        print(f"worker: {exc}", file=sys.stderr)
-        return CONFIG_ERROR
-    if direct:
-        celery_argv, celery_env, consumers = direct_layout(argv, DEFAULT_NODE_NAME)
-        return supervise(celery_argv, others=consumers, celery_env=celery_env)
-    return supervise(argv)
 
 
 def _listing(read: Callable[[DispatcherSettings], list[dict[str, Any]]], as_json: bool,
@@ -143,27 +124,3 @@ def redis_server(port: int, data_dir: str) -> int:
     finally:
         server.stop()
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["worker"]:  # everything after it goes to Celery, unparsed
-        return worker(argv[1:])
-    parser = argparse.ArgumentParser(prog="dispatcher", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("worker", help="a supervised Celery worker for every registered task")
-    routes_cmd = commands.add_parser("routes", help="print every task's effective route")
-    routes_cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    schedules_cmd = commands.add_parser("schedules", help="every schedule, last and next run")
-    schedules_cmd.add_argument("--json", action="store_true", help="machine-readable output")
-    redis_cmd = commands.add_parser("redis", help="the embedded Redis for development")
-    redis_cmd.add_argument("--port", type=int, default=6379)
-    redis_cmd.add_argument("--dir", default=".dispatch/redis",
-                           help="data directory, kept across restarts")
-    args = parser.parse_args(argv)
-    if args.command == "routes":
-        return routes(args.json)
-    if args.command == "schedules":
-        return schedules(args.json)
-    return redis_server(args.port, args.dir)
