@@ -1,11 +1,13 @@
 """One call of ``lua/write_records.lua``: records, history entries and index marks of
-a chunk of jobs, in one atomic script call (``store.record_buffer`` chunks the buffer)."""
+a chunk of jobs, in one atomic script call (``store.record_buffer`` chunks the buffer),
+and for a direct consumer the acknowledgement of the job they belong to."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from typing import Any
 
 import redis
 
@@ -27,6 +29,19 @@ def write_records(link: Link, client: redis.Redis, ttl: int, ids: list[str],
                   index: dict[str, float]) -> None:
     """Write ``ids``' records (a ready one is also announced, as Celery's result backend
     does), their history entries and their index marks."""
+    command = records_command(ttl, ids, batch, history, index)
+    try:
+        link.call(*command)
+    except redis.exceptions.NoScriptError:  # Redis restarted and forgot it
+        client.script_load(WRITE_RECORDS.source)
+        link.call(*command)
+
+
+def records_command(ttl: int, ids: list[str], batch: dict[str, JobRecord | Job],
+                    history: dict[str, list[HistoryEntry]], index: dict[str, float],
+                    ack: str | None = None) -> tuple[Any, ...]:
+    """The ``EVALSHA`` that writes ``ids``' records, history entries and index marks;
+    with ``ack``, a delivery tag, that message is acknowledged in the same step."""
     records: list[str] = []
     entries: list[str] = []
     marks: list[str] = []
@@ -44,8 +59,7 @@ def write_records(link: Link, client: redis.Redis, ttl: int, ids: list[str],
     args = (ttl, repr(time.time() - ttl),
             len(records) // 3, join_fields(records), len(entries) // 2, join_fields(entries),
             len(marks) // 2, join_fields(marks), keys.RECORD_PREFIX, keys.HISTORY_PREFIX)
-    try:
-        link.call("EVALSHA", WRITE_RECORDS.sha, 1, keys.JOBS_INDEX, *args)
-    except redis.exceptions.NoScriptError:  # Redis restarted and forgot it
-        client.script_load(WRITE_RECORDS.source)
-        link.call("EVALSHA", WRITE_RECORDS.sha, 1, keys.JOBS_INDEX, *args)
+    if ack is None:
+        return ("EVALSHA", WRITE_RECORDS.sha, 1, keys.JOBS_INDEX, *args)
+    return ("EVALSHA", WRITE_RECORDS.sha, 3, keys.JOBS_INDEX, keys.KOMBU_UNACKED_INDEX,
+            keys.KOMBU_UNACKED, *args, ack)

@@ -9,11 +9,13 @@ without Redis a process keeps its records in memory (``store.memory``).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from ..core.record import HistoryEntry, JobRecord, Position, after, decode_record
 from . import keys
 from .link import as_text
 from .record_buffer import WRITE_CHUNK, RecordBuffer, _as_record
+from .record_script import records_command
 
 __all__ = ["WRITE_CHUNK", "RedisRecordStore"]
 
@@ -34,6 +36,9 @@ class RedisRecordStore(RecordBuffer):
     (STARTED), or as soon as the server has time again, or by ``flush``. Until then
     other processes do not see it (Celery, too, keeps no record of a job not started).
     """
+
+    #: The index marks of the batch ``write_with_ack`` took (put back if it failed).
+    _acked_index: dict[str, float] = {}  # noqa: RUF012 - replaced, never changed in place
 
     def load(self, task_id: str) -> JobRecord | None:
         with self._lock:
@@ -96,3 +101,38 @@ class RedisRecordStore(RecordBuffer):
             self._inflight.pop(task_id, None)
         self._client.delete(keys.record(task_id), keys.history(task_id))
         self._client.zrem(keys.JOBS_INDEX, task_id)
+
+    def write_with_ack(self, tag: str, timeout: float) -> tuple[Any, ...] | None:
+        """Take everything saved so far out of the buffer and return one command that
+        writes it and acknowledges the message with delivery tag ``tag`` in the same step
+        (``records_command``), for a consumer to send with its next take; ``written``
+        must follow once it is answered (the write lock is held until then, so writes
+        still reach Redis in the order they were taken). None, with nothing taken: the
+        write lock stayed busy for ``timeout``, or more than one call's worth is saved."""
+        if not self._write_lock.acquire(timeout=timeout):
+            return None
+        with self._lock:
+            self._absorb_filed()
+            if self._held or len(self._pending) > WRITE_CHUNK:
+                self._write_lock.release()
+                return None
+            batch, self._pending = self._pending, {}
+            history, self._pending_history = self._pending_history, {}
+            index, self._pending_index = self._pending_index, {}
+            self._inflight, self._inflight_history = batch, history
+            self._acked_index = index
+        return records_command(self._ttl, list(batch), batch, history, index, ack=tag)
+
+    def written(self, error: BaseException | None) -> None:
+        """``write_with_ack``'s command was answered; ``error``: it failed, and what it
+        held goes back to the buffer (the acknowledgement is the caller's to send again)."""
+        try:
+            with self._lock:
+                if error is not None:
+                    self._put_back(list(self._inflight), self._inflight,
+                                   self._inflight_history, self._acked_index)
+                self._inflight, self._inflight_history, self._acked_index = {}, {}, {}
+        finally:
+            self._write_lock.release()
+        if error is not None and self._on_error is not None:
+            self._on_error(error)

@@ -35,12 +35,13 @@ from ...core.registry import all_tasks
 from ...store import keys
 from ...store.client import client_for
 from ...store.link import Link, as_text
+from ...store.records import RedisRecordStore
 from ...store.scripts import TAKE
 from .direct_events import TaskEvents
 from .direct_take import (
     HOLDING_TTL,
     NotWritten,
-    ack_commands,
+    Owed,
     give_back_held,
     hand_back,
     take_counts,
@@ -88,8 +89,10 @@ class DirectConsumer:
         #: what this consumer holds, and must never beat between a take and its reply.
         self._holding_lock = threading.Lock()
         self._held: str | None = None
-        #: The last job's acknowledgement, sent with the next take.
-        self._owed: list[tuple[Any, ...]] = []
+        records = worker.execution.records  # written with the acks, sent with the takes
+        self._owed = Owed(records if shared and isinstance(records, RedisRecordStore)
+                          else None, settings.publish_timeout)
+        worker.flush_before_ack = not self._owed.with_records
         self.heartbeat = Heartbeat(
             worker.route.monitor.publisher.client, hostname, settings.worker_dead_after,
             list(self.tasks), self._holdings, lambda: self.queues)
@@ -143,6 +146,7 @@ class DirectConsumer:
         few). With Redis away, both are left to the beat thread and the rescue."""
         try:
             self.heartbeat.beat()
+            self._owed.prepare(self.client)
             back = give_back_held(self.client, self.hostname)
         except BROKER_ERRORS as exc:
             log.warning("direct consumer %s: Redis is unavailable at start (%s)",
@@ -155,11 +159,7 @@ class DirectConsumer:
     def _settle(self) -> None:
         """Send what is owed and remove the heartbeat; what fails is left to the rescue."""
         try:
-            if self._owed:
-                self.link.send(self._owed)
-                for _ in self._owed:
-                    self.link.read()
-                self._owed = []
+            self._owed.send(self.link)
             self.client.delete(keys.holding(self.hostname))
             self.heartbeat.stop()
         except BROKER_ERRORS as exc:
@@ -201,11 +201,8 @@ class DirectConsumer:
         node's task-events switch); the take's reply. An owed acknowledgement stays owed
         until Redis has answered it (sent again, it changes nothing)."""
         now = time.time()
-        owed, look = self._owed, self.events.look(now)
-        self.link.send([*owed, self._take_command(now), *look])
-        for _ in owed:
-            self.link.read()
-        self._owed = []
+        look = self.events.look(now)
+        self._owed.send(self.link, self._take_command(now), *look)
         try:
             reply = self.link.read()
         except redis.exceptions.NoScriptError:  # Redis restarted, or another one
@@ -216,20 +213,24 @@ class DirectConsumer:
         return reply
 
     def _write_down(self, key: str, item: str) -> Any:
-        """Write down what ``BRPOP`` took (``write_down``): the take's reply. On a Redis
-        error the message goes back to its queue from the put-back thread (None)."""
+        """Write down what ``BRPOP`` took (``write_down``), with a look at the events
+        switch: the take's reply; None when it went back (a Redis error) or was refused."""
         now = time.time()
+        look = self.events.look(now, idle=True)
         try:
-            return write_down(self.link, self._take_command(now), now, key, item,
-                              self.runs_ttl)
-        except NotWritten as failed:
+            reply, seen = write_down(self.link, self._take_command(now), now, key, item,
+                                     self.runs_ttl, *look)
+        except NotWritten as failed:  # back to its queue from the put-back thread
             self.link.drop()
             settings = self.worker.settings
             PUT_BACKS.hand(client_for(settings, str(settings.broker_url)), failed.untaken,
                            failed.reason)
+            return None
         except Refused:
             self._refuse(key, item, written=False)
-        return None
+            return None
+        self.events.seen(*seen)
+        return reply
 
     def _refuse(self, key: str, item: str, written: bool) -> None:
         """A message that cannot run: logged (by the caller, or here when unreadable)
@@ -240,7 +241,7 @@ class DirectConsumer:
             return
         with contextlib.suppress(ValueError):  # written down: readable by Redis's JSON
             if (tag := delivery_tag(json.loads(item))) is not None:
-                self._owed = ack_commands(tag)
+                self._owed.owe(tag)
 
     def _handle(self, message: TakenMessage) -> None:
         """Run the held message, or hand it back; its acknowledgement is then owed.
@@ -254,12 +255,12 @@ class DirectConsumer:
             elif message.expires is not None and message.expires < time.time():
                 log.warning("task %s (%s) expired before it could run: not run",
                             message.id, message.task)
-                self._owed = ack_commands(message.tag)
+                self._owed.owe(message.tag)
             elif due_in(message) > 0:  # a plain Celery client's countdown: not yet
                 self._hand_back(message, min(due_in(message), HAND_BACK_DELAY))
             else:
                 self._execute(task, message)
-                self._owed = ack_commands(message.tag)
+                self._owed.owe(message.tag)
         except BROKER_ERRORS as exc:
             log.warning("direct consumer %s could not hand back job %s (%s): the rescue "
                         "gives it back", self.hostname, message.id, exc)
@@ -292,7 +293,7 @@ class DirectConsumer:
             unknown.fail(message.id, message.task, message)
         except Exception as exc:  # still refused; the message is not run
             log.warning("could not record the unknown task %s: %s", message.id, exc)
-        self._owed = ack_commands(message.tag)
+        self._owed.owe(message.tag)
 
     def _hand_back(self, message: TakenMessage, after: float) -> None:
         self._stop.wait(after)  # held meanwhile, so not taken again at once

@@ -71,16 +71,20 @@ class TaskEvents:
         self._dispatcher: Any = None
         self._looked = 0.0
 
-    def look(self, now: float) -> list[tuple[Any, ...]]:
+    def look(self, now: float, idle: bool = False) -> list[tuple[Any, ...]]:
         """The command that reads the node's switch, at most once a ``LOOK_EVERY``
-        (sent with a take; its reply goes to ``seen``)."""
-        if self.always or now - self._looked < LOOK_EVERY:
+        (sent with a take; its reply goes to ``seen``); each time when ``idle`` (sent
+        with what a ``BRPOP`` brought: a job after a quiet spell, say the first one
+        after Flower switched the events on, is never run with a stale switch)."""
+        if self.always or (not idle and now - self._looked < LOOK_EVERY):
             return []
         self._looked = now
         return [("EXISTS", keys.events_switch(self.node))]
 
-    def seen(self, reply: Any) -> None:
-        self.on = bool(int(reply))
+    def seen(self, *replies: Any) -> None:
+        """The switch as ``look``'s commands found it (the last reply counts)."""
+        for reply in replies:
+            self.on = bool(int(reply))
 
     def _send(self, kind: str, **fields: Any) -> None:
         try:

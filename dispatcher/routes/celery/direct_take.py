@@ -10,7 +10,8 @@ import redis
 
 from ...store import keys
 from ...store.link import Link, as_text
-from ...store.scripts import GIVE_BACK_HELD, TAKE
+from ...store.records import RedisRecordStore
+from ...store.scripts import GIVE_BACK_HELD, TAKE, WRITE_RECORDS
 from .delivery import publication_of
 from .monitor import BROKER_ERRORS
 from .protocol import queue_keys
@@ -32,21 +33,26 @@ class NotWritten(Exception):
 
 
 def write_down(link: Link, take: tuple[Any, ...], now: float, key: str, item: str,
-               runs_ttl: int) -> Any:
+               runs_ttl: int, *after: tuple[Any, ...]) -> tuple[Any, list[Any]]:
     """Write down ``item``, taken off ``key`` by ``BRPOP``, with the take script given
     the message instead of popping one (``lua/take.lua``): kombu's unacknowledged entry
     and our bookkeeping in one step and one reply, the message read by Redis's JSON
     alone. ``take``: the take command (``EVALSHA``, keys, arguments up to the holding
-    key's lifetime, ``now`` among them). Returns the take's reply. Raises
-    ``NotWritten`` when Redis failed: the message must go back (``Refused`` instead if
-    it is unreadable besides)."""
+    key's lifetime, ``now`` among them); ``after``: commands sent with it. Returns the
+    take's reply and theirs. Raises ``NotWritten`` when Redis failed: the message must
+    go back (``Refused`` instead if it is unreadable besides)."""
     command = (*take, item, key)
     try:
+        link.send([command, *after])
         try:
-            return link.call(*command)
+            reply = link.read()
         except redis.exceptions.NoScriptError:  # Redis restarted, or another one
+            reply = None
+        replies = [link.read() for _ in after]
+        if reply is None:
             link.client.script_load(TAKE.source)
-            return link.call(*command)
+            reply = link.call(*command)
+        return reply, replies
     except BROKER_ERRORS as exc:
         raise NotWritten(untaken(key, item, now, runs_ttl), exc) from exc
 
@@ -99,6 +105,82 @@ def ack_commands(tag: str) -> list[tuple[Any, ...]]:
     """kombu's acknowledgement of ``tag`` (its entry and index removed together)."""
     return [("MULTI",), ("ZREM", keys.KOMBU_UNACKED_INDEX, tag),
             ("HDEL", keys.KOMBU_UNACKED, tag), ("EXEC",)]
+
+
+class Owed:
+    """Acknowledgements owed until Redis confirms them: sent with the next take, the last
+    one with the records its job left in ``records`` (the broker's own Redis records
+    store; None: they live apart and were flushed before, as under Celery's consumer),
+    written and acknowledged by one script call (``RedisRecordStore.write_with_ack``)."""
+
+    def __init__(self, records: RedisRecordStore | None, timeout: float) -> None:
+        self.tags: list[str] = []
+        self._records = records
+        self._timeout = timeout
+        #: The records are in the command sent (their write lock held until answered).
+        self._taken = False
+        #: Redis refused the records: acknowledge alone until an answer comes back whole
+        #: (the records wait in their buffer, whose thread writes them once Redis can).
+        self._alone = False
+
+    @property
+    def with_records(self) -> bool:
+        """Whether job records are written with the acknowledgement."""
+        return self._records is not None
+
+    def prepare(self, client: redis.Redis) -> None:
+        """Load the records script, so the first acknowledgement is not refused for it."""
+        if self._records is not None:
+            client.script_load(WRITE_RECORDS.source)
+
+    def owe(self, tag: str) -> None:
+        self.tags.append(tag)
+
+    def commands(self) -> list[tuple[Any, ...]]:
+        """What to send now; ``answered`` must follow."""
+        if not self.tags:
+            return []
+        *older, last = self.tags
+        commands = [command for tag in older for command in ack_commands(tag)]
+        if self._records is not None and not self._alone:
+            with_records = self._records.write_with_ack(last, self._timeout)
+            if with_records is not None:
+                self._taken = True
+                return [*commands, with_records]
+        return [*commands, *ack_commands(last)]
+
+    def answered(self, error: BaseException | None) -> None:
+        """The commands were answered: all of them (``error`` None), or not (it says why:
+        the records go back to their buffer and every acknowledgement stays owed)."""
+        if self._taken:
+            self._taken = False
+            if self._records is not None:
+                self._records.written(error)
+        if error is None:
+            self.tags, self._alone = [], False
+        elif isinstance(error, redis.ResponseError) and not isinstance(
+                error, redis.exceptions.NoScriptError):  # loaded again: try once more
+            self._alone = True
+
+    def send(self, link: Link, *after: tuple[Any, ...]) -> None:
+        """Send what is owed, then ``after`` (whose replies the caller reads), and read
+        what is owed's replies. An error reply leaves it owed (a script Redis forgot is
+        loaded again); a connection error is raised."""
+        owed = self.commands()
+        refused: redis.ResponseError | None = None
+        try:
+            link.send([*owed, *after])
+            for _ in owed:
+                try:
+                    link.read()
+                except redis.ResponseError as exc:  # read whole: the link stays in step
+                    refused = exc
+        except BaseException as exc:
+            self.answered(exc)
+            raise
+        self.answered(refused)
+        if isinstance(refused, redis.exceptions.NoScriptError):
+            link.client.script_load(WRITE_RECORDS.source)
 
 
 def take_counts(reply: list[Any]) -> list[Any] | None:

@@ -85,6 +85,10 @@ class CeleryWorker:
         self.route = route
         self.execution = execution
         self.records = records
+        #: False: the caller writes each job's records with its acknowledgement (a direct
+        #: consumer, ``RedisRecordStore.write_with_ack``), so ``execute`` leaves them in
+        #: the buffer, but for a retry's (written before the next attempt is published).
+        self.flush_before_ack = True
         #: What to do with messages for tasks this worker does not have.
         self.unknown_tasks = UnknownTasks(route.monitor.publisher.client, execution,
                                           settings.unknown_task_grace)
@@ -144,7 +148,8 @@ class CeleryWorker:
                 args: tuple[Any, ...] = ()) -> Any:
         """Run one delivered message through the execution core and carry out its outcome.
 
-        The job's records are flushed before the message is acknowledged: a worker
+        The job's records are flushed before the message is acknowledged (or written
+        with the acknowledgement, see ``flush_before_ack``): a worker
         process that dies right after (the next job may kill it) must not take them
         along. Celery's task events (what Flower shows) follow the outcome: the result
         is returned (``ignore_result``: Celery puts it in the event and stores nothing),
@@ -155,6 +160,7 @@ class CeleryWorker:
         (``send_task(name, args=[...])``); they are bound to the task's parameter names
         and then validated like any payload.
         """
+        outcome: Outcome | None = None
         try:
             refused: TaskValidationError | None = None
             if args:
@@ -164,7 +170,6 @@ class CeleryWorker:
                     refused = exc
             job = job_from_request(task, request, payload)
             admission = self._admit(job, request)
-            outcome: Outcome | None = None
             try:
                 runs, cancelled = self.count_run(job, self.settings.result_ttl, request)
                 if cancelled:  # never started: acknowledged without running
@@ -175,7 +180,10 @@ class CeleryWorker:
                 release_after(self.execution.limits, job, admission,
                               None if outcome is None else outcome.lingering)
         finally:
-            self.execution.records.flush(self.settings.publish_timeout)
+            # Written with the acknowledgement only after a plain run: a retry's record
+            # must land before its next attempt is published, and so must a deferral's.
+            if self.flush_before_ack or outcome is None or outcome.retry_delay is not None:
+                self.execution.records.flush(self.settings.publish_timeout)
         if outcome.retry_delay is not None:  # the RETRY record has landed (flushed above)
             self.route.publish(job.next_attempt(outcome.retry_delay),
                                countdown=outcome.retry_delay)

@@ -5,6 +5,10 @@
 -- does, for clients waiting in ``AsyncResult.get()``), ARGV[5]
 -- pairs in ARGV[6] of (job id, history entry), ARGV[7] pairs in ARGV[8] of (job id,
 -- dispatch time); ARGV[9] the record key prefix, ARGV[10] the history key prefix.
+-- With ARGV[11], a delivery tag, the message it names is acknowledged too (KEYS[2]
+-- kombu's unacked index, KEYS[3] its unacked hash): after its job's records, in the
+-- same step, so a consumer sends both with its next take and never acknowledges a job
+-- whose records did not land.
 local ttl = ARGV[1]
 local record_prefix, history_prefix = ARGV[9], ARGV[10]
 local field = fields(ARGV[4])
@@ -31,5 +35,9 @@ end
 if #scored > 0 then
   bulk('ZADD', KEYS[1], scored)
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[2])
+end
+if ARGV[11] then
+  redis.call('ZREM', KEYS[2], ARGV[11])
+  redis.call('HDEL', KEYS[3], ARGV[11])
 end
 return 1

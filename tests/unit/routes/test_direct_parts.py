@@ -21,6 +21,7 @@ from dispatcher.routes.celery.protocol import queue_keys, task_message
 from dispatcher.routes.celery.supervisor import DIRECT_CONSUMERS, DIRECT_NAME, DIRECT_QUEUES
 from dispatcher.routes.celery.taken import Refused, due_in, read_message
 from dispatcher.runtime.worker_layout import CONTROL_QUEUE, direct_layout
+from dispatcher.store import keys
 
 
 @task(name="tests.direct.unit")
@@ -104,3 +105,19 @@ def test_the_layout_defaults_to_the_cpu_count_and_refuses_no_consumer() -> None:
     assert {c.env[DIRECT_QUEUES] for c in consumers} == {""}  # each finds its own
     with pytest.raises(ValueError, match="at least 1"):
         direct_layout(["--concurrency=0"], "dispatcher@%h")
+
+
+def test_the_events_switch_is_read_once_a_second_but_with_each_job_after_a_wait() -> None:
+    """A busy consumer reads the node's task-events switch at most once a second; one
+    that waited on BRPOP reads it with the job it brings, so the first job after Flower
+    switched the events on is never run with a stale switch."""
+    from dispatcher.routes.celery.direct_events import LOOK_EVERY, TaskEvents
+
+    events = TaskEvents(None, None, "c-direct1@h", "c@h", always=False)  # type: ignore[arg-type]
+    assert events.look(100.0) == [("EXISTS", keys.events_switch("c@h"))]
+    assert events.look(100.0 + LOOK_EVERY / 2) == []
+    assert events.look(100.0 + LOOK_EVERY / 2, idle=True) == [
+        ("EXISTS", keys.events_switch("c@h"))]
+    events.seen(0, 1)
+    assert events.on
+    assert TaskEvents(None, None, "c", "c", always=True).look(0.0, idle=True) == []  # type: ignore[arg-type]
