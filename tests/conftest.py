@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 
@@ -15,6 +16,14 @@ from tests import summary
 for _name in list(os.environ):
     if _name.startswith("DISPATCH_") or _name == "REDIS_URL":
         del os.environ[_name]
+
+# A suite started in the background (`make test &`, a CI runner without job control)
+# inherits SIGINT ignored, and so would every process it starts: Python then never
+# raises KeyboardInterrupt, and the tests that press Ctrl-C on a command would hang.
+# A handler here is reset to the default in each child (a handler, unlike "ignore",
+# does not survive exec).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
