@@ -121,7 +121,11 @@ class RedisRecordStore(RecordBuffer):
             index, self._pending_index = self._pending_index, {}
             self._inflight, self._inflight_history = batch, history
             self._acked_index = index
-        return records_command(self._ttl, list(batch), batch, history, index, ack=tag)
+        try:
+            return records_command(self._ttl, list(batch), batch, history, index, ack=tag)
+        except BaseException as exc:  # nothing sent: all of it back, the lock given back
+            self.written(exc)
+            raise
 
     def written(self, error: BaseException | None) -> None:
         """``write_with_ack``'s command was answered; ``error``: it failed, and what it

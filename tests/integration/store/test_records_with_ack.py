@@ -101,3 +101,24 @@ def test_without_a_records_store_only_the_acknowledgements_are_sent(redis_server
     owed.send(Link(client))
     assert owed.tags == []
     assert _acknowledged(client, "tag-3") and _acknowledged(client, "tag-4")
+
+
+def test_a_command_that_cannot_be_built_gives_everything_back(
+        redis_server: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing sent: the records stay in the buffer and its write lock is free."""
+    import dispatcher.store.records as records
+
+    client = redis.Redis.from_url(redis_server.url)
+    store = RedisRecordStore(client, ttl=60, interval=10.0)
+    job = _finished(store)
+
+    def refuse(*_: object, **__: object) -> tuple[object, ...]:
+        raise ValueError("a field holds a NUL character")
+
+    monkeypatch.setattr(records, "records_command", refuse)
+    with pytest.raises(ValueError):
+        store.write_with_ack("tag-5", timeout=1.0)
+    monkeypatch.undo()
+    assert store.load(job.id)["status"] == "SUCCESS"  # type: ignore[index]
+    assert store.flush(timeout=1.0)
+    assert json.loads(client.get(keys.RECORD_PREFIX + job.id))["status"] == "SUCCESS"
