@@ -19,7 +19,7 @@ from ..core.job import Job
 from ..core.record import HistoryEntry, JobRecord, history_entry, make_record
 from ..policy.governor import never_busy
 from .link import Link
-from .record_script import write_records
+from .record_script import Batch, write_records
 
 log = logging.getLogger("dispatcher.records")
 
@@ -214,38 +214,46 @@ class RecordBuffer:
         ``hold_inline``: keep PENDING inline jobs back (the server is saturated);
         otherwise the held ones are written too."""
         with self._lock:
-            self._absorb_filed()
-            batch, self._pending = self._pending, {}
-            history, self._pending_history = self._pending_history, {}
-            index, self._pending_index = self._pending_index, {}
-            if hold_inline:
-                self._hold_inline(batch, index)
-            elif self._held:
-                for task_id, job in self._held.items():
-                    batch.setdefault(task_id, job)
-                    index[task_id] = job.dispatched_at or time.time()
-                self._held = {}
-            if not batch and not history:
-                return True
-            self._inflight, self._inflight_history = batch, history
-        ids = list(batch)
-        written = 0
+            batch = self._take(hold_inline)
+        ids, written, error = list(batch.records), 0, None
         try:
             # A few dozen jobs per call: encoding is CPU under the web server's GIL,
             # and each call's socket I/O hands the GIL back to request handling.
             for start in range(0, len(ids), WRITE_CHUNK):
-                self._write_chunk(ids[start:start + WRITE_CHUNK], batch, history, index)
+                self._write_chunk(ids[start:start + WRITE_CHUNK], *batch)
                 written = start + WRITE_CHUNK
             return True
         except Exception as exc:  # an outage: kept, and written once Redis answers
-            with self._lock:
-                self._put_back(ids[written:], batch, history, index)
-            if self._on_error is not None:
-                self._on_error(exc)
+            error = exc
             return False
         finally:
-            with self._lock:
-                self._inflight, self._inflight_history = {}, {}
+            self._done(batch, ids[written:], error)
+
+    def _take(self, hold_inline: bool = False) -> Batch:
+        """Everything saved so far, out of the buffer and into the write under way
+        (callers hold both locks; ``hold_inline``: see ``_write_pending``)."""
+        self._absorb_filed()
+        batch = Batch(self._pending, self._pending_history, self._pending_index)
+        self._pending, self._pending_history, self._pending_index = {}, {}, {}
+        if hold_inline:
+            self._hold_inline(batch.records, batch.marks)
+        elif self._held:
+            for task_id, job in self._held.items():
+                batch.records.setdefault(task_id, job)
+                batch.marks[task_id] = job.dispatched_at or time.time()
+            self._held = {}
+        self._inflight, self._inflight_history = batch.records, batch.history
+        return batch
+
+    def _done(self, batch: Batch, unwritten: list[str], error: BaseException | None) -> None:
+        """End the write under way (callers hold ``_write_lock``); after ``error``,
+        ``unwritten`` goes back to the buffer."""
+        with self._lock:
+            if error is not None:
+                self._put_back(unwritten, *batch)
+            self._inflight, self._inflight_history = {}, {}
+        if error is not None and self._on_error is not None:
+            self._on_error(error)
 
     def _put_back(self, ids: list[str], batch: dict[str, JobRecord | Job],
                   history: dict[str, list[HistoryEntry]], index: dict[str, float]) -> None:

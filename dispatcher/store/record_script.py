@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -18,6 +18,15 @@ from .link import Link, join_fields
 from .scripts import WRITE_RECORDS
 
 log = logging.getLogger("dispatcher.records")
+
+
+class Batch(NamedTuple):
+    """What one write takes from the buffer: per job its newest state, history entries
+    and index mark."""
+
+    records: dict[str, JobRecord | Job]
+    history: dict[str, list[HistoryEntry]]
+    marks: dict[str, float]
 
 
 def record_json(held: JobRecord | Job) -> str:

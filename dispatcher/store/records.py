@@ -15,7 +15,7 @@ from ..core.record import HistoryEntry, JobRecord, Position, after, decode_recor
 from . import keys
 from .link import as_text
 from .record_buffer import WRITE_CHUNK, RecordBuffer, _as_record
-from .record_script import records_command
+from .record_script import Batch, records_command
 
 __all__ = ["WRITE_CHUNK", "RedisRecordStore"]
 
@@ -37,8 +37,8 @@ class RedisRecordStore(RecordBuffer):
     other processes do not see it (Celery, too, keeps no record of a job not started).
     """
 
-    #: The index marks of the batch ``write_with_ack`` took (put back if it failed).
-    _acked_index: dict[str, float] = {}  # noqa: RUF012 - replaced, never changed in place
+    #: What ``write_with_ack`` took, until ``written``.
+    _acked: Batch
 
     def load(self, task_id: str) -> JobRecord | None:
         with self._lock:
@@ -108,21 +108,14 @@ class RedisRecordStore(RecordBuffer):
         (``records_command``), for a consumer to send with its next take; ``written``
         must follow once it is answered (the write lock is held until then, so writes
         still reach Redis in the order they were taken). None, with nothing taken: the
-        write lock stayed busy for ``timeout``, or more than one call's worth is saved."""
+        write lock stayed busy for ``timeout``."""
         if not self._write_lock.acquire(timeout=timeout):
             return None
-        with self._lock:
-            self._absorb_filed()
-            if self._held or len(self._pending) > WRITE_CHUNK:
-                self._write_lock.release()
-                return None
-            batch, self._pending = self._pending, {}
-            history, self._pending_history = self._pending_history, {}
-            index, self._pending_index = self._pending_index, {}
-            self._inflight, self._inflight_history = batch, history
-            self._acked_index = index
         try:
-            return records_command(self._ttl, list(batch), batch, history, index, ack=tag)
+            with self._lock:
+                self._acked = self._take()
+            return records_command(self._ttl, list(self._acked.records), *self._acked,
+                                   ack=tag)
         except BaseException as exc:  # nothing sent: all of it back, the lock given back
             self.written(exc)
             raise
@@ -131,12 +124,7 @@ class RedisRecordStore(RecordBuffer):
         """``write_with_ack``'s command was answered; ``error``: it failed, and what it
         held goes back to the buffer (the acknowledgement is the caller's to send again)."""
         try:
-            with self._lock:
-                if error is not None:
-                    self._put_back(list(self._inflight), self._inflight,
-                                   self._inflight_history, self._acked_index)
-                self._inflight, self._inflight_history, self._acked_index = {}, {}, {}
+            self._done(self._acked, list(self._acked.records), error)
         finally:
+            self._acked = Batch({}, {}, {})
             self._write_lock.release()
-        if error is not None and self._on_error is not None:
-            self._on_error(error)
