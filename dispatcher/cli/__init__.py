@@ -38,7 +38,11 @@ def worker(argv: list[str]) -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return CONFIG_ERROR
     if direct:
-        celery_argv, celery_env, consumers = direct_layout(argv, DEFAULT_NODE_NAME)
+        try:
+            celery_argv, celery_env, consumers = direct_layout(argv, DEFAULT_NODE_NAME)
+        except ValueError as exc:  # --concurrency 0, or not a number
+            print(f"worker: {exc}", file=sys.stderr)
+            return CONFIG_ERROR
         return supervise(celery_argv, others=consumers, celery_env=celery_env)
     return supervise(argv)
 

@@ -1,11 +1,5 @@
 """The direct consumer process of ``dispatcher worker`` (``DISPATCH_WORKER_CONSUMER=direct``,
-``routes.celery.direct``); ``worker_layout`` lays out the supervisor's children.
-
-The supervisor runs one Celery worker process, for what only Celery offers
-(``inspect``, Flower's remote control, the upkeep: heartbeat, rescue, sweeper, delayed
-jobs, schedules), consuming a control queue of its own only, and ``--concurrency``
-direct consumers, each taking and running the task queues' messages itself.
-"""
+``routes.celery.direct``); ``worker_layout`` lays out the supervisor's children."""
 
 from __future__ import annotations
 

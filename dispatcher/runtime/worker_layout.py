@@ -62,9 +62,12 @@ def direct_layout(argv: list[str], node_name: str,
     concurrency, rest = _option(argv, "-c", "--concurrency")
     queues, rest = _option(rest, "-Q", "--queues")
     hostname, rest = _option(rest, "-n", "--hostname")
-    count = int(concurrency) if concurrency else (os.cpu_count() or 1)
+    count = os.cpu_count() or 1
+    if concurrency:
+        count = int(concurrency) if concurrency.isdigit() else 0
     if count < 1:
-        raise ValueError("--concurrency must be at least 1")
+        raise ValueError(f"--concurrency must be a whole number of at least 1, "
+                         f"not {concurrency!r}")
     name, _, host = (hostname or node_name).partition("@")
     host = (host or "%h").replace("%h", socket.gethostname())
     node = f"{name}@{host}"

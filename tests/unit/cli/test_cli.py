@@ -208,3 +208,13 @@ def test_schedules_lists_each_schedule_as_a_table_or_json(
     assert main(["schedules", "--json"]) == 0
     (listed,) = [r for r in json.loads(capsys.readouterr().out) if r["task"] == "unit.cli.daily"]
     assert (listed["kwargs"], listed["last_run"]) == ({"kind": "sales"}, None)
+
+
+@pytest.mark.parametrize("concurrency", ["0", "two"])
+def test_a_bad_worker_concurrency_is_a_clear_error(
+        concurrency: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Refused before any process starts: one line naming the option, no traceback."""
+    assert main(["worker", "--concurrency", concurrency]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("worker: --concurrency must be") and repr(concurrency) in err
+    assert "Traceback" not in err
