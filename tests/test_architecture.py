@@ -4,6 +4,8 @@ modules. The layer and independence rules are import-linter contracts in
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import grimp
@@ -69,3 +71,20 @@ def test_no_module_is_over_300_lines() -> None:
     long = {str(path.relative_to(PACKAGE)): n for path in PACKAGE.rglob("*.py")
             if (n := len(path.read_text().splitlines())) > MAX_LINES}
     assert long == {}
+
+
+def test_the_public_names_load_on_first_use_and_all_resolve() -> None:
+    """``dispatcher`` lists each public name once where it lives and loads it on first
+    use; the worker's supervisor (``dispatcher.cli``) starts without Celery or the
+    runtime loaded (a fresh interpreter, so nothing loaded before counts)."""
+    import dispatcher
+
+    assert sorted(dispatcher._HOMES) == sorted(dispatcher.__all__)
+    for name in dispatcher.__all__:
+        assert getattr(dispatcher, name) is not None
+    probe = ("import sys, dispatcher.cli; "
+             "print(sorted(m for m in ('celery', 'kombu', 'dispatcher.runtime.container') "
+             "if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            check=True, cwd=PACKAGE.parent).stdout.strip()
+    assert loaded == "[]"
