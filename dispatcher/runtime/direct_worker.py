@@ -16,6 +16,7 @@ from ..routes.celery.supervisor import (
     DIRECT_NAME,
     DIRECT_NODE,
     DIRECT_QUEUES,
+    say_ready,
 )
 from ..routes.celery.worker import worker_queues
 from ..routes.celery.worker_metrics import use_multiprocess_files
@@ -39,5 +40,5 @@ def run_direct_consumer() -> int:
                               os.environ.get(DIRECT_NODE))
     signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
     signal.signal(signal.SIGINT, lambda *_: consumer.stop())
-    consumer.run()
+    consumer.run(ready=say_ready)
     return 0

@@ -1,6 +1,5 @@
 """The direct consumer (``DISPATCH_WORKER_CONSUMER=direct``): a worker process that
-takes its own messages and runs them itself, with no consumer process and no pool
-pipe in between.
+takes its own messages and runs them itself (no consumer process, no pool pipe).
 
 Each take is one script call (``lua/take.lua``): the message is popped and written
 down as kombu's Redis transport writes it (its ``unacked`` entry and index), with our
@@ -23,6 +22,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -115,12 +115,13 @@ class DirectConsumer:
         """Finish the job in hand, acknowledge it and return from ``run``."""
         self._stop.set()
 
-    def run(self) -> None:
-        """Take and run messages until ``stop()``; then acknowledge the last one and say
-        this consumer has stopped (its heartbeat removed)."""
+    def run(self, ready: Callable[[], object] = lambda: None) -> None:
+        """Take and run messages until ``stop()`` (``ready()`` once it can); then
+        acknowledge the last one and say this consumer has stopped (heartbeat removed)."""
         self._beats.start()
         self._start()
         log.info("direct consumer %s ready: queues %s", self.hostname, ", ".join(self.queues))
+        ready()
         pause = 0.1
         while not self._stop.is_set():
             try:
@@ -140,10 +141,9 @@ class DirectConsumer:
         self._settle()
 
     def _start(self) -> None:
-        """Beat once, and give back what this consumer's last run held when it died:
-        now, not when its heartbeat expires (the rescue's way), so a job that kills its
-        process runs again at once and is counted a death each time (poison after a
-        few). With Redis away, both are left to the beat thread and the rescue."""
+        """Beat once; give back what its last run held when it died now, not once its
+        heartbeat expired (the rescue's way): a job that kills its process runs again at
+        once, a death counted each time. With Redis away, the beat thread and rescue do."""
         try:
             self.heartbeat.beat()
             self._owed.prepare(self.client)

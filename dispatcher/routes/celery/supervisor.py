@@ -1,13 +1,18 @@
 """The worker supervisor behind ``dispatcher worker``: it keeps one Celery worker
 process running and starts it again whenever it ends without being asked to (Celery can
 exit, or hang, after an "unrecoverable error" when Redis vanishes at the wrong moment);
-SIGTERM/SIGINT are passed on and end both."""
+SIGTERM/SIGINT are passed on and end both.
+
+Beside direct consumers, the Celery process (remote control and upkeep, no jobs) starts
+once they are ready (``Readiness``): on a small machine its start, an interpreter
+loading Celery, would otherwise take CPU from theirs."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -15,8 +20,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 CHILD_MARK = "DISPATCH_WORKER_CHILD"
 METRICS_DIR = "PROMETHEUS_MULTIPROC_DIR"
@@ -24,6 +30,7 @@ SHUTDOWN_WATCHDOG = 10.0
 CONFIG_ERROR = 2
 #: Seconds before a direct consumer killed by a signal starts again.
 KILLED_PAUSE = 0.2
+T = TypeVar("T")
 
 
 def _descendants(pid: int) -> list[int]:
@@ -57,6 +64,60 @@ DIRECT_NODE = "DISPATCH_DIRECT_NODE"
 DIRECT_CONSUMERS = "DISPATCH_DIRECT_CONSUMERS"
 #: The child's word to the supervisor that Celery met an unrecoverable error.
 ALARM = signal.SIGUSR1
+#: In a direct consumer's environment until the Celery process started: the file
+#: descriptor on which it says it is ready (``say_ready``).
+READY_FD = "DISPATCH_READY_FD"
+#: Seconds the Celery process waits for the direct consumers at most (one that keeps
+#: failing to start must not hold back the upkeep).
+READY_WAIT = 10.0
+
+
+class Readiness:
+    """The direct consumers' word that they are ready: a byte each on a pipe, which
+    every start of a consumer gets until the supervisor stopped waiting."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._read, self._write = os.pipe()
+        self._lock = threading.Lock()  # no start gets the pipe once it is closed
+
+    def spawn(self, start: Callable[[dict[str, str], tuple[int, ...]], T]) -> T:
+        """``start(env, pass_fds)`` with the pipe's writing end, while it is open."""
+        with self._lock:
+            if self._write < 0:
+                return start({}, ())
+            return start({READY_FD: str(self._write)}, (self._write,))
+
+    def wait(self, stopping: threading.Event, timeout: float) -> int:
+        """Until every consumer said it is ready, ``stopping`` is set or ``timeout``
+        passed; how many said so. The pipe is closed then."""
+        deadline = time.monotonic() + timeout
+        ready = 0
+        try:
+            while ready < self.count and not stopping.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                if select.select([self._read], [], [], min(left, 0.25))[0]:
+                    ready += len(os.read(self._read, self.count))
+        finally:
+            with self._lock:
+                os.close(self._read)
+                os.close(self._write)
+                self._write = -1
+        return ready
+
+
+def say_ready() -> None:
+    """In a direct consumer: tell the supervisor it is ready (nothing if it does not
+    wait, or no longer)."""
+    fd = os.environ.pop(READY_FD, None)
+    if fd is None or not fd.isdigit():
+        return
+    with contextlib.suppress(OSError):  # the supervisor stopped waiting meanwhile
+        os.write(int(fd), b".")
+    with contextlib.suppress(OSError):
+        os.close(int(fd))
 
 
 class UnrecoverableAlarm(logging.Handler):
@@ -102,9 +163,11 @@ class Child:
 
 
 def supervise(argv: list[str], command: list[str] | None = None,
-              others: Sequence[Child] = (), celery_env: dict[str, str] | None = None) -> int:
-    """Keep the Celery worker (and ``others``: the direct consumers) running until we are
-    told to stop; the Celery worker's exit code."""
+              others: Sequence[Child] = (), celery_env: dict[str, str] | None = None,
+              ready_wait: float = READY_WAIT) -> int:
+    """Keep the Celery worker (and ``others``: the direct consumers, started first) running
+    until we are told to stop; the Celery worker's exit code (``CONFIG_ERROR`` when a
+    consumer refused its settings)."""
     stopping = threading.Event()
     celery = Child(command or [sys.executable, "-m", "dispatcher", "worker", *argv],
                    celery_env or {})
@@ -135,9 +198,11 @@ def supervise(argv: list[str], command: list[str] | None = None,
     shared = tempfile.mkdtemp(prefix="dispatch-metrics-", dir=os.environ.get(METRICS_DIR)) \
         if others else None
     codes: dict[int, int] = {}
+    readiness = Readiness(len(others)) if others else None
 
     def keep(index: int, child: Child) -> None:
-        codes[index] = _keep_running(child, env, stopping, watchdogs, shared)
+        codes[index] = _keep_running(child, env, stopping, watchdogs, shared,
+                                     readiness if index else None)
         if index == 0 or codes[index] == CONFIG_ERROR:
             forward(signal.SIGTERM, None)  # the others go with it
 
@@ -148,6 +213,10 @@ def supervise(argv: list[str], command: list[str] | None = None,
     for thread in threads:
         thread.start()
     try:
+        if readiness is not None and readiness.wait(stopping, ready_wait) < len(others) \
+                and not stopping.is_set():
+            print(f"worker: direct consumers not ready after {ready_wait:g}s; starting "
+                  "the Celery worker anyway", file=sys.stderr, flush=True)
         keep(0, celery)
         for thread in threads:
             while thread.is_alive():
@@ -155,7 +224,9 @@ def supervise(argv: list[str], command: list[str] | None = None,
     finally:
         if shared is not None:
             shutil.rmtree(shared, ignore_errors=True)
-    return codes.get(0, 0)
+    # A consumer that refused its settings stopped everything, maybe before the Celery
+    # worker started: the supervisor says so too.
+    return CONFIG_ERROR if CONFIG_ERROR in codes.values() else codes.get(0, 0)
 
 
 def _terminate(popen: subprocess.Popen[bytes] | None) -> None:
@@ -166,7 +237,8 @@ def _terminate(popen: subprocess.Popen[bytes] | None) -> None:
 
 
 def _keep_running(child: Child, env: dict[str, str], stopping: threading.Event,
-                  watchdogs: dict[int, threading.Timer], shared: str | None) -> int:
+                  watchdogs: dict[int, threading.Timer], shared: str | None,
+                  readiness: Readiness | None = None) -> int:
     """Start ``child`` again whenever it ends unasked; its last exit code."""
     pause = 1.0
     code = 0
@@ -174,11 +246,16 @@ def _keep_running(child: Child, env: dict[str, str], stopping: threading.Event,
         started = time.monotonic()
         metrics_dir = shared or tempfile.mkdtemp(prefix="dispatch-metrics-",
                                                  dir=os.environ.get(METRICS_DIR))
-        try:
-            child.popen = popen = subprocess.Popen(
-                child.command, env={**env, **child.env, METRICS_DIR: metrics_dir},
+        def start(ready: dict[str, str], fds: tuple[int, ...],
+                  metrics_dir: str = metrics_dir) -> subprocess.Popen[bytes]:
+            return subprocess.Popen(
+                child.command, env={**env, **child.env, METRICS_DIR: metrics_dir, **ready},
                 stdout=sys.stderr.fileno(),  # one stream, as Celery's own output
-            )
+                pass_fds=fds)
+
+        try:
+            child.popen = popen = (readiness.spawn(start) if readiness is not None
+                                   else start({}, ()))
             if stopping.is_set():  # told to stop while it started
                 _terminate(popen)
             code = popen.wait()

@@ -117,6 +117,10 @@ def test_python_m_worker_restarts_a_crashed_celery_worker(
                           "restart-test"], service_env, tmp_path / "supervised.log")
     try:
         supervisor.wait_for_output(" ready.", timeout=60)
+        # The Celery worker started once its direct consumer said it was ready.
+        output = supervisor.output()
+        assert "not ready after" not in output
+        assert output.index("ready: queues") < output.index(" ready."), output[-3000:]
         (celery_main,) = _children(supervisor.pid)
         os.kill(celery_main, signal.SIGKILL)  # the Celery worker dies on its own
         deadline = time.monotonic() + 60
