@@ -16,6 +16,7 @@ from ..routes.celery.supervisor import (
     DIRECT_NAME,
     DIRECT_NODE,
     DIRECT_QUEUES,
+    once,
     say_ready,
 )
 from ..routes.celery.worker import worker_queues
@@ -38,7 +39,8 @@ def run_direct_consumer() -> int:
         or worker_queues(settings)
     consumer = DirectConsumer(app.dispatch_worker, hostname, queues,  # type: ignore[attr-defined]
                               os.environ.get(DIRECT_NODE))
-    signal.signal(signal.SIGTERM, lambda *_: consumer.stop())
-    signal.signal(signal.SIGINT, lambda *_: consumer.stop())
+    stop = once(consumer.stop)  # one handler for both: a nested second signal returns
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     consumer.run(ready=say_ready)
     return 0

@@ -108,6 +108,22 @@ class Readiness:
         return ready
 
 
+def once(action: Callable[[], None]) -> Callable[[int, object], None]:
+    """A signal handler that runs ``action`` the first time only, whichever signal (or
+    caller) comes first. A second signal can arrive while the first handler is inside
+    ``Event.set``, holding its lock (Ctrl-C reaches the whole process group, and the
+    supervisor passes on a SIGTERM): running ``action`` again there would wait on that
+    lock forever, and the process would never stop."""
+    called: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not called:
+            called.append(signum)
+            action()
+
+    return handler
+
+
 def say_ready() -> None:
     """In a direct consumer: tell the supervisor it is ready (nothing if it does not
     wait, or no longer)."""
@@ -173,10 +189,12 @@ def supervise(argv: list[str], command: list[str] | None = None,
                    celery_env or {})
     children = [celery, *others]
 
-    def forward(signum: int, frame: object) -> None:
+    def stop_all() -> None:
         stopping.set()
         for child in children:
             _terminate(child.popen)
+
+    forward = once(stop_all)
 
     watchdogs: dict[int, threading.Timer] = {}
 

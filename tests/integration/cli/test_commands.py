@@ -104,8 +104,10 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _children(pid: int) -> list[int]:
-    path = Path(f"/proc/{pid}/task/{pid}/children")
-    return [int(p) for p in path.read_text().split()] if path.exists() else []
+    """Every child of ``pid``, whichever of its threads started it (the supervisor starts
+    the direct consumers from threads of its own)."""
+    return [int(child) for listing in Path(f"/proc/{pid}/task").glob("*/children")
+            for child in listing.read_text().split()]
 
 
 def test_python_m_worker_restarts_a_crashed_celery_worker(
@@ -121,7 +123,9 @@ def test_python_m_worker_restarts_a_crashed_celery_worker(
         output = supervisor.output()
         assert "not ready after" not in output
         assert output.index("ready: queues") < output.index(" ready."), output[-3000:]
-        (celery_main,) = _children(supervisor.pid)
+        # The Celery worker: the one child the supervisor's main thread started.
+        (celery_main,) = map(int, Path(
+            f"/proc/{supervisor.pid}/task/{supervisor.pid}/children").read_text().split())
         os.kill(celery_main, signal.SIGKILL)  # the Celery worker dies on its own
         deadline = time.monotonic() + 60
         while supervisor.output().count(" ready.") < 2:

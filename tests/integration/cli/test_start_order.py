@@ -4,6 +4,8 @@ kinds of child, the supervisor in a process of its own (it installs signal handl
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 from pathlib import Path
@@ -53,6 +55,13 @@ def _children(pid: int) -> list[int]:
             for child in listing.read_text().split()]
 
 
+def _kill_all(supervisor: Process) -> None:
+    """The supervisor and every stand-in it started (its process group), by its pid."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(supervisor.pid, signal.SIGKILL)
+    supervisor.popen.wait()
+
+
 def _supervisor(tmp_path: Path, ready_wait: float) -> Process:
     return Process([sys.executable, "-c", SUPERVISOR, str(tmp_path), str(ready_wait)],
                    {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}, tmp_path / "log",
@@ -75,7 +84,7 @@ def test_the_celery_process_starts_once_the_consumers_are_ready(tmp_path: Path) 
         assert len(_children(supervisor.pid)) == 3
         assert supervisor.stop(signal.SIGTERM, timeout=30) == 0, supervisor.output()
     finally:
-        supervisor.stop(signal.SIGKILL)
+        _kill_all(supervisor)
 
 
 def test_consumers_that_never_get_ready_do_not_hold_back_the_celery_process(
@@ -89,7 +98,7 @@ def test_consumers_that_never_get_ready_do_not_hold_back_the_celery_process(
         assert "direct consumers not ready after 0.5s" in supervisor.output()
         assert supervisor.stop(signal.SIGTERM, timeout=30) == 0, supervisor.output()
     finally:
-        supervisor.stop(signal.SIGKILL)
+        _kill_all(supervisor)
 
 
 def test_a_consumer_refusing_its_settings_ends_the_supervisor_with_its_code(
@@ -103,4 +112,4 @@ def test_a_consumer_refusing_its_settings_ends_the_supervisor_with_its_code(
         assert supervisor.popen.returncode == CONFIG_ERROR, supervisor.output()
         assert not (tmp_path / "celery-started").exists()  # stopped before it started
     finally:
-        supervisor.stop(signal.SIGKILL)
+        _kill_all(supervisor)
