@@ -111,9 +111,10 @@ class Readiness:
 def once(action: Callable[[], None]) -> Callable[[int, object], None]:
     """A signal handler that runs ``action`` the first time only, whichever signal (or
     caller) comes first. A second signal can arrive while the first handler is inside
-    ``Event.set``, holding its lock (Ctrl-C reaches the whole process group, and the
-    supervisor passes on a SIGTERM): running ``action`` again there would wait on that
-    lock forever, and the process would never stop."""
+    ``Event.set``, holding its lock (Ctrl-C reaches the whole process group; and the
+    supervisor used to pass SIGTERM on twice, again once the Celery worker had ended):
+    running ``action`` again there would wait on that lock forever, and the process
+    would never stop."""
     called: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
