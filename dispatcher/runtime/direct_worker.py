@@ -11,13 +11,13 @@ import sys
 from ..core.errors import DispatchError
 from ..core.settings import get_settings
 from ..routes.celery.direct import DirectConsumer
+from ..routes.celery.readiness import say_ready
 from ..routes.celery.supervisor import (
     CONFIG_ERROR,
     DIRECT_NAME,
     DIRECT_NODE,
     DIRECT_QUEUES,
     once,
-    say_ready,
 )
 from ..routes.celery.worker import worker_queues
 from ..routes.celery.worker_metrics import use_multiprocess_files

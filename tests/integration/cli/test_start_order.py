@@ -18,7 +18,8 @@ from tests.support import ROOT, Process, wait_until
 # the way a consumer does, and stays until it is stopped.
 CONSUMER = """
 import os, pathlib, signal, sys, time
-from dispatcher.routes.celery.supervisor import CONFIG_ERROR, say_ready
+from dispatcher.routes.celery.readiness import say_ready
+from dispatcher.routes.celery.supervisor import CONFIG_ERROR
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 here = pathlib.Path(sys.argv[1])
 (here / ("started-" + os.environ["N"])).touch()
