@@ -25,6 +25,7 @@ from .worker_app import create_worker_app
 
 log = logging.getLogger("dispatcher.worker")
 
+
 def run_direct_consumer() -> int:
     """The direct consumer process: runs until SIGTERM/SIGINT, then finishes its job."""
     hostname = os.environ[DIRECT_NAME]

@@ -63,6 +63,7 @@ DIRECT_CONSUMERS = "DISPATCH_DIRECT_CONSUMERS"
 #: The child's word to the supervisor that Celery met an unrecoverable error.
 ALARM = signal.SIGUSR1
 
+
 def once(action: Callable[[], None]) -> Callable[[int, object], None]:
     """A signal handler that runs ``action`` the first time only, whichever signal (or
     caller) comes first. A second signal can arrive while the first handler is inside
