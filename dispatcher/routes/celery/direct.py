@@ -10,15 +10,14 @@ Messages stay Celery's protocol 2, and each job runs through
 ``CeleryWorker.execute``: the same execution core, records, retries, limits and
 events as under Celery's consumer.
 
-Each consumer beats as a worker of its own (``liveness``): when one dies, the rescue
-of any live worker gives back its message once its heartbeat expired, and the same
-consumer started again gives it back at once (its holding key).
+While its jobs are short, a take brings up to eight messages, the ones after the first
+held ahead (``ahead``). Each consumer beats as a worker of its own (``liveness``): when
+one dies, the rescue of any live worker gives back what it held once its heartbeat
+expired, and the same consumer started again gives it back at once (its holding key).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import threading
 import time
@@ -37,21 +36,23 @@ from ...store.client import client_for
 from ...store.link import Link, as_text
 from ...store.records import RedisRecordStore
 from ...store.scripts import TAKE
+from .ahead import Ahead, give_back, starts
 from .direct_events import TaskEvents
 from .direct_take import (
-    HOLDING_TTL,
     NotWritten,
     Owed,
     give_back_held,
     hand_back,
-    take_counts,
+    read_taken,
+    refuse,
+    take_command,
     take_order,
     write_down,
 )
 from .liveness import Heartbeat, beat_pause
 from .monitor import BROKER_ERRORS
 from .putback import PUT_BACKS
-from .taken import Refused, TakenMessage, delivery_tag, due_in, read_message
+from .taken import Refused, TakenMessage, due_in
 from .unknown import HAND_BACK_DELAY
 from .worker import CeleryWorker
 
@@ -82,13 +83,12 @@ class DirectConsumer:
         shared = worker.records is not None and settings.results_url == settings.broker_url
         #: The run count's lifetime; 0: our records live apart, counted when the job runs.
         self.runs_ttl = settings.result_ttl if shared else 0
-        fixed = [keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED, keys.INFLIGHT]
-        self._take = ("EVALSHA", TAKE.sha, len(fixed) + len(self.lists), *fixed, *self.lists)
         self._stop = threading.Event()
         #: Held while a take is in flight or a message is held: the heartbeat lists
         #: what this consumer holds, and must never beat between a take and its reply.
         self._holding_lock = threading.Lock()
         self._held: str | None = None
+        self._ahead = Ahead(settings.worker_spare_below)
         records = worker.execution.records  # written with the acks, sent with the takes
         self._owed = Owed(records if shared and isinstance(records, RedisRecordStore)
                           else None, settings.publish_timeout)
@@ -105,7 +105,7 @@ class DirectConsumer:
 
     def _holdings(self) -> list[str]:
         with self._holding_lock:
-            return [] if self._held is None else [self._held]
+            return [*([] if self._held is None else [self._held]), *self._ahead.tags()]
 
     def _beat(self) -> None:
         if not self._stop.is_set():
@@ -136,6 +136,8 @@ class DirectConsumer:
                 continue
             if message is not None:
                 self._handle(message)
+        with self._holding_lock:
+            give_back(self.client, self._ahead.release(), self.hostname)
         self._beats.stop()
         self.events.close()
         self._settle()
@@ -152,9 +154,9 @@ class DirectConsumer:
             log.warning("direct consumer %s: Redis is unavailable at start (%s)",
                         self.hostname, exc)
             return
-        if back is not None:
-            log.warning("direct consumer %s started again: the message it held (delivery "
-                        "tag %s) is back in its queue", self.hostname, back)
+        if back:
+            log.warning("direct consumer %s started again: the messages it held (delivery "
+                        "tags %s) are back in their queues", self.hostname, ", ".join(back))
 
     def _settle(self) -> None:
         """Send what is owed and remove the heartbeat; what fails is left to the rescue."""
@@ -170,31 +172,25 @@ class DirectConsumer:
     def _next(self) -> TakenMessage | None:
         """The next message, written down and held (None: none came, or it was refused)."""
         with self._holding_lock:
-            reply = self._send_take()
-            if not reply:
-                popped = self.link.call("BRPOP", *self.lists, IDLE_WAIT)
-                if not popped:
+            message = self._ahead.next()
+            if message is not None:
+                starts(message, self._owed, self.link, self.hostname)
+            else:
+                replies = self._send_take()
+                if not replies:
+                    popped = self.link.call("BRPOP", *self.lists, IDLE_WAIT)
+                    if not popped:
+                        return None
+                    replies = self._write_down(as_text(popped[0]), as_text(popped[1]))
+                    if not replies:
+                        return None
+                taken = read_taken(replies, self._owed.owe)
+                if not taken:
                     return None
-                reply = self._write_down(as_text(popped[0]), as_text(popped[1]))
-                if not reply:
-                    return None
-            key, item = as_text(reply[0]), as_text(reply[1])
-            if len(reply) <= 2:  # unreadable: the script wrote nothing down
-                self._refuse(key, item, written=False)
-                return None
-            try:
-                message = read_message(key, item, take_counts(reply[3:6]))
-            except Refused as exc:
-                log.error("%s", exc)
-                self._refuse(key, item, written=True)
-                return None
+                message = taken[0]
+                self._ahead.hold(taken[1:])
             self._held = message.tag
             return message
-
-    def _take_command(self, now: float) -> tuple[Any, ...]:
-        return (*self._take, repr(now), self.runs_ttl, keys.MARKER_PREFIX, keys.CANCEL_PREFIX,
-                keys.RUNS_PREFIX, keys.TAKEN_PREFIX, "0", keys.holding(self.hostname),
-                HOLDING_TTL)
 
     def _send_take(self) -> Any:
         """Send the owed acknowledgement and the take (and, now and then, a look at the
@@ -202,7 +198,8 @@ class DirectConsumer:
         until Redis has answered it (sent again, it changes nothing)."""
         now = time.time()
         look = self.events.look(now)
-        self._owed.send(self.link, self._take_command(now), *look)
+        self._owed.send(self.link, take_command(self.lists, self.hostname, self.runs_ttl, now,
+                                                self._ahead.most()), *look)
         try:
             reply = self.link.read()
         except redis.exceptions.NoScriptError:  # Redis restarted, or another one
@@ -218,7 +215,8 @@ class DirectConsumer:
         now = time.time()
         look = self.events.look(now, idle=True)
         try:
-            reply, seen = write_down(self.link, self._take_command(now), now, key, item,
+            take = take_command(self.lists, self.hostname, self.runs_ttl, now, 1)
+            reply, seen = write_down(self.link, take, now, key, item,
                                      self.runs_ttl, *look)
         except NotWritten as failed:  # back to its queue from the put-back thread
             self.link.drop()
@@ -227,21 +225,10 @@ class DirectConsumer:
                            failed.reason)
             return None
         except Refused:
-            self._refuse(key, item, written=False)
+            refuse(key, item, None)
             return None
         self.events.seen(*seen)
         return reply
-
-    def _refuse(self, key: str, item: str, written: bool) -> None:
-        """A message that cannot run: logged (by the caller, or here when unreadable)
-        and acknowledged if it was written down. Never run."""
-        if not written:
-            log.error("refused a message that cannot be decoded (from %s, %d bytes): not "
-                      "a task message", keys.unprefixed(key), len(item))
-            return
-        with contextlib.suppress(ValueError):  # written down: readable by Redis's JSON
-            if (tag := delivery_tag(json.loads(item))) is not None:
-                self._owed.owe(tag)
 
     def _handle(self, message: TakenMessage) -> None:
         """Run the held message, or hand it back; its acknowledgement is then owed.
@@ -259,8 +246,12 @@ class DirectConsumer:
             elif due_in(message) > 0:  # a plain Celery client's countdown: not yet
                 self._hand_back(message, min(due_in(message), HAND_BACK_DELAY))
             else:
+                started = time.monotonic()
                 self._execute(task, message)
                 self._owed.owe(message.tag)
+                if self._ahead.timed(time.monotonic() - started):
+                    with self._holding_lock:
+                        give_back(self.client, self._ahead.release(), self.hostname)
         except BROKER_ERRORS as exc:
             log.warning("direct consumer %s could not hand back job %s (%s): the rescue "
                         "gives it back", self.hostname, message.id, exc)

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -16,7 +19,9 @@ from .delivery import publication_of
 from .monitor import BROKER_ERRORS
 from .protocol import queue_keys
 from .putback import Untaken
-from .taken import Refused, TakenMessage, delivery_tag
+from .taken import Refused, TakenMessage, delivery_tag, read_message
+
+log = logging.getLogger("dispatcher.worker")
 
 #: Seconds a consumer's holding key outlives its last take (a consumer that never
 #: starts again leaves nothing behind for good).
@@ -73,26 +78,38 @@ def untaken(key: str, item: str, written_at: float, runs_ttl: int) -> Untaken:
                    publication, counted=publication is not None and runs_ttl > 0)
 
 
-def give_back_held(client: redis.Redis, hostname: str) -> str | None:
-    """Put the message ``hostname``'s last run held back on its queue, if it is still
-    written down; its delivery tag, or None when there was nothing to give back."""
+def give_back_held(client: redis.Redis, hostname: str) -> list[str]:
+    """Put the messages ``hostname``'s last run held back on their queues, those still
+    written down; their delivery tags (none: nothing to give back)."""
     holding = keys.holding(hostname)
     raw = client.get(holding)
     if raw is None:
-        return None
-    key, _, tag = as_text(raw).partition("\n")
-    entry = client.hget(keys.KOMBU_UNACKED, tag)
-    try:
-        message = json.dumps(json.loads(entry)[0]) if entry is not None else None
-    except (ValueError, TypeError, IndexError, KeyError):
-        message = None  # unreadable: left to kombu's visibility restore
-    if entry is None or message is None:
-        client.delete(holding)
-        return None
-    back = client.register_script(GIVE_BACK_HELD.source)(
-        keys=[key, keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, holding],
-        args=[tag, entry, message])
-    return tag if back else None
+        return []
+    lines = as_text(raw).split("\n")
+    back = []
+    for key, tag in zip(lines[::2], lines[1::2], strict=False):
+        entry = client.hget(keys.KOMBU_UNACKED, tag)
+        try:
+            message = json.dumps(json.loads(entry)[0]) if entry is not None else None
+        except (ValueError, TypeError, IndexError, KeyError):
+            message = None  # unreadable: left to kombu's visibility restore
+        if entry is not None and message is not None and client.register_script(
+                GIVE_BACK_HELD.source)(keys=[key, keys.KOMBU_UNACKED,
+                                             keys.KOMBU_UNACKED_INDEX, holding],
+                                       args=[tag, entry, message]):
+            back.append(tag)
+    client.delete(holding)
+    return back
+
+
+def take_command(lists: list[str], hostname: str, runs_ttl: int, now: float,
+                 most: int) -> tuple[Any, ...]:
+    """The direct consumer's take (``lua/take.lua``) from ``lists`` in order, of up to
+    ``most`` messages (``ahead``); a message ``BRPOP`` brought and its list may follow."""
+    fixed = [keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED, keys.INFLIGHT]
+    return ("EVALSHA", TAKE.sha, len(fixed) + len(lists), *fixed, *lists, repr(now), runs_ttl,
+            keys.MARKER_PREFIX, keys.CANCEL_PREFIX, keys.RUNS_PREFIX, keys.TAKEN_PREFIX, "0",
+            keys.holding(hostname), HOLDING_TTL, most)
 
 
 def take_order(queues: list[str]) -> list[str]:
@@ -115,6 +132,9 @@ class Owed:
 
     def __init__(self, records: RedisRecordStore | None, timeout: float) -> None:
         self.tags: list[str] = []
+        #: Acknowledged by commands ``send_later`` sent, whose replies are still unread.
+        self._sent: list[str] = []
+        self._unread = 0
         self._records = records
         self._timeout = timeout
         #: The records are in the command sent (their write lock held until answered).
@@ -164,8 +184,9 @@ class Owed:
 
     def send(self, link: Link, *after: tuple[Any, ...]) -> None:
         """Send what is owed, then ``after`` (whose replies the caller reads), and read
-        what is owed's replies. An error reply leaves it owed (a script Redis forgot is
-        loaded again); a connection error is raised."""
+        what is owed's replies (``send_later``'s first). An error reply leaves it owed
+        (a script Redis forgot is loaded again); a connection error is raised."""
+        self._read_later(link)
         owed = self.commands()
         refused: redis.ResponseError | None = None
         try:
@@ -181,6 +202,66 @@ class Owed:
         self.answered(refused)
         if isinstance(refused, redis.exceptions.NoScriptError):
             link.client.script_load(WRITE_RECORDS.source)
+
+    def send_later(self, link: Link, *after: tuple[Any, ...]) -> None:
+        """Send the owed acknowledgements (alone: the records are the records writer's
+        meanwhile) and ``after``, without waiting: the next ``send`` reads the replies.
+        What a lost connection loses stays owed."""
+        tags, self.tags = self.tags, []
+        commands = [command for tag in tags for command in ack_commands(tag)]
+        try:
+            link.send([*commands, *after])
+        except BaseException:
+            self.tags = [*tags, *self.tags]
+            raise
+        self._sent += tags
+        self._unread += len(commands) + len(after)
+
+    def _read_later(self, link: Link) -> None:
+        """Read ``send_later``'s replies; its acknowledgements stay owed unless all of
+        them were answered."""
+        sent, unread, refused = self._sent, self._unread, False
+        self._sent, self._unread = [], 0
+        try:
+            for _ in range(unread):
+                try:
+                    link.read()
+                except redis.ResponseError:
+                    refused = True
+        except BaseException:
+            self.tags = [*sent, *self.tags]
+            raise
+        if refused:
+            self.tags = [*sent, *self.tags]
+
+
+def read_taken(replies: list[Any], owe: Callable[[str], None]) -> list[TakenMessage]:
+    """The messages of a take's replies, in order. One that cannot run is logged and
+    left out, acknowledged (``owe``) if the take wrote it down: never run."""
+    taken = []
+    for reply in replies:
+        key, item = as_text(reply[0]), as_text(reply[1])
+        if len(reply) <= 2:  # unreadable: the script wrote nothing down
+            refuse(key, item, None)
+            continue
+        try:
+            taken.append(read_message(key, item, take_counts(reply[3:6])))
+        except Refused as exc:
+            log.error("%s", exc)
+            refuse(key, item, owe)
+    return taken
+
+
+def refuse(key: str, item: str, owe: Callable[[str], None] | None) -> None:
+    """A message that cannot run: logged here when unreadable (``owe`` None: never
+    written down), else acknowledged through ``owe``."""
+    if owe is None:
+        log.error("refused a message that cannot be decoded (from %s, %d bytes): not "
+                  "a task message", keys.unprefixed(key), len(item))
+        return
+    with contextlib.suppress(ValueError):  # written down: readable by Redis's JSON
+        if (tag := delivery_tag(json.loads(item))) is not None:
+            owe(tag)
 
 
 def take_counts(reply: list[Any]) -> list[Any] | None:
