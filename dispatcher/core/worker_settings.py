@@ -36,9 +36,10 @@ class WorkerSettings(BaseSettings):
     worker_spare_below: float = Field(
         default=0.05,
         ge=0,
-        description="A worker takes one job ahead of its free pool processes while its "
-        "jobs take less than this many seconds on average (a job held behind long ones "
-        "would wait while another worker idles); 0: never.",
+        description="While a worker's jobs take less than this many seconds on average, it "
+        "takes jobs ahead: Celery's consumer one beyond its free pool processes, a direct "
+        "consumer up to seven behind the one it runs (a job held behind long ones would "
+        "wait while another worker idles); 0: never.",
     )
     worker_mingle: bool = Field(
         default=False,

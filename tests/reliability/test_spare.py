@@ -1,14 +1,21 @@
-"""A worker holds one job ahead of its free pool processes while its jobs are short
-(``routes/celery/spare.py``). A job it held and never started is not counted as a death
-when the worker dies; the job it was running is."""
+"""A worker holds jobs ahead while its jobs are short: Celery's consumer one beyond its
+free pool processes (``routes/celery/spare.py``), a direct consumer those its take
+brought after the first (``routes/celery/ahead.py``). A job held and never started is
+not counted as a death when the worker dies; the job it was running is."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import uuid
+from collections.abc import Callable
 
 import pytest
 import redis
 
+from dispatcher.routes.celery.direct_take import take_order
+from dispatcher.runtime.handle import TaskHandle
 from dispatcher.store import keys
 from tests.support import wait_until
 
@@ -16,7 +23,6 @@ from . import tasks
 from .conftest import Cluster
 
 
-# The spare is Celery's consumer's (the direct consumer takes no job ahead).
 @pytest.mark.parametrize("cluster", ["celery-short"], indirect=True)
 def test_a_job_held_ahead_by_a_killed_worker_gets_no_death(cluster: Cluster) -> None:
     client = redis.Redis.from_url(cluster.redis.url)
@@ -42,3 +48,73 @@ def test_a_job_held_ahead_by_a_killed_worker_gets_no_death(cluster: Cluster) -> 
     assert client.get(keys.runs(held.id)) == b"1"  # never started: no death
     assert client.get(keys.runs(running.id)) == b"2"  # died running: one death
     assert held.record()["attempt"] == running.record()["attempt"] == 1  # type: ignore[index]
+
+
+def _queued_behind_a_gate(tag: str, *later: Callable[[], TaskHandle]) -> list[TaskHandle]:
+    """A gated job running, ``later`` dispatched behind it, then the gate opened: the
+    consumer's next take finds them all queued (its jobs count as short)."""
+    tasks.gated.dispatch(f"first-{tag}")
+    wait_until(lambda: tasks.seen("start", f"first-{tag}"), "the first job running")
+    handles = [dispatch() for dispatch in later]
+    tasks.gate(f"first-{tag}").touch()
+    return handles
+
+
+@pytest.mark.parametrize("cluster", ["direct"], indirect=True)
+def test_jobs_a_killed_direct_consumer_held_ahead_get_no_death(cluster: Cluster) -> None:
+    client = redis.Redis.from_url(cluster.redis.url)
+    worker = cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
+    tag = uuid.uuid4().hex[:6]
+    running, *held = _queued_behind_a_gate(
+        tag, lambda: tasks.gated.dispatch(f"gated-{tag}"),
+        *(lambda i=i: tasks.work.dispatch(f"held-{i}-{tag}", 0) for i in range(3)))
+    wait_until(lambda: tasks.seen("start", f"gated-{tag}"), "the gated job running")
+    assert [client.get(keys.taken(h.id)) for h in held] == [b"1"] * 3  # taken with it
+    assert client.get(keys.taken(running.id)) is None
+
+    cluster.kill_worker(worker)
+    cluster.start_worker(1)
+    tasks.gate(f"gated-{tag}").touch()
+    jobs = {f"gated-{tag}", *(f"held-{i}-{tag}" for i in range(3))}
+    assert jobs <= set(cluster.wait_done(jobs, timeout=120))
+    assert [client.get(keys.runs(h.id)) for h in held] == [b"1"] * 3  # never started
+    assert client.get(keys.runs(running.id)) == b"2"  # died running: one death
+
+
+@pytest.mark.parametrize("cluster", ["direct"], indirect=True)
+def test_a_job_started_from_ahead_that_kills_its_consumer_is_counted(
+        cluster: Cluster) -> None:
+    client = redis.Redis.from_url(cluster.redis.url)
+    cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
+    tag = uuid.uuid4().hex[:6]
+    _, crasher = _queued_behind_a_gate(
+        tag, lambda: tasks.work.dispatch(f"before-{tag}", 0),
+        lambda: tasks.crash_once.dispatch(f"crash-{tag}"))
+    assert f"crash-{tag}" in cluster.wait_done({f"crash-{tag}"}, timeout=120)
+    assert cluster.events("start")[f"crash-{tag}"] == 1  # started once, then crashed
+    assert client.get(keys.runs(crasher.id)) == b"2"  # that death counted
+    assert crasher.record()["attempt"] == 1  # type: ignore[index]
+
+
+@pytest.mark.parametrize("cluster", ["direct"], indirect=True)
+def test_a_direct_consumer_stopping_gives_back_what_it_held_ahead(cluster: Cluster) -> None:
+    client = redis.Redis.from_url(cluster.redis.url)
+    worker = cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
+    tag = uuid.uuid4().hex[:6]
+    _, *held = _queued_behind_a_gate(
+        tag, lambda: tasks.gated.dispatch(f"gated-{tag}"),
+        *(lambda i=i: tasks.work.dispatch(f"held-{i}-{tag}", 0) for i in range(2)))
+    wait_until(lambda: tasks.seen("start", f"gated-{tag}"), "the gated job running")
+    assert [client.get(keys.taken(h.id)) for h in held] == [b"1"] * 2
+
+    os.kill(worker.pid, signal.SIGTERM)  # a warm stop: the running job finishes
+    tasks.gate(f"gated-{tag}").touch()
+    worker.popen.wait(timeout=60)
+    assert not any(tasks.seen("start", f"held-{i}-{tag}") for i in range(2))
+    assert {h.id for h in held} <= {json.loads(m)["headers"]["id"]
+                                    for key in take_order([held[0].queue or "celery"])
+                                    for m in client.lrange(key, 0, -1)}  # back in the queue
+    cluster.start_worker(1)
+    jobs = {f"held-{i}-{tag}" for i in range(2)}
+    assert jobs <= set(cluster.wait_done(jobs, timeout=120))
+    assert [client.get(keys.runs(h.id)) for h in held] == [b"1"] * 2  # no death
