@@ -64,7 +64,7 @@ def test_worker_sigkill_loses_nothing(cluster: Cluster) -> None:
                        "the dead worker's jobs back in their queue", scale(600, 180))
             recoveries.append(time.monotonic() - killed)
             worker.wait_for_output("from a dead worker" if cluster.consumer == "celery"
-                                   else "is back in its queue")
+                                   else "are back in their queues")
     done = cluster.wait_done(set(jobs), timeout=scale(600, 180))
     completed = sum(1 for j in jobs if j in done)
     duplicates = sum(done[j] - 1 for j in jobs if done[j] > 1)

@@ -118,3 +118,18 @@ def test_a_direct_consumer_stopping_gives_back_what_it_held_ahead(cluster: Clust
     jobs = {f"held-{i}-{tag}" for i in range(2)}
     assert jobs <= set(cluster.wait_done(jobs, timeout=120))
     assert [client.get(keys.runs(h.id)) for h in held] == [b"1"] * 2  # no death
+
+
+@pytest.mark.parametrize("cluster", ["direct"], indirect=True)
+def test_a_job_cancelled_while_held_ahead_does_not_start(cluster: Cluster) -> None:
+    cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
+    tag = uuid.uuid4().hex[:6]
+    _, held = _queued_behind_a_gate(
+        tag, lambda: tasks.gated.dispatch(f"gated-{tag}"),
+        lambda: tasks.work.dispatch(f"held-{tag}", 0))
+    wait_until(lambda: tasks.seen("start", f"gated-{tag}"), "the gated job running")
+    assert held.cancel() is True  # taken by a worker: it will not start, or is told
+    tasks.gate(f"gated-{tag}").touch()
+    wait_until(lambda: (held.record() or {}).get("state") == "REVOKED", "held job revoked")
+    assert f"gated-{tag}" in cluster.wait_done({f"gated-{tag}"}, timeout=60)
+    assert not tasks.seen("done", f"held-{tag}")

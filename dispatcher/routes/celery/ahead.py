@@ -6,10 +6,12 @@ taking up to ``TAKE_MOST`` messages in one script call drained no-op jobs ~25 % 
 (``bench/README.md``). The messages after the first are *held ahead*: written down as
 taken (kombu's unacknowledged entry, the holding key, the heartbeat's list), counted in
 their run count and marked taken (``lua/count_delivery.lua``), so a consumer that dies
-before it starts one gives it back without a death counted. Before a held message
-starts, its taken mark is cleared, sent without waiting for the reply
+before it starts one gives it back without a death counted. As a held message starts,
+its taken mark is cleared, sent without waiting for the reply
 (``direct_take.Owed.send_later``), so a job that kills its process is counted as it
-would have been had it come first.
+would have been had it come first. The take read each message's cancel mark; one held
+longer than ``FRESH`` reads it again as it starts (a round trip, small beside the wait),
+so a job cancelled while it waited is not started.
 
 Jobs are taken ahead only while they take less than ``DISPATCH_WORKER_SPARE_BELOW``
 seconds on average (a moving average, as the Celery consumer's spare, ``spare``): a
@@ -20,7 +22,9 @@ takes longer than that gives back what is held behind it at once.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
+from typing import Any
 
 import redis
 
@@ -34,6 +38,8 @@ log = logging.getLogger("dispatcher.worker")
 
 #: The most messages one take brings while jobs are short (the first and 7 ahead).
 TAKE_MOST = 8
+#: Seconds after its take a message held ahead reads its cancel mark again to start.
+FRESH = 0.01
 #: Weight of the newest job in the moving average of job times.
 _WEIGHT = 0.2
 
@@ -46,6 +52,8 @@ class Ahead:
         self._held: deque[TakenMessage] = deque()
         #: Moving average of the job times seen; None until one was timed.
         self.job_time: float | None = None
+        #: When the messages held were taken (``time.monotonic()``).
+        self.taken_at = 0.0
 
     def most(self) -> int:
         """How many messages the next take may bring."""
@@ -54,6 +62,7 @@ class Ahead:
 
     def hold(self, messages: list[TakenMessage]) -> None:
         self._held.extend(messages)
+        self.taken_at = time.monotonic()
 
     def next(self) -> TakenMessage | None:
         """The oldest message held ahead (now no longer held here), or None."""
@@ -76,15 +85,32 @@ class Ahead:
         return held
 
 
-def starts(message: TakenMessage, owed: Owed, link: Link, hostname: str) -> None:
-    """A message held ahead starts: its taken mark is cleared (best effort, answered with
-    the next take) and the acknowledgements owed are sent with it."""
-    marked = (("DEL", keys.taken(message.id)),) if message.counted_run else ()
+def starts(message: TakenMessage, ahead: Ahead, owed: Owed, link: Link,
+           hostname: str) -> None:
+    """``message``, held ahead, starts: its taken mark is cleared and the owed
+    acknowledgements sent (best effort; answered with the next take). Held longer than
+    ``FRESH``, it reads its cancel mark again first, waiting for the answer."""
+    marked = [("DEL", keys.taken(message.id))] if message.counted_run else []
     try:
-        owed.send_later(link, *marked)
+        if message.dispatch_delivery is None or time.monotonic() - ahead.taken_at < FRESH:
+            owed.send_later(link, *marked)
+            return
+        owed.send(link, *marked, ("EXISTS", keys.cancel(message.id)))
+        replies = [_reply(link) for _ in range(len(marked) + 1)]
     except BROKER_ERRORS as exc:  # the job still runs; the acknowledgements stay owed
         link.drop()
         log.warning("direct consumer %s: Redis is unavailable (%s)", hostname, exc)
+        return
+    if replies[-1] == 1:
+        message.dispatch_delivery[1] = True
+
+
+def _reply(link: Link) -> Any:
+    """The next reply, an error reply as its exception (the link stays in step)."""
+    try:
+        return link.read()
+    except redis.ResponseError as exc:
+        return exc
 
 
 def give_back(client: redis.Redis, messages: list[TakenMessage], hostname: str) -> None:

@@ -174,7 +174,7 @@ class DirectConsumer:
         with self._holding_lock:
             message = self._ahead.next()
             if message is not None:
-                starts(message, self._owed, self.link, self.hostname)
+                starts(message, self._ahead, self._owed, self.link, self.hostname)
             else:
                 replies = self._send_take()
                 if not replies:
