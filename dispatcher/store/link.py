@@ -137,6 +137,11 @@ class Link:
             return reader.sock is not self._connection._sock or reader.has_data()
         return bool(self._connection.can_read(timeout=0))
 
+    @property
+    def unread(self) -> int:
+        """Replies sent for and not read yet (none once the connection was dropped)."""
+        return self._unread
+
     def send(self, commands: Sequence[tuple[Any, ...]]) -> None:
         """Send ``commands`` without waiting; each reply must then be ``read``."""
         connection = self.connect()

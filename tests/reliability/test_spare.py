@@ -133,3 +133,18 @@ def test_a_job_cancelled_while_held_ahead_does_not_start(cluster: Cluster) -> No
     wait_until(lambda: (held.record() or {}).get("state") == "REVOKED", "held job revoked")
     assert f"gated-{tag}" in cluster.wait_done({f"gated-{tag}"}, timeout=60)
     assert not tasks.seen("done", f"held-{tag}")
+
+
+@pytest.mark.parametrize("cluster", ["direct"], indirect=True)
+def test_a_job_taken_as_held_that_starts_first_is_counted(cluster: Cluster) -> None:
+    # The take's first message cannot be read (refused), so the one marked as held
+    # behind it starts first: its taken mark must go, or its death would not count.
+    client = redis.Redis.from_url(cluster.redis.url)
+    cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
+    tag = uuid.uuid4().hex[:6]
+    first_list = take_order(["celery"])[0]
+    _, crasher = _queued_behind_a_gate(
+        tag, lambda: client.lpush(first_list, "not a task message"),  # type: ignore[arg-type, return-value]
+        lambda: tasks.crash_once.dispatch(f"crash-{tag}"))
+    assert f"crash-{tag}" in cluster.wait_done({f"crash-{tag}"}, timeout=120)
+    assert client.get(keys.runs(crasher.id)) == b"2"  # its death counted

@@ -9,9 +9,12 @@ their run count and marked taken (``lua/count_delivery.lua``), so a consumer tha
 before it starts one gives it back without a death counted. As a held message starts,
 its taken mark is cleared, sent without waiting for the reply
 (``direct_take.Owed.send_later``), so a job that kills its process is counted as it
-would have been had it come first. The take read each message's cancel mark; one held
-longer than ``FRESH`` reads it again as it starts (a round trip, small beside the wait),
-so a job cancelled while it waited is not started.
+would have been had it come first. The acknowledgements wait for the next take, which
+writes each with its job's records (the records writer has written them meanwhile): a
+consumer killed mid-batch runs its finished jobs again only if their records had not
+landed. The take read each message's cancel mark; one held longer than ``FRESH`` reads
+it again as it starts (a round trip, small beside the wait), so a job cancelled while it
+waited is not started.
 
 Jobs are taken ahead only while they take less than ``DISPATCH_WORKER_SPARE_BELOW``
 seconds on average (a moving average, as the Celery consumer's spare, ``spare``): a
@@ -87,17 +90,18 @@ class Ahead:
 
 def starts(message: TakenMessage, ahead: Ahead, owed: Owed, link: Link,
            hostname: str) -> None:
-    """``message``, held ahead, starts: its taken mark is cleared and the owed
-    acknowledgements sent (best effort; answered with the next take). Held longer than
-    ``FRESH``, it reads its cancel mark again first, waiting for the answer."""
+    """``message``, held ahead, starts: its taken mark is cleared (best effort, answered
+    later). Held longer than ``FRESH``, it reads its cancel mark again first, waiting for
+    the answer (the acknowledgements owed go with it, as with a take)."""
     marked = [("DEL", keys.taken(message.id))] if message.counted_run else []
     try:
         if message.dispatch_delivery is None or time.monotonic() - ahead.taken_at < FRESH:
-            owed.send_later(link, *marked)
+            if marked:
+                owed.send_later(link, *marked)
             return
         owed.send(link, *marked, ("EXISTS", keys.cancel(message.id)))
         replies = [_reply(link) for _ in range(len(marked) + 1)]
-    except BROKER_ERRORS as exc:  # the job still runs; the acknowledgements stay owed
+    except BROKER_ERRORS as exc:  # the job still runs (its death uncounted, should it die)
         link.drop()
         log.warning("direct consumer %s: Redis is unavailable (%s)", hostname, exc)
         return
@@ -114,11 +118,12 @@ def _reply(link: Link) -> Any:
 
 
 def give_back(client: redis.Redis, messages: list[TakenMessage], hostname: str) -> None:
-    """``messages``, held ahead, back to their queues (their taken marks stay: no death
-    is counted). On a Redis error one stays written down, for the rescue to give back."""
-    for message in messages:
+    """``messages``, held ahead, back to their queues, where they are taken next, in
+    order (their taken marks stay: no death is counted). On a Redis error one stays
+    written down, for the rescue to give back."""
+    for message in reversed(messages):
         try:
-            hand_back(client, message)
+            hand_back(client, message, first=True)
         except BROKER_ERRORS as exc:
             log.warning("direct consumer %s could not give back job %s (%s): the rescue "
                         "gives it back", hostname, message.id, exc)

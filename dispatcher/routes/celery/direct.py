@@ -189,6 +189,8 @@ class DirectConsumer:
                     return None
                 message = taken[0]
                 self._ahead.hold(taken[1:])
+                if message.item != as_text(replies[0][1]):  # taken as held: not now
+                    starts(message, self._ahead, self._owed, self.link, self.hostname)
             self._held = message.tag
             return message
 

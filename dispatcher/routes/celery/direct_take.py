@@ -11,6 +11,7 @@ from typing import Any
 
 import redis
 
+from ...core.record import TERMINAL, decode_record
 from ...store import keys
 from ...store.link import Link, as_text
 from ...store.records import RedisRecordStore
@@ -80,26 +81,35 @@ def untaken(key: str, item: str, written_at: float, runs_ttl: int) -> Untaken:
 
 def give_back_held(client: redis.Redis, hostname: str) -> list[str]:
     """Put the messages ``hostname``'s last run held back on their queues, those still
-    written down; their delivery tags (none: nothing to give back)."""
+    written down as it took them (one given back meanwhile and taken by another consumer
+    is that one's); a finished job's only has its entry removed. Their delivery tags."""
     holding = keys.holding(hostname)
     raw = client.get(holding)
     if raw is None:
         return []
     lines = as_text(raw).split("\n")
+    taken_at = lines.pop(0) if len(lines) % 2 else ""  # an older release wrote no time
+    script = client.register_script(GIVE_BACK_HELD.source)
     back = []
-    for key, tag in zip(lines[::2], lines[1::2], strict=False):
+    for key, tag in zip(lines[::2], lines[1::2], strict=True):
         entry = client.hget(keys.KOMBU_UNACKED, tag)
+        if entry is None:
+            continue  # acknowledged, or given back meanwhile
         try:
-            message = json.dumps(json.loads(entry)[0]) if entry is not None else None
+            message = json.loads(entry)[0]
+            finished = _finished(client, message["headers"]["id"])
         except (ValueError, TypeError, IndexError, KeyError):
-            message = None  # unreadable: left to kombu's visibility restore
-        if entry is not None and message is not None and client.register_script(
-                GIVE_BACK_HELD.source)(keys=[key, keys.KOMBU_UNACKED,
-                                             keys.KOMBU_UNACKED_INDEX, holding],
-                                       args=[tag, entry, message]):
+            continue  # unreadable: left to kombu's visibility restore
+        if script(keys=[key, keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, holding],
+                  args=[tag, entry, json.dumps(message), taken_at, int(finished)]):
             back.append(tag)
     client.delete(holding)
     return back
+
+
+def _finished(client: redis.Redis, job_id: str) -> bool:
+    record = decode_record(client.get(keys.record(job_id)))
+    return record is not None and record["status"] in TERMINAL
 
 
 def take_command(lists: list[str], hostname: str, runs_ttl: int, now: float,
@@ -132,9 +142,6 @@ class Owed:
 
     def __init__(self, records: RedisRecordStore | None, timeout: float) -> None:
         self.tags: list[str] = []
-        #: Acknowledged by commands ``send_later`` sent, whose replies are still unread.
-        self._sent: list[str] = []
-        self._unread = 0
         self._records = records
         self._timeout = timeout
         #: The records are in the command sent (their write lock held until answered).
@@ -203,36 +210,21 @@ class Owed:
         if isinstance(refused, redis.exceptions.NoScriptError):
             link.client.script_load(WRITE_RECORDS.source)
 
-    def send_later(self, link: Link, *after: tuple[Any, ...]) -> None:
-        """Send the owed acknowledgements (alone: the records are the records writer's
-        meanwhile) and ``after``, without waiting: the next ``send`` reads the replies.
-        What a lost connection loses stays owed."""
-        tags, self.tags = self.tags, []
-        commands = [command for tag in tags for command in ack_commands(tag)]
-        try:
-            link.send([*commands, *after])
-        except BaseException:
-            self.tags = [*tags, *self.tags]
-            raise
-        self._sent += tags
-        self._unread += len(commands) + len(after)
+    def send_later(self, link: Link, *commands: tuple[Any, ...]) -> None:
+        """Send ``commands`` without waiting for their replies, which are read and
+        dropped before anything else is sent on ``link``: for commands whose failure is
+        harmless. What is owed waits for ``send``: an acknowledgement goes with its job's
+        records, so none lands without them."""
+        self._read_later(link)
+        link.send(list(commands))
 
-    def _read_later(self, link: Link) -> None:
-        """Read ``send_later``'s replies; its acknowledgements stay owed unless all of
-        them were answered."""
-        sent, unread, refused = self._sent, self._unread, False
-        self._sent, self._unread = [], 0
-        try:
-            for _ in range(unread):
-                try:
-                    link.read()
-                except redis.ResponseError:
-                    refused = True
-        except BaseException:
-            self.tags = [*sent, *self.tags]
-            raise
-        if refused:
-            self.tags = [*sent, *self.tags]
+    @staticmethod
+    def _read_later(link: Link) -> None:
+        """Read the replies still unread on ``link`` (``send_later``'s: every other
+        caller reads its own before it sends again)."""
+        while link.unread:
+            with contextlib.suppress(redis.ResponseError):
+                link.read()
 
 
 def read_taken(replies: list[Any], owe: Callable[[str], None]) -> list[TakenMessage]:
@@ -271,11 +263,14 @@ def take_counts(reply: list[Any]) -> list[Any] | None:
     return [runs if runs >= 0 else None, bool(cancelled)] if ours else None
 
 
-def hand_back(client: redis.Redis, message: TakenMessage) -> None:
-    """``message`` back to the end of its queue, its unacknowledged entry removed in the
-    same step (as kombu's requeue)."""
+def hand_back(client: redis.Redis, message: TakenMessage, first: bool = False) -> None:
+    """``message`` back to the end of its queue (``first``: where it is taken next), its
+    unacknowledged entry removed in the same step (as kombu's requeue)."""
     with client.pipeline(transaction=True) as back:
-        back.lpush(message.queue_key, message.item)
+        if first:
+            back.rpush(message.queue_key, message.item)
+        else:
+            back.lpush(message.queue_key, message.item)
         back.zrem(keys.KOMBU_UNACKED_INDEX, message.tag)
         back.hdel(keys.KOMBU_UNACKED, message.tag)
         back.execute()

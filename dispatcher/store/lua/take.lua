@@ -9,10 +9,11 @@
 -- (0: not counted here), ARGV[3] the marker prefix, ARGV[4] the cancel-mark prefix,
 -- ARGV[5] the run-count prefix, ARGV[6] the taken-mark prefix; for the direct consumer,
 -- which starts its first message at once (not held), ARGV[7] '0', ARGV[8] its holding
--- key (set to "<list>\n<tag>" per message taken, one per line) and ARGV[9] that key's
--- lifetime, ARGV[10] the most messages to take (those after the first are held ahead,
--- see routes/celery/ahead.py); when its BRPOP brought a message, ARGV[11] that message
--- and ARGV[12] its list: written down as if popped here (and nothing else taken).
+-- key (set to the take's time, then "<list>\n<tag>" per message taken, one per line)
+-- and ARGV[9] that key's lifetime, ARGV[10] the most messages to take (those after the
+-- first are held ahead, see routes/celery/ahead.py); when its BRPOP brought a message,
+-- ARGV[11] that message and ARGV[12] its list: written down as if popped here (and
+-- nothing else taken).
 -- The delivery is counted by count_delivery.lua (put before this script).
 -- Per message: {list, message} for one it could not read (kombu writes it down as
 -- usual); else {list, message, 1, runs (-1: not counted), cancelled (0/1), ours (0/1)}.
@@ -85,7 +86,7 @@ if #replies == 0 then
   return false
 end
 if ARGV[8] and #holding > 0 then
-  redis.call('SET', ARGV[8], table.concat(holding, '\n'), 'EX', ARGV[9])
+  redis.call('SET', ARGV[8], ARGV[1] .. '\n' .. table.concat(holding, '\n'), 'EX', ARGV[9])
 end
 if ARGV[10] then
   return replies

@@ -19,6 +19,7 @@ from dispatcher.routes.celery.ahead import Ahead
 from dispatcher.routes.celery.direct_take import (
     Owed,
     give_back_held,
+    hand_back,
     read_taken,
     take_command,
     take_order,
@@ -78,9 +79,10 @@ def test_a_take_brings_up_to_its_most_and_marks_all_but_the_first_as_held_ahead(
         assert client.get(keys.runs(message.id)) == b"1"
     assert client.get(keys.taken(taken[0].id)) is None  # starts at once
     assert [client.get(keys.taken(m.id)) for m in taken[1:]] == [b"1", b"1"]
-    holding = as_text(client.get(keys.holding(host))).split("\n")
+    taken_at, *holding = as_text(client.get(keys.holding(host))).split("\n")
     assert holding[1::2] == [m.tag for m in taken]
     assert set(holding[::2]) == {taken[0].queue_key}
+    assert float(taken_at) == client.zscore(keys.KOMBU_UNACKED_INDEX, taken[0].tag)
     # The rest, and then nothing: a take of an empty queue says so.
     assert [m.id for m in take(client, queue, host, most=8)] == [j.id for j in jobs[3:]]
     assert take(client, queue, host, most=8) == []
@@ -88,44 +90,62 @@ def test_a_take_brings_up_to_its_most_and_marks_all_but_the_first_as_held_ahead(
 
 def test_a_consumer_started_again_gives_back_what_it_held_and_did_not_acknowledge(
         client: redis.Redis) -> None:
-    queue, _ = queued_jobs(3)
+    queue, jobs = queued_jobs(4)
     host = f"ahead-{uuid.uuid4().hex[:6]}@test"
-    first, *ahead = take(client, queue, host, most=3)
+    first, done, *ahead = take(client, queue, host, most=4)
     owed = Owed(None, 1.0)
     owed.owe(first.tag)
     owed.send(Link(client))  # the first one ran and was acknowledged
     assert not client.hexists(keys.KOMBU_UNACKED, first.tag)
+    current().execution.record(jobs[1], "SUCCESS")  # finished, not acknowledged yet
+    current().records.flush()
 
     back = give_back_held(client, host)
     assert back == [m.tag for m in ahead]
-    assert queue_length(client, queue) == 2
+    assert queue_length(client, queue) == 2  # the finished one is not queued again
     assert client.get(keys.holding(host)) is None
-    for message in ahead:
+    for message in (done, *ahead):
         assert not client.hexists(keys.KOMBU_UNACKED, message.tag)
+    for message in ahead:
         assert client.get(keys.taken(message.id)) == b"1"  # the next delivery takes over
     assert give_back_held(client, host) == []  # once only
 
 
-def test_acknowledgements_sent_without_waiting_are_answered_by_the_next_send(
+def test_a_message_given_back_and_taken_by_another_consumer_stays_with_it(
         client: redis.Redis) -> None:
     queue, _ = queued_jobs(2)
-    host = f"ahead-{uuid.uuid4().hex[:6]}@test"
+    host, other = (f"ahead-{uuid.uuid4().hex[:6]}@test" for _ in range(2))
     first, second = take(client, queue, host, most=2)
+    hand_back(client, second, first=True)  # a long job: what was held behind it goes back
+    time.sleep(0.002)  # (the clock moves on: the other take has a time of its own)
+    (again,) = take(client, queue, other, most=1)
+    assert again.tag == second.tag  # byte for byte the same entry, taken at another time
+
+    assert give_back_held(client, host) == [first.tag]  # not the other consumer's
+    assert client.hexists(keys.KOMBU_UNACKED, second.tag)
+    assert queue_length(client, queue) == 1
+
+
+def test_replies_not_waited_for_are_read_before_the_next_send(client: redis.Redis) -> None:
+    queue, _ = queued_jobs(3)
+    host = f"ahead-{uuid.uuid4().hex[:6]}@test"
+    first, second, third = take(client, queue, host, most=3)
     link, owed = Link(client), Owed(None, 1.0)
     owed.owe(first.tag)
     owed.send_later(link, ("DEL", keys.taken(second.id)))
-    assert owed.tags == []
+    assert owed.tags == [first.tag]  # acknowledged with its records, by the next send
+    client.set("ahead-not-a-number", "x")
+    owed.send_later(link, ("INCR", "ahead-not-a-number"))  # an error reply, read and dropped
     owed.send(link, ("PING",))  # a take, in the consumer: sent, then its reply read
     assert link.read() in (b"PONG", "PONG", True)
+    assert (owed.tags, link.unread) == ([], 0)
     assert not client.hexists(keys.KOMBU_UNACKED, first.tag)
     assert client.get(keys.taken(second.id)) is None
 
-    client.set("ahead-not-a-number", "x")
-    owed.owe(second.tag)
-    owed.send_later(link, ("INCR", "ahead-not-a-number"))  # refused: acks stay owed
-    owed.send(link)  # reads the refusal, and sends the acknowledgement again
-    assert owed.tags == []
-    assert not client.hexists(keys.KOMBU_UNACKED, second.tag)
+    owed.send_later(link, ("DEL", keys.taken(third.id)))
+    link.drop()  # lost with its reply unread: the next send does not wait for it
+    owed.send(link, ("PING",))
+    assert link.read() in (b"PONG", "PONG", True)
     link.close()
 
 
