@@ -26,7 +26,7 @@ from celery.exceptions import Retry
 from celery.utils.saferepr import saferepr
 
 from ...store import keys
-from ...store.link import as_text
+from .direct_take import read_holding, record_status
 from .liveness import live_workers
 from .taken import TakenMessage
 
@@ -134,14 +134,23 @@ class TaskEvents:
 
 
 def held_jobs(client: redis.Redis, consumers: list[str]) -> list[dict[str, Any]]:
-    """What ``inspect active`` lists for ``consumers``: the message each holds (taken,
-    not yet acknowledged), in the shape of Celery's ``Request.info(safe=True)``."""
+    """What ``inspect active`` lists for ``consumers``: the job each runs, in the shape
+    of Celery's ``Request.info(safe=True)``. Of the messages a consumer holds (taken, not
+    yet acknowledged: finished ones wait for the next take, others wait ahead), the ones
+    whose record says STARTED; with no such record here, the first."""
     holdings = client.mget([keys.holding(name) for name in consumers]) if consumers else []
     jobs = []
     for name, raw in zip(consumers, holdings, strict=True):
-        if raw is None:
-            continue
-        tag = as_text(raw).partition("\n")[2]
+        held = [] if raw is None else _held(client, read_holding(raw)[1])
+        started = [job for job in held if record_status(client, job[0]) == "STARTED"]
+        jobs += [{**job[1], "hostname": name} for job in started or held[:1]]
+    return jobs
+
+
+def _held(client: redis.Redis, pairs: list[tuple[str, str]]) -> list[tuple[str, dict[str, Any]]]:
+    """(job id, info) of each message held still written down."""
+    held = []
+    for _, tag in pairs:
         entry, taken_at = client.hget(keys.KOMBU_UNACKED, tag), \
             client.zscore(keys.KOMBU_UNACKED_INDEX, tag)
         try:
@@ -149,14 +158,14 @@ def held_jobs(client: redis.Redis, consumers: list[str]) -> list[dict[str, Any]]
             headers, properties = envelope["headers"], envelope["properties"]
         except (ValueError, TypeError, KeyError):
             continue
-        jobs.append({"id": headers.get("id"), "name": headers.get("task"),
-                     "args": headers.get("argsrepr"), "kwargs": headers.get("kwargsrepr"),
-                     "type": headers.get("task"), "hostname": name, "time_start": taken_at,
-                     "acknowledged": False, "worker_pid": None,
-                     "delivery_info": {"exchange": exchange, "routing_key": routing_key,
-                                       "priority": properties.get("priority"),
-                                       "redelivered": None}})
-    return jobs
+        held.append((str(headers.get("id")), {
+            "id": headers.get("id"), "name": headers.get("task"),
+            "args": headers.get("argsrepr"), "kwargs": headers.get("kwargsrepr"),
+            "type": headers.get("task"), "time_start": taken_at,
+            "acknowledged": False, "worker_pid": None,
+            "delivery_info": {"exchange": exchange, "routing_key": routing_key,
+                              "priority": properties.get("priority"), "redelivered": None}}))
+    return held
 
 
 def answer_for_consumers(client: redis.Redis, consumers: list[str]) -> None:

@@ -87,17 +87,16 @@ def give_back_held(client: redis.Redis, hostname: str) -> list[str]:
     raw = client.get(holding)
     if raw is None:
         return []
-    lines = as_text(raw).split("\n")
-    taken_at = lines.pop(0) if len(lines) % 2 else ""  # an older release wrote no time
+    taken_at, pairs = read_holding(raw)
     script = client.register_script(GIVE_BACK_HELD.source)
     back = []
-    for key, tag in zip(lines[::2], lines[1::2], strict=True):
+    for key, tag in pairs:
         entry = client.hget(keys.KOMBU_UNACKED, tag)
         if entry is None:
             continue  # acknowledged, or given back meanwhile
         try:
             message = json.loads(entry)[0]
-            finished = _finished(client, message["headers"]["id"])
+            finished = record_status(client, message["headers"]["id"]) in TERMINAL
         except (ValueError, TypeError, IndexError, KeyError):
             continue  # unreadable: left to kombu's visibility restore
         if script(keys=[key, keys.KOMBU_UNACKED, keys.KOMBU_UNACKED_INDEX, holding],
@@ -107,9 +106,18 @@ def give_back_held(client: redis.Redis, hostname: str) -> list[str]:
     return back
 
 
-def _finished(client: redis.Redis, job_id: str) -> bool:
+def read_holding(raw: bytes | str) -> tuple[str, list[tuple[str, str]]]:
+    """A holding key's value: the take's time ('' from an older release, which wrote
+    none) and the (list, delivery tag) of each message taken, in order."""
+    lines = as_text(raw).split("\n")
+    taken_at = lines.pop(0) if len(lines) % 2 else ""
+    return taken_at, list(zip(lines[::2], lines[1::2], strict=True))
+
+
+def record_status(client: redis.Redis, job_id: str) -> str | None:
+    """The status of ``job_id``'s record in ``client``'s Redis (None: no record there)."""
     record = decode_record(client.get(keys.record(job_id)))
-    return record is not None and record["status"] in TERMINAL
+    return None if record is None else record["status"]
 
 
 def take_command(lists: list[str], hostname: str, runs_ttl: int, now: float,
