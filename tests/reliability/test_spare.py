@@ -60,17 +60,24 @@ def _queued_behind_a_gate(tag: str, *later: Callable[[], TaskHandle]) -> list[Ta
     return handles
 
 
+def _running_with_held(client: redis.Redis, tag: str, n: int) -> tuple[TaskHandle,
+                                                                       list[TaskHandle]]:
+    """Gated job ``gated-<tag>`` running, with ``n`` jobs taken with it and held ahead."""
+    running, *held = _queued_behind_a_gate(
+        tag, lambda: tasks.gated.dispatch(f"gated-{tag}"),
+        *(lambda i=i: tasks.work.dispatch(f"held-{i}-{tag}", 0) for i in range(n)))
+    wait_until(lambda: tasks.seen("start", f"gated-{tag}"), "the gated job running")
+    assert [client.get(keys.taken(h.id)) for h in held] == [b"1"] * n  # taken with it
+    assert client.get(keys.taken(running.id)) is None  # started at once
+    return running, held
+
+
 @pytest.mark.parametrize("cluster", ["direct"], indirect=True)
 def test_jobs_a_killed_direct_consumer_held_ahead_get_no_death(cluster: Cluster) -> None:
     client = redis.Redis.from_url(cluster.redis.url)
     worker = cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
     tag = uuid.uuid4().hex[:6]
-    running, *held = _queued_behind_a_gate(
-        tag, lambda: tasks.gated.dispatch(f"gated-{tag}"),
-        *(lambda i=i: tasks.work.dispatch(f"held-{i}-{tag}", 0) for i in range(3)))
-    wait_until(lambda: tasks.seen("start", f"gated-{tag}"), "the gated job running")
-    assert [client.get(keys.taken(h.id)) for h in held] == [b"1"] * 3  # taken with it
-    assert client.get(keys.taken(running.id)) is None
+    running, held = _running_with_held(client, tag, 3)
 
     cluster.kill_worker(worker)
     cluster.start_worker(1)
@@ -101,11 +108,7 @@ def test_a_direct_consumer_stopping_gives_back_what_it_held_ahead(cluster: Clust
     client = redis.Redis.from_url(cluster.redis.url)
     worker = cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
     tag = uuid.uuid4().hex[:6]
-    _, *held = _queued_behind_a_gate(
-        tag, lambda: tasks.gated.dispatch(f"gated-{tag}"),
-        *(lambda i=i: tasks.work.dispatch(f"held-{i}-{tag}", 0) for i in range(2)))
-    wait_until(lambda: tasks.seen("start", f"gated-{tag}"), "the gated job running")
-    assert [client.get(keys.taken(h.id)) for h in held] == [b"1"] * 2
+    _, held = _running_with_held(client, tag, 2)
 
     os.kill(worker.pid, signal.SIGTERM)  # a warm stop: the running job finishes
     tasks.gate(f"gated-{tag}").touch()
@@ -124,15 +127,12 @@ def test_a_direct_consumer_stopping_gives_back_what_it_held_ahead(cluster: Clust
 def test_a_job_cancelled_while_held_ahead_does_not_start(cluster: Cluster) -> None:
     cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
     tag = uuid.uuid4().hex[:6]
-    _, held = _queued_behind_a_gate(
-        tag, lambda: tasks.gated.dispatch(f"gated-{tag}"),
-        lambda: tasks.work.dispatch(f"held-{tag}", 0))
-    wait_until(lambda: tasks.seen("start", f"gated-{tag}"), "the gated job running")
+    _, (held,) = _running_with_held(redis.Redis.from_url(cluster.redis.url), tag, 1)
     assert held.cancel() is True  # taken by a worker: it will not start, or is told
     tasks.gate(f"gated-{tag}").touch()
     wait_until(lambda: (held.record() or {}).get("state") == "REVOKED", "held job revoked")
     assert f"gated-{tag}" in cluster.wait_done({f"gated-{tag}"}, timeout=60)
-    assert not tasks.seen("done", f"held-{tag}")
+    assert not tasks.seen("done", f"held-0-{tag}")
 
 
 @pytest.mark.parametrize("cluster", ["direct"], indirect=True)
