@@ -17,7 +17,7 @@ import redis
 from dispatcher.routes.celery.direct_take import take_order
 from dispatcher.runtime.handle import TaskHandle
 from dispatcher.store import keys
-from tests.support import wait_until
+from tests.support import Process, wait_until
 
 from . import tasks
 from .conftest import Cluster
@@ -50,6 +50,13 @@ def test_a_job_held_ahead_by_a_killed_worker_gets_no_death(cluster: Cluster) -> 
     assert held.record()["attempt"] == running.record()["attempt"] == 1  # type: ignore[index]
 
 
+def _direct_worker(cluster: Cluster) -> tuple[redis.Redis, Process, str]:
+    """A Redis client, one direct consumer whose every job counts as short (it takes
+    jobs ahead from its second take on), and a tag for this test's job names."""
+    worker = cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
+    return redis.Redis.from_url(cluster.redis.url), worker, uuid.uuid4().hex[:6]
+
+
 def _queued_behind_a_gate(tag: str, *later: Callable[[], TaskHandle]) -> list[TaskHandle]:
     """A gated job running, ``later`` dispatched behind it, then the gate opened: the
     consumer's next take finds them all queued (its jobs count as short)."""
@@ -74,9 +81,7 @@ def _running_with_held(client: redis.Redis, tag: str, n: int) -> tuple[TaskHandl
 
 @pytest.mark.parametrize("cluster", ["direct"], indirect=True)
 def test_jobs_a_killed_direct_consumer_held_ahead_get_no_death(cluster: Cluster) -> None:
-    client = redis.Redis.from_url(cluster.redis.url)
-    worker = cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
-    tag = uuid.uuid4().hex[:6]
+    client, worker, tag = _direct_worker(cluster)
     running, held = _running_with_held(client, tag, 3)
 
     cluster.kill_worker(worker)
@@ -91,9 +96,7 @@ def test_jobs_a_killed_direct_consumer_held_ahead_get_no_death(cluster: Cluster)
 @pytest.mark.parametrize("cluster", ["direct"], indirect=True)
 def test_a_job_started_from_ahead_that_kills_its_consumer_is_counted(
         cluster: Cluster) -> None:
-    client = redis.Redis.from_url(cluster.redis.url)
-    cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
-    tag = uuid.uuid4().hex[:6]
+    client, _, tag = _direct_worker(cluster)
     _, crasher = _queued_behind_a_gate(
         tag, lambda: tasks.work.dispatch(f"before-{tag}", 0),
         lambda: tasks.crash_once.dispatch(f"crash-{tag}"))
@@ -105,9 +108,7 @@ def test_a_job_started_from_ahead_that_kills_its_consumer_is_counted(
 
 @pytest.mark.parametrize("cluster", ["direct"], indirect=True)
 def test_a_direct_consumer_stopping_gives_back_what_it_held_ahead(cluster: Cluster) -> None:
-    client = redis.Redis.from_url(cluster.redis.url)
-    worker = cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
-    tag = uuid.uuid4().hex[:6]
+    client, worker, tag = _direct_worker(cluster)
     _, held = _running_with_held(client, tag, 2)
 
     os.kill(worker.pid, signal.SIGTERM)  # a warm stop: the running job finishes
@@ -125,9 +126,8 @@ def test_a_direct_consumer_stopping_gives_back_what_it_held_ahead(cluster: Clust
 
 @pytest.mark.parametrize("cluster", ["direct"], indirect=True)
 def test_a_job_cancelled_while_held_ahead_does_not_start(cluster: Cluster) -> None:
-    cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
-    tag = uuid.uuid4().hex[:6]
-    _, (held,) = _running_with_held(redis.Redis.from_url(cluster.redis.url), tag, 1)
+    client, _, tag = _direct_worker(cluster)
+    _, (held,) = _running_with_held(client, tag, 1)
     assert held.cancel() is True  # taken by a worker: it will not start, or is told
     tasks.gate(f"gated-{tag}").touch()
     wait_until(lambda: (held.record() or {}).get("state") == "REVOKED", "held job revoked")
@@ -139,9 +139,7 @@ def test_a_job_cancelled_while_held_ahead_does_not_start(cluster: Cluster) -> No
 def test_a_job_taken_as_held_that_starts_first_is_counted(cluster: Cluster) -> None:
     # The take's first message cannot be read (refused), so the one marked as held
     # behind it starts first: its taken mark must go, or its death would not count.
-    client = redis.Redis.from_url(cluster.redis.url)
-    cluster.start_worker(1, DISPATCH_WORKER_SPARE_BELOW="600")
-    tag = uuid.uuid4().hex[:6]
+    client, _, tag = _direct_worker(cluster)
     first_list = take_order(["celery"])[0]
     _, crasher = _queued_behind_a_gate(
         tag, lambda: client.lpush(first_list, "not a task message"),  # type: ignore[arg-type, return-value]
