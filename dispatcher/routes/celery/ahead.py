@@ -35,6 +35,7 @@ from ...store import keys
 from ...store.link import Link
 from .direct_take import Owed, hand_back
 from .monitor import BROKER_ERRORS
+from .spare import JobTimes
 from .taken import TakenMessage
 
 log = logging.getLogger("dispatcher.worker")
@@ -43,25 +44,20 @@ log = logging.getLogger("dispatcher.worker")
 TAKE_MOST = 8
 #: Seconds after its take a message held ahead reads its cancel mark again to start.
 FRESH = 0.01
-#: Weight of the newest job in the moving average of job times.
-_WEIGHT = 0.2
 
 
 class Ahead:
     """The messages held ahead of the next job, and the timing that allows them."""
 
     def __init__(self, short_below: float) -> None:
-        self._short_below = short_below
+        self._times = JobTimes(short_below)
         self._held: deque[TakenMessage] = deque()
-        #: Moving average of the job times seen; None until one was timed.
-        self.job_time: float | None = None
         #: When the messages held were taken (``time.monotonic()``).
         self.taken_at = 0.0
 
     def most(self) -> int:
         """How many messages the next take may bring."""
-        job_time = self.job_time
-        return TAKE_MOST if job_time is not None and job_time < self._short_below else 1
+        return TAKE_MOST if self._times.short() else 1
 
     def hold(self, messages: list[TakenMessage]) -> None:
         self._held.extend(messages)
@@ -77,9 +73,8 @@ class Ahead:
     def timed(self, took: float) -> bool:
         """A job took ``took`` seconds; True when what is held must go back (it waited
         behind a long job, and would wait behind the next)."""
-        job_time = self.job_time
-        self.job_time = took if job_time is None else job_time + _WEIGHT * (took - job_time)
-        return bool(self._held) and took >= self._short_below
+        self._times.add(took)
+        return bool(self._held) and took >= self._times.short_below
 
     def release(self) -> list[TakenMessage]:
         """Everything held, no longer held here (to be given back)."""

@@ -27,9 +27,10 @@ from typing import Any
 import redis
 from celery import Celery
 
-from ...core.record import TERMINAL, decode_record
+from ...core.record import TERMINAL
 from ...store import keys
 from ...store.link import as_text
+from .direct_take import record_status
 from .liveness import held_by, live_workers
 
 log = logging.getLogger("dispatcher.recovery")
@@ -81,7 +82,7 @@ class Rescuer:
                 continue  # not ours, or no look for other workers since it was taken
             if foreign.get(queue, -math.inf) >= taken_at:
                 continue  # a stock Celery worker may hold it: the visibility timeout's
-            if self._finished(task_id):
+            if task_id is not None and record_status(self.client, task_id) in TERMINAL:
                 self._drop(tag)
                 continue
             if self._restore(tag, taken_at):
@@ -90,12 +91,6 @@ class Rescuer:
                             "oldest live worker's last heartbeat, held by none)",
                             task_id, oldest - taken_at)
         return rescued
-
-    def _finished(self, task_id: str | None) -> bool:
-        if task_id is None:
-            return False
-        record = decode_record(self.client.get(keys.record(task_id)))
-        return record is not None and record["status"] in TERMINAL
 
     def _drop(self, tag: str) -> None:
         with self.client.pipeline(transaction=True) as pipe:

@@ -30,6 +30,23 @@ SPARE_BELOW_OPTION = "dispatch_spare_below"
 _WEIGHT = 0.2
 
 
+class JobTimes:
+    """A moving average of how long jobs take, and whether they count as short: a
+    worker holds jobs ahead only then (this spare; a direct consumer's ``ahead``)."""
+
+    def __init__(self, short_below: float) -> None:
+        self.short_below = short_below
+        #: None until a job was timed.
+        self.average: float | None = None
+
+    def add(self, took: float) -> None:
+        average = self.average
+        self.average = took if average is None else average + _WEIGHT * (took - average)
+
+    def short(self) -> bool:
+        return self.average is not None and self.average < self.short_below
+
+
 class SpareQoS:
     """Mixin before kombu's ``QoS``: one message beyond the prefetch count while the
     jobs are short. Times jobs from their start to their acknowledgement."""
@@ -39,15 +56,17 @@ class SpareQoS:
     _dirty: Any
 
     def init_spare(self, options: dict[str, Any]) -> None:
-        self._spare_below = float(options.get(SPARE_BELOW_OPTION) or 0.0)
+        self._times = JobTimes(float(options.get(SPARE_BELOW_OPTION) or 0.0))
         self._started_at: dict[Any, float] = {}
-        #: Moving average of the job times seen; None until one was timed.
-        self.job_time: float | None = None
+
+    @property
+    def job_time(self) -> float | None:
+        """Moving average of the job times seen; None until one was timed."""
+        return self._times.average
 
     def spare(self) -> int:
         """1 while a spare may be held, else 0."""
-        job_time = self.job_time
-        return int(job_time is not None and job_time < self._spare_below)
+        return int(self._times.short())
 
     def note_start(self, delivery_tag: Any) -> None:
         self._started_at[delivery_tag] = time.monotonic()
@@ -55,9 +74,7 @@ class SpareQoS:
     def note_end(self, delivery_tag: Any) -> None:
         started = self._started_at.pop(delivery_tag, None)
         if started is not None:
-            took = time.monotonic() - started
-            job_time = self.job_time
-            self.job_time = took if job_time is None else job_time + _WEIGHT * (took - job_time)
+            self._times.add(time.monotonic() - started)
 
     def forget_starts(self) -> None:
         self._started_at.clear()
