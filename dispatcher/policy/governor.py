@@ -43,8 +43,13 @@ WINDOW = 0.01
 #: whose hold has passed (it is paced) ...
 MAX_NAP = 0.005
 #: ... and for a held one: it waits for the burst to end, so a later look only starts
-#: it later, and each look takes the GIL from the saturated loop.
-HOLD_NAP = 0.02
+#: it later, and each look takes the GIL from the saturated loop. That costs the loop
+#: more than the look: while a thread waits for the GIL, CPython wakes it at each of
+#: the loop's GIL releases (every socket call) until the switch interval (5 ms) makes
+#: the loop yield, and each wake-up is a system call on the loop's time.
+HOLD_NAP = 0.1
+#: A reading further apart than this from the previous one says nothing about now.
+STALE = 1.0
 #: What a job costs the server beyond its own CPU time: each time a job's thread
 #: wakes (to start, after a sleep or I/O, to finish) it takes the GIL from the loop,
 #: which then waits its turn back. Measured on a 2-core machine: a raw
@@ -96,7 +101,7 @@ class ServerLoad:
         if now - then >= WINDOW:
             cpu = self.server_cpu_seconds()
             # A stale sample (idle for long) says nothing about now: start a new window.
-            fresh = now - then < 10 * WINDOW
+            fresh = now - then < STALE
             self._saturated = (cpu is not None and fresh
                                and (cpu - cpu_then) / (now - then) >= SATURATED)
             self._sample = (now, cpu or 0.0)

@@ -156,7 +156,7 @@ class Runtime:
         with self._lock:
             if self._celery is None:
                 self._celery = CeleryRoute(self.settings, self.execution, self._celery_app,
-                                           fallback=self.inline)
+                                           fallback=self.inline, busy=self.load.busy)
             return self._celery
 
     def built_celery(self) -> CeleryRoute | None:  # for shutdown paths: builds nothing

@@ -24,6 +24,8 @@ from ..routes.inline.route import InlinePlan
 from .container import current
 from .handle import TaskHandle
 
+SPILL_OVER = EVENT_REASON[Cause.SPILL_OVER]
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -118,8 +120,11 @@ class Task(Generic[P, R]):
         if (decision.route != "inline" or options.countdown or options.eta is not None
                 or options.idempotency_key is not None or settings is not get_settings()):
             return None
-        return current().inline.plan(self.spec, decision, settings,
+        plan = current().inline.plan(self.spec, decision, settings,
                                      spills=spills(decision, settings))
+        if plan.spills:  # where a spill-over goes, worked out once
+            plan.spill_queue = spilled(decision, self.spec, options, settings, 0).queue
+        return plan
 
     def _spill_limit(self, decision: RouteDecision, settings: DispatcherSettings) -> int | None:
         """Waiting inline jobs at which this decision spills over to Celery; None when
@@ -138,7 +143,21 @@ class Task(Generic[P, R]):
             job = plan.dispatch(payload)
             if job is not None:
                 return self._handle(job)
+            if plan.spill_queue is not None:  # the executor is full: spill over
+                return self._spill(plan, plan.spill_queue, payload)
         return self._dispatch_validated(payload)
+
+    def _spill(self, plan: InlinePlan, queue: str, payload: dict[str, Any]) -> TaskHandle:
+        """The fast path of a spill-over (``_dispatch_validated`` with a spilled
+        decision, for the plain case the plan covers): it runs on every request of a
+        saturated server, so it files the job with the background publisher and counts
+        it, nothing else."""
+        job = Job(new_job_id(), self.spec, "celery", queue, plan.priority, payload, 1,
+                  request_id_var.get(), time.time(), False, None)
+        runtime = current()
+        runtime.celery.spill([job], None, outage=self.spec.broker_outage)
+        runtime.metrics.count_route_decision(self.spec.name, "celery", SPILL_OVER)
+        return self._handle(job)
 
     def dispatch_many(
         self, items: Iterable[tuple[Any, ...] | Mapping[str, Any]]

@@ -23,7 +23,9 @@ from .record_script import Batch, write_records
 
 log = logging.getLogger("dispatcher.records")
 
-BUSY_INTERVAL = 0.05
+#: Seconds between two writes while the web server is saturated: each wake-up of the
+#: writer takes the GIL from the server's loop (see ``policy.governor.HOLD_NAP``).
+BUSY_INTERVAL = 0.25
 #: Jobs per write call.
 WRITE_CHUNK = 32
 #: Seconds between two tries to write what a failed write put back.

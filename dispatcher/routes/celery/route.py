@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from celery import Celery
@@ -23,6 +23,7 @@ from ...core.ports import Route
 from ...core.record import ErrorInfo
 from ...core.settings import DispatcherSettings
 from ...core.spec import RouteName
+from ...policy.governor import never_busy
 from ...policy.routing import EVENT_REASON, Cause
 from ...store.client import client_for
 from ...store.record_buffer import RecordBuffer
@@ -50,8 +51,11 @@ class CeleryRoute:
     name: RouteName = "celery"
 
     def __init__(self, settings: DispatcherSettings, execution: Execution,
-                 app: Celery | None = None, fallback: Route | None = None) -> None:
+                 app: Celery | None = None, fallback: Route | None = None, *,
+                 busy: Callable[[], bool] = never_busy) -> None:
         self.settings = settings
+        #: Whether the web server is saturated (its spill-over publisher asks).
+        self._busy = busy
         self.execution = execution
         self.fallback = fallback
         self.app = app if app is not None else create_celery_app(settings)
@@ -255,7 +259,7 @@ class CeleryRoute:
         with self._lock:
             if self._spill is None:
                 self._spill = SpillPublisher(self._publish_spilled, self._run_inline,
-                                             SPILL_CAPACITY)
+                                             SPILL_CAPACITY, busy=self._busy)
                 records = self.execution.records
                 if isinstance(records, RecordBuffer):
                     records.read_also(self._spill.filed)

@@ -4,7 +4,11 @@ A job spills over to Celery when the inline executor is full, which is when the 
 is busiest. Publishing it there and then would cost the request a Redis round trip on
 the event loop. Instead the job is filed here (a ``deque.append``) and a background
 thread publishes whatever has gathered in pipelined batches (``CeleryRoute
-.dispatch_many``). The buffer is bounded; a job that finds it full, a job the broker
+.dispatch_many``). While the server is saturated the thread lets jobs gather for
+``BUSY_LINGER`` before each batch: every time a background thread takes the GIL from a
+saturated event loop, CPython has woken it at each of the loop's GIL releases (every
+socket call) while it waited out the switch interval, and each of those wake-ups is a
+system call on the loop's time. The buffer is bounded; a job that finds it full, a job the broker
 cannot take and whatever is still filed when the process stops all go to the outage
 spool, so nothing accepted is lost. Until its batch is confirmed, a filed job is
 visible through ``filed()`` (the records store reads it, so its handle answers
@@ -17,17 +21,21 @@ import atexit
 import logging
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 
 from ...core.errors import TaskValidationError
 from ...core.job import Job
 from ...core.spec import RouteName
+from ...policy.governor import never_busy
 
 log = logging.getLogger("dispatcher.celery")
 
 #: Jobs taken off the buffer per ``dispatch_many`` call.
 BATCH = 2000
+#: While the server is saturated, how long jobs gather before a batch (seconds).
+BUSY_LINGER = 0.25
 
 #: ``dispatch_many(jobs, countdown, outage)``: publishes (or spools) jobs, returns routes.
 Publish = Callable[[Sequence[Job], "float | None", str], list[RouteName]]
@@ -38,8 +46,11 @@ Fallback = Callable[[Sequence[Job], "float | None"], object]
 class SpillPublisher:
     """Publishes spilled-over jobs from a background thread, ``BATCH`` per call."""
 
-    def __init__(self, publish: Publish, fallback: Fallback, capacity: int) -> None:
+    def __init__(self, publish: Publish, fallback: Fallback, capacity: int, *,
+                 busy: Callable[[], bool] = never_busy) -> None:
         self._publish = publish
+        #: Whether the web server is saturated (``policy.governor.ServerLoad.busy``).
+        self._busy = busy
         self._fallback = fallback
         self.capacity = capacity
         #: (job, countdown, outage mode) in the order filed.
@@ -65,7 +76,7 @@ class SpillPublisher:
         thread = self._thread
         if thread is None or not thread.is_alive():
             self._start()
-        elif not self._wake.is_set():
+        if not self._wake.is_set():  # a new thread waits for it too
             self._wake.set()
         return True
 
@@ -100,6 +111,8 @@ class SpillPublisher:
     def _run(self) -> None:
         while True:
             self._wake.wait()
+            if not self._stopping and self._busy():
+                time.sleep(BUSY_LINGER)  # the set event spares ``put`` waking us again
             self._wake.clear()
             self._publish_filed()
             if self._stopping:

@@ -159,7 +159,8 @@ class InlinePlan:
     on a saturated server every microsecond of a dispatch is a request answered less.
     """
 
-    __slots__ = ("pinned", "priority", "queue", "route", "settings", "spec", "spills")
+    __slots__ = ("pinned", "priority", "queue", "route", "settings", "spec", "spill_queue",
+                 "spills")
 
     def __init__(self, route: InlineRoute, spec: TaskSpec, decision: RouteDecision,
                  settings: DispatcherSettings, *, spills: bool) -> None:
@@ -169,8 +170,10 @@ class InlinePlan:
         self.queue = decision.queue
         self.priority = decision.priority
         self.pinned = decision.pinned_inline
-        #: Whether a dispatch may spill over to Celery once enough jobs wait.
+        #: Whether a dispatch may spill over to Celery once enough jobs wait, and the
+        #: Celery queue it then goes to (set by the planner, which knows the routing).
         self.spills = spills
+        self.spill_queue: str | None = None
 
     def dispatch(self, payload: dict[str, Any]) -> Job | None:
         """Dispatch ``payload`` as ``InlineRoute.dispatch`` would; None, having done

@@ -24,6 +24,7 @@ import pytest
 import redis
 
 from dispatcher import DispatcherSettings, TaskHandle, configure, get_settings, task
+from dispatcher.core.spec import PRIORITY_NAMES
 from dispatcher.runtime.container import current
 from dispatcher.store.embedded import EmbeddedRedis
 from tests.integration import sample_tasks as samples
@@ -121,6 +122,35 @@ def test_after_a_lifespan_ends_spilled_jobs_are_published_again_not_spooled(
     reasons = {reason for _, reason, task_id in dispatched.seen
                if task_id in {h.id for h in handles}}
     assert reasons == {"spill_over"}
+
+
+def test_a_spill_over_through_the_plan_matches_the_general_path(broker: str) -> None:
+    """The fast path of a spill-over (``Task._spill``) gives the job the route, queue,
+    priority and request the general path gives it, and counts it as spilled."""
+    configure(get_settings(), inline_concurrency=1, inline_max_pending=1)
+    runtime = current()
+    key, queue = f"spill-plan:{uuid.uuid4()}", f"spill-plan-{uuid.uuid4().hex[:8]}"
+    shaped = samples.slow_inline.options(queue=queue, priority="high")
+    spilled_before = runtime.metrics.spilled
+    GATE.clear()
+    try:
+        gated.dispatch()
+        wait_until(lambda: runtime.inline_load() == (1, 1), "the gated job running")
+        gated.dispatch()
+        fast = shaped.dispatch(key, seconds=0)
+        plan = shaped._inline_plan
+        assert plan is not None and plan.spill_queue == queue  # it took the plan's path
+        slow = shaped._dispatch_validated(shaped.validator.payload((key,), {"seconds": 0}))
+    finally:
+        GATE.set()
+    assert (fast.route, fast.queue) == (slow.route, slow.queue) == ("celery", queue)
+    assert runtime.metrics.spilled - spilled_before == 2
+    records = [runtime.records.load(h.id) for h in (fast, slow)]
+    assert all(r is not None for r in records)
+    shape = [{k: r[k] for k in ("route", "queue", "priority", "task_name")}  # type: ignore[index]
+             for r in records]
+    assert shape[0] == shape[1]
+    assert shape[0]["priority"] == PRIORITY_NAMES["high"]  # the override, not the task's
 
 
 def _routes_behind_a_busy_slot(key: str, count: int) -> list[TaskHandle]:

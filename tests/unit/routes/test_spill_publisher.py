@@ -127,3 +127,33 @@ def test_stop_publishes_what_is_filed_and_refuses_later_jobs() -> None:
     spill.stop()
     assert broker.numbers() == list(range(50)) and spill.pending() == 0
     assert not spill.put(job(99), None, "spool")
+
+
+def test_while_the_server_is_busy_jobs_gather_into_one_batch() -> None:
+    """Each wake-up of the publisher takes the GIL from a saturated server loop, so
+    while the server reads busy the jobs filed meanwhile go out together."""
+    broker = Broker()
+    asked, second_filed = threading.Event(), threading.Event()
+
+    def busy() -> bool:
+        asked.set()
+        second_filed.wait(30)
+        return True
+
+    spill = SpillPublisher(broker.publish, broker.fallback, capacity=10, busy=busy)
+    assert spill.put(job(1), None, "spool")
+    assert asked.wait(30)  # the publisher woke for the first job and asks about the load
+    assert spill.put(job(2), None, "spool")
+    second_filed.set()
+    wait_until(lambda: spill.pending() == 0, "the filed jobs published")
+    assert [batch for batch, _, _ in broker.published] == [[1, 2]]
+    spill.stop()
+
+
+def test_a_lone_job_is_published_without_another_behind_it() -> None:
+    broker = Broker()
+    spill = SpillPublisher(broker.publish, broker.fallback, capacity=10)
+    assert spill.put(job(7), None, "spool")  # the first put starts the thread
+    wait_until(lambda: spill.pending() == 0, "the lone job published")
+    assert broker.numbers() == [7]
+    spill.stop()
