@@ -35,7 +35,7 @@ log = logging.getLogger("dispatcher.celery")
 #: Jobs taken off the buffer per ``dispatch_many`` call.
 BATCH = 2000
 #: While the server is saturated, how long jobs gather before a batch (seconds).
-BUSY_LINGER = 0.25
+BUSY_LINGER = 0.1
 
 #: ``dispatch_many(jobs, countdown, outage)``: publishes (or spools) jobs, returns routes.
 Publish = Callable[[Sequence[Job], "float | None", str], list[RouteName]]
