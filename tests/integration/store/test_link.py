@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterator
 from importlib import resources
@@ -151,3 +152,19 @@ def test_a_connection_the_pool_disconnected_is_replaced(own_redis: EmbeddedRedis
     assert link.call("SET", "k", "v") is not None
     client.connection_pool.disconnect()
     assert link.call("GET", "k") == b"v"
+
+
+def test_a_pipeline_larger_than_the_socket_takes_at_once_arrives_whole(
+    own_redis: EmbeddedRedis,
+) -> None:
+    """Several chunks go out in one ``sendmsg``; what the socket did not take goes after."""
+    client = redis.Redis.from_url(own_redis.url)
+    link = Link(client)
+    link.connect()
+    reader = link._reader
+    assert reader is not None
+    reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # takes less at once
+    values = [bytes([65 + n]) * 3_000_000 for n in range(3)]
+    link.send([("SET", f"big{n}", value) for n, value in enumerate(values)])
+    assert [link.read() for _ in values] == [b"OK"] * 3
+    assert [client.get(f"big{n}") for n in range(3)] == values
