@@ -83,6 +83,7 @@ class ServerLoad:
             except (AttributeError, OSError):  # no per-thread CPU clocks here: never yield
                 self._clock = None
             self._thread = ident
+            self._sample = (0.0, 0.0)  # another thread's clock: the next reading starts anew
 
     def server_cpu_seconds(self) -> float | None:
         """CPU time used so far by the server's loop thread (None: not known)."""

@@ -88,8 +88,12 @@ class ReplyReader:
                 self.sock.sendall(chunks[0])
                 return
             sent = self.sock.sendmsg(chunks)
-            if sent < sum(len(chunk) for chunk in chunks):
-                self.sock.sendall(memoryview(b"".join(chunks))[sent:])
+            for chunk in chunks:  # what the socket did not take, without copying it
+                if sent >= len(chunk):
+                    sent -= len(chunk)
+                    continue
+                self.sock.sendall(memoryview(chunk)[sent:] if sent else chunk)
+                sent = 0
         except OSError as exc:
             raise _socket_error(exc, "writing to") from exc
 

@@ -19,6 +19,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -26,6 +27,7 @@ import redis
 from dispatcher import DispatcherSettings, TaskHandle, configure, get_settings, task
 from dispatcher.core.spec import PRIORITY_NAMES
 from dispatcher.runtime.container import current
+from dispatcher.runtime.task import Task
 from dispatcher.store.embedded import EmbeddedRedis
 from tests.integration import sample_tasks as samples
 from tests.support import ROOT, wait_until
@@ -124,7 +126,9 @@ def test_after_a_lifespan_ends_spilled_jobs_are_published_again_not_spooled(
     assert reasons == {"spill_over"}
 
 
-def test_a_spill_over_through_the_plan_matches_the_general_path(broker: str) -> None:
+def test_a_spill_over_through_the_plan_matches_the_general_path(
+    broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The fast path of a spill-over (``Task._spill``) gives the job the route, queue,
     priority and request the general path gives it, and counts it as spilled."""
     configure(get_settings(), inline_concurrency=1, inline_max_pending=1)
@@ -137,9 +141,19 @@ def test_a_spill_over_through_the_plan_matches_the_general_path(broker: str) -> 
         gated.dispatch()
         wait_until(lambda: runtime.inline_load() == (1, 1), "the gated job running")
         gated.dispatch()
-        fast = shaped.dispatch(key, seconds=0)
+        shaped.route_for()  # makes the plan, as a first dispatch would
         plan = shaped._inline_plan
-        assert plan is not None and plan.spill_queue == queue  # it took the plan's path
+        assert plan is not None and plan.spill_queue == queue
+        fast_paths: list[str] = []
+        spill = Task._spill
+
+        def counted(self: Task[Any, Any], *args: Any) -> TaskHandle:
+            fast_paths.append(self.name)
+            return spill(self, *args)
+
+        monkeypatch.setattr(Task, "_spill", counted)
+        fast = shaped.dispatch(key, seconds=0)
+        assert fast_paths == ["samples.slow_inline"]  # it took the plan's path
         slow = shaped._dispatch_validated(shaped.validator.payload((key,), {"seconds": 0}))
     finally:
         GATE.set()

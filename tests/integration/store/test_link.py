@@ -163,6 +163,7 @@ def test_a_pipeline_larger_than_the_socket_takes_at_once_arrives_whole(
     link.connect()
     reader = link._reader
     assert reader is not None
+    reader.sock.settimeout(30)  # non-blocking underneath: sendmsg returns what it took
     reader.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # takes less at once
     values = [bytes([65 + n]) * 3_000_000 for n in range(3)]
     link.send([("SET", f"big{n}", value) for n, value in enumerate(values)])

@@ -7,9 +7,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 
+import pytest
+
 from dispatcher import task
 from dispatcher.core.errors import TaskValidationError
 from dispatcher.core.job import Job, new_job_id
+from dispatcher.routes.celery import spill as spill_module
 from dispatcher.routes.celery.spill import SpillPublisher
 from tests.support import wait_until
 
@@ -129,7 +132,9 @@ def test_stop_publishes_what_is_filed_and_refuses_later_jobs() -> None:
     assert not spill.put(job(99), None, "spool")
 
 
-def test_while_the_server_is_busy_jobs_gather_into_one_batch() -> None:
+def test_while_the_server_is_busy_jobs_gather_into_one_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Each wake-up of the publisher takes the GIL from a saturated server loop, so
     while the server reads busy the jobs filed meanwhile go out together."""
     broker = Broker()
@@ -140,6 +145,15 @@ def test_while_the_server_is_busy_jobs_gather_into_one_batch() -> None:
         second_filed.wait(30)
         return True
 
+    naps: list[float] = []
+    sleep = spill_module.time.sleep
+
+    def noted(seconds: float) -> None:  # the publisher's gathering, noted
+        if threading.current_thread().name == "dispatch-spill":
+            naps.append(seconds)
+        sleep(seconds)
+
+    monkeypatch.setattr(spill_module.time, "sleep", noted)
     spill = SpillPublisher(broker.publish, broker.fallback, capacity=10, busy=busy)
     assert spill.put(job(1), None, "spool")
     assert asked.wait(30)  # the publisher woke for the first job and asks about the load
@@ -147,6 +161,7 @@ def test_while_the_server_is_busy_jobs_gather_into_one_batch() -> None:
     second_filed.set()
     wait_until(lambda: spill.pending() == 0, "the filed jobs published")
     assert [batch for batch, _, _ in broker.published] == [[1, 2]]
+    assert naps == [spill_module.BUSY_LINGER]
     spill.stop()
 
 

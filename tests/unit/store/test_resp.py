@@ -5,7 +5,9 @@ Every reply kind against real Redis is in tests/integration/store/test_link.py."
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -74,3 +76,39 @@ def test_a_reply_that_never_comes_is_a_timeout(pair: tuple[ReplyReader, socket.s
     reader.sock.settimeout(0.05)
     with pytest.raises(redis.TimeoutError):
         reader.reply()
+
+
+def test_what_one_sendmsg_did_not_take_follows_in_order(
+        pair: tuple[ReplyReader, socket.socket]) -> None:
+    reader, server = pair
+    sock = reader.sock
+    sock.settimeout(30)  # non-blocking underneath: sendmsg returns what it took
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    chunks = [b"head", bytes(range(256)) * 8000, b"middle", b"\xff" * 3_000_000, b"tail"]
+    took: list[int] = []
+
+    class Noted:  # the socket, with what each sendmsg took noted
+        def __getattr__(self, name: str) -> Any:
+            return getattr(sock, name)
+
+        def sendmsg(self, buffers: list[bytes]) -> int:
+            took.append(sock.sendmsg(buffers))
+            return took[-1]
+
+    arrived = bytearray()
+    expected = sum(len(chunk) for chunk in chunks)
+
+    def read() -> None:
+        while len(arrived) < expected:
+            data = server.recv(1 << 20)
+            if not data:
+                return
+            arrived.extend(data)
+
+    receiver = threading.Thread(target=read)
+    receiver.start()
+    reader.sock = Noted()  # type: ignore[assignment]
+    reader.send(chunks)
+    receiver.join(60)
+    assert len(took) == 1 and 0 < took[0] < expected  # one sendmsg took only part
+    assert bytes(arrived) == b"".join(chunks)
