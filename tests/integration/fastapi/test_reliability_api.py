@@ -7,14 +7,17 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from dispatcher import DispatcherSettings, configure, task
 from dispatcher.fastapi import install
-from dispatcher.store.embedded import free_port
+from dispatcher.store.embedded import EmbeddedRedis, free_port
 from tests.integration import sample_tasks as samples
 from tests.integration.conftest import ROOT, Process, poll_state
 
@@ -93,19 +96,30 @@ def test_worker_refuses_a_task_timeout_beyond_the_visibility_timeout(
     assert "Traceback" not in result.stderr
 
 
-def test_sweeper_requeues_only_publications_that_redis_lost(broker: str) -> None:
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[str]:
+    """A Redis of this test's own as the broker: a sweep with ``after=0`` looks at every
+    publication in flight, and must neither see nor re-queue the jobs of tests running
+    beside it on the shared one."""
+    with EmbeddedRedis() as own:
+        configure(DispatcherSettings(broker_url=own.url, _env_file=None,  # type: ignore[call-arg]
+                                     spool_path=str(tmp_path / "spool.sqlite3")))
+        yield own.url
+
+
+def test_sweeper_requeues_only_publications_that_redis_lost(own_broker: str) -> None:
     import redis as redis_lib
 
     from dispatcher.routes.celery.protocol import queue_key
     from dispatcher.routes.celery.recovery import Sweeper
-    from dispatcher.store.keys import INFLIGHT
 
-    client = redis_lib.Redis.from_url(broker)
+    client = redis_lib.Redis.from_url(own_broker)
     queue = f"parked-{uuid.uuid4().hex[:8]}"  # no worker consumes it
     parked = samples.echo.options(route="celery", queue=queue)
     waiting, reserved, lost = (parked.dispatch({"n": i}) for i in range(3))
     key = queue_key(queue, 5)
-    messages = {json.loads(raw)["headers"]["id"]: raw for raw in client.lrange(key, 0, -1)}
+    messages = {json.loads(raw)["headers"]["id"]: raw
+                for raw in client.lrange(key, 0, -1)}
     # "reserved": popped by a worker that noted it as unacknowledged, as kombu does
     client.lrem(key, 1, messages[reserved.id])
     tag = json.loads(messages[reserved.id])["properties"]["delivery_tag"]
@@ -117,12 +131,9 @@ def test_sweeper_requeues_only_publications_that_redis_lost(broker: str) -> None
     ids = [json.loads(raw)["headers"]["id"] for raw in client.lrange(key, 0, -1)]
     assert sorted(ids) == sorted([waiting.id, lost.id])
     assert Sweeper(client, after=0).sweep() == 0  # nothing lost any more
-    client.hdel("unacked", tag)
-    client.delete(key)
-    client.zrem(INFLIGHT, *(f"{h.id}:1" for h in (waiting, reserved, lost)))
 
 
-def test_sweeper_leaves_jobs_that_left_a_queue_other_workers_consume(broker: str) -> None:
+def test_sweeper_leaves_jobs_that_left_a_queue_other_workers_consume(own_broker: str) -> None:
     """A job a stock Celery worker ran looks lost (only our workers mark a start): on a
     queue such a worker consumed after the job's publication, it is dropped from the
     watch, never re-queued. A sighting older than the job proves nothing."""
@@ -132,7 +143,7 @@ def test_sweeper_leaves_jobs_that_left_a_queue_other_workers_consume(broker: str
     from dispatcher.routes.celery.recovery import Sweeper
     from dispatcher.store.keys import INFLIGHT
 
-    client = redis_lib.Redis.from_url(broker)
+    client = redis_lib.Redis.from_url(own_broker)
     shared, earlier, ours = (f"parked-{uuid.uuid4().hex[:8]}" for _ in range(3))
     before = time.time() - 1
     taken, stale, lost = (samples.echo.options(route="celery", queue=q).dispatch({"n": n})
@@ -164,7 +175,7 @@ def test_sweeper_leaves_jobs_that_left_a_queue_other_workers_consume(broker: str
         client.zrem(INFLIGHT, f"{handle.id}:1")
 
 
-def test_sweeper_never_requeues_a_finished_job(broker: str) -> None:
+def test_sweeper_never_requeues_a_finished_job(own_broker: str) -> None:
     """A publication that left its queue unstarted by us, whose job has a terminal
     record (a worker that did not have the task failed it, say): not run again."""
     import redis as redis_lib
@@ -174,7 +185,7 @@ def test_sweeper_never_requeues_a_finished_job(broker: str) -> None:
     from dispatcher.runtime.container import current
     from dispatcher.store import keys
 
-    client = redis_lib.Redis.from_url(broker)
+    client = redis_lib.Redis.from_url(own_broker)
     queue = f"parked-{uuid.uuid4().hex[:8]}"
     finished, lost = (samples.echo.options(route="celery", queue=queue).dispatch({"n": n})
                       for n in range(2))
