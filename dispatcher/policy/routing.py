@@ -156,12 +156,18 @@ def spills(decision: RouteDecision, settings: DispatcherSettings) -> bool:
             and settings.broker_url is not None)
 
 
+def spill_queue(spec: TaskSpec, options: CallOptions, settings: DispatcherSettings) -> str:
+    """The Celery queue a spilled-over dispatch of ``spec`` goes to."""
+    queue = decide_route(spec, CallOptions(route="celery", queue=options.queue), settings).queue
+    assert queue is not None  # a Celery decision always names its queue
+    return queue
+
+
 def spilled(decision: RouteDecision, spec: TaskSpec, options: CallOptions,
             settings: DispatcherSettings, limit: int) -> RouteDecision:
     """``decision`` sent to Celery because ``limit`` inline jobs are waiting already."""
-    queue = decide_route(spec, CallOptions(route="celery", queue=options.queue), settings).queue
     return RouteDecision(
-        "celery", queue, decision.priority,
+        "celery", spill_queue(spec, options, settings), decision.priority,
         Cause.SPILL_OVER, f"spill-over: >= {limit} inline jobs waiting",
     )
 

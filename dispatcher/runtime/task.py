@@ -19,7 +19,15 @@ from ..core.job import Job, new_job_id
 from ..core.settings import DispatcherSettings, get_settings
 from ..core.spec import CallOptions, PriorityName, RouteName, TaskSpec
 from ..core.validation import ArgumentValidator
-from ..policy.routing import EVENT_REASON, Cause, RouteDecision, decide_route, spilled, spills
+from ..policy.routing import (
+    EVENT_REASON,
+    Cause,
+    RouteDecision,
+    decide_route,
+    spill_queue,
+    spilled,
+    spills,
+)
 from ..routes.inline.route import InlinePlan
 from .container import current
 from .handle import TaskHandle
@@ -123,7 +131,7 @@ class Task(Generic[P, R]):
         plan = current().inline.plan(self.spec, decision, settings,
                                      spills=spills(decision, settings))
         if plan.spills:  # where a spill-over goes, worked out once
-            plan.spill_queue = spilled(decision, self.spec, options, settings, 0).queue
+            plan.spill_queue = spill_queue(self.spec, options, settings)
         return plan
 
     def _spill_limit(self, decision: RouteDecision, settings: DispatcherSettings) -> int | None:
@@ -154,10 +162,16 @@ class Task(Generic[P, R]):
         it, nothing else."""
         job = Job(new_job_id(), self.spec, "celery", queue, plan.priority, payload, 1,
                   request_id_var.get(), time.time(), False, None)
-        runtime = current()
-        runtime.celery.spill([job], None, outage=self.spec.broker_outage)
-        runtime.metrics.count_route_decision(self.spec.name, "celery", SPILL_OVER)
+        self._file_spilled([job], None)
         return self._handle(job)
+
+    def _file_spilled(self, jobs: list[Job], countdown: float | None) -> None:
+        """Hand spilled-over jobs to the background publisher (never published on this
+        thread) and count each as a spill-over."""
+        runtime = current()
+        runtime.celery.spill(jobs, countdown, outage=self.spec.broker_outage)
+        for _ in jobs:
+            runtime.metrics.count_route_decision(self.spec.name, "celery", SPILL_OVER)
 
     def dispatch_many(
         self, items: Iterable[tuple[Any, ...] | Mapping[str, Any]]
@@ -197,17 +211,14 @@ class Task(Generic[P, R]):
         ]
         spill = decision.cause is Cause.SPILL_OVER
         countdown = jobs[0].delay(now) if jobs else None
-        if spill:  # published by a background thread, never on this one
-            current().celery.spill(jobs, countdown, outage=self.spec.broker_outage)
+        if spill:
+            self._file_spilled(jobs, countdown)
             routes = [job.route for job in jobs]
         else:
             routes = current().celery.dispatch_many(
                 jobs, countdown, outage=self.spec.broker_outage)
         for job, route in zip(jobs, routes, strict=True):
             job.route = route
-            if spill:
-                current().metrics.count_route_decision(
-                    self.spec.name, "celery", EVENT_REASON[Cause.SPILL_OVER])
             handles.append(self._handle(job))
         return handles
 
@@ -258,8 +269,8 @@ class Task(Generic[P, R]):
         job = self._job(job_id, payload, decision)
         countdown = job.delay()
         try:
-            if spill:  # published by a background thread, never on this one
-                runtime.celery.spill([job], countdown, outage=self.spec.broker_outage)
+            if spill:
+                self._file_spilled([job], countdown)
             elif job.route == "celery":
                 job.route = runtime.celery.dispatch(job, countdown,
                                                     outage=self.spec.broker_outage)
@@ -269,7 +280,4 @@ class Task(Generic[P, R]):
             if key is not None:  # nothing was accepted: the key is free again
                 runtime.idempotency.release(self.spec.name, key, job_id)
             raise
-        if spill:
-            runtime.metrics.count_route_decision(self.spec.name, "celery",
-                                                 EVENT_REASON[Cause.SPILL_OVER])
         return self._handle(job)

@@ -5,14 +5,12 @@ is busiest. Publishing it there and then would cost the request a Redis round tr
 the event loop. Instead the job is filed here (a ``deque.append``) and a background
 thread publishes whatever has gathered in pipelined batches (``CeleryRoute
 .dispatch_many``). While the server is saturated the thread lets jobs gather for
-``BUSY_LINGER`` before each batch: every time a background thread takes the GIL from a
-saturated event loop, CPython has woken it at each of the loop's GIL releases (every
-socket call) while it waited out the switch interval, and each of those wake-ups is a
-system call on the loop's time. The buffer is bounded; a job that finds it full, a job the broker
-cannot take and whatever is still filed when the process stops all go to the outage
-spool, so nothing accepted is lost. Until its batch is confirmed, a filed job is
-visible through ``filed()`` (the records store reads it, so its handle answers
-PENDING at once).
+``BUSY_LINGER`` before each batch: each of its wake-ups costs a saturated loop more than
+the thread's own work (see ``policy.governor.HOLD_NAP``). The buffer is bounded; a job
+that finds it full, a job the broker cannot take and whatever is still filed when the
+process stops all go to the outage spool, so nothing accepted is lost. Until its batch
+is confirmed, a filed job is visible through ``filed()`` (the records store reads it,
+so its handle answers PENDING at once).
 """
 
 from __future__ import annotations
