@@ -64,6 +64,10 @@ def readable_directly(connection: Any) -> bool:
             and hasattr(select, "poll"))
 
 
+#: Buffers per ``sendmsg`` (Linux refuses more than ``IOV_MAX``, 1024).
+MOST_BUFFERS = 512
+
+
 class ReplyReader:
     """Replies from one connected socket. Not thread-safe; after any error other than
     a complete error reply the caller must drop the connection (the buffer may hold
@@ -87,13 +91,15 @@ class ReplyReader:
             if len(chunks) == 1:
                 self.sock.sendall(chunks[0])
                 return
-            sent = self.sock.sendmsg(chunks)
-            for chunk in chunks:  # what the socket did not take, without copying it
-                if sent >= len(chunk):
-                    sent -= len(chunk)
-                    continue
-                self.sock.sendall(memoryview(chunk)[sent:] if sent else chunk)
-                sent = 0
+            for start in range(0, len(chunks), MOST_BUFFERS):
+                group = chunks[start:start + MOST_BUFFERS]
+                sent = self.sock.sendmsg(group)
+                for chunk in group:  # what the socket did not take, without copying it
+                    if sent >= len(chunk):
+                        sent -= len(chunk)
+                        continue
+                    self.sock.sendall(memoryview(chunk)[sent:] if sent else chunk)
+                    sent = 0
         except OSError as exc:
             raise _socket_error(exc, "writing to") from exc
 

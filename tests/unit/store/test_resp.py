@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatcher.store.resp import ReplyReader
+from dispatcher.store.resp import MOST_BUFFERS, ReplyReader
 
 
 @pytest.fixture
@@ -112,3 +112,15 @@ def test_what_one_sendmsg_did_not_take_follows_in_order(
     receiver.join(60)
     assert len(took) == 1 and 0 < took[0] < expected  # one sendmsg took only part
     assert bytes(arrived) == b"".join(chunks)
+
+
+def test_more_buffers_than_one_sendmsg_takes_go_in_groups(
+        pair: tuple[ReplyReader, socket.socket]) -> None:
+    reader, server = pair
+    chunks = [b"%05d" % n for n in range(3 * MOST_BUFFERS + 7)]  # past Linux's IOV_MAX
+    reader.send(chunks)
+    expected = b"".join(chunks)
+    arrived = bytearray()
+    while len(arrived) < len(expected):
+        arrived.extend(server.recv(1 << 16))
+    assert bytes(arrived) == expected
