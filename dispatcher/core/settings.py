@@ -121,7 +121,7 @@ class DispatcherSettings(FleetSettings, TimeSettings, WorkerSettings):
         gt=0,
         description="Seconds of work the inline jobs waiting in one process may add up to "
         "before new, not pinned jobs spill over to Celery: each counts at the mean run "
-        "time of this process's inline jobs (10 ms until one has run) over "
+        "time of its task's inline jobs in this process (10 ms until one has run) over "
         "DISPATCH_INLINE_CONCURRENCY slots, so heavy jobs spill sooner than cheap ones.",
     )
     adaptive_window: int = Field(

@@ -109,6 +109,11 @@ class ServerLoad:
         return self._saturated
 
 
+def _moved(mean: float | None, sample: float) -> float:
+    """``mean`` moved toward ``sample`` by ``RUN_WEIGHT`` (the first sample sets it)."""
+    return sample if mean is None else mean + RUN_WEIGHT * (sample - mean)
+
+
 def never_busy() -> bool:
     """The load signal of a process that serves no requests."""
     return False
@@ -130,9 +135,11 @@ class Governor:
         self._next_drained = 0.0
         #: When the loop last read as saturated.
         self._busy_at = float("-inf")
-        #: Mean wall time of a job (seconds, moving average; None until one has run):
-        #: what the spill-over limit weighs a waiting job at.
+        #: Mean wall time of a job (seconds, moving average; None until one has run),
+        #: of any task, and of each task by name: the spill-over limit weighs a waiting
+        #: job at its task's mean (``InlineExecutor.weighed_run``).
         self.mean_run: float | None = None
+        self._task_means: dict[str, float] = {}
 
     def wait_turn(self, due: float | None = None) -> None:
         """Return when a job that became due at ``due`` (``time.time()``; None: no hold)
@@ -160,13 +167,19 @@ class Governor:
                     return
                 time.sleep(min(delay, MAX_NAP))
 
-    def spent(self, cpu_seconds: float, wall_seconds: float = 0.0) -> None:
-        """A job used ``cpu_seconds`` in ``wall_seconds`` (which moves ``mean_run``):
-        while busy (or draining after a burst), the next start waits long enough to
-        keep background work within its share (while busy, hand-offs included)."""
-        mean = self.mean_run
-        self.mean_run = (wall_seconds if mean is None
-                         else mean + RUN_WEIGHT * (wall_seconds - mean))
+    def task_mean(self, task: str) -> float | None:
+        """The mean wall time of ``task``'s jobs here (None: none has run yet)."""
+        return self._task_means.get(task)
+
+    def spent(self, cpu_seconds: float, wall_seconds: float = 0.0,
+              task: str | None = None) -> None:
+        """A job (of ``task``) used ``cpu_seconds`` in ``wall_seconds``, which moves
+        ``mean_run`` and the task's mean: while busy (or draining after a burst), the
+        next start waits long enough to keep background work within its share (while
+        busy, hand-offs included)."""
+        self.mean_run = _moved(self.mean_run, wall_seconds)
+        if task is not None:
+            self._task_means[task] = _moved(self._task_means.get(task), wall_seconds)
         if self.share >= 1.0:
             return
         if self._saturated():

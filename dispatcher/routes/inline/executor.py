@@ -24,6 +24,7 @@ from ...core.execution import Execution, Outcome
 from ...core.job import Job
 from ...core.limits import SLOT_RECHECK, Admission, admit, release
 from ...policy.governor import Governor
+from ...policy.routing import UNTIMED_RUN
 from .attempt import run_attempt
 from .chain import Chain, chain_of, due_at, links
 from .loop import BackgroundLoop
@@ -49,6 +50,11 @@ class InlineExecutor:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._outstanding: dict[str, Job] = {}
+        #: What each job not running (queued, on a timer, waiting for a limit) is
+        #: expected to take, its task's mean run time, and their sum: the spill-over
+        #: weighs the waiting jobs by it (``weighed_run``).
+        self._expected: dict[str, float] = {}
+        self._expected_sum = 0.0
         #: Chains waiting for a slot, oldest first.
         self._ready: collections.deque[Chain] = collections.deque()
         #: Wakes the thread waiting for work; rung only when the queue was empty.
@@ -87,6 +93,7 @@ class InlineExecutor:
                 raise DispatchError("the inline executor has been shut down")
             for job in jobs:
                 self._outstanding[job.id] = job
+                self._expect(job)
             if not countdown:
                 ring = self._append(entry)
         if countdown:
@@ -105,6 +112,17 @@ class InlineExecutor:
     def waiting(self) -> int:
         """Jobs accepted and not running: queued for a slot, or waiting to retry."""
         return max(0, len(self._outstanding) - self._running)
+
+    def weighed_run(self) -> float | None:
+        """Seconds a waiting job is weighed at by the spill-over limit: the mean of the
+        waiting jobs' expected run times, each its task's mean here (``UNTIMED_RUN``
+        for a task not yet timed); with none waiting, this process's mean run time.
+        So cheap jobs queued behind a heavy history wait on, and heavy jobs behind a
+        history of cheap ones spill over (one mean for all tasks let either happen)."""
+        count = len(self._expected)
+        if count == 0:
+            return self.governor.mean_run
+        return max(0.0, self._expected_sum) / count
 
     def forget(self, job_id: str) -> bool:
         """Drop a job that waits for a countdown or a retry delay (it was cancelled): its
@@ -132,6 +150,8 @@ class InlineExecutor:
         with self._idle:  # their timers find them gone and do nothing
             later = [self._outstanding.pop(j.id) for j in list(self._outstanding.values())
                      if j.due_at > due_by]
+            for job in later:
+                self._unexpect(job)
         later = [j for j in later if not self.execution.cancellations.is_cancelled(j.id)]
         if later and self._on_leftover is not None:
             self._on_leftover(later, grace)
@@ -141,6 +161,8 @@ class InlineExecutor:
         with self._idle:
             leftover = list(self._outstanding.values())
             self._outstanding.clear()
+            self._expected.clear()
+            self._expected_sum = 0.0
             self._idle.notify_all()
         if self._on_leftover is not None:
             self._on_leftover(leftover, grace)
@@ -244,6 +266,7 @@ class InlineExecutor:
             return admission
         with self._lock:
             self._running += 1
+            self._unexpect(job)
         cpu, began = time.thread_time(), time.perf_counter()
         outcome: Outcome | None = None
         try:
@@ -254,13 +277,15 @@ class InlineExecutor:
             self._running -= 1
             if outcome is None or outcome.retry_delay is None:
                 self._finish(job, locked=True)
-        self.governor.spent(time.thread_time() - cpu, time.perf_counter() - began)
+        self.governor.spent(time.thread_time() - cpu, time.perf_counter() - began,
+                            job.spec.name)
         if outcome is not None and outcome.retry_delay is not None:
             retry = job.next_attempt(outcome.retry_delay)
             with self._lock:
                 kept = job.id in self._outstanding  # not abandoned by a drain meanwhile
                 if kept:
                     self._outstanding[job.id] = retry
+                    self._expect(retry)
             if kept:
                 self._later(outcome.retry_delay, self._enqueue, retry)
         if outcome is not None and outcome.lingering is not None:  # a timed-out call
@@ -294,6 +319,22 @@ class InlineExecutor:
             with self._lock:
                 return self._finish(job, locked=True)
         self._outstanding.pop(job.id, None)
+        self._unexpect(job)
         if not self._outstanding:
             self._idle.notify_all()
+
+    def _expect(self, job: Job) -> None:
+        """``job`` waits (callers hold ``_lock``): count what it is expected to take."""
+        mean = self.governor.task_mean(job.spec.name)
+        expected = UNTIMED_RUN if mean is None else mean
+        self._expected_sum += expected - self._expected.get(job.id, 0.0)
+        self._expected[job.id] = expected
+
+    def _unexpect(self, job: Job) -> None:
+        """``job`` no longer waits (callers hold ``_lock``)."""
+        expected = self._expected.pop(job.id, None)
+        if expected is not None:
+            self._expected_sum -= expected
+            if not self._expected:
+                self._expected_sum = 0.0  # no rounding left over
 

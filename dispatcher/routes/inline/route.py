@@ -72,9 +72,9 @@ class InlineRoute:
 
     def pending_limit(self, settings: DispatcherSettings) -> int:
         """Waiting jobs at which new ones spill over (``policy.routing.pending_limit``),
-        from this process's mean inline run time."""
+        each weighed at the waiting jobs' mean expected run time (``weighed_run``)."""
         executor = self._executor
-        return pending_limit(settings, None if executor is None else executor.governor.mean_run)
+        return pending_limit(settings, None if executor is None else executor.weighed_run())
 
     def dispatch(self, job: Job, countdown: float | None, reason: str | None = None) -> None:
         """Record and announce ``job``, then attach it to the current request or run it."""

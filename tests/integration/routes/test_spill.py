@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -167,20 +167,25 @@ def test_a_spill_over_through_the_plan_matches_the_general_path(
     assert shape[0]["priority"] == PRIORITY_NAMES["high"]  # the override, not the task's
 
 
-def _routes_behind_a_busy_slot(key: str, count: int) -> list[TaskHandle]:
-    """Dispatch ``count`` jobs while the only inline slot is held by a gated job
-    (pinned inline: the gate opens in this process only)."""
+def _routes_behind_a_busy_slot(key: str, count: int,
+                               dispatch: Callable[[], TaskHandle] | None = None,
+                               ) -> list[TaskHandle]:
+    """Dispatch ``count`` jobs (``slow_inline`` with no sleep, unless ``dispatch`` says
+    otherwise) while the only inline slot is held by a gated job (pinned inline: the
+    gate opens in this process only)."""
     GATE.clear()
     try:
         gated.options(route="inline").dispatch()
         wait_until(lambda: current().inline_load()[0] == 1, "the gated job running")
-        return [samples.slow_inline.dispatch(key, seconds=0) for _ in range(count)]
+        if dispatch is None:
+            return [samples.slow_inline.dispatch(key, seconds=0) for _ in range(count)]
+        return [dispatch() for _ in range(count)]
     finally:
         GATE.set()
 
 
 def test_heavy_jobs_spill_over_sooner_than_cheap_ones(broker: str) -> None:
-    """Each waiting job counts at the process's mean run time against
+    """Each waiting job counts at its task's mean run time against
     ``DISPATCH_INLINE_MAX_BACKLOG``; ``DISPATCH_INLINE_MAX_PENDING`` stays the cap."""
     key = f"weigh:{uuid.uuid4()}"
     configure(get_settings(), inline_concurrency=1, inline_max_pending=1000,
@@ -200,6 +205,41 @@ def test_heavy_jobs_spill_over_sooner_than_cheap_ones(broker: str) -> None:
     assert {h.route for h in cheap} == {"inline"}
     for handle in heavy + cheap:
         assert handle.get(timeout=60) is None and handle.state() == "SUCCESS"
+
+
+def test_a_heavy_task_spills_over_after_a_history_of_cheap_jobs(broker: str) -> None:
+    """Waiting jobs are weighed by their own task's mean run time: many cheap jobs
+    that ran since do not let a heavy task's jobs pile up (one process-wide mean did:
+    after 40 cheap jobs it let ~15 jobs of 0.5 s wait in 1 s of backlog)."""
+    key = f"mix:{uuid.uuid4()}"
+    configure(get_settings(), inline_concurrency=1, inline_max_pending=1000,
+              inline_max_backlog=1.0)
+    assert samples.slow_inline.dispatch(key, seconds=0.5).get(timeout=60) is None
+    for value in range(40):
+        assert samples.echo.dispatch({"n": value}).get(timeout=60) == {"n": value}
+    heavy = _routes_behind_a_busy_slot(key, 6)
+    routes = [h.route for h in heavy]
+    # The first waits behind nothing; past two waiting (1 s at 0.5 s each), they spill.
+    assert routes[0] == "inline" and routes.count("inline") <= 2, routes
+    for handle in heavy:
+        assert handle.get(timeout=60) is None and handle.state() == "SUCCESS"
+
+
+def test_cheap_jobs_stay_inline_after_a_history_of_heavy_ones(broker: str) -> None:
+    """The other way round: a heavy task's runs do not make a cheap task's jobs spill
+    (the process-wide mean, 0.5 s here, let two of them wait)."""
+    key = f"mix:{uuid.uuid4()}"
+    configure(get_settings(), inline_concurrency=1, inline_max_pending=1000,
+              inline_max_backlog=1.0)
+    assert samples.slow_inline.dispatch(key, seconds=0.5).get(timeout=60) is None
+    assert samples.echo.dispatch({"n": 0}).get(timeout=60) == {"n": 0}
+    executor = current().inline.current_executor()
+    assert executor is not None and executor.governor.mean_run is not None
+    assert executor.governor.mean_run > 0.125  # one mean for all would let 8 spill
+    cheap = _routes_behind_a_busy_slot(key, 8, lambda: samples.echo.dispatch({"n": 1}))
+    assert [h.route for h in cheap] == ["inline"] * 8
+    for handle in cheap:
+        assert handle.get(timeout=60) == {"n": 1}
 
 
 @pytest.fixture

@@ -180,3 +180,15 @@ def test_the_mean_run_time_follows_the_jobs() -> None:
     for _ in range(200):
         gov.spent(0.0, 0.001)
     assert gov.mean_run is not None and gov.mean_run < 0.002  # and it moves to the newest
+
+
+def test_each_task_has_a_mean_run_time_of_its_own() -> None:
+    gov = Governor(1.0)
+    assert gov.task_mean("heavy") is None
+    gov.spent(0.0, 0.5, "heavy")
+    for _ in range(200):
+        gov.spent(0.0, 0.001, "cheap")
+    assert gov.task_mean("heavy") == 0.5  # cheap jobs do not move it
+    cheap = gov.task_mean("cheap")
+    assert cheap is not None and abs(cheap - 0.001) < 1e-9
+    assert gov.mean_run is not None and gov.mean_run < 0.002  # the process's: all of them

@@ -101,14 +101,54 @@ def test_a_job_that_ended_is_neither_running_nor_waiting(
     seen: list[tuple[int, int, int]] = []
     spent = executor.governor.spent
 
-    def spying(cpu: float, wall: float) -> None:  # called right after the attempt ended
+    def spying(cpu: float, wall: float, task: str | None = None) -> None:
+        # called right after the attempt ended
         seen.append((executor.running(), executor.waiting(), executor.outstanding()))
-        spent(cpu, wall)
+        spent(cpu, wall, task)
 
     monkeypatch.setattr(executor.governor, "spent", spying)
     ended.dispatch().get(timeout=5)
     wait_for_inline_jobs(timeout=5)
     assert seen == [(0, 0, 0)]
+
+
+def test_waiting_jobs_are_weighed_at_their_own_tasks_mean(
+        use_settings: Callable[..., DispatcherSettings], release: threading.Event) -> None:
+    """What the spill-over limit weighs a waiting job at: its task's mean run time
+    (10 ms for a task not timed yet). The weight leaves with the job however it stops
+    waiting (it starts; it is cancelled on its countdown); with none waiting, the
+    process's mean over all tasks counts."""
+    use_settings(inline_concurrency=1)
+
+    @task(name="unit.inline.blocker")
+    def blocker() -> None:
+        release.wait(30)
+
+    @task(name="unit.inline.quick")
+    def quick() -> None:
+        return None
+
+    quick.dispatch().get(timeout=5)
+    executor = current().inline.executor
+    quick_mean = executor.governor.task_mean("unit.inline.quick")
+    assert quick_mean is not None and executor.waiting() == 0
+    assert executor.weighed_run() == executor.governor.mean_run
+    blocked = blocker.dispatch()
+    deadline = time.monotonic() + 10
+    while executor.running() != 1:
+        assert time.monotonic() < deadline, "the blocker never started"
+        time.sleep(0.005)
+    waiting = [quick.dispatch() for _ in range(3)]
+    assert executor.weighed_run() == pytest.approx(quick_mean)
+    later = blocker.options(countdown=60).dispatch()  # not timed yet: 10 ms
+    assert executor.weighed_run() == pytest.approx((3 * quick_mean + 0.01) / 4)
+    assert later.cancel()
+    assert executor.waiting() == 3
+    assert executor.weighed_run() == pytest.approx(quick_mean)
+    release.set()
+    assert [h.get(timeout=10) for h in [blocked, *waiting]] == [None] * 4
+    wait_for_inline_jobs(timeout=5)
+    assert executor.weighed_run() == executor.governor.mean_run
 
 
 def test_async_task_succeeds(counter: Counter) -> None:
