@@ -137,7 +137,7 @@ class Governor:
         self._busy_at = float("-inf")
         #: Mean wall time of a job (seconds, moving average; None until one has run),
         #: of any task, and of each task by name: the spill-over limit weighs a waiting
-        #: job at its task's mean (``InlineExecutor.weighed_run``).
+        #: job at its task's mean (``Accepted.weighed_run``).
         self.mean_run: float | None = None
         self._task_means: dict[str, float] = {}
 

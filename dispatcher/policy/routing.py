@@ -141,7 +141,7 @@ def pending_limit(settings: DispatcherSettings, mean_run: float | None) -> int:
     """Inline jobs that may wait in one process before new ones spill over to Celery:
     ``DISPATCH_INLINE_MAX_PENDING``, or fewer once their work, at ``mean_run`` seconds
     each (the waiting jobs' mean, each at its task's measured mean: see
-    ``InlineExecutor.weighed_run``; ``UNTIMED_RUN`` while None) over the executor's
+    ``Accepted.weighed_run``; ``UNTIMED_RUN`` while None) over the executor's
     slots, passes ``DISPATCH_INLINE_MAX_BACKLOG`` seconds. So a backlog of no-op jobs
     may be long (running one costs less than publishing it) and one of heavy jobs
     short (they would wait long here while a worker could run them)."""

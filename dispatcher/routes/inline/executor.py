@@ -24,7 +24,7 @@ from ...core.execution import Execution, Outcome
 from ...core.job import Job
 from ...core.limits import SLOT_RECHECK, Admission, admit, release
 from ...policy.governor import Governor
-from ...policy.routing import UNTIMED_RUN
+from .accepted import Accepted
 from .attempt import run_attempt
 from .chain import Chain, chain_of, due_at, links
 from .loop import BackgroundLoop
@@ -49,12 +49,8 @@ class InlineExecutor:
         # shares it and is only notified when the last outstanding job finishes.
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._outstanding: dict[str, Job] = {}
-        #: What each job not running (queued, on a timer, waiting for a limit) is
-        #: expected to take, its task's mean run time, and their sum: the spill-over
-        #: weighs the waiting jobs by it (``weighed_run``).
-        self._expected: dict[str, float] = {}
-        self._expected_sum = 0.0
+        #: Jobs accepted and not finished, and what those waiting are expected to take.
+        self.accepted = Accepted(self.governor)
         #: Chains waiting for a slot, oldest first.
         self._ready: collections.deque[Chain] = collections.deque()
         #: Wakes the thread waiting for work; rung only when the queue was empty.
@@ -71,7 +67,6 @@ class InlineExecutor:
         self._slot_waits = SlotWaits(self._later, self._enqueue)
         self._closed = False
 
-    # -- public API -------------------------------------------------------------------
     @overload
     def submit(self, jobs: Sequence[Job], countdown: float | None = None) -> None: ...
 
@@ -92,8 +87,7 @@ class InlineExecutor:
             if self._closed:
                 raise DispatchError("the inline executor has been shut down")
             for job in jobs:
-                self._outstanding[job.id] = job
-                self._expect(job)
+                self.accepted.add(job)
             if not countdown:
                 ring = self._append(entry)
         if countdown:
@@ -104,31 +98,20 @@ class InlineExecutor:
 
     def outstanding(self) -> int:
         """Jobs accepted and not yet finished (running, queued or waiting to retry)."""
-        return len(self._outstanding)
+        return len(self.accepted.jobs)
 
     def running(self) -> int:
         return self._running
 
     def waiting(self) -> int:
         """Jobs accepted and not running: queued for a slot, or waiting to retry."""
-        return max(0, len(self._outstanding) - self._running)
-
-    def weighed_run(self) -> float | None:
-        """Seconds a waiting job is weighed at by the spill-over limit: the mean of the
-        waiting jobs' expected run times, each its task's mean here (``UNTIMED_RUN``
-        for a task not yet timed); with none waiting, this process's mean run time.
-        So cheap jobs queued behind a heavy history wait on, and heavy jobs behind a
-        history of cheap ones spill over (one mean for all tasks let either happen)."""
-        count = len(self._expected)
-        if count == 0:
-            return self.governor.mean_run
-        return max(0.0, self._expected_sum) / count
+        return max(0, len(self.accepted.jobs) - self._running)
 
     def forget(self, job_id: str) -> bool:
         """Drop a job that waits for a countdown or a retry delay (it was cancelled): its
         timer finds it gone, and it no longer counts as outstanding. (One waiting for a
         limit meets its cancel mark when it asks again.)"""
-        job = self._outstanding.get(job_id)
+        job = self.accepted.jobs.get(job_id)
         if job is None or job.due_at <= time.time():
             return False  # unknown here, or due: it meets its cancel mark when it starts
         self._finish(job)
@@ -137,21 +120,18 @@ class InlineExecutor:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no job is outstanding; False if ``timeout`` passed first."""
         with self._idle:
-            return self._idle.wait_for(lambda: not self._outstanding, timeout)
+            return self._idle.wait_for(lambda: not self.accepted.jobs, timeout)
 
     def drain(self, grace: float) -> list[Job]:
         """Wait up to ``grace`` seconds for outstanding jobs, then record the rest as failed.
-
-        Jobs on a timer that is not due within ``grace`` (a countdown, a retry delay) are
-        given up at once: waiting for them would only hold the shutdown up. Returns the
-        jobs that did not finish. The executor stays usable.
-        """
+        Jobs on a timer not due within ``grace`` (a countdown, a retry delay) are given
+        up at once: waiting for them would only hold the shutdown up. Returns the jobs
+        that did not finish. The executor stays usable."""
         due_by = time.time() + grace
         with self._idle:  # their timers find them gone and do nothing
-            later = [self._outstanding.pop(j.id) for j in list(self._outstanding.values())
-                     if j.due_at > due_by]
+            later = [j for j in list(self.accepted.jobs.values()) if j.due_at > due_by]
             for job in later:
-                self._unexpect(job)
+                self.accepted.finished(job.id)
         later = [j for j in later if not self.execution.cancellations.is_cancelled(j.id)]
         if later and self._on_leftover is not None:
             self._on_leftover(later, grace)
@@ -159,10 +139,7 @@ class InlineExecutor:
             self.execution.records.flush(2.0)
             return later
         with self._idle:
-            leftover = list(self._outstanding.values())
-            self._outstanding.clear()
-            self._expected.clear()
-            self._expected_sum = 0.0
+            leftover = self.accepted.clear()
             self._idle.notify_all()
         if self._on_leftover is not None:
             self._on_leftover(leftover, grace)
@@ -181,7 +158,6 @@ class InlineExecutor:
         self._loop.stop(timeout=5)
         return leftover
 
-    # -- scheduling ---------------------------------------------------------------------
     def _enqueue(self, chain: Chain) -> None:
         """Queue a chain; wake a thread only if none is already on its way to it.
 
@@ -219,7 +195,7 @@ class InlineExecutor:
         with self._pick:
             while True:
                 with self._lock:
-                    if self._closed and not self._ready and not self._outstanding:
+                    if self._closed and not self._ready and not self.accepted.jobs:
                         return None
                     if self._ready:
                         # Only this thread takes chains: the head stays while it waits.
@@ -266,7 +242,7 @@ class InlineExecutor:
             return admission
         with self._lock:
             self._running += 1
-            self._unexpect(job)
+            self.accepted.started(job)
         cpu, began = time.thread_time(), time.perf_counter()
         outcome: Outcome | None = None
         try:
@@ -282,10 +258,9 @@ class InlineExecutor:
         if outcome is not None and outcome.retry_delay is not None:
             retry = job.next_attempt(outcome.retry_delay)
             with self._lock:
-                kept = job.id in self._outstanding  # not abandoned by a drain meanwhile
+                kept = job.id in self.accepted.jobs  # not abandoned by a drain meanwhile
                 if kept:
-                    self._outstanding[job.id] = retry
-                    self._expect(retry)
+                    self.accepted.add(retry)
             if kept:
                 self._later(outcome.retry_delay, self._enqueue, retry)
         if outcome is not None and outcome.lingering is not None:  # a timed-out call
@@ -305,7 +280,7 @@ class InlineExecutor:
     def _admit(self, job: Job) -> Admission | None:
         """The limiter's answer for ``job``; None if a drain abandoned it or if it was
         cancelled (it never starts)."""
-        if job.id not in self._outstanding:
+        if job.id not in self.accepted.jobs:
             return None
         if self.execution.cancellations.is_cancelled(job.id):
             self.execution.skip_cancelled(job)
@@ -318,23 +293,7 @@ class InlineExecutor:
         if not locked:
             with self._lock:
                 return self._finish(job, locked=True)
-        self._outstanding.pop(job.id, None)
-        self._unexpect(job)
-        if not self._outstanding:
+        self.accepted.finished(job.id)
+        if not self.accepted.jobs:
             self._idle.notify_all()
-
-    def _expect(self, job: Job) -> None:
-        """``job`` waits (callers hold ``_lock``): count what it is expected to take."""
-        mean = self.governor.task_mean(job.spec.name)
-        expected = UNTIMED_RUN if mean is None else mean
-        self._expected_sum += expected - self._expected.get(job.id, 0.0)
-        self._expected[job.id] = expected
-
-    def _unexpect(self, job: Job) -> None:
-        """``job`` no longer waits (callers hold ``_lock``)."""
-        expected = self._expected.pop(job.id, None)
-        if expected is not None:
-            self._expected_sum -= expected
-            if not self._expected:
-                self._expected_sum = 0.0  # no rounding left over
 

@@ -72,9 +72,10 @@ class InlineRoute:
 
     def pending_limit(self, settings: DispatcherSettings) -> int:
         """Waiting jobs at which new ones spill over (``policy.routing.pending_limit``),
-        each weighed at the waiting jobs' mean expected run time (``weighed_run``)."""
+        each weighed at the waiting jobs' mean expected run time (``Accepted``)."""
         executor = self._executor
-        return pending_limit(settings, None if executor is None else executor.weighed_run())
+        weighed = None if executor is None else executor.accepted.weighed_run()
+        return pending_limit(settings, weighed)
 
     def dispatch(self, job: Job, countdown: float | None, reason: str | None = None) -> None:
         """Record and announce ``job``, then attach it to the current request or run it."""

@@ -132,23 +132,23 @@ def test_waiting_jobs_are_weighed_at_their_own_tasks_mean(
     executor = current().inline.executor
     quick_mean = executor.governor.task_mean("unit.inline.quick")
     assert quick_mean is not None and executor.waiting() == 0
-    assert executor.weighed_run() == executor.governor.mean_run
+    assert executor.accepted.weighed_run() == executor.governor.mean_run
     blocked = blocker.dispatch()
     deadline = time.monotonic() + 10
     while executor.running() != 1:
         assert time.monotonic() < deadline, "the blocker never started"
         time.sleep(0.005)
     waiting = [quick.dispatch() for _ in range(3)]
-    assert executor.weighed_run() == pytest.approx(quick_mean)
+    assert executor.accepted.weighed_run() == pytest.approx(quick_mean)
     later = blocker.options(countdown=60).dispatch()  # not timed yet: 10 ms
-    assert executor.weighed_run() == pytest.approx((3 * quick_mean + 0.01) / 4)
+    assert executor.accepted.weighed_run() == pytest.approx((3 * quick_mean + 0.01) / 4)
     assert later.cancel()
     assert executor.waiting() == 3
-    assert executor.weighed_run() == pytest.approx(quick_mean)
+    assert executor.accepted.weighed_run() == pytest.approx(quick_mean)
     release.set()
     assert [h.get(timeout=10) for h in [blocked, *waiting]] == [None] * 4
     wait_for_inline_jobs(timeout=5)
-    assert executor.weighed_run() == executor.governor.mean_run
+    assert executor.accepted.weighed_run() == executor.governor.mean_run
 
 
 def test_async_task_succeeds(counter: Counter) -> None:
