@@ -87,6 +87,7 @@ def test_jobs_a_stock_worker_ran_are_never_taken_for_lost(
     from dispatcher import get_settings
     from dispatcher.routes.celery.app import create_celery_app
     from dispatcher.store.keys import FLEET_ASKING as ASKING_KEY
+    from dispatcher.store.keys import FOREIGN_WORKERS
 
     # Workers that tests running beside this one start and stop on the shared Redis may
     # be seen too while they are not announced yet: look again (a fresh memory each
@@ -96,7 +97,9 @@ def test_jobs_a_stock_worker_ran_are_never_taken_for_lost(
     while True:
         fleet = Fleet(create_celery_app(get_settings()), client, "test-process", every=1,
                       memory=60)
-        client.delete(ASKING_KEY)  # this process's turn
+        # This process's turn, with nothing remembered: the sightings of a look are
+        # kept while looks go on, so a worker seen once would be seen for good.
+        client.delete(ASKING_KEY, FOREIGN_WORKERS)
         asked_at = time.time()
         fleet.observe()
         observed_at, until = fleet.sightings()
