@@ -109,12 +109,21 @@ class SpillPublisher:
     def _run(self) -> None:
         while True:
             self._wake.wait()
-            if not self._stopping and self._busy():
+            if not self._stopping and self._reads_busy():
                 time.sleep(BUSY_LINGER)  # the set event spares ``put`` waking us again
             self._wake.clear()
             self._publish_filed()
             if self._stopping:
                 return
+
+    def _reads_busy(self) -> bool:
+        """The load signal; a failing one reads "not busy" (the jobs go out at once)
+        rather than ending the thread, which would leave them filed until ``stop``."""
+        try:
+            return self._busy()
+        except Exception:
+            log.exception("the server's load could not be read; publishing at once")
+            return False
 
     def _publish_filed(self) -> None:
         """Publish everything filed so far, ``BATCH`` at a time, grouped by (countdown,

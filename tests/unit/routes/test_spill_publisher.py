@@ -172,3 +172,21 @@ def test_a_lone_job_is_published_without_another_behind_it() -> None:
     wait_until(lambda: spill.pending() == 0, "the lone job published")
     assert broker.numbers() == [7]
     spill.stop()
+
+
+def test_a_failing_load_signal_publishes_at_once_and_keeps_the_thread(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Should the server's load reading raise, the jobs still go out (and keep going
+    out: the thread lives on), the error logged."""
+    broker = Broker()
+
+    def broken() -> bool:
+        raise RuntimeError("no load reading")
+
+    spill = SpillPublisher(broker.publish, broker.fallback, capacity=10, busy=broken)
+    assert spill.put(job(1), None, "spool")
+    wait_until(lambda: broker.numbers() == [1], "the first job published")
+    assert spill.put(job(2), None, "spool")
+    wait_until(lambda: broker.numbers() == [1, 2], "the next job published too")
+    assert "load could not be read" in caplog.text
+    spill.stop()
