@@ -49,6 +49,7 @@ class SpillPublisher:
         self._publish = publish
         #: Whether the web server is saturated (``policy.governor.ServerLoad.busy``).
         self._busy = busy
+        self._load_unread = False
         self._fallback = fallback
         self.capacity = capacity
         #: (job, countdown, outage mode) in the order filed.
@@ -122,7 +123,9 @@ class SpillPublisher:
         try:
             return self._busy()
         except Exception:
-            log.exception("the server's load could not be read; publishing at once")
+            if not self._load_unread:  # once: a wake-up per batch must not flood the log
+                self._load_unread = True
+                log.exception("the server's load could not be read; publishing at once")
             return False
 
     def _publish_filed(self) -> None:
