@@ -34,18 +34,19 @@ class Accepted:
 
     def started(self, job: Job) -> None:
         """``job`` runs: it no longer waits."""
-        expected = self._expected.pop(job.id, None)
+        self._no_longer_waits(job.id)
+
+    def finished(self, job_id: str) -> Job | None:
+        """The job ended or was dropped; it, if it was here."""
+        self._no_longer_waits(job_id)
+        return self.jobs.pop(job_id, None)
+
+    def _no_longer_waits(self, job_id: str) -> None:
+        expected = self._expected.pop(job_id, None)
         if expected is not None:
             self._sum -= expected
             if not self._expected:
                 self._sum = 0.0  # no rounding left over
-
-    def finished(self, job_id: str) -> Job | None:
-        """The job ended or was dropped; it, if it was here."""
-        job = self.jobs.pop(job_id, None)
-        if job is not None:
-            self.started(job)
-        return job
 
     def clear(self) -> list[Job]:
         """Drop every job; them."""
