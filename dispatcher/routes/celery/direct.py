@@ -52,7 +52,7 @@ from .direct_take import (
 from .liveness import Heartbeat, beat_pause
 from .monitor import BROKER_ERRORS
 from .putback import PUT_BACKS
-from .taken import Refused, TakenMessage, due_in
+from .taken import ReadAhead, Refused, TakenMessage, due_in
 from .unknown import HAND_BACK_DELAY
 from .worker import CeleryWorker
 
@@ -176,15 +176,15 @@ class DirectConsumer:
             if message is not None:
                 starts(message, self._ahead, self._owed, self.link, self.hostname)
             else:
-                replies = self._send_take()
+                replies, ahead = self._send_take(), None
                 if not replies:
                     popped = self.link.call("BRPOP", *self.lists, IDLE_WAIT)
                     if not popped:
                         return None
-                    replies = self._write_down(as_text(popped[0]), as_text(popped[1]))
+                    replies, ahead = self._write_down(as_text(popped[0]), as_text(popped[1]))
                     if not replies:
                         return None
-                taken = read_taken(replies, self._owed.owe)
+                taken = read_taken(replies, self._owed.owe, ahead)
                 if not taken:
                     return None
                 message = taken[0]
@@ -211,26 +211,27 @@ class DirectConsumer:
             self.events.seen(self.link.read())
         return reply
 
-    def _write_down(self, key: str, item: str) -> Any:
+    def _write_down(self, key: str, item: str) -> tuple[Any, ReadAhead | None]:
         """Write down what ``BRPOP`` took (``write_down``), with a look at the events
-        switch: the take's reply; None when it went back (a Redis error) or was refused."""
+        switch: the take's reply (None when it went back, a Redis error, or was
+        refused) and the message as read meanwhile."""
         now = time.time()
         look = self.events.look(now, idle=True)
         try:
             take = take_command(self.lists, self.hostname, self.runs_ttl, now, 1)
-            reply, seen = write_down(self.link, take, now, key, item,
-                                     self.runs_ttl, *look)
+            reply, seen, ahead = write_down(self.link, take, now, key, item,
+                                            self.runs_ttl, *look)
         except NotWritten as failed:  # back to its queue from the put-back thread
             self.link.drop()
             settings = self.worker.settings
             PUT_BACKS.hand(client_for(settings, str(settings.broker_url)), failed.untaken,
                            failed.reason)
-            return None
+            return None, None
         except Refused:
             refuse(key, item, None)
-            return None
+            return None, None
         self.events.seen(*seen)
-        return reply
+        return reply, ahead
 
     def _handle(self, message: TakenMessage) -> None:
         """Run the held message, or hand it back; its acknowledgement is then owed.

@@ -56,6 +56,30 @@ class TakenMessage:
         return bool(self.dispatch_delivery) and self.dispatch_delivery[0] is not None  # type: ignore[index]
 
 
+class ReadAhead:
+    """A message read (``read_message``) before the take's reply brings its counts:
+    done while Redis runs the take, so that work is off the job's way to its start."""
+
+    __slots__ = ("_message", "_refused", "item")
+
+    def __init__(self, key: str, item: str) -> None:
+        self.item = item
+        self._message: TakenMessage | None = None
+        self._refused: Refused | None = None
+        try:
+            self._message = read_message(key, item, None)
+        except Refused as exc:
+            self._refused = exc
+
+    def counted(self, counts: list[Any] | None) -> TakenMessage:
+        """The message with the take's counts; raises ``Refused`` as ``read_message``."""
+        if self._message is None:
+            assert self._refused is not None
+            raise self._refused
+        self._message.dispatch_delivery = counts
+        return self._message
+
+
 def describe(envelope: Any) -> str:
     """The message's task, id and content type, for a log line."""
     headers = envelope.get("headers") if isinstance(envelope, dict) else None

@@ -16,10 +16,10 @@ import pytest
 
 from dispatcher import task
 from dispatcher.core.job import Job, new_job_id
-from dispatcher.routes.celery.direct_take import take_counts, take_order
+from dispatcher.routes.celery.direct_take import read_taken, take_counts, take_order
 from dispatcher.routes.celery.protocol import queue_keys, task_message
 from dispatcher.routes.celery.supervisor import DIRECT_CONSUMERS, DIRECT_NAME, DIRECT_QUEUES
-from dispatcher.routes.celery.taken import Refused, due_in, read_message
+from dispatcher.routes.celery.taken import ReadAhead, Refused, due_in, read_message
 from dispatcher.runtime.worker_layout import CONTROL_QUEUE, direct_layout
 from dispatcher.store import keys
 
@@ -45,6 +45,35 @@ def test_a_message_of_ours_reads_as_the_request_the_worker_expects() -> None:
     assert message.tag == envelope["properties"]["delivery_tag"]
     assert message.delivery_info["routing_key"] == "celery"
     assert message.eta is None and due_in(message) == 0
+
+
+def test_a_message_read_ahead_is_the_one_the_take_reply_completes() -> None:
+    """The idle consumer reads a message while Redis writes it down: the reply's counts
+    complete that reading instead of a second one; another item is read afresh."""
+    _, envelope = ours()
+    item = json.dumps(envelope)
+    ahead = ReadAhead("celery", item)
+    owed: list[str] = []
+    [taken] = read_taken([["celery", item, 1, 4, 0, 1]], owed.append, ahead)
+    assert taken is ahead.counted([4, False]) and taken.dispatch_delivery == [4, False]
+    _, other = ours()
+    [fresh] = read_taken([["celery", json.dumps(other), 1, 1, 1, 1]], owed.append, ahead)
+    assert fresh is not taken and fresh.id == other["headers"]["id"]
+    assert fresh.dispatch_delivery == [1, True] and owed == []
+
+
+def test_a_message_refused_ahead_is_refused_once_written_down() -> None:
+    """Refused while read ahead, it is refused when its reply comes, and acknowledged
+    (the take wrote it down): never run."""
+    envelope = ours()[1]
+    envelope["content-type"] = "application/x-python-serialize"
+    item = json.dumps(envelope)
+    ahead = ReadAhead("celery", item)
+    with pytest.raises(Refused, match="pickle"):
+        ahead.counted(None)
+    owed: list[str] = []
+    assert read_taken([["celery", item, 1, 1, 0, 1]], owed.append, ahead) == []
+    assert owed == [envelope["properties"]["delivery_tag"]]
 
 
 def _foreign(body: bytes, content_type: str = "application/json",
