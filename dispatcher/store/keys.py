@@ -51,6 +51,14 @@ HELD_SUFFIX = ":held"
 HOLDING_SUFFIX = ":holding"
 #: Per node with direct consumers: present while its Celery process sends task events.
 EVENTS_SUFFIX = ":events"
+#: Per direct consumer while it idles: what a publish needs to hand it a job (see
+#: ``routes/celery/handoff.py``); its inbox of jobs handed to it, and their delivery
+#: tags until its next take (held, for the rescue).
+IDLE_SUFFIX = ":idle"
+INBOX_SUFFIX = ":inbox"
+HANDED_SUFFIX = ":handed"
+#: Per queue list, a sorted set of the idle keys of the consumers idling on it, by time.
+IDLE_PREFIX = "dispatch:idle:"
 #: Sorted set of every worker that has beaten, by its last beat: where to look for them.
 WORKERS = "dispatch:workers"
 #: Per delivery (tag and time) given back from a dead worker: who claimed it.
@@ -127,6 +135,18 @@ def events_switch(node: str) -> str:
     return WORKER_PREFIX + node + EVENTS_SUFFIX
 
 
+def idle(hostname: str) -> str:
+    return WORKER_PREFIX + hostname + IDLE_SUFFIX
+
+
+def inbox(hostname: str) -> str:
+    return WORKER_PREFIX + hostname + INBOX_SUFFIX
+
+
+def handed(hostname: str) -> str:
+    return WORKER_PREFIX + hostname + HANDED_SUFFIX
+
+
 def inline_report(process: str) -> str:
     return INLINE_PREFIX + process
 
@@ -173,7 +193,8 @@ def adaptive_state(task_name: str) -> str:
 
 _BASE = {name: value for name, value in dict(globals()).items()
          if name.isupper() and isinstance(value, str)
-         and name not in {"PREFIX", "HELD_SUFFIX", "HOLDING_SUFFIX", "EVENTS_SUFFIX"}}
+         and name not in {"PREFIX", "HELD_SUFFIX", "HOLDING_SUFFIX", "EVENTS_SUFFIX",
+                          "IDLE_SUFFIX", "INBOX_SUFFIX", "HANDED_SUFFIX"}}
 
 
 def use_namespace(namespace: str | None) -> None:

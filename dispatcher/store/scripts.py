@@ -1,7 +1,8 @@
 """The Lua scripts, kept as ``lua/*.lua`` package files and loaded once.
 
 Scripts that take a batch start with ``lua/helpers.lua`` (see ``link.join_fields``);
-a ``prelude`` is another shared part put before a script (a function it calls).
+a ``prelude`` is another shared part put before a script (functions it calls), or a
+tuple of them in order.
 ``Script.evalsha_args`` gives the arguments of an ``EVALSHA`` without a round trip
 to ask whether Redis knows the script; callers load it on ``NoScriptError``.
 """
@@ -14,11 +15,11 @@ from importlib import resources
 
 
 class Script:
-    def __init__(self, name: str, *, helpers: bool = False, prelude: str | None = None) -> None:
+    def __init__(self, name: str, *, helpers: bool = False,
+                 prelude: str | tuple[str, ...] = ()) -> None:
         self.name = name
-        body = _read(name)
-        if prelude is not None:  # a shared function the script calls
-            body = _read(prelude) + body
+        shared = (prelude,) if isinstance(prelude, str) else prelude
+        body = "".join(_read(part) for part in shared) + _read(name)
         self.source = (_read("helpers") + body) if helpers else body
         self.sha = hashlib.sha1(self.source.encode()).hexdigest()
 
@@ -29,7 +30,7 @@ def _read(name: str) -> str:
 
 
 PUBLISH = Script("publish", helpers=True)
-PUBLISH_ONE = Script("publish_one")
+PUBLISH_ONE = Script("publish_one", prelude=("count_delivery", "take_one"))
 WRITE_RECORDS = Script("write_records", helpers=True)
 RECOVER = Script("recover")
 RELEASE_DUE = Script("release_due", helpers=True)
@@ -40,7 +41,7 @@ ADMIT = Script("admit")
 RELEASE_SLOT = Script("release_slot", helpers=True)
 RENEW_SLOTS = Script("renew_slots")
 DEFER = Script("defer")
-TAKE = Script("take", prelude="count_delivery")
+TAKE = Script("take", prelude=("count_delivery", "take_one"))
 COUNT_RUN = Script("count_run", prelude="count_delivery")
 PUT_BACK = Script("put_back")
 GIVE_BACK_HELD = Script("give_back_held")

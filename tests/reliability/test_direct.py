@@ -151,3 +151,54 @@ def test_direct_consumers_answer_celerys_tools(cluster: Cluster) -> None:
         capture.join(timeout=10)
         connection.release()
         plain.close()
+
+
+def _idle_consumers(client: redis.Redis) -> list[str]:
+    """The direct consumers idling now (each may be handed a job at publish)."""
+    return [host for host in live_workers(client)
+            if "-direct" in host and client.exists(keys.idle(host))]
+
+
+@pytest.mark.parametrize("cluster", ["direct"], indirect=True)
+def test_an_idle_consumer_is_handed_its_job_at_publish(cluster: Cluster) -> None:
+    """A job published while a consumer idles is written down for it and handed to it:
+    never queued, held (for the rescue) until the consumer's next take."""
+    cluster.start_worker(2)
+    client = redis.Redis.from_url(cluster.redis.url)
+    wait_until(lambda: len(_idle_consumers(client)) == 2, "both consumers idling", 60)
+    consumers = _idle_consumers(client)
+    handle = tasks.gated.dispatch("handed-1")
+    wait_until(lambda: tasks.seen("start", "handed-1"), "the job started", 60)
+    tag = f"{handle.id}:1"
+    [holder] = [host for host in consumers if client.sismember(keys.handed(host), tag)]
+    tasks.gate("handed-1").touch()
+    assert handle.get(timeout=60) is None
+    assert cluster.wait_done({"handed-1"}, timeout=60)["handed-1"] == 1
+    wait_until(lambda: not client.exists(keys.handed(holder)), "the handed set emptied "
+               "by the consumer's next take", 60)
+    assert not client.hexists(keys.KOMBU_UNACKED, tag)  # acknowledged
+
+
+@pytest.mark.parametrize("cluster", ["direct"], indirect=True)
+def test_jobs_handed_to_consumers_killed_while_idle_run_once(cluster: Cluster) -> None:
+    """Killed while idle, the consumers' idle keys live on for a few seconds: jobs
+    published meanwhile are handed to dead consumers. Started again, the consumers give
+    them back at once (their holding keys); each runs exactly once."""
+    worker = cluster.start_worker(2)
+    client = redis.Redis.from_url(cluster.redis.url)
+    wait_until(lambda: len(_idle_consumers(client)) == 2, "both consumers idling", 60)
+    consumers = _idle_consumers(client)
+    cluster.kill_worker(worker)
+    jobs: list[str] = []
+    while any(client.exists(keys.idle(host)) for host in consumers):  # each takes one
+        jobs.append(f"idle-kill-{len(jobs)}")
+        tasks.canary.dispatch(jobs[-1])
+    # Written down for them (a dying consumer's BRPOP may still empty its inbox).
+    handed = sum(int(client.scard(keys.handed(host))) for host in consumers)  # type: ignore[misc]
+    assert handed >= 1, "no job handed before the dead consumers' idle keys lapsed"
+    cluster.start_worker(2)
+    done = cluster.wait_done(set(jobs), timeout=120)
+    assert set(jobs) <= set(done), cluster.diagnose(set(jobs) - set(done))
+    wait_until(lambda: not client.hlen(keys.KOMBU_UNACKED), "every job acknowledged", 60)
+    done = cluster.events()
+    assert {job: done[job] for job in jobs} == {job: 1 for job in jobs}

@@ -67,6 +67,10 @@ class Ahead:
         """The oldest message held ahead (now no longer held here), or None."""
         return self._held.popleft() if self._held else None
 
+    def age(self) -> float:
+        """Seconds since the messages held were taken."""
+        return time.monotonic() - self.taken_at
+
     def tags(self) -> list[str]:
         return [message.tag for message in self._held]
 
@@ -83,14 +87,15 @@ class Ahead:
         return held
 
 
-def starts(message: TakenMessage, ahead: Ahead, owed: Owed, link: Link,
+def starts(message: TakenMessage, age: float, owed: Owed, link: Link,
            hostname: str) -> None:
-    """``message``, held ahead, starts: its taken mark is cleared (best effort, answered
-    later). Held longer than ``FRESH``, it reads its cancel mark again first, waiting for
-    the answer (the acknowledgements owed go with it, as with a take)."""
+    """``message``, held ahead (or handed at publish, ``handoff``), starts: its taken
+    mark is cleared (best effort, answered later). Taken ``age`` seconds ago, longer than
+    ``FRESH``, it reads its cancel mark again first, waiting for the answer (the
+    acknowledgements owed go with it, as with a take)."""
     marked = [("DEL", keys.taken(message.id))] if message.counted_run else []
     try:
-        if message.dispatch_delivery is None or time.monotonic() - ahead.taken_at < FRESH:
+        if message.dispatch_delivery is None or age < FRESH:
             if marked:
                 owed.send_later(link, *marked)
             return

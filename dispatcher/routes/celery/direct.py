@@ -5,7 +5,8 @@ Each take is one script call (``lua/take.lua``): the message is popped and writt
 down as kombu's Redis transport writes it (its ``unacked`` entry and index), with our
 bookkeeping (started mark, cancel mark, run count), and the last job's
 acknowledgement rides in the same write. An idle consumer waits on ``BRPOP`` and
-hands what it brings to the same script, which writes it down (``direct_take``).
+hands what it brings to the same script, which writes it down (``direct_take``), or is
+handed a job written down for it at publish (``handoff``).
 Messages stay Celery's protocol 2, and each job runs through
 ``CeleryWorker.execute``: the same execution core, records, retries, limits and
 events as under Celery's consumer.
@@ -25,9 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery.exceptions import Retry
 
-from ...core.errors import TaskFailed
 from ...core.periodic import Periodic
 from ...core.ports import RegisteredTask
 from ...core.registry import all_tasks
@@ -49,6 +48,7 @@ from .direct_take import (
     take_order,
     write_down,
 )
+from .handoff import forget_handed, give_back_inbox, idle_args, take_handed
 from .liveness import Heartbeat, beat_pause
 from .monitor import BROKER_ERRORS
 from .putback import PUT_BACKS
@@ -99,6 +99,8 @@ class DirectConsumer:
         #: Celery's task events, on while the node's Celery process has them on.
         self.events = TaskEvents(worker.route.app, worker.route.monitor.publisher.client,
                                  hostname, node or hostname, settings.worker_events)
+        self.inbox = keys.inbox(hostname)
+        self.idle = idle_args(hostname, self.runs_ttl, self.events.switch_key())
         self._beats = Periodic("dispatch-direct-beat", self._beat,
                                beat_pause(settings.requeue_lost_after, settings.worker_dead_after),
                                expected=BROKER_ERRORS, log=log)
@@ -149,6 +151,7 @@ class DirectConsumer:
         try:
             self.heartbeat.beat()
             self._owed.prepare(self.client)
+            forget_handed(self.client, self.hostname)
             back = give_back_held(self.client, self.hostname)
         except BROKER_ERRORS as exc:
             log.warning("direct consumer %s: Redis is unavailable at start (%s)",
@@ -161,6 +164,7 @@ class DirectConsumer:
     def _settle(self) -> None:
         """Send what is owed and remove the heartbeat; what fails is left to the rescue."""
         try:
+            give_back_inbox(self.client, self.hostname)
             self._owed.send(self.link)
             self.client.delete(keys.holding(self.hostname))
             self.heartbeat.stop()
@@ -174,25 +178,35 @@ class DirectConsumer:
         with self._holding_lock:
             message = self._ahead.next()
             if message is not None:
-                starts(message, self._ahead, self._owed, self.link, self.hostname)
+                starts(message, self._ahead.age(), self._owed, self.link, self.hostname)
             else:
-                replies, ahead = self._send_take(), None
-                if not replies:
-                    popped = self.link.call("BRPOP", *self.lists, IDLE_WAIT)
-                    if not popped:
-                        return None
-                    replies, ahead = self._write_down(as_text(popped[0]), as_text(popped[1]))
-                    if not replies:
-                        return None
-                taken = read_taken(replies, self._owed.owe, ahead)
-                if not taken:
+                message = self._take()
+                if message is None:
                     return None
-                message = taken[0]
-                self._ahead.hold(taken[1:])
-                if message.item != as_text(replies[0][1]):  # taken as held: not now
-                    starts(message, self._ahead, self._owed, self.link, self.hostname)
             self._held = message.tag
             return message
+
+    def _take(self) -> TakenMessage | None:
+        """A take, or when it finds nothing a wait on ``BRPOP``: the message that came,
+        written down (None: none, or refused). The caller has the holding lock."""
+        replies, ahead = self._send_take(), None
+        if not replies:
+            popped = self.link.call("BRPOP", self.inbox, *self.lists, IDLE_WAIT)
+            if not popped:
+                return None
+            key, item = as_text(popped[0]), as_text(popped[1])
+            if key == self.inbox:  # handed at publish: written down already
+                return take_handed(item, self._owed, self.link, self.events, self.hostname)
+            replies, ahead = self._write_down(key, item)
+            if not replies:
+                return None
+        taken = read_taken(replies, self._owed.owe, ahead)
+        if not taken:
+            return None
+        self._ahead.hold(taken[1:])
+        if taken[0].item != as_text(replies[0][1]):  # taken as held: not now
+            starts(taken[0], self._ahead.age(), self._owed, self.link, self.hostname)
+        return taken[0]
 
     def _send_take(self) -> Any:
         """Send the owed acknowledgement and the take (and, now and then, a look at the
@@ -201,7 +215,7 @@ class DirectConsumer:
         now = time.time()
         look = self.events.look(now)
         self._owed.send(self.link, take_command(self.lists, self.hostname, self.runs_ttl, now,
-                                                self._ahead.most()), *look)
+                                                self._ahead.most(), idle=self.idle), *look)
         try:
             reply = self.link.read()
         except redis.exceptions.NoScriptError:  # Redis restarted, or another one
@@ -218,7 +232,8 @@ class DirectConsumer:
         now = time.time()
         look = self.events.look(now, idle=True)
         try:
-            take = take_command(self.lists, self.hostname, self.runs_ttl, now, 1)
+            take = take_command(self.lists, self.hostname, self.runs_ttl, now, 1,
+                                brought=(item, key), idle=self.idle)
             reply, seen, ahead = write_down(self.link, take, now, key, item,
                                             self.runs_ttl, *look)
         except NotWritten as failed:  # back to its queue from the put-back thread
@@ -263,16 +278,7 @@ class DirectConsumer:
                 self._held = None
 
     def _execute(self, task: RegisteredTask, message: TakenMessage) -> None:
-        started = self.events.started(message)
-        try:
-            result = self.worker.execute(task, message, message.kwargs, tuple(message.args))
-        except Exception as exc:  # failed, or retried: either way recorded and acknowledged
-            self.events.ended(message, started, error=exc)
-            if not isinstance(exc, Retry | TaskFailed):
-                log.exception("task %s (%s) ended with an error outside the task: %s",
-                              message.id, message.task, exc)
-            return
-        self.events.ended(message, started, result)
+        self.events.run(self.worker, task, message)
 
     def _unknown(self, message: TakenMessage) -> None:
         unknown = self.worker.unknown_tasks

@@ -25,10 +25,13 @@ from celery import Celery
 from celery.exceptions import Retry
 from celery.utils.saferepr import saferepr
 
+from ...core.errors import TaskFailed
+from ...core.ports import RegisteredTask
 from ...store import keys
 from .direct_take import read_holding, record_status
 from .liveness import live_workers
 from .taken import TakenMessage
+from .worker import CeleryWorker
 
 log = logging.getLogger("dispatcher.worker")
 
@@ -70,6 +73,24 @@ class TaskEvents:
         self.on = always
         self._dispatcher: Any = None
         self._looked = 0.0
+
+    def run(self, worker: CeleryWorker, task: RegisteredTask, message: TakenMessage) -> None:
+        """Run ``message`` through ``worker.execute`` between its task events; one that
+        failed or was retried is recorded and acknowledged as any other."""
+        started = self.started(message)
+        try:
+            result = worker.execute(task, message, message.kwargs, tuple(message.args))
+        except Exception as exc:
+            self.ended(message, started, error=exc)
+            if not isinstance(exc, Retry | TaskFailed):
+                log.exception("task %s (%s) ended with an error outside the task: %s",
+                              message.id, message.task, exc)
+            return
+        self.ended(message, started, result)
+
+    def switch_key(self) -> str | None:
+        """The key of the node's switch (None: always on, never read)."""
+        return None if self.always else keys.events_switch(self.node)
 
     def look(self, now: float, idle: bool = False) -> list[tuple[Any, ...]]:
         """The command that reads the node's switch, at most once a ``LOOK_EVERY``

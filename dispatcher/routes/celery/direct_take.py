@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 
@@ -38,18 +38,16 @@ class NotWritten(Exception):
         self.reason = reason
 
 
-def write_down(link: Link, take: tuple[Any, ...], now: float, key: str, item: str,
+def write_down(link: Link, command: tuple[Any, ...], now: float, key: str, item: str,
                runs_ttl: int, *after: tuple[Any, ...]) -> tuple[Any, list[Any], ReadAhead]:
     """Write down ``item``, taken off ``key`` by ``BRPOP``, with the take script given
     the message instead of popping one (``lua/take.lua``): kombu's unacknowledged entry
     and our bookkeeping in one step and one reply, the message read by Redis's JSON
-    alone. ``take``: the take command (``EVALSHA``, keys, arguments up to the holding
-    key's lifetime, ``now`` among them); ``after``: commands sent with it. Returns the
-    take's reply, theirs, and the message as this process read it while Redis wrote it
-    down (``ReadAhead``: the job starts that much sooner). Raises ``NotWritten`` when
-    Redis failed: the message must go back (``Refused`` instead if it is unreadable
-    besides)."""
-    command = (*take, item, key)
+    alone. ``command``: that take (``take_command`` given ``brought``, ``now`` among
+    its arguments); ``after``: commands sent with it. Returns the take's reply, theirs,
+    and the message as this process read it while Redis wrote it down (``ReadAhead``:
+    the job starts that much sooner). Raises ``NotWritten`` when Redis failed: the
+    message must go back (``Refused`` instead if it is unreadable besides)."""
     try:
         link.send([command, *after])
         ahead = ReadAhead(key, item)
@@ -123,14 +121,16 @@ def record_status(client: redis.Redis, job_id: str) -> str | None:
     return None if record is None else record["status"]
 
 
-def take_command(lists: list[str], hostname: str, runs_ttl: int, now: float,
-                 most: int) -> tuple[Any, ...]:
+def take_command(lists: list[str], hostname: str, runs_ttl: int, now: float, most: int,
+                 brought: tuple[str, str] = ("", ""),
+                 idle: tuple[Any, ...] = ()) -> tuple[Any, ...]:
     """The direct consumer's take (``lua/take.lua``) from ``lists`` in order, of up to
-    ``most`` messages (``ahead``); a message ``BRPOP`` brought and its list may follow."""
+    ``most`` messages (``ahead``), or of the message ``BRPOP`` ``brought`` (it and its
+    list); ``idle``: the arguments that let the consumer be handed jobs (``handoff``)."""
     fixed = [keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED, keys.INFLIGHT]
     return ("EVALSHA", TAKE.sha, len(fixed) + len(lists), *fixed, *lists, repr(now), runs_ttl,
             keys.MARKER_PREFIX, keys.CANCEL_PREFIX, keys.RUNS_PREFIX, keys.TAKEN_PREFIX, "0",
-            keys.holding(hostname), HOLDING_TTL, most)
+            keys.holding(hostname), HOLDING_TTL, most, *brought, *idle)
 
 
 def take_order(queues: list[str]) -> list[str]:
@@ -278,7 +278,15 @@ def take_counts(reply: list[Any]) -> list[Any] | None:
     return [runs if runs >= 0 else None, bool(cancelled)] if ours else None
 
 
-def hand_back(client: redis.Redis, message: TakenMessage, first: bool = False) -> None:
+class Returnable(Protocol):
+    """A message written down as taken: its list, itself as taken, its delivery tag."""
+
+    queue_key: str
+    item: str
+    tag: str
+
+
+def hand_back(client: redis.Redis, message: Returnable, first: bool = False) -> None:
     """``message`` back to the end of its queue (``first``: where it is taken next), its
     unacknowledged entry removed in the same step (as kombu's requeue)."""
     with client.pipeline(transaction=True) as back:

@@ -112,8 +112,9 @@ def _parse(raw: Any) -> Beat:
 
 
 def held_by(client: redis.Redis, hosts: Iterable[str]) -> set[str]:
-    """The delivery tags the given workers held at their last beats."""
-    names = [keys.held(host) for host in hosts]
+    """The delivery tags the given workers held at their last beats, and those handed to
+    them at publish that they have not taken yet (``handoff``)."""
+    names = [name for host in hosts for name in (keys.held(host), keys.handed(host))]
     return {as_text(tag) for tag in client.sunion(names)} if names else set()
 
 

@@ -4,21 +4,76 @@
 -- KEYS as publish.lua's. ARGV[1] marker ttl, ARGV[2] record ttl, ARGV[3] now,
 -- ARGV[4] publish id, ARGV[5] queue key, ARGV[6] message, ARGV[7] record ('' for
 -- none), ARGV[8] due time ('' for now), ARGV[9] the marker key prefix, ARGV[10] the
--- record key prefix. Returns 1 if pushed now, 0 if it had been published already.
+-- record key prefix; to hand a job due now to a consumer idling on its list
+-- (routes/celery/handoff.py), ARGV[11] the idle-set prefix ('' or none: never handed),
+-- ARGV[12] kombu's unacked index, ARGV[13] its unacked hash, ARGV[14] the cancel-mark
+-- prefix, ARGV[15] the run-count prefix, ARGV[16] the taken-mark prefix.
+-- Returns 1 if pushed (or handed) now, 0 if it had been published already.
+-- A handed job is written down for the consumer as its own take would (take_one.lua,
+-- counted as the first job of a take, which starts at once) and waits in the
+-- consumer's inbox, which its
+-- BRPOP watches first: the job starts without the consumer's round trip to write it
+-- down. Its tag stays in the consumer's handed set (held, for the rescue) until the
+-- consumer's next take; its holding key names it (given back if the consumer starts
+-- again). Only while the list is empty (no job overtakes an older one).
 local marker_ttl, now = tonumber(ARGV[1]), tonumber(ARGV[3])
 local pid, queue, message, record, due = ARGV[4], ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 if due and due <= now then due = nil end
 local ttl = marker_ttl
 if due then ttl = marker_ttl + math.ceil(due - now) end
+local function hand_off()
+  local prefix = ARGV[11]
+  if prefix == nil or prefix == '' or redis.call('LLEN', queue) > 0 then
+    return false
+  end
+  local idle_set = prefix .. queue
+  for _ = 1, 4 do  -- the newest idler first; one that stopped idling is dropped
+    local newest = redis.call('ZRANGE', idle_set, -1, -1)
+    if #newest == 0 then
+      return false
+    end
+    local idle_key = newest[1]
+    local value = redis.call('GET', idle_key)
+    if value then
+      local say = {}
+      for part in string.gmatch(value, '[^\n]+') do
+        say[#say + 1] = part
+      end
+      local runs_ttl, holding, holding_ttl, inbox, handed = say[1], say[2], say[3], say[4], say[5]
+      local events = ''  -- the consumer starts the job with its node's switch read now
+      if say[6] then
+        events = tostring(redis.call('EXISTS', say[6]))
+      end
+      local reply, tag, id = take_one(message, queue, false, {
+        unacked_index = ARGV[12], unacked = ARGV[13], inflight = KEYS[1], now = ARGV[3],
+        runs_ttl = runs_ttl, marker_prefix = ARGV[9], cancel_prefix = ARGV[14],
+        runs_prefix = ARGV[15], taken_prefix = ARGV[16]})
+      if not tag then  -- not a message a consumer can read: queued as it is
+        return false
+      end
+      redis.call('ZREM', idle_set, idle_key)
+      redis.call('DEL', idle_key)
+      redis.call('LPUSH', inbox, handed_entry(reply, tag, id, ARGV[3], events))
+      redis.call('EXPIRE', inbox, holding_ttl)
+      redis.call('SADD', handed, tag)
+      redis.call('EXPIRE', handed, holding_ttl)
+      redis.call('SET', holding, ARGV[3] .. '\n' .. queue .. '\n' .. tag, 'EX', holding_ttl)
+      return true
+    end
+    redis.call('ZREM', idle_set, idle_key)
+  end
+  return false
+end
 if not redis.call('SET', ARGV[9] .. pid, queue .. '\n' .. message, 'NX', 'EX', ttl) then
   return 0
 end
 if due then
   redis.call('ZADD', KEYS[3], due, pid)
-else
+  redis.call('ZADD', KEYS[1], due, pid)
+elseif not hand_off() then
   redis.call('LPUSH', queue, message)
+  redis.call('ZADD', KEYS[1], now, pid)
 end
-redis.call('ZADD', KEYS[1], due or now, pid)
 if record ~= '' then
   local job = string.match(pid, '^(.*):%d+$')
   redis.call('SET', ARGV[10] .. job, record, 'EX', ARGV[2] + (ttl - marker_ttl))

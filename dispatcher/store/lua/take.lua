@@ -1,9 +1,7 @@
 -- A worker takes the next message of its queues without blocking (the first list in
--- order that has one, as BRPOP would pick) and writes it down in the same step:
--- kombu's unacknowledged entry and index (as kombu's Redis transport writes them),
--- and for a message of ours the started mark, the cancel mark's answer and the run
--- count (routes/celery/transport.py). One round trip per message while a backlog
--- lasts, and no moment where a taken message is recorded nowhere.
+-- order that has one, as BRPOP would pick) and writes it down in the same step
+-- (take_one.lua): one round trip per message while a backlog lasts, and no moment
+-- where a taken message is recorded nowhere.
 -- KEYS[1] kombu's unacked index, KEYS[2] its unacked hash, KEYS[3] the in-flight
 -- index, KEYS[4..] the queue lists in order. ARGV[1] now, ARGV[2] the run count's ttl
 -- (0: not counted here), ARGV[3] the marker prefix, ARGV[4] the cancel-mark prefix,
@@ -11,55 +9,66 @@
 -- which starts its first message at once (not held), ARGV[7] '0', ARGV[8] its holding
 -- key (set to the take's time, then "<list>\n<tag>" per message taken, one per line)
 -- and ARGV[9] that key's lifetime, ARGV[10] the most messages to take (those after the
--- first are held ahead, see routes/celery/ahead.py); when its BRPOP brought a message,
--- ARGV[11] that message and ARGV[12] its list: written down as if popped here (and
--- nothing else taken).
+-- first are held ahead, see routes/celery/ahead.py); ARGV[11] a message its BRPOP
+-- brought ('' none) and ARGV[12] its list: written down as if popped here (and nothing
+-- else taken).
+-- A direct consumer that may be handed jobs at publish (routes/celery/handoff.py) adds
+-- ARGV[13] its idle key, ARGV[14] that key's value, ARGV[15] its lifetime in seconds,
+-- ARGV[16] the idle-set prefix, ARGV[17] its inbox and ARGV[18] its handed set. Its
+-- take first takes what its inbox holds (written down at the hand-off); a take that
+-- finds nothing says the consumer idles (its idle key, and an entry in each list's idle
+-- set, where entries older than an idle key lives are dropped); any other take says it
+-- no longer does.
 -- The delivery is counted by count_delivery.lua (put before this script).
--- Per message: {list, message} for one it could not read (kombu writes it down as
--- usual); else {list, message, 1, runs (-1: not counted), cancelled (0/1), ours (0/1)}.
--- Returns nil when every list is empty; else that reply for the one message, or with
--- ARGV[10] given, the list of the replies of the messages taken.
+-- Per message: take_one's reply. Returns nil when every list is empty; else that reply
+-- for the one message, or with ARGV[10] given, the list of the replies of the messages
+-- taken.
 -- The pop is the first write: Redis refuses a script for lack of memory only at its
 -- first write, and only for a command that may grow memory (RPOP may not), so a full
 -- Redis still lets a message be taken and written down. (Should a later write be
 -- refused all the same, say by an ACL, the message would be taken and recorded
 -- nowhere: the worker's Redis user needs every command used here.) A message a BRPOP
 -- brought is written down or refused whole; refused, the consumer puts it back.
-local holding = {}
-local function take_one(item, from, held)
-  local ok, message = pcall(cjson.decode, item)
-  if not ok or type(message) ~= 'table' or type(message['properties']) ~= 'table' then
-    return {from, item}
+local w = {unacked_index = KEYS[1], unacked = KEYS[2], inflight = KEYS[3], now = ARGV[1],
+           runs_ttl = ARGV[2], marker_prefix = ARGV[3], cancel_prefix = ARGV[4],
+           runs_prefix = ARGV[5], taken_prefix = ARGV[6]}
+local brought = ARGV[11]
+if brought == '' then
+  brought = nil
+end
+local idle_key = ARGV[13]
+if idle_key == '' then
+  idle_key = nil
+end
+local function answer(replies)
+  if #replies == 0 then
+    return false
   end
-  local properties = message['properties']
-  local info, tag = properties['delivery_info'], properties['delivery_tag']
-  if type(info) ~= 'table' or type(tag) ~= 'string' then
-    return {from, item}
+  if ARGV[10] then
+    return replies
   end
-  redis.call('ZADD', KEYS[1], ARGV[1], tag)
-  redis.call('HSET', KEYS[2], tag, '[' .. item .. ',' .. cjson.encode(info['exchange']) .. ','
-             .. cjson.encode(info['routing_key']) .. ']')
-  holding[#holding + 1] = from .. '\n' .. tag
-  local headers = message['headers']
-  if type(headers) ~= 'table' or type(headers['id']) ~= 'string'
-      or type(headers['dispatch']) ~= 'table'
-      or (headers['eta'] ~= nil and headers['eta'] ~= cjson.null and headers['eta'] ~= '') then
-    return {from, item, 1, -1, 0, 0}
+  return replies[1]
+end
+local function hold(lines)
+  if ARGV[8] and #lines > 0 then
+    redis.call('SET', ARGV[8], ARGV[1] .. '\n' .. table.concat(lines, '\n'), 'EX', ARGV[9])
   end
-  local id = headers['id']
-  local attempt = headers['dispatch']['attempt']
-  if type(attempt) ~= 'number' then
-    attempt = 1
+end
+if idle_key then
+  if redis.call('DEL', idle_key) == 1 then  -- it idled: its idle-set entries go too
+    for i = 4, #KEYS do
+      redis.call('ZREM', ARGV[16] .. KEYS[i], idle_key)
+    end
   end
-  local publication = id .. ':' .. string.format('%d', attempt)
-  redis.call('ZREM', KEYS[3], publication)
-  redis.call('SET', ARGV[3] .. publication, '1', 'XX', 'KEEPTTL')
-  local cancelled = redis.call('EXISTS', ARGV[4] .. id)
-  local runs = -1
-  if tonumber(ARGV[2]) > 0 then
-    runs = count_delivery(ARGV[5] .. id, ARGV[6] .. id, ARGV[2], held)
+  if not brought then  -- what was handed is in the inbox, or its consumer holds it
+    redis.call('DEL', ARGV[18])
+    local entry = redis.call('RPOP', ARGV[17])
+    if entry then
+      local reply, tag = handed_reply(entry)
+      hold({reply[1] .. '\n' .. tag})
+      return answer({reply})
+    end
   end
-  return {from, item, 1, runs, cancelled, 1}
 end
 local function pop()
   for i = 4, #KEYS do
@@ -69,26 +78,29 @@ local function pop()
     end
   end
 end
-local replies, held = {}, ARGV[7] ~= '0'
-local item, from = ARGV[11], ARGV[12]
+local replies, holding, held = {}, {}, ARGV[7] ~= '0'
+local item, from = brought, ARGV[12]
 if not item then
   item, from = pop()
 end
 while item do
-  replies[#replies + 1] = take_one(item, from, held)
-  if ARGV[11] or #replies >= tonumber(ARGV[10] or 1) then
+  local reply, tag = take_one(item, from, held, w)
+  replies[#replies + 1] = reply
+  if tag then
+    holding[#holding + 1] = from .. '\n' .. tag
+  end
+  if brought or #replies >= tonumber(ARGV[10] or 1) then
     break
   end
   held = true  -- started after the ones before it
   item, from = pop()
 end
-if #replies == 0 then
-  return false
+hold(holding)
+if #replies == 0 and idle_key then  -- idle: a publish may hand it its next job
+  redis.call('SET', idle_key, ARGV[14], 'EX', ARGV[15])
+  for i = 4, #KEYS do  -- entries older than an idle key lives are dead consumers'
+    redis.call('ZREMRANGEBYSCORE', ARGV[16] .. KEYS[i], '-inf', '(' .. (ARGV[1] - ARGV[15]))
+    redis.call('ZADD', ARGV[16] .. KEYS[i], ARGV[1], idle_key)
+  end
 end
-if ARGV[8] and #holding > 0 then
-  redis.call('SET', ARGV[8], ARGV[1] .. '\n' .. table.concat(holding, '\n'), 'EX', ARGV[9])
-end
-if ARGV[10] then
-  return replies
-end
-return replies[1]
+return answer(replies)

@@ -1,0 +1,187 @@
+"""A job handed at publish to an idle direct consumer (``routes/celery/handoff.py``), on
+a real Redis: the take that finds nothing says the consumer idles, the one-by-one
+publish writes the job down for it and pushes it to its inbox (never to the queue),
+the consumer's next take (or its ``BRPOP``) brings it, and a consumer that stops or
+starts again gives it back. The consumer's own ``BRPOP`` path runs in a real worker
+in ``tests/reliability/test_direct.py``."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from dispatcher import DispatcherSettings, configure
+from dispatcher.core.job import Job, new_job_id
+from dispatcher.routes.celery.direct_take import (
+    give_back_held,
+    read_taken,
+    take_command,
+    take_order,
+)
+from dispatcher.routes.celery.handoff import (
+    Handed,
+    forget_handed,
+    give_back_inbox,
+    idle_args,
+)
+from dispatcher.routes.celery.liveness import held_by
+from dispatcher.routes.celery.protocol import queue_key
+from dispatcher.routes.celery.taken import TakenMessage
+from dispatcher.runtime.container import current
+from dispatcher.store import keys
+from dispatcher.store.embedded import EmbeddedRedis
+from dispatcher.store.scripts import TAKE
+from tests.integration import sample_tasks as samples
+
+RUNS_TTL = 600
+
+
+@pytest.fixture
+def client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
+    configure(DispatcherSettings(broker_url=redis_server.url, _env_file=None))  # type: ignore[call-arg]
+    connection = redis.Redis.from_url(redis_server.url)
+    connection.script_load(TAKE.source)
+    yield connection
+    connection.close()
+
+
+def fresh() -> tuple[str, str]:
+    """A queue and a consumer of their own (the suite shares one Redis)."""
+    tag = uuid.uuid4().hex[:8]
+    return f"handoff-{tag}", f"handoff-{tag}@test"
+
+
+def publish(queue: str) -> Job:
+    job = Job(new_job_id(), samples.echo.spec, "celery", queue, 5, {"value": {"n": 1}})
+    current().celery.dispatch(job, None)
+    return job
+
+
+def take(client: redis.Redis, queue: str, host: str) -> list[TakenMessage]:
+    """The direct consumer's take, as it sends it (it may be handed jobs)."""
+    command = take_command(take_order([queue]), host, RUNS_TTL, time.time(), 1,
+                           idle=idle_args(host, RUNS_TTL, keys.events_switch(host)))
+    owed: list[str] = []
+    taken = read_taken(client.execute_command(*command) or [], owed.append)
+    assert owed == []
+    return taken
+
+
+def queued(client: redis.Redis, queue: str) -> int:
+    return sum(int(client.llen(key)) for key in take_order([queue]))  # type: ignore[arg-type]
+
+
+def inbox(client: redis.Redis, host: str) -> list[Handed]:
+    return [Handed(entry) for entry in client.lrange(keys.inbox(host), 0, -1)]
+
+
+def idles(client: redis.Redis, queue: str, host: str) -> bool:
+    """Whether ``host`` idles on ``queue``: its idle key, and an entry in each list."""
+    return bool(client.exists(keys.idle(host))) and all(
+        client.zscore(keys.IDLE_PREFIX + key, keys.idle(host)) is not None
+        for key in take_order([queue]))
+
+
+def test_a_job_published_to_an_idle_consumer_is_written_down_and_handed_to_it(
+        client: redis.Redis) -> None:
+    queue, host = fresh()
+    assert take(client, queue, host) == []
+    assert idles(client, queue, host)
+
+    job = publish(queue)
+    assert queued(client, queue) == 0  # never queued
+    [handed] = inbox(client, host)
+    message = handed.message()
+    assert (message.id, message.task, message.kwargs) == (job.id, job.spec.name, job.payload)
+    assert message.dispatch_delivery == [1, False]  # counted, not cancelled
+    assert handed.events == 0  # its node's switch, read at the hand-off: off
+    # Written down for the consumer as its own take would, held for the rescue.
+    assert client.hexists(keys.KOMBU_UNACKED, handed.tag)
+    assert client.zscore(keys.KOMBU_UNACKED_INDEX, handed.tag) is not None
+    assert client.get(keys.marker(job.publish_id)) == b"1"
+    assert client.get(keys.runs(job.id)) == b"1"
+    assert client.get(keys.taken(job.id)) is None  # counted as starting at once
+    assert client.smembers(keys.handed(host)) == {handed.tag.encode()}
+    assert handed.tag in held_by(client, [host])
+    holding = client.get(keys.holding(host))
+    assert holding is not None and holding.decode().split("\n")[1:] == [handed.queue_key,
+                                                                        handed.tag]
+    assert not idles(client, queue, host) and not client.exists(keys.idle(host))
+    # One job per time it idles: the next one is queued.
+    second = publish(queue)
+    assert queued(client, queue) == 1 and len(inbox(client, host)) == 1
+
+    # The next take brings the handed job first, no longer in the handed set (the
+    # consumer holds it now); then the queued one.
+    [first] = take(client, queue, host)
+    assert first.id == job.id and first.dispatch_delivery == [1, False]
+    assert client.get(keys.runs(job.id)) == b"1"  # counted once
+    assert not client.exists(keys.handed(host)) and not client.exists(keys.inbox(host))
+    [then] = take(client, queue, host)
+    assert then.id == second.id
+    assert not client.exists(keys.idle(host))  # it took something: not idle
+
+
+def test_no_hand_off_to_a_consumer_that_stopped_idling_nor_past_a_queued_job(
+        client: redis.Redis) -> None:
+    queue, host = fresh()
+    take(client, queue, host)
+    client.delete(keys.idle(host))  # its idle key lapsed (a consumer that died idle)
+    publish(queue)
+    assert queued(client, queue) == 1 and inbox(client, host) == []
+    [published_to] = [key for key in take_order([queue]) if client.llen(key)]
+    assert client.zcard(keys.IDLE_PREFIX + published_to) == 0  # dropped on the way
+
+    other_queue, other = fresh()
+    take(client, other_queue, other)
+    client.lpush(queue_key(other_queue, 5), "older")  # an older job waits in its list
+    publish(other_queue)
+    assert queued(client, other_queue) == 2 and inbox(client, other) == []
+    assert idles(client, other_queue, other)
+
+    # A batch is never handed; the take that brings it says the consumer stopped idling.
+    batch_queue, busy = fresh()
+    take(client, batch_queue, busy)
+    job = Job(new_job_id(), samples.echo.spec, "celery", batch_queue, 5, {"value": {}})
+    current().celery.dispatch_many([job], None)
+    assert queued(client, batch_queue) == 1 and inbox(client, busy) == []
+    [taken] = take(client, batch_queue, busy)
+    assert taken.id == job.id and not client.exists(keys.idle(busy))
+    assert all(client.zscore(keys.IDLE_PREFIX + key, keys.idle(busy)) is None
+               for key in take_order([batch_queue]))
+
+
+def test_a_stopping_consumer_gives_back_what_it_was_handed_without_a_death(
+        client: redis.Redis) -> None:
+    queue, host = fresh()
+    take(client, queue, host)
+    job = publish(queue)
+    [handed] = inbox(client, host)
+
+    assert give_back_inbox(client, host) == [handed.tag]
+    assert queued(client, queue) == 1
+    assert not client.hexists(keys.KOMBU_UNACKED, handed.tag)
+    assert not client.exists(keys.idle(host), keys.inbox(host), keys.handed(host))
+    # Its count taken back: taken by another consumer, it counts no death.
+    assert client.get(keys.runs(job.id)) == b"0"
+    [again] = take(client, queue, f"other-{host}")
+    assert again.id == job.id and again.dispatch_delivery == [1, False]
+
+
+def test_a_restarted_consumer_gives_back_its_handed_job_once(client: redis.Redis) -> None:
+    queue, host = fresh()
+    take(client, queue, host)
+    job = publish(queue)
+    [handed] = inbox(client, host)
+
+    forget_handed(client, host)  # what a consumer does as it starts again
+    assert give_back_held(client, host) == [handed.tag]
+    assert not client.exists(keys.inbox(host), keys.handed(host), keys.idle(host))
+    assert queued(client, queue) == 1
+    assert give_back_held(client, host) == []  # never twice
+    [again] = take(client, queue, host)  # a death counted, as for a first job taken
+    assert again.id == job.id and again.dispatch_delivery == [2, False]
