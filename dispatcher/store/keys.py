@@ -57,7 +57,8 @@ EVENTS_SUFFIX = ":events"
 IDLE_SUFFIX = ":idle"
 INBOX_SUFFIX = ":inbox"
 HANDED_SUFFIX = ":handed"
-#: Per queue list, a sorted set of the idle keys of the consumers idling on it, by time.
+#: Per queue (its lists of every priority), a sorted set of the idle keys of the
+#: consumers idling on it, by time.
 IDLE_PREFIX = "dispatch:idle:"
 #: Sorted set of every worker that has beaten, by its last beat: where to look for them.
 WORKERS = "dispatch:workers"
@@ -147,6 +148,11 @@ def handed(hostname: str) -> str:
     return WORKER_PREFIX + hostname + HANDED_SUFFIX
 
 
+def idle_set(list_key: str) -> str:
+    """The idle set of the queue whose list (of any priority) is ``list_key``."""
+    return IDLE_PREFIX + list_key.split(QUEUE_SEP, 1)[0]
+
+
 def inline_report(process: str) -> str:
     return INLINE_PREFIX + process
 
@@ -204,6 +210,10 @@ def use_namespace(namespace: str | None) -> None:
     globals()["PREFIX"] = prefix
     for name, value in _BASE.items():
         globals()[name] = prefix + value
+
+
+#: What separates a queue's name from its priority step in its lists' keys (kombu's).
+QUEUE_SEP = "\x06\x16"
 
 
 def queue_list(key: str) -> str:

@@ -100,7 +100,7 @@ class DirectConsumer:
         self.events = TaskEvents(worker.route.app, worker.route.monitor.publisher.client,
                                  hostname, node or hostname, settings.worker_events)
         self.inbox = keys.inbox(hostname)
-        self.idle = idle_args(hostname, self.runs_ttl, self.events.switch_key())
+        self.idle = idle_args(hostname, self.lists, self.runs_ttl, self.events.switch_key())
         self._beats = Periodic("dispatch-direct-beat", self._beat,
                                beat_pause(settings.requeue_lost_after, settings.worker_dead_after),
                                expected=BROKER_ERRORS, log=log)

@@ -52,13 +52,15 @@ log = logging.getLogger("dispatcher.worker")
 IDLE_TTL = 3
 
 
-def idle_args(hostname: str, runs_ttl: int, events_switch: str | None) -> tuple[Any, ...]:
-    """The take's arguments that let a direct consumer be handed jobs (ARGV[13..18]);
-    ``events_switch``: the key of its node's task-events switch, for the hand-off to
-    read (None: its events need none)."""
+def idle_args(hostname: str, lists: list[str], runs_ttl: int,
+              events_switch: str | None) -> tuple[Any, ...]:
+    """The take's arguments that let a direct consumer of ``lists`` be handed jobs
+    (ARGV[13..18]); ``events_switch``: the key of its node's task-events switch, for
+    the hand-off to read (None: its events need none)."""
     value = "\n".join((str(runs_ttl), keys.holding(hostname), str(HOLDING_TTL),
                        keys.inbox(hostname), keys.handed(hostname), events_switch or ""))
-    return (keys.idle(hostname), value, IDLE_TTL, keys.IDLE_PREFIX, keys.inbox(hostname),
+    idle_sets = "\n".join(dict.fromkeys(keys.idle_set(key) for key in lists))
+    return (keys.idle(hostname), value, IDLE_TTL, idle_sets, keys.inbox(hostname),
             keys.handed(hostname))
 
 

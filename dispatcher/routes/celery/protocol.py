@@ -24,7 +24,7 @@ from ...store import keys
 
 #: kombu's Redis transport: priority lists ``queue``, ``queue\x06\x163`` ... (0 served first).
 PRIORITY_STEPS = (0, 3, 6, 9)
-QUEUE_SEP = "\x06\x16"
+QUEUE_SEP = keys.QUEUE_SEP
 HEADER = "dispatch"
 _ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
 

@@ -57,7 +57,7 @@ class Publisher:
         command = ("EVALSHA", PUBLISH_ONE.sha, 3, keys.INFLIGHT, keys.JOBS_INDEX,
                    keys.DELAYED, self.marker_ttl, self.record_ttl, time.time(), publish_id,
                    key, message, record or "", "" if due is None else repr(due),
-                   keys.MARKER_PREFIX, keys.RECORD_PREFIX, keys.IDLE_PREFIX,
+                   keys.MARKER_PREFIX, keys.RECORD_PREFIX, keys.idle_set(key),
                    keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED, keys.CANCEL_PREFIX,
                    keys.RUNS_PREFIX, keys.TAKEN_PREFIX)
         try:

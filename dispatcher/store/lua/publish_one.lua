@@ -5,7 +5,7 @@
 -- ARGV[4] publish id, ARGV[5] queue key, ARGV[6] message, ARGV[7] record ('' for
 -- none), ARGV[8] due time ('' for now), ARGV[9] the marker key prefix, ARGV[10] the
 -- record key prefix; to hand a job due now to a consumer idling on its list
--- (routes/celery/handoff.py), ARGV[11] the idle-set prefix ('' or none: never handed),
+-- (routes/celery/handoff.py), ARGV[11] its queue's idle set ('' or none: never handed),
 -- ARGV[12] kombu's unacked index, ARGV[13] its unacked hash, ARGV[14] the cancel-mark
 -- prefix, ARGV[15] the run-count prefix, ARGV[16] the taken-mark prefix.
 -- Returns 1 if pushed (or handed) now, 0 if it had been published already.
@@ -22,14 +22,13 @@ if due and due <= now then due = nil end
 local ttl = marker_ttl
 if due then ttl = marker_ttl + math.ceil(due - now) end
 local function hand_off()
-  local prefix = ARGV[11]
-  if prefix == nil or prefix == '' or redis.call('LLEN', queue) > 0 then
+  local idle_set = ARGV[11]
+  if idle_set == nil or idle_set == '' then
     return false
   end
-  local idle_set = prefix .. queue
-  for _ = 1, 4 do  -- the newest idler first; one that stopped idling is dropped
+  for tries = 1, 4 do  -- the newest idler first; one that stopped idling is dropped
     local newest = redis.call('ZRANGE', idle_set, -1, -1)
-    if #newest == 0 then
+    if #newest == 0 or (tries == 1 and redis.call('LLEN', queue) > 0) then
       return false
     end
     local idle_key = newest[1]

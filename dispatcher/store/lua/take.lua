@@ -14,7 +14,8 @@
 -- else taken).
 -- A direct consumer that may be handed jobs at publish (routes/celery/handoff.py) adds
 -- ARGV[13] its idle key, ARGV[14] that key's value, ARGV[15] its lifetime in seconds,
--- ARGV[16] the idle-set prefix, ARGV[17] its inbox and ARGV[18] its handed set. Its
+-- ARGV[16] its queues' idle sets (one per line), ARGV[17] its inbox and ARGV[18] its
+-- handed set. Its
 -- take first takes what its inbox holds (written down at the hand-off); a take that
 -- finds nothing says the consumer idles (its idle key, and an entry in each list's idle
 -- set, where entries older than an idle key lives are dropped); any other take says it
@@ -54,10 +55,14 @@ local function hold(lines)
     redis.call('SET', ARGV[8], ARGV[1] .. '\n' .. table.concat(lines, '\n'), 'EX', ARGV[9])
   end
 end
+local idle_sets = {}
 if idle_key then
+  for idle_set in string.gmatch(ARGV[16], '[^\n]+') do
+    idle_sets[#idle_sets + 1] = idle_set
+  end
   if redis.call('DEL', idle_key) == 1 then  -- it idled: its idle-set entries go too
-    for i = 4, #KEYS do
-      redis.call('ZREM', ARGV[16] .. KEYS[i], idle_key)
+    for _, idle_set in ipairs(idle_sets) do
+      redis.call('ZREM', idle_set, idle_key)
     end
   end
   if not brought then  -- what was handed is in the inbox, or its consumer holds it
@@ -98,9 +103,9 @@ end
 hold(holding)
 if #replies == 0 and idle_key then  -- idle: a publish may hand it its next job
   redis.call('SET', idle_key, ARGV[14], 'EX', ARGV[15])
-  for i = 4, #KEYS do  -- entries older than an idle key lives are dead consumers'
-    redis.call('ZREMRANGEBYSCORE', ARGV[16] .. KEYS[i], '-inf', '(' .. (ARGV[1] - ARGV[15]))
-    redis.call('ZADD', ARGV[16] .. KEYS[i], ARGV[1], idle_key)
+  for _, idle_set in ipairs(idle_sets) do  -- older than an idle key lives: dead ones
+    redis.call('ZREMRANGEBYSCORE', idle_set, '-inf', '(' .. (ARGV[1] - ARGV[15]))
+    redis.call('ZADD', idle_set, ARGV[1], idle_key)
   end
 end
 return answer(replies)

@@ -64,7 +64,8 @@ def publish(queue: str) -> Job:
 def take(client: redis.Redis, queue: str, host: str) -> list[TakenMessage]:
     """The direct consumer's take, as it sends it (it may be handed jobs)."""
     command = take_command(take_order([queue]), host, RUNS_TTL, time.time(), 1,
-                           idle=idle_args(host, RUNS_TTL, keys.events_switch(host)))
+                           idle=idle_args(host, take_order([queue]), RUNS_TTL,
+                                          keys.events_switch(host)))
     owed: list[str] = []
     taken = read_taken(client.execute_command(*command) or [], owed.append)
     assert owed == []
@@ -80,10 +81,9 @@ def inbox(client: redis.Redis, host: str) -> list[Handed]:
 
 
 def idles(client: redis.Redis, queue: str, host: str) -> bool:
-    """Whether ``host`` idles on ``queue``: its idle key, and an entry in each list."""
-    return bool(client.exists(keys.idle(host))) and all(
-        client.zscore(keys.IDLE_PREFIX + key, keys.idle(host)) is not None
-        for key in take_order([queue]))
+    """Whether ``host`` idles on ``queue``: its idle key, and an entry in its idle set."""
+    return bool(client.exists(keys.idle(host))) and client.zscore(
+        keys.idle_set(keys.queue_list(queue)), keys.idle(host)) is not None
 
 
 def test_a_job_published_to_an_idle_consumer_is_written_down_and_handed_to_it(
@@ -133,8 +133,7 @@ def test_no_hand_off_to_a_consumer_that_stopped_idling_nor_past_a_queued_job(
     client.delete(keys.idle(host))  # its idle key lapsed (a consumer that died idle)
     publish(queue)
     assert queued(client, queue) == 1 and inbox(client, host) == []
-    [published_to] = [key for key in take_order([queue]) if client.llen(key)]
-    assert client.zcard(keys.IDLE_PREFIX + published_to) == 0  # dropped on the way
+    assert client.zcard(keys.idle_set(keys.queue_list(queue))) == 0  # dropped on the way
 
     other_queue, other = fresh()
     take(client, other_queue, other)
@@ -151,8 +150,7 @@ def test_no_hand_off_to_a_consumer_that_stopped_idling_nor_past_a_queued_job(
     assert queued(client, batch_queue) == 1 and inbox(client, busy) == []
     [taken] = take(client, batch_queue, busy)
     assert taken.id == job.id and not client.exists(keys.idle(busy))
-    assert all(client.zscore(keys.IDLE_PREFIX + key, keys.idle(busy)) is None
-               for key in take_order([batch_queue]))
+    assert client.zcard(keys.idle_set(keys.queue_list(batch_queue))) == 0
 
 
 def test_a_stopping_consumer_gives_back_what_it_was_handed_without_a_death(
