@@ -91,7 +91,12 @@ def take_handed(entry: str, owed: Owed, link: Link, events: TaskEvents,
     read); one that waited longer than ``ahead.FRESH`` reads its cancel mark again
     (``ahead.starts``). None when it cannot run (logged, and acknowledged: it was
     written down)."""
-    handed = Handed(entry)
+    try:
+        handed = Handed(entry)
+    except ValueError:  # not an entry this release writes: left to its holding key
+        log.error("direct consumer %s: an unreadable entry in its inbox was left to the "
+                  "rescue (%d bytes)", hostname, len(entry))
+        return None
     if handed.events is not None:
         events.seen(handed.events)
     try:
@@ -123,7 +128,10 @@ def give_back_inbox(client: redis.Redis, hostname: str) -> list[str]:
         entries = leave.execute()[1]
     back = []
     for entry in reversed(entries):
-        handed = Handed(entry)
+        try:
+            handed = Handed(entry)
+        except ValueError:  # not an entry this release writes: left to the rescue
+            continue
         hand_back(client, handed, first=True)
         if handed.runs >= 0:  # counted as it was handed: never started
             client.decr(keys.runs(handed.id))

@@ -106,6 +106,7 @@ if #replies == 0 and idle_key then  -- idle: a publish may hand it its next job
   for _, idle_set in ipairs(idle_sets) do  -- older than an idle key lives: dead ones
     redis.call('ZREMRANGEBYSCORE', idle_set, '-inf', '(' .. (ARGV[1] - ARGV[15]))
     redis.call('ZADD', idle_set, ARGV[1], idle_key)
+    redis.call('EXPIRE', idle_set, ARGV[15])
   end
 end
 return answer(replies)

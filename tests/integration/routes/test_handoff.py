@@ -183,3 +183,15 @@ def test_a_restarted_consumer_gives_back_its_handed_job_once(client: redis.Redis
     assert give_back_held(client, host) == []  # never twice
     [again] = take(client, queue, host)  # a death counted, as for a first job taken
     assert again.id == job.id and again.dispatch_delivery == [2, False]
+
+
+def test_an_unreadable_inbox_entry_is_left_to_the_rescue(client: redis.Redis) -> None:
+    """An entry this release cannot read (another release's, say) is never run or
+    pushed anywhere by the stopping consumer: its job stays written down, for the rescue."""
+    queue, host = fresh()
+    take(client, queue, host)
+    client.lpush(keys.inbox(host), "not\nan entry")
+    with pytest.raises(ValueError):
+        Handed("not\nan entry")
+    assert give_back_inbox(client, host) == []
+    assert queued(client, queue) == 0 and not client.exists(keys.inbox(host))
