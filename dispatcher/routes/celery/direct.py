@@ -196,7 +196,7 @@ class DirectConsumer:
                 return None
             key, item = as_text(popped[0]), as_text(popped[1])
             if key == self.inbox:  # handed at publish: written down already
-                return take_handed(item, self._owed, self.link, self.events, self.hostname)
+                return take_handed(item, self._owed.owe, self.events, self.hostname)
             replies, ahead = self._write_down(key, item)
             if not replies:
                 return None

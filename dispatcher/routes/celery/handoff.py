@@ -16,7 +16,9 @@ What keeps a handed job from being lost or run twice:
   time it idles; its take deletes the key too (it no longer idles);
 - until the consumer's next take, the job's tag stays in its *handed* set, which the
   rescue counts as held (``liveness.held_by``): the consumer's beat may list what it
-  holds before it has read its inbox;
+  holds before it has read its inbox. A take that finds the job still in the inbox
+  takes it as a take takes (written down as taken now, its cancel mark read again);
+  one given a message its ``BRPOP`` brought first puts the job back in its queue;
 - its holding key names the job: a consumer that starts again empties its inbox and
   gives the job back (``forget_handed``); one that stops gives back what its inbox
   still holds (``give_back_inbox``); one that died is rescued like any other;
@@ -33,16 +35,15 @@ older releases and ``dispatch_many`` never hand off or get handed anything.
 from __future__ import annotations
 
 import logging
-import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
 
 from ...store import keys
-from ...store.link import Link, as_text
-from .ahead import FRESH, starts
+from ...store.link import as_text
 from .direct_events import TaskEvents
-from .direct_take import HOLDING_TTL, Owed, hand_back, refuse, take_counts
+from .direct_take import HOLDING_TTL, hand_back, refuse, take_counts
 from .taken import ReadAhead, Refused, TakenMessage
 
 log = logging.getLogger("dispatcher.worker")
@@ -57,10 +58,11 @@ def idle_args(hostname: str, lists: list[str], runs_ttl: int,
     """The take's arguments that let a direct consumer of ``lists`` be handed jobs
     (ARGV[13..18]); ``events_switch``: the key of its node's task-events switch, for
     the hand-off to read (None: its events need none)."""
+    idle_sets = list(dict.fromkeys(keys.idle_set(key) for key in lists))
     value = "\n".join((str(runs_ttl), keys.holding(hostname), str(HOLDING_TTL),
-                       keys.inbox(hostname), keys.handed(hostname), events_switch or ""))
-    idle_sets = "\n".join(dict.fromkeys(keys.idle_set(key) for key in lists))
-    return (keys.idle(hostname), value, IDLE_TTL, idle_sets, keys.inbox(hostname),
+                       keys.inbox(hostname), keys.handed(hostname), events_switch or "",
+                       *idle_sets))
+    return (keys.idle(hostname), value, IDLE_TTL, "\n".join(idle_sets), keys.inbox(hostname),
             keys.handed(hostname))
 
 
@@ -85,12 +87,12 @@ class Handed:
         return ReadAhead(self.queue_key, self.item).counted(take_counts(self.reply[3:6]))
 
 
-def take_handed(entry: str, owed: Owed, link: Link, events: TaskEvents,
+def take_handed(entry: str, owe: Callable[[str], None], events: TaskEvents,
                 hostname: str) -> TakenMessage | None:
-    """The job of an inbox entry, starting now (``events`` told the switch the hand-off
-    read); one that waited longer than ``ahead.FRESH`` reads its cancel mark again
-    (``ahead.starts``). None when it cannot run (logged, and acknowledged: it was
-    written down)."""
+    """The job of an inbox entry its ``BRPOP`` brought, starting now (``events`` told
+    the switch the hand-off read). It never waited: it was handed while the consumer
+    waited on its inbox, so the cancel mark the hand-off read stands. None when it
+    cannot run (logged, and acknowledged through ``owe``: it was written down)."""
     try:
         handed = Handed(entry)
     except ValueError:  # not an entry this release writes: left to its holding key
@@ -103,11 +105,8 @@ def take_handed(entry: str, owed: Owed, link: Link, events: TaskEvents,
         message = handed.message()
     except Refused as exc:
         log.error("%s", exc)
-        refuse(handed.queue_key, handed.item, owed.owe)
+        refuse(handed.queue_key, handed.item, owe)
         return None
-    waited = time.time() - handed.handed_at
-    if waited >= FRESH:
-        starts(message, waited, owed, link, hostname)
     return message
 
 

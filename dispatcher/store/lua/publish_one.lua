@@ -34,13 +34,15 @@ local function hand_off()
     local idle_key = newest[1]
     local value = redis.call('GET', idle_key)
     if value then
-      local say = {}
-      for part in string.gmatch(value, '[^\n]+') do
-        say[#say + 1] = part
+      local say, pos = {}, 1  -- its lines (see handoff.idle_args), empty ones kept
+      while pos <= #value + 1 do
+        local cut = string.find(value, '\n', pos, true) or (#value + 1)
+        say[#say + 1] = string.sub(value, pos, cut - 1)
+        pos = cut + 1
       end
       local runs_ttl, holding, holding_ttl, inbox, handed = say[1], say[2], say[3], say[4], say[5]
       local events = ''  -- the consumer starts the job with its node's switch read now
-      if say[6] then
+      if say[6] ~= '' then
         events = tostring(redis.call('EXISTS', say[6]))
       end
       local reply, tag, id = take_one(message, queue, false, {
@@ -50,7 +52,9 @@ local function hand_off()
       if not tag then  -- not a message a consumer can read: queued as it is
         return false
       end
-      redis.call('ZREM', idle_set, idle_key)
+      for i = 7, #say do  -- it no longer idles on any of its queues
+        redis.call('ZREM', say[i], idle_key)
+      end
       redis.call('DEL', idle_key)
       redis.call('LPUSH', inbox, handed_entry(reply, tag, id, ARGV[3], events))
       redis.call('EXPIRE', inbox, holding_ttl)

@@ -15,8 +15,8 @@
 -- A direct consumer that may be handed jobs at publish (routes/celery/handoff.py) adds
 -- ARGV[13] its idle key, ARGV[14] that key's value, ARGV[15] its lifetime in seconds,
 -- ARGV[16] its queues' idle sets (one per line), ARGV[17] its inbox and ARGV[18] its
--- handed set. Its
--- take first takes what its inbox holds (written down at the hand-off); a take that
+-- handed set. Its take first takes what its inbox holds (written down at the hand-off;
+-- with a message its BRPOP brought, that one goes back to its queue); a take that
 -- finds nothing says the consumer idles (its idle key, and an entry in each list's idle
 -- set, where entries older than an idle key lives are dropped); any other take says it
 -- no longer does.
@@ -65,11 +65,23 @@ if idle_key then
       redis.call('ZREM', idle_set, idle_key)
     end
   end
-  if not brought then  -- what was handed is in the inbox, or its consumer holds it
-    redis.call('DEL', ARGV[18])
-    local entry = redis.call('RPOP', ARGV[17])
-    if entry then
-      local reply, tag = handed_reply(entry)
+  -- What was handed is in the inbox (at most one job), or its consumer holds it.
+  local entry = redis.call('RPOP', ARGV[17])
+  redis.call('DEL', ARGV[18])
+  if entry then
+    local reply, tag, id = handed_reply(entry)
+    if brought then  -- its BRPOP brought another job first: this one goes back, unstarted
+      redis.call('RPUSH', reply[1], reply[2])
+      redis.call('HDEL', KEYS[2], tag)
+      redis.call('ZREM', KEYS[1], tag)
+      if id and reply[4] >= 0 then
+        redis.call('DECR', ARGV[5] .. id)
+      end
+    else  -- taken now, as a take takes (the rescue's clock), its cancel mark read again
+      redis.call('ZADD', KEYS[1], ARGV[1], tag)
+      if id then
+        reply[5] = redis.call('EXISTS', ARGV[4] .. id)
+      end
       hold({reply[1] .. '\n' .. tag})
       return answer({reply})
     end

@@ -50,7 +50,7 @@ local function handed_entry(reply, tag, id, now, events)
   return table.concat({now, reply[1], tag, id or '', reply[4], reply[5], reply[6], events,
                        reply[2]}, '\n')
 end
--- The take's reply for an inbox entry, and its delivery tag.
+-- The take's reply for an inbox entry, its delivery tag and its job id (nil: not ours).
 local function handed_reply(entry)
   local parts, pos = {}, 1
   for _ = 1, 8 do
@@ -58,6 +58,10 @@ local function handed_reply(entry)
     parts[#parts + 1] = string.sub(entry, pos, cut - 1)
     pos = cut + 1
   end
+  local id = parts[4]
+  if id == '' then
+    id = nil
+  end
   return {parts[2], string.sub(entry, pos), 1, tonumber(parts[5]), tonumber(parts[6]),
-          tonumber(parts[7])}, parts[3]
+          tonumber(parts[7])}, parts[3], id
 end

@@ -116,8 +116,10 @@ def test_a_job_published_to_an_idle_consumer_is_written_down_and_handed_to_it(
     assert queued(client, queue) == 1 and len(inbox(client, host)) == 1
 
     # The next take brings the handed job first, no longer in the handed set (the
-    # consumer holds it now); then the queued one.
+    # consumer holds it now) and written down as taken now; then the queued one.
+    before = time.time()
     [first] = take(client, queue, host)
+    assert client.zscore(keys.KOMBU_UNACKED_INDEX, handed.tag) >= before  # type: ignore[operator]
     assert first.id == job.id and first.dispatch_delivery == [1, False]
     assert client.get(keys.runs(job.id)) == b"1"  # counted once
     assert not client.exists(keys.handed(host)) and not client.exists(keys.inbox(host))
@@ -195,3 +197,41 @@ def test_an_unreadable_inbox_entry_is_left_to_the_rescue(client: redis.Redis) ->
         Handed("not\nan entry")
     assert give_back_inbox(client, host) == []
     assert queued(client, queue) == 0 and not client.exists(keys.inbox(host))
+
+
+def test_a_handed_job_left_in_the_inbox_reads_its_cancel_mark_as_it_is_taken(
+        client: redis.Redis) -> None:
+    queue, host = fresh()
+    take(client, queue, host)
+    job = publish(queue)
+    client.set(keys.cancel(job.id), "1", ex=60)  # cancelled after the hand-off
+    [taken] = take(client, queue, host)
+    assert taken.id == job.id and taken.dispatch_delivery == [1, True]  # never started
+
+
+def test_a_handed_job_goes_back_when_the_consumers_brpop_brought_another_first(
+        client: redis.Redis) -> None:
+    """The consumer's BRPOP brought a queued job just before a publish handed it one:
+    the write-down of the first puts the handed one back in its queue, unstarted."""
+    queue, host = fresh()
+    take(client, queue, host)
+    first = Job(new_job_id(), samples.echo.spec, "celery", queue, 5, {"value": {}})
+    current().celery.dispatch_many([first], None)  # queued (a batch is never handed)
+    key = queue_key(queue, 5)
+    item = client.rpop(key)  # what the consumer's BRPOP brought
+    assert isinstance(item, bytes)
+    handed_job = publish(queue)  # the list is empty, the consumer still idles: handed
+    [handed] = inbox(client, host)
+
+    command = take_command(take_order([queue]), host, RUNS_TTL, time.time(), 1,
+                           brought=(item.decode(), key),
+                           idle=idle_args(host, take_order([queue]), RUNS_TTL, None))
+    owed: list[str] = []
+    [written] = read_taken([client.execute_command(*command)[0]], owed.append)
+    assert written.id == first.id and owed == []
+    assert inbox(client, host) == [] and not client.exists(keys.handed(host))
+    assert client.lrange(key, 0, -1) == [handed.item.encode()]  # taken next
+    assert not client.hexists(keys.KOMBU_UNACKED, handed.tag)
+    assert client.get(keys.runs(handed_job.id)) == b"0"  # its count taken back
+    holding = client.get(keys.holding(host))
+    assert holding is not None and holding.decode().split("\n")[2] == written.tag
