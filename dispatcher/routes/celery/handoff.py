@@ -26,6 +26,12 @@ What keeps a handed job from being lost or run twice:
   soon as its consumer wakes): a consumer killed before it starts it counts a death,
   as one killed between its take and its job; one that stops takes the count back.
 
+An older release's rescue reads no handed set. A consumer holds its holding lock
+(which its beat needs) from the take that says it idles until it holds what its
+``BRPOP`` brought, so its beats list a handed job; only one handed in the moment
+between a wait's end and the next take is unlisted until that take, during a rolling
+deploy.
+
 The idle key lives ``IDLE_TTL`` seconds and is set again at each empty take (at least
 once per ``IDLE_WAIT``): a consumer killed while it idled can be handed jobs for that
 long, which the rescue gives back once its heartbeat expired. Stock Celery workers,
