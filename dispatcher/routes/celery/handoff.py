@@ -65,9 +65,11 @@ def idle_args(hostname: str, lists: list[str], runs_ttl: int,
     (ARGV[13..18]); ``events_switch``: the key of its node's task-events switch, for
     the hand-off to read (None: its events need none)."""
     idle_sets = list(dict.fromkeys(keys.idle_set(key) for key in lists))
+    # What the publish reads of it (publish_one.lua), the keys a take writes among them.
     value = "\n".join((str(runs_ttl), keys.holding(hostname), str(HOLDING_TTL),
                        keys.inbox(hostname), keys.handed(hostname), events_switch or "",
-                       *idle_sets))
+                       keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED, keys.CANCEL_PREFIX,
+                       keys.RUNS_PREFIX, keys.TAKEN_PREFIX, *idle_sets))
     return (keys.idle(hostname), value, IDLE_TTL, "\n".join(idle_sets), keys.inbox(hostname),
             keys.handed(hostname))
 

@@ -53,13 +53,11 @@ class Publisher:
         publish_id, key, message, record, due = item
         if "\x00" in publish_id or "\x00" in key:  # as command() refuses them
             raise ValueError("a queue name or publish id holds a NUL character")
-        # The last six: what a hand-off to an idle direct consumer needs (``handoff``).
+        # The last: where a direct consumer idling on the queue says so (``handoff``).
         command = ("EVALSHA", PUBLISH_ONE.sha, 3, keys.INFLIGHT, keys.JOBS_INDEX,
                    keys.DELAYED, self.marker_ttl, self.record_ttl, time.time(), publish_id,
                    key, message, record or "", "" if due is None else repr(due),
-                   keys.MARKER_PREFIX, keys.RECORD_PREFIX, keys.idle_set(key),
-                   keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED, keys.CANCEL_PREFIX,
-                   keys.RUNS_PREFIX, keys.TAKEN_PREFIX)
+                   keys.MARKER_PREFIX, keys.RECORD_PREFIX, keys.idle_set(key))
         try:
             link.send([command])
             try:

@@ -5,9 +5,11 @@
 -- ARGV[4] publish id, ARGV[5] queue key, ARGV[6] message, ARGV[7] record ('' for
 -- none), ARGV[8] due time ('' for now), ARGV[9] the marker key prefix, ARGV[10] the
 -- record key prefix; to hand a job due now to a consumer idling on its list
--- (routes/celery/handoff.py), ARGV[11] its queue's idle set ('' or none: never handed),
--- ARGV[12] kombu's unacked index, ARGV[13] its unacked hash, ARGV[14] the cancel-mark
--- prefix, ARGV[15] the run-count prefix, ARGV[16] the taken-mark prefix.
+-- (routes/celery/handoff.py), ARGV[11] its queue's idle set ('' or none: never handed).
+-- An idle consumer's idle key holds, one per line, its run counts' lifetime, its
+-- holding key and that key's lifetime, its inbox, its handed set, its node's
+-- task-events switch ('' none), kombu's unacked index and hash, the cancel-mark,
+-- run-count and taken-mark prefixes, then its queues' idle sets.
 -- Returns 1 if pushed (or handed) now, 0 if it had been published already.
 -- A handed job is written down for the consumer as its own take would (take_one.lua,
 -- counted as the first job of a take, which starts at once) and waits in the
@@ -46,13 +48,13 @@ local function hand_off()
         events = tostring(redis.call('EXISTS', say[6]))
       end
       local reply, tag, id = take_one(message, queue, false, {
-        unacked_index = ARGV[12], unacked = ARGV[13], inflight = KEYS[1], now = ARGV[3],
-        runs_ttl = runs_ttl, marker_prefix = ARGV[9], cancel_prefix = ARGV[14],
-        runs_prefix = ARGV[15], taken_prefix = ARGV[16]})
+        unacked_index = say[7], unacked = say[8], inflight = KEYS[1], now = ARGV[3],
+        runs_ttl = runs_ttl, marker_prefix = ARGV[9], cancel_prefix = say[9],
+        runs_prefix = say[10], taken_prefix = say[11]})
       if not tag then  -- not a message a consumer can read: queued as it is
         return false
       end
-      for i = 7, #say do  -- it no longer idles on any of its queues
+      for i = 12, #say do  -- it no longer idles on any of its queues
         redis.call('ZREM', say[i], idle_key)
       end
       redis.call('DEL', idle_key)
