@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import pytest
 import redis
 
-from dispatcher import DispatcherSettings, configure
 from dispatcher.core.job import Job, new_job_id
 from dispatcher.routes.celery.direct_take import (
     give_back_held,
@@ -33,20 +31,9 @@ from dispatcher.routes.celery.protocol import queue_key
 from dispatcher.routes.celery.taken import TakenMessage
 from dispatcher.runtime.container import current
 from dispatcher.store import keys
-from dispatcher.store.embedded import EmbeddedRedis
-from dispatcher.store.scripts import TAKE
 from tests.integration import sample_tasks as samples
 
 RUNS_TTL = 600
-
-
-@pytest.fixture
-def client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
-    configure(DispatcherSettings(broker_url=redis_server.url, _env_file=None))  # type: ignore[call-arg]
-    connection = redis.Redis.from_url(redis_server.url)
-    connection.script_load(TAKE.source)
-    yield connection
-    connection.close()
 
 
 def fresh() -> tuple[str, str]:

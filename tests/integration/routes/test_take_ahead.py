@@ -8,12 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
-import pytest
 import redis
 
-from dispatcher import DispatcherSettings, configure
 from dispatcher.core.job import Job, new_job_id
 from dispatcher.routes.celery.ahead import Ahead
 from dispatcher.routes.celery.direct_take import (
@@ -27,21 +24,10 @@ from dispatcher.routes.celery.direct_take import (
 from dispatcher.routes.celery.taken import TakenMessage
 from dispatcher.runtime.container import current
 from dispatcher.store import keys
-from dispatcher.store.embedded import EmbeddedRedis
 from dispatcher.store.link import Link, as_text
-from dispatcher.store.scripts import TAKE
 from tests.integration import sample_tasks as samples
 
 RUNS_TTL = 600
-
-
-@pytest.fixture
-def client(redis_server: EmbeddedRedis) -> Iterator[redis.Redis]:
-    configure(DispatcherSettings(broker_url=redis_server.url, _env_file=None))  # type: ignore[call-arg]
-    connection = redis.Redis.from_url(redis_server.url)
-    connection.script_load(TAKE.source)
-    yield connection
-    connection.close()
 
 
 def queued_jobs(n: int) -> tuple[str, list[Job]]:
