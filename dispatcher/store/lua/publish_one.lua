@@ -34,14 +34,14 @@ local function hand_off()
       return false
     end
     local idle_key = newest[1]
-    local value = redis.call('GET', idle_key)
-    if value then
-      local say, pos = {}, 1  -- its lines (see handoff.idle_args), empty ones kept
-      while pos <= #value + 1 do
-        local cut = string.find(value, '\n', pos, true) or (#value + 1)
-        say[#say + 1] = string.sub(value, pos, cut - 1)
-        pos = cut + 1
-      end
+    local value = redis.call('GET', idle_key) or ''
+    local say, pos = {}, 1  -- its lines (see handoff.idle_args), empty ones kept
+    while pos <= #value do
+      local cut = string.find(value, '\n', pos, true) or (#value + 1)
+      say[#say + 1] = string.sub(value, pos, cut - 1)
+      pos = cut + 1
+    end
+    if #say >= 12 then  -- else no idler, or one of a release that says it otherwise
       local runs_ttl, holding, holding_ttl, inbox, handed = say[1], say[2], say[3], say[4], say[5]
       local events = ''  -- the consumer starts the job with its node's switch read now
       if say[6] ~= '' then

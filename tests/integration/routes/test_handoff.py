@@ -222,3 +222,16 @@ def test_a_handed_job_goes_back_when_the_consumers_brpop_brought_another_first(
     assert client.get(keys.runs(handed_job.id)) == b"0"  # its count taken back
     holding = client.get(keys.holding(host))
     assert holding is not None and holding.decode().split("\n")[2] == written.tag
+
+
+def test_an_idle_key_of_another_format_is_passed_over(client: redis.Redis) -> None:
+    """An idler that says it otherwise (another release's idle key) is never handed a
+    job, and the publish still succeeds: the job is queued."""
+    queue, host = fresh()
+    take(client, queue, host)
+    client.set(keys.idle(host), "600\nsomething else", ex=60)
+    job = publish(queue)
+    assert queued(client, queue) == 1 and inbox(client, host) == []
+    assert client.zcard(keys.idle_set(keys.queue_list(queue))) == 0
+    [taken] = take(client, queue, host)
+    assert taken.id == job.id
