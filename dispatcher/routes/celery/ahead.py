@@ -89,10 +89,10 @@ class Ahead:
 
 def starts(message: TakenMessage, age: float, owed: Owed, link: Link,
            hostname: str) -> None:
-    """``message``, held ahead (or handed at publish, ``handoff``), starts: its taken
-    mark is cleared (best effort, answered later). Taken ``age`` seconds ago, longer than
-    ``FRESH``, it reads its cancel mark again first, waiting for the answer (the
-    acknowledgements owed go with it, as with a take)."""
+    """``message``, held ahead, starts: its taken mark is cleared (best effort, answered
+    later). Taken ``age`` seconds ago, longer than ``FRESH``, it reads its cancel mark
+    again first, waiting for the answer (the acknowledgements owed go with it, as with a
+    take)."""
     marked = [("DEL", keys.taken(message.id))] if message.counted_run else []
     try:
         if message.dispatch_delivery is None or age < FRESH:

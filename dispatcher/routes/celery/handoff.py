@@ -5,7 +5,7 @@ down (kombu's unacknowledged entry, the run count, the cancel mark) before it st
 it: a second round trip, and on a machine of two cores each trip wakes two processes
 in turn. So a consumer whose take found nothing says it idles (``lua/take.lua``): an
 *idle key* of its own, holding what a publish needs to write a job down for it, and an
-entry in each of its lists' idle sets. A one-by-one publish (``lua/publish_one.lua``)
+entry in each of its queues' idle sets. A one-by-one publish (``lua/publish_one.lua``)
 to an empty list with an idler writes the job down for the newest one, as that
 consumer's take would, and pushes it to the consumer's *inbox*, which its ``BRPOP``
 watches before its queues: the job starts as soon as the consumer wakes.
@@ -50,7 +50,7 @@ from ...store import keys
 from ...store.link import as_text
 from .direct_events import TaskEvents
 from .direct_take import HOLDING_TTL, hand_back, refuse, take_counts
-from .taken import ReadAhead, Refused, TakenMessage
+from .taken import Refused, TakenMessage, read_message
 
 log = logging.getLogger("dispatcher.worker")
 
@@ -77,22 +77,23 @@ def idle_args(hostname: str, lists: list[str], runs_ttl: int,
 class Handed:
     """An inbox entry: the job as written down for this consumer at publish."""
 
-    __slots__ = ("events", "handed_at", "id", "item", "queue_key", "reply", "runs", "tag")
+    __slots__ = ("counts", "events", "id", "item", "queue_key", "runs", "tag")
 
     def __init__(self, entry: bytes | str) -> None:
-        # Eight fields, then the message (see take_one.lua's handed_entry).
-        handed_at, queue_key, tag, job_id, runs, cancelled, ours, events, item = as_text(
+        # Eight fields (the first, when it was handed, is not read), then the message
+        # (see take_one.lua's handed_entry).
+        _, queue_key, tag, job_id, runs, cancelled, ours, events, item = as_text(
             entry).split("\n", 8)
-        self.handed_at = float(handed_at)
         self.queue_key, self.tag, self.id, self.item = queue_key, tag, job_id, item
         self.runs = int(runs)  # -1: not counted
-        self.reply = [queue_key, item, 1, self.runs, int(cancelled), int(ours)]
+        #: ``[runs, cancelled]`` as the take's reply gives them (``take_counts``).
+        self.counts = take_counts([self.runs, int(cancelled), int(ours)])
         #: The node's task-events switch as the hand-off read it (None: not read).
         self.events = int(events) if events else None
 
     def message(self) -> TakenMessage:
         """The job as the take would have read it; raises ``Refused`` as ``read_message``."""
-        return ReadAhead(self.queue_key, self.item).counted(take_counts(self.reply[3:6]))
+        return read_message(self.queue_key, self.item, self.counts)
 
 
 def take_handed(entry: str, owe: Callable[[str], None], events: TaskEvents,
