@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -35,6 +36,12 @@ def celery_priority(priority: int) -> int:
 
 def queue_key(queue: str, priority: int) -> str:
     """The Redis list kombu keeps for ``queue`` at our ``priority``."""
+    return _queue_key(keys.PREFIX, queue, priority)
+
+
+@functools.lru_cache(maxsize=1024)
+def _queue_key(namespace: str, queue: str, priority: int) -> str:
+    """``queue_key`` under the namespace in use (kept: it is asked on every dispatch)."""
     wire = celery_priority(priority)
     step = max(s for s in PRIORITY_STEPS if s <= wire)
     return keys.queue_list(queue if step == 0 else f"{queue}{QUEUE_SEP}{step}")

@@ -16,6 +16,7 @@ from dispatcher.routes.celery.protocol import queue_key
 from dispatcher.routes.celery.publisher import Publisher, PublishItem
 from dispatcher.store import keys
 from dispatcher.store.embedded import EmbeddedRedis
+from dispatcher.store.link import pack_commands
 
 
 @pytest.fixture
@@ -69,3 +70,25 @@ def test_one_job_script_leaves_what_the_batch_script_leaves(
     pushed = states[1].get(queue_key("q", 5))
     assert (pushed is not None) == (delay is None or delay < 0)
     assert (keys.RECORD_PREFIX + "job-1" in states[1]) == record
+
+
+@pytest.mark.parametrize("due", [None, 1_700_000_123.25], ids=["now", "due-later"])
+def test_the_command_packed_from_parts_is_the_command_packed_whole(
+    own_redis: EmbeddedRedis, due: float | None
+) -> None:
+    """``publish_one`` sends its command from parts packed once (a head, a tail per
+    queue): byte for byte what packing the whole command gives, on every queue, and
+    under a namespace set after the publisher was made."""
+    publisher = Publisher(redis.Redis.from_url(own_redis.url), 600, 3600)
+    try:
+        for namespace in (None, "tenant-a", None):
+            keys.use_namespace(namespace)
+            for queue, priority in (("q", 5), ("émails", 9), ("q", 0)):
+                item = ("jöb-1:1", queue_key(queue, priority), '{"body": "ü"}', None, due)
+                assert item[1].startswith(keys.PREFIX + queue)
+                for now in (1_700_000_000.5, 1_700_000_001.0):
+                    expected = b"".join(pack_commands([publisher.one_command(item, now)]))
+                    assert publisher.packed_one(item, now) == expected
+                    assert keys.INFLIGHT.encode() in expected
+    finally:
+        keys.use_namespace(None)
