@@ -45,6 +45,7 @@ SEE_ALSO: dict[str, str] = {
     "inline_max_backlog": "[Spill-over](guide.md#spill-over)",
     "adaptive_window": "[Adaptive routing](guide.md#adaptive-routing)",
     "shutdown_grace": "[API shutdown](operations.md#api-shutdown)",
+    "publish_spin_us": "[The wait for Redis's answer](guide.md#the-wait-for-rediss-answer)",
     "result_ttl": "[Job records](records.md)",
     "broker_outage": "[Broker outage](operations.md#broker-outage)",
     "spool_path": "[Broker outage](operations.md#broker-outage)",

@@ -137,6 +137,12 @@ class DispatcherSettings(FleetSettings, TimeSettings, WorkerSettings):
     publish_timeout: float = Field(
         default=2.0, gt=0, description="Seconds a Celery publish may block before failing."
     )
+    publish_spin_us: int = Field(
+        default=100, ge=0, le=10_000,
+        description="Microseconds a one-by-one Celery dispatch busy-polls for Redis's reply "
+        "before it sleeps on the socket (0: never): a reply due sooner then needs no "
+        "wake-up of the thread. Spinning pauses by itself while replies come later.",
+    )
     result_ttl: int = Field(default=86_400, ge=1, description="Seconds job records are kept.")
     broker_outage: Literal["spool", "inline", "raise"] = Field(
         default="spool",

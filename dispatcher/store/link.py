@@ -175,13 +175,17 @@ class Link:
             raise
         self._unread += replies
 
-    def read(self) -> Any:
-        """The next reply; a command's error reply is raised as its ``ResponseError``."""
+    def read(self, spin: float = 0.0) -> Any:
+        """The next reply; a command's error reply is raised as its ``ResponseError``.
+        ``spin``: seconds to busy-poll for it first (``ReplyReader.await_reply``; on
+        connections read here directly, else ignored)."""
         connection = self._connection
         if connection is None:  # never sent, or dropped after an error
             raise redis.ConnectionError("no reply to read: the connection was lost")
         try:
             reader = self._reader
+            if reader is not None and spin > 0:
+                reader.await_reply(spin)
             reply = reader.reply() if reader is not None else connection.read_response()
         except redis.ResponseError:
             self._unread -= 1

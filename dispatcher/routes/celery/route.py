@@ -76,7 +76,8 @@ class CeleryRoute:
                     )
                 client = client_for(self.settings, url)
                 self._publisher = Publisher(
-                    client, self.settings.result_ttl, self.settings.result_ttl
+                    client, self.settings.result_ttl, self.settings.result_ttl,
+                    self.settings.publish_spin_us / 1e6,
                 )
                 self._monitor = BrokerMonitor(self._publisher, Spool(self.settings.spool_path))
                 if self._monitor.spool.depth():

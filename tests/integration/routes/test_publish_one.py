@@ -53,7 +53,7 @@ def test_one_job_script_leaves_what_the_batch_script_leaves(
     own_redis: EmbeddedRedis, record: bool, delay: float | None
 ) -> None:
     client = redis.Redis.from_url(own_redis.url)
-    publisher = Publisher(client, 600, 3600)
+    publisher = Publisher(client, 600, 3600, spin=1e-4)  # as by default
     now = time.time()
     due = None if delay is None else now + delay
     states = []

@@ -117,6 +117,8 @@ def test_redis_schemes_are_accepted(url: str) -> None:
         ("DISPATCH_LOG_FORMAT", "xml"),
         ("DISPATCH_LOG_LEVEL", "LOUD"),
         ("DISPATCH_PUBLISH_TIMEOUT", "0"),
+        ("DISPATCH_PUBLISH_SPIN_US", "-1"),
+        ("DISPATCH_PUBLISH_SPIN_US", "20000"),
         ("DISPATCH_DEFAULT_QUEUE", ""),
     ],
 )

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from dispatcher.store.resp import MOST_BUFFERS, ReplyReader
+from dispatcher.store.resp import MOST_BUFFERS, SPIN_MISSES, SPIN_PAUSE, ReplyReader
 
 
 @pytest.fixture
@@ -124,3 +124,46 @@ def test_more_buffers_than_one_sendmsg_takes_go_in_groups(
     while len(arrived) < len(expected):
         arrived.extend(server.recv(1 << 16))
     assert bytes(arrived) == expected
+
+
+def test_a_reply_that_is_there_ends_the_spin_and_is_read(
+        pair: tuple[ReplyReader, socket.socket]) -> None:
+    reader, server = pair
+    server.sendall(b":7\r\n")
+    for _ in range(SPIN_MISSES):  # each returns on the reply, long before the budget
+        reader.await_reply(10.0)
+    assert reader.spin_paused == 0  # none of them counted as a miss
+    assert reader.reply() == 7
+
+
+def test_spins_that_keep_finding_nothing_pause_then_spinning_resumes(
+        pair: tuple[ReplyReader, socket.socket]) -> None:
+    """A Redis whose replies come later than the budget costs a few spins, then none
+    for SPIN_PAUSE calls; every reply is still read whole."""
+    reader, server = pair
+    for call in range(SPIN_MISSES):
+        assert reader.spin_paused == 0
+        reader.await_reply(1e-5)  # nothing comes: the budget runs out
+        server.sendall(b"+late%d\r\n" % call)
+        assert reader.reply() == b"late%d" % call
+    assert reader.spin_paused == SPIN_PAUSE
+    for _ in range(SPIN_PAUSE):
+        reader.await_reply(10.0)  # paused: back at once, though nothing has come
+        server.sendall(b"+ok\r\n")
+        assert reader.reply() == b"ok"
+    assert reader.spin_paused == 0
+    server.sendall(b":1\r\n")
+    reader.await_reply(10.0)  # spinning again, and a reply that came ends it
+    assert reader.reply() == 1
+
+
+def test_a_found_reply_forgets_earlier_misses(
+        pair: tuple[ReplyReader, socket.socket]) -> None:
+    reader, server = pair
+    for _ in range(SPIN_MISSES - 1):
+        reader.await_reply(1e-5)
+    server.sendall(b":1\r\n")
+    reader.await_reply(10.0)
+    assert reader.reply() == 1
+    reader.await_reply(1e-5)  # one miss after a hit: no pause
+    assert reader.spin_paused == 0
