@@ -7,8 +7,10 @@ Like ``BackgroundTasks``, the inline jobs of a request that ends in an error nev
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import (
     http_exception_handler,
@@ -16,6 +18,7 @@ from fastapi.exception_handlers import (
 )
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.context import batch_var
@@ -72,6 +75,33 @@ async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
     response = error_response(503, str(exc))
     response.headers["Retry-After"] = "5"
     return response
+
+
+def store_unavailable(exc: Exception) -> JSONResponse:
+    """503 for an operator endpoint whose Redis (job records, queues) does not answer:
+    the error's kind only, never its text (it may name hosts)."""
+    response = error_response(
+        503, f"the job store (Redis) is unavailable ({type(exc).__name__}); try again later")
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+class StoreRoute(APIRoute):
+    """A route of the dispatcher's own endpoints: Redis unavailable answers
+    ``store_unavailable``, not a 500 with a traceback in the log. Only these routes:
+    an app's own endpoints keep their own handling of their own Redis errors."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def guarded(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                _fail_batch()
+                return store_unavailable(exc)
+
+        return guarded
 
 
 def add_error_handlers(app: FastAPI) -> None:

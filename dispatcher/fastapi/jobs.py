@@ -30,8 +30,9 @@ from ..runtime.handle import TaskHandle
 from ..runtime.scheduler import schedule_rows
 from ..store.schedules import ScheduleState
 from .auth import require_api_token
+from .errors import StoreRoute
 
-router = APIRouter(tags=["jobs"])
+router = APIRouter(tags=["jobs"], route_class=StoreRoute)
 
 #: Endpoints that take arguments or show results need the bearer token when one is set.
 guarded = [Depends(require_api_token)]

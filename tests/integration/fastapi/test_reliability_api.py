@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from dispatcher import DispatcherSettings, configure, task
-from dispatcher.fastapi import install
+from dispatcher.fastapi import install, jobs_router
 from dispatcher.store.embedded import EmbeddedRedis, free_port
 from tests.integration import sample_tasks as samples
 from tests.integration.conftest import ROOT, Process, poll_state
@@ -82,6 +82,43 @@ def test_raise_policy_answers_503_with_retry_after() -> None:
             assert response.status_code == 503
             assert response.headers["retry-after"] == "5"
             assert "unavailable" in response.json()["detail"]
+
+
+def test_job_endpoints_answer_503_while_redis_is_away(tmp_path: Path) -> None:
+    """With the broker away, a job is spooled (202) and every operator endpoint that
+    reads Redis answers a JSON 503 with Retry-After, naming no host; the app's own
+    endpoints are left alone."""
+    dead_broker = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    configure(DispatcherSettings(broker_url=dead_broker, publish_timeout=0.5,  # type: ignore[call-arg]
+                                 spool_path=str(tmp_path / "spool.sqlite3"), _env_file=None))
+
+    @task(name="it.outage.spooled", weight=9)
+    def spooled(n: int) -> None: ...
+
+    app = FastAPI()
+    install(app)
+    app.include_router(jobs_router)
+
+    @app.get("/own")
+    def own() -> None:
+        raise RuntimeError("the app's own error")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        accepted = client.post("/tasks/it.outage.spooled", json={"n": 1})
+        assert accepted.status_code == 202, accepted.text
+        task_id = accepted.json()["task_id"]
+        for method, path in [("GET", f"/tasks/{task_id}"), ("GET", "/tasks"),
+                             ("GET", "/tasks/dead"), ("GET", "/schedules"),
+                             ("GET", f"/tasks/{uuid.uuid4()}"),
+                             ("POST", f"/tasks/{task_id}/cancel"),
+                             ("POST", f"/tasks/{task_id}/retry")]:
+            response = client.request(method, path)
+            assert response.status_code == 503, (path, response.status_code, response.text)
+            assert response.headers["retry-after"] == "5"
+            detail = response.json()["detail"]
+            assert "job store (Redis) is unavailable" in detail
+            assert "127.0.0.1" not in detail
+        assert client.get("/own").status_code == 500  # not ours to answer
 
 
 def test_worker_refuses_a_task_timeout_beyond_the_visibility_timeout(
