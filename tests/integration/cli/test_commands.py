@@ -85,6 +85,24 @@ def test_routes_cli_prints_table_and_json(service_env: dict[str, str]) -> None:
     assert rows["api.tasks.write_notification"]["route"] == "inline"
 
 
+def test_the_dispatcher_script_finds_task_modules_in_the_working_directory(
+        tmp_path: Path, service_env: dict[str, str]) -> None:
+    """``dispatcher routes`` run from an app's directory imports its task modules, as
+    ``python -m dispatcher`` does (a console script alone has no cwd on its path)."""
+    (tmp_path / "myapp").mkdir()
+    (tmp_path / "myapp" / "__init__.py").write_text("")
+    (tmp_path / "myapp" / "jobs.py").write_text(
+        "from dispatcher import task\n\n@task(name='myapp.ping', weight=9)\n"
+        "def ping() -> None: ...\n")
+    script = Path(sys.executable).parent / "dispatcher"
+    env = {**service_env, "DISPATCH_TASK_MODULES": "myapp.jobs"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([str(script), "routes"], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"myapp\.ping\s+celery", result.stdout)
+
+
 @pytest.mark.parametrize("bad", ["ftp://example.com", "not a url"])
 def test_worker_refuses_bad_settings_with_a_clear_error(bad: str,
                                                          service_env: dict[str, str]) -> None:
