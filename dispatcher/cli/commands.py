@@ -11,17 +11,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from celery.utils.nodenames import default_nodename, host_format
+
 from ..core.errors import DispatchError
 from ..core.registry import import_task_modules
 from ..core.settings import DispatcherSettings, get_settings
 from ..ops.routes_table import aligned, format_table
+from ..routes.celery.node_names import refuse_if_taken
 from ..routes.celery.supervisor import CONFIG_ERROR, install_alarm
 from ..routes.celery.worker import worker_queues
 from ..runtime.container import current
 from ..runtime.direct_worker import run_direct_consumer
 from ..runtime.scheduler import schedule_rows
 from ..runtime.worker_app import create_worker_app
-from ..runtime.worker_layout import DEFAULT_NODE_NAME, is_direct_child
+from ..runtime.worker_layout import DEFAULT_NODE_NAME, is_direct_child, worker_option
 from ..store.client import client_for
 from ..store.embedded import EmbeddedRedis
 from ..store.schedules import ScheduleState
@@ -51,9 +54,21 @@ def run_worker(argv: list[str]) -> int:
         # Not Celery's "celery@host": a stock worker on the same host must not share
         # the name, or the sweeper could not tell the two apart (see routes.celery.fleet).
         args += ["--hostname", DEFAULT_NODE_NAME]
+    try:
+        refuse_if_taken(current().celery.monitor.publisher.client,
+                        node_name([*args, *argv]), settings.worker_dead_after)
+    except DispatchError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return CONFIG_ERROR
     install_alarm()
     app.worker_main([*args, *argv])
     return 0
+
+
+def node_name(argv: list[str]) -> str:
+    """The node name Celery gives a worker started with ``argv``."""
+    name, _ = worker_option(argv, "-n", "--hostname")
+    return str(host_format(default_nodename(name or DEFAULT_NODE_NAME)))
 
 
 def _given(argv: list[str], short: str, long: str) -> bool:

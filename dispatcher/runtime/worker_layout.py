@@ -30,7 +30,7 @@ DEFAULT_NODE_NAME = "dispatcher@%h"
 CONTROL_QUEUE = "dispatch.control"
 
 
-def _option(argv: list[str], short: str, long: str) -> tuple[str | None, list[str]]:
+def worker_option(argv: list[str], short: str, long: str) -> tuple[str | None, list[str]]:
     """The value of a Celery worker option in ``argv``, and ``argv`` without it."""
     rest: list[str] = []
     value: str | None = None
@@ -59,9 +59,9 @@ def direct_layout(argv: list[str], node_name: str,
     ``name-direct<i>@host``, the same after a restart: a worker started again on the
     same node name gives back at once what its consumers held when it died. So, as
     for Celery, no two running workers may share a node name."""
-    concurrency, rest = _option(argv, "-c", "--concurrency")
-    queues, rest = _option(rest, "-Q", "--queues")
-    hostname, rest = _option(rest, "-n", "--hostname")
+    concurrency, rest = worker_option(argv, "-c", "--concurrency")
+    queues, rest = worker_option(rest, "-Q", "--queues")
+    hostname, rest = worker_option(rest, "-n", "--hostname")
     count = os.cpu_count() or 1
     if concurrency:
         count = int(concurrency) if concurrency.isdigit() else 0

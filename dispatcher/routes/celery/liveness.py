@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import redis
 
 from ...store import keys
 from ...store.link import as_text
+from .node_names import owner
 
 #: Workers that have not beaten for this long are dropped from ``keys.WORKERS``.
 FORGET_AFTER = 86_400.0
@@ -60,14 +62,17 @@ class Heartbeat:
         self.tasks = sorted(tasks)
         self.held = held
         self.queues = queues
+        self._owner = owner()  # which process beats (``node_names``)
 
     def beat(self) -> float:
         """Write one heartbeat; returns its time."""
         now = time.time()
         tags = sorted(set(self.held()))
         lifetime = max(1, int(self.dead_after * 1000))
+        if self._owner["pid"] != os.getpid():  # made before a fork
+            self._owner = owner()
         value = json.dumps({"at": now, "queues": sorted(set(self.queues())),
-                            "tasks": self.tasks})
+                            "tasks": self.tasks, **self._owner})
         held = keys.held(self.hostname)
         with self.client.pipeline(transaction=True) as pipe:
             pipe.set(keys.worker(self.hostname), value, px=lifetime)

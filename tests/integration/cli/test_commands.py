@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from dispatcher.routes.celery.supervisor import CONFIG_ERROR
 from dispatcher.store.embedded import free_port
 from tests.integration.conftest import ROOT, Process, poll_state, wait_http
 
@@ -103,6 +104,24 @@ def test_the_dispatcher_script_finds_task_modules_in_the_working_directory(
     assert re.search(r"myapp\.ping\s+celery", result.stdout)
 
 
+@pytest.mark.parametrize("consumer", ["direct", "celery"])
+def test_a_second_worker_of_a_running_workers_name_refuses_to_start(
+        consumer: str, broker: str, service_env: dict[str, str]) -> None:
+    """Two live workers of one name would give back each other's running jobs (which
+    then run twice): the second refuses, saying how to name it, and the first goes on."""
+    from tests.integration import sample_tasks as samples
+
+    env = {**service_env, "DISPATCH_WORKER_CONSUMER": consumer}
+    result = subprocess.run([sys.executable, "-m", "worker", "--concurrency", "1"],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == CONFIG_ERROR, result.stderr[-3000:]
+    assert "is already running" in result.stderr
+    assert "-n <name>@%h" in result.stderr
+    assert "Traceback" not in result.stderr
+    handle = samples.echo.options(route="celery").dispatch({"still": 1})
+    assert handle.get(timeout=60) == {"still": 1}
+
+
 @pytest.mark.parametrize("bad", ["ftp://example.com", "not a url"])
 def test_worker_refuses_bad_settings_with_a_clear_error(bad: str,
                                                          service_env: dict[str, str]) -> None:
@@ -134,7 +153,8 @@ def test_python_m_worker_restarts_a_crashed_celery_worker(
     from tests.integration import sample_tasks as samples
 
     supervisor = Process([sys.executable, "-m", "worker", "--concurrency", "1", "-Q",
-                          "restart-test"], service_env, tmp_path / "supervised.log")
+                          "restart-test", "--hostname", "restart-test@%h"], service_env,
+                         tmp_path / "supervised.log")
     try:
         supervisor.wait_for_output(" ready.", timeout=60)
         # The Celery worker started once its direct consumer said it was ready.
