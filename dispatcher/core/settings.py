@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import threading
 from typing import Annotated, Any, Literal
 
@@ -236,7 +238,7 @@ def get_settings() -> DispatcherSettings:
             except ValidationError as exc:
                 raise settings_error(exc) from None
             except SettingsError as exc:  # e.g. DISPATCH_ROUTES that is not JSON
-                raise ConfigurationError(f"invalid settings: {exc}") from None
+                raise source_error(exc) from None
         return _current
 
 
@@ -251,6 +253,19 @@ def settings_error(exc: ValidationError) -> ConfigurationError:
             field, variable = "broker_url", "DISPATCH_BROKER_URL (or REDIS_URL)"
         problems.append(f"{variable} ({field or 'settings'}): {item['msg']}")
     return ConfigurationError("invalid settings: " + "; ".join(problems))
+
+
+def source_error(exc: SettingsError) -> ConfigurationError:
+    """A value pydantic-settings could not even parse (JSON of a list setting), as a
+    readable error naming its environment variable."""
+    named = re.search(r'field "(\w+)"', str(exc))
+    if named is None:
+        return ConfigurationError(f"invalid settings: {exc}")
+    cause = exc.__cause__
+    why = f"not valid JSON ({cause})" if isinstance(cause, json.JSONDecodeError) \
+        else str(cause or exc)
+    return ConfigurationError(
+        f"invalid settings: DISPATCH_{named[1].upper()} ({named[1]}): {why}")
 
 
 def build_settings(settings: DispatcherSettings | None = None,

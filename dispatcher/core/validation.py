@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -118,7 +119,9 @@ class ArgumentValidator:
             self._model = create_model(
                 f"{self.task_name}:arguments",
                 __config__=ConfigDict(
-                    extra="forbid", arbitrary_types_allowed=True, serialize_by_alias=True
+                    # NaN and infinities are not JSON: refused, naming the argument.
+                    extra="forbid", arbitrary_types_allowed=True, serialize_by_alias=True,
+                    allow_inf_nan=False
                 ),
                 **fields,
             )
@@ -214,6 +217,8 @@ class ArgumentValidator:
                 if kind is not float or actual is not int or abs(value) > _EXACT_FLOAT_INT:
                     return None
                 value = float(value)
+            elif kind is float and not math.isfinite(value):
+                return None  # pydantic refuses it, naming the argument
             payload[name] = value
         return payload
 

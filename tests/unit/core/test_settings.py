@@ -207,6 +207,19 @@ def test_get_settings_names_the_bad_variable(
         get_settings()
 
 
+def test_get_settings_names_a_variable_that_is_not_json(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import dispatcher.core.settings as settings_module
+
+    monkeypatch.chdir(tmp_path)  # no stray .env
+    monkeypatch.setattr(settings_module, "_current", None)
+    monkeypatch.setenv("DISPATCH_ROUTES", '[{"match": "x.*"')
+    with pytest.raises(ConfigurationError,
+                       match=r"DISPATCH_ROUTES \(routes\): not valid JSON"):
+        get_settings()
+
+
 def test_configure_replaces_settings_and_resets_services() -> None:
     store = current().records
     assert isinstance(store, MemoryRecordStore)

@@ -73,6 +73,28 @@ def test_wrong_type_names_the_parameter(calls: Calls) -> None:
     assert info.value.field == "label"
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_and_infinities_are_refused_naming_the_argument(bad: float, calls: Calls) -> None:
+    """Not JSON: refused at dispatch, on the plain path and inside a container, and in
+    a batch, naming the argument (never sent as NaN, never recorded as null)."""
+    @task(name=f"unit.validation.finite_{str(bad).replace('-', 'minus_')}")
+    def f(x: float, more: list[float] | None = None) -> None:
+        calls.add(x)
+
+    with capture_dispatches() as captured:
+        with pytest.raises(TaskValidationError) as info:
+            f.dispatch(bad)
+        assert info.value.field == "x"
+        with pytest.raises(TaskValidationError) as info:
+            f.dispatch(1.0, more=[2.0, bad])
+        assert (info.value.field or "").startswith("more")
+        with pytest.raises(TaskValidationError) as info:
+            f.dispatch_many([(1.0,), (bad,)])
+        assert info.value.field == "[1].x"
+    assert_nothing_scheduled(captured, calls)
+    f.dispatch(1e308)  # large, and finite: accepted
+
+
 def test_missing_required_argument_names_it(calls: Calls) -> None:
     @task(name="unit.validation.missing")
     def f(user_id: int, note: str = "") -> None:
