@@ -58,6 +58,11 @@ def _plain_parameters(
     return plain
 
 
+#: Arguments models: unknown arguments refused, and NaN and infinities (not JSON).
+_ARGUMENTS = ConfigDict(extra="forbid", arbitrary_types_allowed=True,
+                        serialize_by_alias=True, allow_inf_nan=False)
+
+
 class ArgumentValidator:
     """Validates ``(*args, **kwargs)`` for one task and builds its JSON payload."""
 
@@ -116,15 +121,8 @@ class ArgumentValidator:
                 fields[f"p{index}"] = (annotation, Field(default, alias=param.name))
             self._plain = _plain_parameters(self.parameters, hints)
             self._plain_names = frozenset(name for name, _, _ in self._plain or ())
-            self._model = create_model(
-                f"{self.task_name}:arguments",
-                __config__=ConfigDict(
-                    # NaN and infinities are not JSON: refused, naming the argument.
-                    extra="forbid", arbitrary_types_allowed=True, serialize_by_alias=True,
-                    allow_inf_nan=False
-                ),
-                **fields,
-            )
+            self._model = create_model(f"{self.task_name}:arguments",
+                                       __config__=_ARGUMENTS, **fields)
         return self._model
 
     @property
@@ -188,9 +186,8 @@ class ArgumentValidator:
                 return payload
         return self.validate(args, kwargs)[1]
 
-    def _plain_payload(
-        self, args: tuple[Any, ...], kwargs: Mapping[str, Any]
-    ) -> dict[str, Any] | None:
+    def _plain_payload(self, args: tuple[Any, ...],
+                       kwargs: Mapping[str, Any]) -> dict[str, Any] | None:
         """The payload pydantic would build, when every parameter is a plain ``int``,
         ``float``, ``str`` or ``bool`` and every value exactly of that type (a float
         parameter also takes an int); None otherwise, and pydantic decides. The same
