@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -51,8 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # As ``python -m dispatcher`` does: the task modules of an app run from its own
     # directory import (the ``dispatcher`` script alone would not find them).
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    with contextlib.suppress(OSError):  # not with -P / PYTHONSAFEPATH, nor a cwd gone
+        if not sys.flags.safe_path and "" not in sys.path and os.getcwd() not in sys.path:
+            sys.path.insert(0, os.getcwd())
     if argv[:1] == ["worker"]:  # everything after it goes to Celery, unparsed
         return worker(argv[1:])
     parser = argparse.ArgumentParser(prog="dispatcher", description=__doc__,

@@ -17,7 +17,7 @@ from ..core.errors import DispatchError
 from ..core.registry import import_task_modules
 from ..core.settings import DispatcherSettings, get_settings
 from ..ops.routes_table import aligned, format_table
-from ..routes.celery.node_names import refuse_if_taken
+from ..routes.celery.node_names import claim_name
 from ..routes.celery.supervisor import CONFIG_ERROR, install_alarm
 from ..routes.celery.worker import worker_queues
 from ..runtime.container import current
@@ -55,7 +55,7 @@ def run_worker(argv: list[str]) -> int:
         # the name, or the sweeper could not tell the two apart (see routes.celery.fleet).
         args += ["--hostname", DEFAULT_NODE_NAME]
     try:
-        refuse_if_taken(current().celery.monitor.publisher.client,
+        claim_name(current().celery.monitor.publisher.client,
                         node_name([*args, *argv]), settings.worker_dead_after)
     except DispatchError as exc:
         print(f"worker: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ Like ``BackgroundTasks``, the inline jobs of a request that ends in an error nev
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -23,6 +24,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.context import batch_var
 from ..core.errors import BrokerUnavailable, TaskValidationError, UnknownTaskError
+
+log = logging.getLogger("dispatcher.api")
 
 
 def error_response(status: int, message: str, **extra: Any) -> JSONResponse:
@@ -97,8 +100,12 @@ class StoreRoute(APIRoute):
         async def guarded(request: Request) -> Response:
             try:
                 return await handler(request)
+            except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
+                raise  # a wrong password will not pass by waiting: a 500, logged
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 _fail_batch()
+                log.warning("%s %s: Redis is unavailable (%s): answered 503",
+                            request.method, request.url.path, type(exc).__name__)
                 return store_unavailable(exc)
 
         return guarded

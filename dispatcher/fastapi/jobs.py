@@ -9,12 +9,14 @@ tracebacks needs the ``DISPATCH_API_TOKEN`` bearer token when one is set.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import anyio
+import redis
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -32,6 +34,7 @@ from ..store.schedules import ScheduleState
 from .auth import require_api_token
 from .errors import StoreRoute
 
+log = logging.getLogger("dispatcher.api")
 router = APIRouter(tags=["jobs"], route_class=StoreRoute)
 
 #: Endpoints that take arguments or show results need the bearer token when one is set.
@@ -147,7 +150,11 @@ async def retry_dead_letter(task_id: str) -> Accepted:
     if entry is None:
         raise HTTPException(status_code=404, detail=f"no dead-lettered task with id {task_id!r}")
     handle = registered(entry["task_name"]).dispatch(**entry["arguments"])
-    await anyio.to_thread.run_sync(store.remove, task_id)
+    try:
+        await anyio.to_thread.run_sync(store.remove, task_id)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:  # dispatched: say so
+        log.warning("re-dispatched dead letter %s as %s, but could not remove it from "
+                    "the list (%s)", task_id, handle.id, type(exc).__name__)
     return accepted(handle)
 
 

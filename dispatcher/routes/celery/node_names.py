@@ -4,8 +4,12 @@ A worker's name (Celery's node name, and each direct consumer's, derived from it
 its heartbeat, what it holds and its inbox; a process starting under a name gives back
 at once what the last process of that name held when it died. Two live processes of
 one name would give back each other's running jobs, which then run twice. So each
-heartbeat says which process wrote it (``owner``), and a process refuses to start
-under a name another live process beats under (``refuse_if_taken``).
+heartbeat says which process wrote it (``owner``), and a process claims its name before
+it starts (``claim_name``): it refuses a name another live process beats under.
+
+"Live": in the same process space (machine, boot and pid namespace), the writer still
+runs; elsewhere (another machine or container), its heartbeat was renewed within the
+last two beats, by Redis's clock (the key's time to live).
 """
 
 from __future__ import annotations
@@ -37,10 +41,21 @@ def _stat(pid: int) -> tuple[str, int]:
         return "", 0
 
 
+def _space() -> str:
+    """This process's pid space: the boot and the pid namespace ("" when unknown). Pids
+    compare only within one: containers of one host (or one hostname) have their own."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as boot:
+            return f"{boot.read().strip()}/{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        return ""
+
+
 def owner() -> dict[str, Any]:
     """This process, as its heartbeats name it."""
     pid = os.getpid()
-    return {"machine": socket.gethostname(), "pid": pid, "started": _stat(pid)[1]}
+    return {"machine": socket.gethostname(), "space": _space(), "pid": pid,
+            "started": _stat(pid)[1]}
 
 
 def _running(pid: int, started: int) -> bool:
@@ -58,40 +73,63 @@ def _running(pid: int, started: int) -> bool:
     return not started or not now_started or now_started == started
 
 
-def name_taken(client: redis.Redis, name: str, dead_after: float,
-               now: float | None = None) -> str | None:
-    """Which other process beats under ``name`` now (None: none, or one that died): a
-    running process of this machine, or one of another machine that beat within the
-    last two beats (``liveness.beat_pause``: three fit in ``dead_after``)."""
-    raw = client.get(keys.worker(name))
-    if raw is None:
-        return None
+def _other(raw: Any, left_ms: int, dead_after: float) -> str | None:
+    """Who wrote heartbeat ``raw`` (``left_ms`` of its life left), if it still lives
+    and is not this process; None otherwise."""
     try:
         beat = json.loads(raw)
-        at, machine = float(beat["at"]), str(beat["machine"])
+        machine, space = str(beat["machine"]), str(beat.get("space") or "")
         pid, started = int(beat["pid"]), int(beat.get("started") or 0)
     except (ValueError, TypeError, KeyError):
         return None  # an older release's heartbeat: it cannot say
-    now = time.time() if now is None else now
-    if now - at > dead_after * 2 / 3:
-        return None  # it missed its last two beats: it died
-    if machine == socket.gethostname():
+    if space and space == _space():
         if pid == os.getpid() or not _running(pid, started):
             return None
         return f"process {pid} on this machine"
-    return f"process {pid} on {machine}"
+    age = dead_after - left_ms / 1000
+    if age > dead_after * 2 / 3:
+        return None  # it missed its last two beats: it died
+    return (f"process {pid} on {machine}, which beat {max(age, 0):.0f} s ago; if it is "
+            f"gone, the name is free once its beat is {dead_after * 2 / 3:.0f} s old")
 
 
-def refuse_if_taken(client: redis.Redis, name: str, dead_after: float) -> None:
-    """Raise ``ConfigurationError`` if another live process beats under ``name``; with
-    Redis away, start (the rescue sorts out what a name's last process held)."""
+def name_taken(client: redis.Redis, name: str, dead_after: float) -> str | None:
+    """Which other live process beats under ``name`` now (None: none)."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.get(keys.worker(name))
+        pipe.pttl(keys.worker(name))
+        raw, left = pipe.execute()
+    return None if raw is None else _other(raw, int(left), dead_after)
+
+
+def claim_name(client: redis.Redis, name: str, dead_after: float) -> None:
+    """Take ``name`` for this process before it beats, gives back or takes anything:
+    ``ConfigurationError`` if another live process has it. Atomic against a process
+    claiming it at the same moment (the loser sees the winner's claim). With Redis
+    away, start: the rescue sorts out what the name's last process held."""
+    key = keys.worker(name)
     try:
-        other = name_taken(client, name, dead_after)
+        for _ in range(5):
+            with client.pipeline(transaction=True) as pipe:
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                raw, left = pipe.get(key), pipe.pttl(key)
+                other = None if raw is None else _other(raw, int(left), dead_after)
+                if other is not None:
+                    break
+                pipe.multi()
+                pipe.set(key, json.dumps({"at": time.time(), "queues": [], "tasks": [],
+                                          **owner()}), px=max(1, int(dead_after * 1000)))
+                try:
+                    pipe.execute()
+                    return
+                except redis.WatchError:
+                    continue  # written meanwhile: look again
+        else:
+            return  # written again and again meanwhile: the beats will say
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning("could not check that no other worker is named %s (%s)", name, exc)
         return
-    if other is not None:
-        raise ConfigurationError(
-            f"a worker named {name} is already running ({other}); two workers of one "
-            f"name would run each other's jobs twice. Give each its own name: "
-            f"dispatcher worker -n <name>@%h")
+    raise ConfigurationError(
+        f"a worker named {name} is already running ({other}); two workers of one name "
+        f"would run each other's jobs twice. Give each its own name: "
+        f"dispatcher worker -n <name>@%h")

@@ -14,11 +14,13 @@ import redis
 
 from dispatcher.core.errors import ConfigurationError
 from dispatcher.routes.celery.liveness import Heartbeat
-from dispatcher.routes.celery.node_names import name_taken, owner, refuse_if_taken
+from dispatcher.routes.celery.node_names import claim_name, name_taken, owner
 from dispatcher.store import keys
 from dispatcher.store.embedded import EmbeddedRedis
 
 DEAD_AFTER = 30.0
+FRESH_MS = 30_000  # a beat just written
+STALE_MS = 5_000  # 25 s old: two beats missed
 
 
 @pytest.fixture
@@ -36,9 +38,9 @@ def other_process() -> Iterator[subprocess.Popen[bytes]]:
         process.wait()
 
 
-def _beat(client: redis.Redis, name: str, **fields: object) -> None:
+def _beat(client: redis.Redis, name: str, left_ms: int = FRESH_MS, **fields: object) -> None:
     client.set(keys.worker(name), json.dumps({"at": time.time(), "queues": [],
-                                              "tasks": [], **fields}))
+                                              "tasks": [], **fields}), px=left_ms)
 
 
 def _stat_start(pid: int) -> int:
@@ -46,47 +48,63 @@ def _stat_start(pid: int) -> int:
         return int(stat.read().rsplit(b")", 1)[1].split()[19])
 
 
+def _here(pid: int, started: int) -> dict[str, object]:
+    """A beat's owner fields for process ``pid`` of this machine's pid space."""
+    return {**owner(), "pid": pid, "started": started}
+
+
 def test_nobody_and_this_process_itself_leave_the_name_free(client: redis.Redis) -> None:
     assert name_taken(client, "w@host", DEAD_AFTER) is None
-    Heartbeat(client, "w@host", DEAD_AFTER, [], list, list).beat()
+    claim_name(client, "w@host", DEAD_AFTER)  # free: claimed
     assert json.loads(client.get(keys.worker("w@host")) or "{}")["pid"] == os.getpid()
+    Heartbeat(client, "w@host", DEAD_AFTER, [], list, list).beat()
     assert name_taken(client, "w@host", DEAD_AFTER) is None
-    refuse_if_taken(client, "w@host", DEAD_AFTER)  # no error
+    claim_name(client, "w@host", DEAD_AFTER)  # its own: still free
 
 
 def test_a_running_process_of_this_machine_holds_its_name_until_it_ends(
         client: redis.Redis, other_process: subprocess.Popen[bytes]) -> None:
-    me = owner()
     pid = other_process.pid
-    _beat(client, "w@host", machine=me["machine"], pid=pid, started=_stat_start(pid))
+    _beat(client, "w@host", STALE_MS, **_here(pid, _stat_start(pid)))
     assert name_taken(client, "w@host", DEAD_AFTER) == f"process {pid} on this machine"
     with pytest.raises(ConfigurationError, match=r"already running .*-n <name>@%h"):
-        refuse_if_taken(client, "w@host", DEAD_AFTER)
+        claim_name(client, "w@host", DEAD_AFTER)
     other_process.kill()
     other_process.wait()
     assert name_taken(client, "w@host", DEAD_AFTER) is None
+    claim_name(client, "w@host", DEAD_AFTER)
 
 
 def test_a_killed_unreaped_process_or_another_on_its_pid_frees_the_name(
         client: redis.Redis, other_process: subprocess.Popen[bytes]) -> None:
     pid = other_process.pid
-    machine = owner()["machine"]
     # The pid now runs a process started at another time: the beat's writer is gone.
-    _beat(client, "w@host", machine=machine, pid=pid, started=_stat_start(pid) + 1)
+    _beat(client, "w@host", **_here(pid, _stat_start(pid) + 1))
     assert name_taken(client, "w@host", DEAD_AFTER) is None
     other_process.kill()
     os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # dead, left unreaped: a zombie
-    _beat(client, "w@host", machine=machine, pid=pid, started=_stat_start(pid))
+    _beat(client, "w@host", **_here(pid, _stat_start(pid)))
     assert name_taken(client, "w@host", DEAD_AFTER) is None
 
 
-def test_another_machines_process_holds_its_name_while_it_beats(client: redis.Redis) -> None:
-    _beat(client, "w@host", machine="elsewhere", pid=123, started=1)
-    assert name_taken(client, "w@host", DEAD_AFTER) == "process 123 on elsewhere"
-    later = time.time() + DEAD_AFTER * 2 / 3 + 1  # two beats missed: it died
-    assert name_taken(client, "w@host", DEAD_AFTER, now=later) is None
+@pytest.mark.parametrize("machine", ["elsewhere", "this one"])
+def test_another_pid_spaces_process_holds_its_name_while_it_beats(
+        client: redis.Redis, machine: str) -> None:
+    """Another machine, or a container of this one (its own pid namespace, maybe this
+    hostname): its pids mean nothing here, so the beat's age decides."""
+    here = owner()
+    name = here["machine"] if machine == "this one" else machine
+    _beat(client, "w@host", FRESH_MS, machine=name, space="another-boot/1", pid=1)
+    taken = name_taken(client, "w@host", DEAD_AFTER)
+    assert taken is not None and taken.startswith(f"process 1 on {name}, which beat")
+    with pytest.raises(ConfigurationError, match="already running"):
+        claim_name(client, "w@host", DEAD_AFTER)
+    _beat(client, "w@host", STALE_MS, machine=name, space="another-boot/1", pid=1)
+    assert name_taken(client, "w@host", DEAD_AFTER) is None  # two beats missed: it died
+    claim_name(client, "w@host", DEAD_AFTER)
 
 
 def test_an_older_releases_beat_cannot_say_and_blocks_nothing(client: redis.Redis) -> None:
     _beat(client, "w@host")  # no machine, no pid
     assert name_taken(client, "w@host", DEAD_AFTER) is None
+    claim_name(client, "w@host", DEAD_AFTER)
