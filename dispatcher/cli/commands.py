@@ -17,6 +17,7 @@ from ..core.errors import DispatchError
 from ..core.registry import import_task_modules
 from ..core.settings import DispatcherSettings, get_settings
 from ..ops.routes_table import aligned, format_table
+from ..routes.celery.liveness import beat_pause
 from ..routes.celery.node_names import claim_name
 from ..routes.celery.supervisor import CONFIG_ERROR, install_alarm
 from ..routes.celery.worker import worker_queues
@@ -55,8 +56,9 @@ def run_worker(argv: list[str]) -> int:
         # the name, or the sweeper could not tell the two apart (see routes.celery.fleet).
         args += ["--hostname", DEFAULT_NODE_NAME]
     try:
-        claim_name(current().celery.monitor.publisher.client,
-                        node_name([*args, *argv]), settings.worker_dead_after)
+        claim_name(current().celery.monitor.publisher.client, node_name([*args, *argv]),
+                   settings.worker_dead_after,
+                   beat_pause(settings.requeue_lost_after, settings.worker_dead_after))
     except DispatchError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return CONFIG_ERROR

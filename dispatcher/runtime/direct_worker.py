@@ -11,6 +11,7 @@ import sys
 from ..core.errors import DispatchError
 from ..core.settings import get_settings
 from ..routes.celery.direct import DirectConsumer
+from ..routes.celery.liveness import beat_pause
 from ..routes.celery.node_names import claim_name
 from ..routes.celery.readiness import say_ready
 from ..routes.celery.supervisor import (
@@ -42,7 +43,8 @@ def run_direct_consumer() -> int:
     consumer = DirectConsumer(app.dispatch_worker, hostname, queues,  # type: ignore[attr-defined]
                               os.environ.get(DIRECT_NODE))
     try:  # before its first beat, and before it gives back what its name held
-        claim_name(consumer.client, hostname, settings.worker_dead_after)
+        claim_name(consumer.client, hostname, settings.worker_dead_after,
+                   beat_pause(settings.requeue_lost_after, settings.worker_dead_after))
     except DispatchError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return CONFIG_ERROR

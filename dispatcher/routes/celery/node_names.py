@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -73,63 +74,76 @@ def _running(pid: int, started: int) -> bool:
     return not started or not now_started or now_started == started
 
 
-def _other(raw: Any, left_ms: int, dead_after: float) -> str | None:
-    """Who wrote heartbeat ``raw`` (``left_ms`` of its life left), if it still lives
-    and is not this process; None otherwise."""
+def _other(raw: Any, left_ms: int, dead_after: float) -> tuple[str, bool] | None:
+    """Who wrote heartbeat ``raw`` (``left_ms`` of its life left), if that may be
+    another live process: its description, and whether that is certain (a running
+    process of this pid space) rather than inferred from a recent beat. None when the
+    writer is this process, gone, or cannot be told (an older release's beat)."""
     try:
         beat = json.loads(raw)
         machine, space = str(beat["machine"]), str(beat.get("space") or "")
         pid, started = int(beat["pid"]), int(beat.get("started") or 0)
     except (ValueError, TypeError, KeyError):
-        return None  # an older release's heartbeat: it cannot say
+        return None
     if space and space == _space():
         if pid == os.getpid() or not _running(pid, started):
             return None
-        return f"process {pid} on this machine"
+        return f"process {pid} on this machine", True
     age = dead_after - left_ms / 1000
     if age > dead_after * 2 / 3:
         return None  # it missed its last two beats: it died
-    return (f"process {pid} on {machine}, which beat {max(age, 0):.0f} s ago; if it is "
-            f"gone, the name is free once its beat is {dead_after * 2 / 3:.0f} s old")
+    return f"process {pid} on {machine}, which beats under that name", False
+
+
+def _read(client: redis.Redis, key: str) -> tuple[Any, int]:
+    with client.pipeline(transaction=True) as pipe:
+        pipe.get(key)
+        pipe.pttl(key)
+        raw, left = pipe.execute()
+    return raw, int(left)
 
 
 def name_taken(client: redis.Redis, name: str, dead_after: float) -> str | None:
-    """Which other live process beats under ``name`` now (None: none)."""
-    with client.pipeline(transaction=True) as pipe:
-        pipe.get(keys.worker(name))
-        pipe.pttl(keys.worker(name))
-        raw, left = pipe.execute()
-    return None if raw is None else _other(raw, int(left), dead_after)
+    """Which other process may beat under ``name`` now (None: none)."""
+    raw, left = _read(client, keys.worker(name))
+    other = None if raw is None else _other(raw, left, dead_after)
+    return None if other is None else other[0]
 
 
-def claim_name(client: redis.Redis, name: str, dead_after: float) -> None:
-    """Take ``name`` for this process before it beats, gives back or takes anything:
-    ``ConfigurationError`` if another live process has it. Atomic against a process
-    claiming it at the same moment (the loser sees the winner's claim). With Redis
-    away, start: the rescue sorts out what the name's last process held."""
+def claim_name(client: redis.Redis, name: str, dead_after: float, pause: float,
+               nap: Callable[[float], object] = time.sleep) -> None:
+    """Take ``name`` for this process before it beats, gives back or takes anything;
+    ``ConfigurationError`` if another live process has it. A recent beat from another
+    pid space (another machine, or a container, maybe this one's last life) is watched
+    for one beat interval (``pause``): renewed, its writer lives; not, it died. Atomic
+    against a process claiming the name at the same moment. With Redis away, start:
+    the rescue sorts out what the name's last process held."""
     key = keys.worker(name)
     try:
-        for _ in range(5):
+        first, _ = _read(client, key)
+        deadline = time.monotonic() + pause + 2.0
+        while True:
             with client.pipeline(transaction=True) as pipe:
                 pipe.watch(key)  # type: ignore[no-untyped-call]
-                raw, left = pipe.get(key), pipe.pttl(key)
-                other = None if raw is None else _other(raw, int(left), dead_after)
-                if other is not None:
-                    break
-                pipe.multi()
-                pipe.set(key, json.dumps({"at": time.time(), "queues": [], "tasks": [],
-                                          **owner()}), px=max(1, int(dead_after * 1000)))
-                try:
-                    pipe.execute()
-                    return
-                except redis.WatchError:
-                    continue  # written meanwhile: look again
-        else:
-            return  # written again and again meanwhile: the beats will say
+                raw, left = pipe.get(key), int(pipe.pttl(key))
+                other = None if raw is None else _other(raw, left, dead_after)
+                if other is not None and (other[1] or raw != first):
+                    break  # certain, or its beat was renewed while we watched
+                if other is None or time.monotonic() > deadline:
+                    pipe.multi()
+                    pipe.set(key, json.dumps({"at": time.time(), "queues": [],
+                                              "tasks": [], **owner()}),
+                             px=max(1, int(dead_after * 1000)))
+                    try:
+                        pipe.execute()
+                        return
+                    except redis.WatchError:
+                        continue  # written meanwhile: look again
+            nap(0.2)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         log.warning("could not check that no other worker is named %s (%s)", name, exc)
         return
     raise ConfigurationError(
-        f"a worker named {name} is already running ({other}); two workers of one name "
-        f"would run each other's jobs twice. Give each its own name: "
+        f"a worker named {name} is already running ({other[0]}); two workers of one "
+        f"name would run each other's jobs twice. Give each its own name: "
         f"dispatcher worker -n <name>@%h")

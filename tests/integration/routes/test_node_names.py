@@ -19,6 +19,7 @@ from dispatcher.store import keys
 from dispatcher.store.embedded import EmbeddedRedis
 
 DEAD_AFTER = 30.0
+PAUSE = 0.3  # the beat interval claim_name watches a recent beat for
 FRESH_MS = 30_000  # a beat just written
 STALE_MS = 5_000  # 25 s old: two beats missed
 
@@ -55,11 +56,11 @@ def _here(pid: int, started: int) -> dict[str, object]:
 
 def test_nobody_and_this_process_itself_leave_the_name_free(client: redis.Redis) -> None:
     assert name_taken(client, "w@host", DEAD_AFTER) is None
-    claim_name(client, "w@host", DEAD_AFTER)  # free: claimed
+    claim_name(client, "w@host", DEAD_AFTER, PAUSE)  # free: claimed
     assert json.loads(client.get(keys.worker("w@host")) or "{}")["pid"] == os.getpid()
     Heartbeat(client, "w@host", DEAD_AFTER, [], list, list).beat()
     assert name_taken(client, "w@host", DEAD_AFTER) is None
-    claim_name(client, "w@host", DEAD_AFTER)  # its own: still free
+    claim_name(client, "w@host", DEAD_AFTER, PAUSE)  # its own: still free
 
 
 def test_a_running_process_of_this_machine_holds_its_name_until_it_ends(
@@ -68,11 +69,11 @@ def test_a_running_process_of_this_machine_holds_its_name_until_it_ends(
     _beat(client, "w@host", STALE_MS, **_here(pid, _stat_start(pid)))
     assert name_taken(client, "w@host", DEAD_AFTER) == f"process {pid} on this machine"
     with pytest.raises(ConfigurationError, match=r"already running .*-n <name>@%h"):
-        claim_name(client, "w@host", DEAD_AFTER)
+        claim_name(client, "w@host", DEAD_AFTER, PAUSE)
     other_process.kill()
     other_process.wait()
     assert name_taken(client, "w@host", DEAD_AFTER) is None
-    claim_name(client, "w@host", DEAD_AFTER)
+    claim_name(client, "w@host", DEAD_AFTER, PAUSE)
 
 
 def test_a_killed_unreaped_process_or_another_on_its_pid_frees_the_name(
@@ -88,23 +89,46 @@ def test_a_killed_unreaped_process_or_another_on_its_pid_frees_the_name(
 
 
 @pytest.mark.parametrize("machine", ["elsewhere", "this one"])
-def test_another_pid_spaces_process_holds_its_name_while_it_beats(
+def test_another_pid_spaces_beat_that_is_renewed_keeps_its_name(
         client: redis.Redis, machine: str) -> None:
     """Another machine, or a container of this one (its own pid namespace, maybe this
-    hostname): its pids mean nothing here, so the beat's age decides."""
-    here = owner()
-    name = here["machine"] if machine == "this one" else machine
-    _beat(client, "w@host", FRESH_MS, machine=name, space="another-boot/1", pid=1)
+    hostname): its pids mean nothing here, so whether its beat is renewed decides."""
+    name = owner()["machine"] if machine == "this one" else machine
+    fields = {"machine": name, "space": "another-boot/1", "pid": 1}
+    _beat(client, "w@host", FRESH_MS, **fields)
     taken = name_taken(client, "w@host", DEAD_AFTER)
-    assert taken is not None and taken.startswith(f"process 1 on {name}, which beat")
+    assert taken is not None and taken.startswith(f"process 1 on {name}")
+    beats = 0
+
+    def nap(seconds: float) -> None:  # the other process beats while we watch
+        nonlocal beats
+        beats += 1
+        _beat(client, "w@host", FRESH_MS, **fields, beat=beats)
+
     with pytest.raises(ConfigurationError, match="already running"):
-        claim_name(client, "w@host", DEAD_AFTER)
-    _beat(client, "w@host", STALE_MS, machine=name, space="another-boot/1", pid=1)
+        claim_name(client, "w@host", DEAD_AFTER, PAUSE, nap)
+    assert beats == 1  # refused at the first renewal seen
+    _beat(client, "w@host", STALE_MS, **fields)
     assert name_taken(client, "w@host", DEAD_AFTER) is None  # two beats missed: it died
-    claim_name(client, "w@host", DEAD_AFTER)
+
+
+def test_another_pid_spaces_beat_that_is_not_renewed_frees_its_name(
+        client: redis.Redis) -> None:
+    """A restarted container's last life: its beat is recent but never renewed, so
+    after one beat interval the name is this process's."""
+    _beat(client, "w@host", FRESH_MS, machine="box", space="another-boot/1", pid=1)
+    naps: list[float] = []
+
+    def nap(seconds: float) -> None:
+        naps.append(seconds)
+        time.sleep(seconds)
+
+    claim_name(client, "w@host", DEAD_AFTER, PAUSE, nap)
+    assert naps  # it watched before claiming
+    assert json.loads(client.get(keys.worker("w@host")) or "{}")["pid"] == os.getpid()
 
 
 def test_an_older_releases_beat_cannot_say_and_blocks_nothing(client: redis.Redis) -> None:
     _beat(client, "w@host")  # no machine, no pid
     assert name_taken(client, "w@host", DEAD_AFTER) is None
-    claim_name(client, "w@host", DEAD_AFTER)
+    claim_name(client, "w@host", DEAD_AFTER, PAUSE)
