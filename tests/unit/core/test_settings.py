@@ -195,28 +195,19 @@ def test_get_settings_reads_the_environment_once(monkeypatch: pytest.MonkeyPatch
     assert first.default_queue == "first"
 
 
+@pytest.mark.parametrize(("variable", "value", "message"), [
+    ("DISPATCH_INLINE_CONCURRENCY", "0", r"DISPATCH_INLINE_CONCURRENCY"),
+    ("DISPATCH_ROUTES", '[{"match": "x.*"', r"DISPATCH_ROUTES \(routes\): not valid JSON"),
+])
 def test_get_settings_names_the_bad_variable(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, variable: str, value: str, message: str
 ) -> None:
     import dispatcher.core.settings as settings_module
 
     monkeypatch.chdir(tmp_path)  # no stray .env
     monkeypatch.setattr(settings_module, "_current", None)
-    monkeypatch.setenv("DISPATCH_INLINE_CONCURRENCY", "0")
-    with pytest.raises(ConfigurationError, match="DISPATCH_INLINE_CONCURRENCY"):
-        get_settings()
-
-
-def test_get_settings_names_a_variable_that_is_not_json(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    import dispatcher.core.settings as settings_module
-
-    monkeypatch.chdir(tmp_path)  # no stray .env
-    monkeypatch.setattr(settings_module, "_current", None)
-    monkeypatch.setenv("DISPATCH_ROUTES", '[{"match": "x.*"')
-    with pytest.raises(ConfigurationError,
-                       match=r"DISPATCH_ROUTES \(routes\): not valid JSON"):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigurationError, match=message):
         get_settings()
 
 
