@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..core.context import batch_var
 from ..core.errors import BrokerUnavailable, TaskValidationError, UnknownTaskError
+from ..store.client import REDIS_UNREACHABLE
 
 log = logging.getLogger("dispatcher.api")
 
@@ -80,7 +81,7 @@ async def _broker_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return response
 
 
-def store_unavailable(exc: Exception) -> JSONResponse:
+def store_unavailable(exc: BaseException) -> JSONResponse:
     """503 for an operator endpoint whose Redis (job records, queues) does not answer:
     the error's kind only, never its text (it may name hosts)."""
     response = error_response(
@@ -102,7 +103,7 @@ class StoreRoute(APIRoute):
                 return await handler(request)
             except (redis.AuthenticationError, redis.exceptions.AuthorizationError):
                 raise  # a wrong password will not pass by waiting: a 500, logged
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except REDIS_UNREACHABLE as exc:
                 _fail_batch()
                 log.warning("%s %s: Redis is unavailable (%s): answered 503",
                             request.method, request.url.path, type(exc).__name__)

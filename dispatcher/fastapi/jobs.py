@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import anyio
-import redis
 from fastapi import APIRouter, Body, Depends, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -30,6 +29,7 @@ from ..runtime.container import current
 from ..runtime.decorator import registered
 from ..runtime.handle import TaskHandle
 from ..runtime.scheduler import schedule_rows
+from ..store.client import REDIS_UNREACHABLE
 from ..store.schedules import ScheduleState
 from .auth import require_api_token
 from .errors import StoreRoute
@@ -152,7 +152,7 @@ async def retry_dead_letter(task_id: str) -> Accepted:
     handle = registered(entry["task_name"]).dispatch(**entry["arguments"])
     try:
         await anyio.to_thread.run_sync(store.remove, task_id)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:  # dispatched: say so
+    except REDIS_UNREACHABLE as exc:  # dispatched: say so
         log.warning("re-dispatched dead letter %s as %s, but could not remove it from "
                     "the list (%s)", task_id, handle.id, type(exc).__name__)
     return accepted(handle)

@@ -13,6 +13,9 @@ from .sentinel import NOT_A_WRITABLE_MASTER, master_client
 
 #: What a Redis call raises when Redis is down or does not answer in time.
 REDIS_ERRORS: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
+#: Of those, the connection's own failures (Redis away, too slow), not an error reply.
+REDIS_UNREACHABLE: tuple[type[BaseException], ...] = (
+    redis.ConnectionError, redis.TimeoutError, OSError)
 
 #: Error replies of a server that takes no writes for now (full, lost its replicas,
 #: demoted, failing to save, busy with a script), as redis-py raises them.

@@ -26,6 +26,7 @@ import redis
 
 from ...core.errors import ConfigurationError
 from ...store import keys
+from ...store.client import REDIS_UNREACHABLE
 
 log = logging.getLogger("dispatcher.worker")
 
@@ -140,7 +141,7 @@ def claim_name(client: redis.Redis, name: str, dead_after: float, pause: float,
                     except redis.WatchError:
                         continue  # written meanwhile: look again
             nap(0.2)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except REDIS_UNREACHABLE as exc:
         log.warning("could not check that no other worker is named %s (%s)", name, exc)
         return
     raise ConfigurationError(

@@ -37,7 +37,7 @@ from kombu.transport.virtual import base as virtual
 from kombu.utils.json import dumps
 
 from ...store import keys
-from ...store.client import REDIS_ERRORS, refuses_writes
+from ...store.client import REDIS_ERRORS, REDIS_UNREACHABLE, refuses_writes
 from ...store.link import Link
 from .delivery import DELIVERY_HEADER, delivery_commands, publication_of
 from .putback import hand_over, owe_acks
@@ -49,7 +49,7 @@ __all__ = ["COUNT_RUNS_OPTION", "RUNS_TTL_OPTION", "SentinelTransport", "Transpo
 
 
 #: A connection lost or out of step: replaced.
-_LOST = (redis.ConnectionError, redis.TimeoutError, OSError)
+_LOST = REDIS_UNREACHABLE
 log = logging.getLogger("dispatcher.worker")
 
 #: Replies to one acknowledgement: MULTI, ZREM, HDEL (queued), EXEC.
