@@ -175,7 +175,8 @@ class DispatcherSettings(FleetSettings, TimeSettings, WorkerSettings):
     )
     api_token: SecretStr | None = Field(
         default=None,
-        description="Bearer token required by the API's dispatch and status endpoints.",
+        description="Bearer token required by the API's dispatch and status endpoints "
+        "(unset: they answer clients on this machine only).",
     )
     redact: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -169,6 +169,9 @@
         setLive("error", "token needed");
         showBanner("This API requires a bearer token (DISPATCH_API_TOKEN): enter it with the Token button.");
         $("token-form").hidden = false;
+      } else if (response.status === 403) {  // no token set, and this is another host
+        setLive("error", "HTTP 403");
+        showBanner((await response.json()).detail);
       } else if (!response.ok) {
         setLive("error", "HTTP " + response.status);
       } else {

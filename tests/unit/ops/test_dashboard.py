@@ -267,6 +267,18 @@ def test_data_needs_the_token_when_one_is_set(
                               "failures", "dead_letters", "routes", "window"}
 
 
+def test_data_answers_only_this_machine_without_a_token(
+    fresh_snapshot: None, use_settings: Callable[..., DispatcherSettings]
+) -> None:
+    use_settings()
+    remote = TestClient(_app(), client=("203.0.113.5", 4000))
+    assert remote.get("/dashboard").status_code == 200  # the page holds no data
+    refused = remote.get("/dashboard/data")
+    assert refused.status_code == 403
+    assert "DISPATCH_API_TOKEN" in refused.json()["detail"]
+    assert TestClient(_app(), client=("127.0.0.1", 4000)).get("/dashboard/data").is_success
+
+
 def test_one_failing_source_does_not_blank_the_snapshot(
     fresh_snapshot: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -147,7 +147,7 @@ def test_idempotency_key_returns_the_first_handle_without_redis() -> None:
     assert sorted(runs) == [1, 3]
 
 
-def _guarded_app() -> TestClient:
+def _guarded_app(client: tuple[str, int] = ("testclient", 50000)) -> TestClient:
     app = FastAPI()
     install(app)
 
@@ -155,7 +155,7 @@ def _guarded_app() -> TestClient:
     async def echo(body: dict[str, str]) -> dict[str, str]:
         return body
 
-    return TestClient(app)
+    return TestClient(app, client=client)
 
 
 def test_bodies_over_the_limit_get_413() -> None:
@@ -185,3 +185,36 @@ def test_bearer_token_is_required_when_set() -> None:
         assert wrong.headers["www-authenticate"] == "Bearer"
         ok = client.post("/echo", json={"a": "b"}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.2.1", "::1", "localhost", "testclient"])
+def test_without_a_token_this_machine_is_answered(host: str) -> None:
+    configure(unit_settings())
+    with _guarded_app((host, 4000)) as client:
+        assert client.post("/echo", json={"a": "b"}).json() == {"a": "b"}
+
+
+@pytest.mark.parametrize("host", ["203.0.113.5", "10.0.0.7", "2001:db8::1", "api.example"])
+def test_without_a_token_other_hosts_are_refused_naming_the_setting(host: str) -> None:
+    configure(unit_settings())
+    with _guarded_app((host, 4000)) as client:
+        refused = client.post("/echo", json={"a": "b"})
+        assert refused.status_code == 403
+        assert "DISPATCH_API_TOKEN" in refused.json()["detail"]
+
+
+def test_with_a_token_other_hosts_are_answered_with_it() -> None:
+    configure(unit_settings(api_token=SecretStr("s3cret")))
+    with _guarded_app(("203.0.113.5", 4000)) as client:
+        assert client.post("/echo", json={}).status_code == 401
+        ok = client.post("/echo", json={"a": "b"}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+
+
+def test_a_unix_socket_client_is_this_machine() -> None:
+    from starlette.requests import Request
+
+    from dispatcher.fastapi.auth import is_local
+
+    assert is_local(Request({"type": "http", "client": None, "headers": []}))
+    assert not is_local(Request({"type": "http", "client": ("198.51.100.2", 1), "headers": []}))
