@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticSerializationError
 
-from .argument_errors import indexed, pydantic_errors
+from .argument_errors import indexed, pydantic_errors, refuse_non_finite, unserializable
 from .errors import TaskDefinitionError, TaskValidationError
 from .redaction import hides_secret, is_secret, reveal_secrets
 
@@ -58,9 +58,11 @@ def _plain_parameters(
     return plain
 
 
-#: Arguments models: unknown arguments refused, and NaN and infinities (not JSON).
-_ARGUMENTS = ConfigDict(extra="forbid", arbitrary_types_allowed=True,
-                        serialize_by_alias=True, allow_inf_nan=False)
+#: Arguments models: unknown arguments refused, and NaN and infinities (not JSON): typed
+#: ones at validation, those in ``Any`` dumped as they are and refused by
+#: ``refuse_non_finite``.
+_ARGUMENTS = ConfigDict(extra="forbid", arbitrary_types_allowed=True, serialize_by_alias=True,
+                        allow_inf_nan=False, ser_json_inf_nan="constants")
 
 
 class ArgumentValidator:
@@ -174,7 +176,8 @@ class ArgumentValidator:
         try:
             payload = instance.model_dump(mode="json", by_alias=True)
         except (PydanticSerializationError, ValueError, TypeError):
-            raise self._unserializable(instance) from None
+            raise unserializable(self.task_name, self.parameters, instance) from None
+        refuse_non_finite(self.task_name, payload)
         reveal_secrets(self.secret_names, values, payload)
         return values, payload
 
@@ -247,7 +250,8 @@ class ArgumentValidator:
             except TaskValidationError as exc:
                 raise indexed(exc, index) from None
         if self._list_adapter is None:
-            self._list_adapter = TypeAdapter(list[self.model])  # type: ignore[name-defined]
+            self._list_adapter = TypeAdapter(  # the config: a NaN in `Any` dumped as it is
+                list[self.model], config=ConfigDict(ser_json_inf_nan="constants"))  # type: ignore[name-defined]
         try:
             instances = self._list_adapter.validate_python(bound)
         except ValidationError as exc:
@@ -260,8 +264,14 @@ class ArgumentValidator:
                 try:
                     instance.model_dump(mode="json", by_alias=True)
                 except (PydanticSerializationError, ValueError, TypeError):
-                    raise indexed(self._unserializable(instance), index) from None
+                    error = unserializable(self.task_name, self.parameters, instance)
+                    raise indexed(error, index) from None
             raise
+        for index, payload in enumerate(payloads):
+            try:
+                refuse_non_finite(self.task_name, payload)
+            except TaskValidationError as exc:
+                raise indexed(exc, index) from None
         if self.secret_names:
             for instance, payload in zip(instances, payloads, strict=True):
                 reveal_secrets(self.secret_names, self._values(instance), payload)
@@ -279,22 +289,3 @@ class ArgumentValidator:
         except ValidationError as exc:
             raise pydantic_errors(self.task_name, exc) from None
         return self._values(instance)
-
-    def _unserializable(self, instance: BaseModel) -> TaskValidationError:
-        for index, param in enumerate(self.parameters):
-            try:
-                instance.model_dump(mode="json", include={f"p{index}"})
-            except (PydanticSerializationError, ValueError, TypeError) as exc:
-                value_type = type(getattr(instance, f"p{index}")).__name__
-                return TaskValidationError(
-                    self.task_name,
-                    [
-                        {
-                            "field": param.name,
-                            "message": f"{value_type} value cannot be sent as JSON ({exc})",
-                        }
-                    ],
-                )
-        return TaskValidationError(
-            self.task_name, [{"field": "(arguments)", "message": "cannot be sent as JSON"}]
-        )

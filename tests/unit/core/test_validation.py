@@ -95,6 +95,33 @@ def test_nan_and_infinities_are_refused_naming_the_argument(bad: float, calls: C
     f.dispatch(1e308)  # large, and finite: accepted
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nan_inside_untyped_arguments_is_refused_not_sent_as_null(
+    bad: float, calls: Calls
+) -> None:
+    """An ``Any`` or ``dict`` parameter holds what it is given: pydantic's JSON dump
+    would turn a NaN there into null, so it is refused, naming where it sits."""
+    @task(name=f"unit.validation.untyped_{str(bad).replace('-', 'minus_')}")
+    def f(x: Any, options: dict[str, Any] | None = None) -> None:
+        calls.add(str(x))
+
+    with capture_dispatches() as captured:
+        with pytest.raises(TaskValidationError) as info:
+            f.dispatch(bad)
+        assert info.value.field == "x"
+        with pytest.raises(TaskValidationError) as info:
+            f.dispatch([1, {"score": bad}])
+        assert info.value.field == "x[1].score"
+        with pytest.raises(TaskValidationError) as info:
+            f.dispatch(1, options={"limits": [0.5, bad]})
+        assert info.value.field == "options.limits[1]"
+        with pytest.raises(TaskValidationError) as info:
+            f.dispatch_many([(1,), ({"a": bad},)])
+        assert info.value.field == "[1].x.a"
+    assert_nothing_scheduled(captured, calls)
+    assert f.dispatch([1.5, {"score": 2.0}], options={"n": None}).id  # finite: accepted
+
+
 def test_missing_required_argument_names_it(calls: Calls) -> None:
     @task(name="unit.validation.missing")
     def f(user_id: int, note: str = "") -> None:
