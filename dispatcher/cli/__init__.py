@@ -19,7 +19,7 @@ from types import ModuleType
 
 from ..core.errors import DispatchError
 from ..core.settings import get_settings
-from ..routes.celery.supervisor import CHILD_MARK, CONFIG_ERROR, supervise
+from ..routes.celery.supervisor import CHILD_MARK, CONFIG_ERROR, end_with_supervisor, supervise
 from ..runtime.worker_layout import DEFAULT_NODE_NAME, direct_layout
 
 
@@ -32,6 +32,10 @@ def _commands() -> ModuleType:
 
 def worker(argv: list[str]) -> int:
     if os.environ.get(CHILD_MARK):
+        if not end_with_supervisor():
+            print("worker: the supervisor that started this process has ended; not "
+                  "starting", file=sys.stderr)
+            return 0
         return int(_commands().run_child(argv))
     try:
         direct = get_settings().worker_consumer == "direct"

@@ -9,6 +9,7 @@ once they are ready (``readiness``)."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import shutil
@@ -109,6 +110,23 @@ def install_alarm() -> None:
     supervisor = int(os.environ.get(SUPERVISOR_PID) or 0)
     if supervisor:
         logging.getLogger(UNRECOVERABLE_LOGGER).addHandler(UnrecoverableAlarm(supervisor))
+
+
+#: ``prctl``'s option: the signal this process gets when its parent ends.
+_PR_SET_PDEATHSIG = 1
+
+
+def end_with_supervisor() -> bool:
+    """In the supervisor's child: ask the kernel for SIGTERM (a warm shutdown, which
+    gives back what it holds) when the supervisor ends, even killed by SIGKILL, rather
+    than run on unsupervised. False: the supervisor is gone already (the caller ends).
+    Linux only; elsewhere, and outside a supervisor, nothing is asked."""
+    supervisor = int(os.environ.get(SUPERVISOR_PID) or 0)
+    if not supervisor or not sys.platform.startswith("linux"):
+        return True
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    return os.getppid() == supervisor  # ended before we asked: no signal will come
 
 
 @dataclass

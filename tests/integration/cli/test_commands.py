@@ -177,6 +177,31 @@ def test_python_m_worker_restarts_a_crashed_celery_worker(
         supervisor.stop(signal.SIGKILL)
 
 
+def test_the_workers_processes_end_with_a_killed_supervisor(
+    broker: str, service_env: dict[str, str], tmp_path: Path
+) -> None:
+    """SIGKILL gives the supervisor no time to pass SIGTERM on: its children (the Celery
+    worker and the direct consumers) get it from the kernel instead, and end."""
+    supervisor = Process([sys.executable, "-m", "worker", "--concurrency", "2", "-Q",
+                          "orphan-test", "--hostname", "orphan-test@%h"], service_env,
+                         tmp_path / "orphaned.log")
+    children: list[int] = []
+    try:
+        supervisor.wait_for_output(" ready.", timeout=60)
+        children = _children(supervisor.pid)
+        assert len(children) == 3, children  # the Celery worker and two consumers
+        os.kill(supervisor.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while alive := [pid for pid in children if _alive(pid)]:
+            assert time.monotonic() < deadline, (alive, supervisor.output()[-3000:])
+            time.sleep(0.2)
+    finally:
+        supervisor.stop(signal.SIGKILL)
+        for pid in children:  # still running only if the test failed
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_supervisor_ends_a_worker_that_hangs_after_an_unrecoverable_error(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
