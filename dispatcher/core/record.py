@@ -139,6 +139,23 @@ def decode_record(raw: str | bytes | None) -> JobRecord | None:
     return cast(JobRecord, value)
 
 
+def implied_pending(headers: Any) -> JobRecord | None:
+    """The PENDING record of a job whose publish left it to the worker's take (a
+    ``dispatch_many`` batch), from its Celery message's headers: what ``make_record``
+    writes (and ``lua/take_one.lua`` when it takes the job). None for any other message.
+    """
+    meta = headers.get("dispatch") if isinstance(headers, dict) else None
+    if not isinstance(meta, dict) or meta.get("record_at") != "take":
+        return None
+    return cast(JobRecord, {
+        "task_id": headers.get("id"), "status": "PENDING", "task_name": headers.get("task"),
+        "route": "celery", "queue": meta.get("queue"), "priority": meta.get("priority"),
+        "attempt": meta.get("attempt"), "max_attempts": meta.get("max_attempts"),
+        "request_id": meta.get("request_id"), "dispatched_at": meta.get("dispatched_at"),
+        "result": None, "error": None, "traceback": None, "children": [], "date_done": None,
+    })
+
+
 def history_entry(record: JobRecord) -> HistoryEntry:
     """What a state change adds to the job's history."""
     return {"state": record["status"], "at": time.time(), "attempt": record.get("attempt")}

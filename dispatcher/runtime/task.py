@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from datetime import datetime
 from typing import Any, Generic, ParamSpec, TypeVar
 
+from ..core.collector import paused_for
 from ..core.context import request_id_var
 from ..core.declaration import mark_coroutine_function, merge_call_options
 from ..core.errors import TaskValidationError
@@ -180,6 +181,13 @@ class Task(Generic[P, R]):
 
         Every item is validated first, so one bad item schedules nothing.
         """
+        calls = items if isinstance(items, Sized) else list(items)
+        with paused_for(len(calls)):
+            return self._dispatch_many(calls)
+
+    def _dispatch_many(
+        self, items: Iterable[tuple[Any, ...] | Mapping[str, Any]]
+    ) -> list[TaskHandle]:
         if self.call_options.idempotency_key is not None:
             raise TaskValidationError(
                 self.spec.name,

@@ -24,7 +24,8 @@ JOBS_INDEX = "dispatch:jobs"
 #: Per job, a list of its state changes after dispatch (JSON entries).
 HISTORY_PREFIX = "dispatch:history:"
 #: Per publication (``<job id>:<attempt>``): "<queue key>\n<message>" until a worker
-#: starts it, then "1" (see the publish and recover scripts).
+#: starts it, then "1" (see the publish and recover scripts); a batch job's PENDING
+#: record is read from it until the take writes it (``records.RedisRecordStore``).
 MARKER_PREFIX = "dispatch:published:"
 #: Sorted set of publications not yet started, scored by publish time (a delayed one:
 #: by its due time).

@@ -11,13 +11,33 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..core.record import HistoryEntry, JobRecord, Position, after, decode_record
+from ..core.record import (
+    HistoryEntry,
+    JobRecord,
+    Position,
+    after,
+    decode_record,
+    implied_pending,
+)
 from . import keys
 from .link import as_text
 from .record_buffer import WRITE_CHUNK, RecordBuffer, _as_record
 from .record_script import Batch, records_command
 
 __all__ = ["WRITE_CHUNK", "RedisRecordStore"]
+
+
+def _implied(marker: bytes | str | None) -> JobRecord | None:
+    """The PENDING record a first publication's marker implies: it holds "<queue
+    key>\n<message>" until a worker takes the job (then "1")."""
+    if marker is None:
+        return None
+    _, newline, message = as_text(marker).partition("\n")
+    try:
+        envelope = json.loads(message) if newline else None
+    except ValueError:
+        return None
+    return implied_pending(envelope.get("headers") if isinstance(envelope, dict) else None)
 
 
 class RedisRecordStore(RecordBuffer):
@@ -46,19 +66,35 @@ class RedisRecordStore(RecordBuffer):
             pending = self._unwritten(task_id)
         if pending is not None:
             return _as_record(pending)
-        return decode_record(self._client.get(keys.record(task_id)))
+        return self._stored([task_id])[0]
 
     def load_many(self, task_ids: list[str]) -> list[JobRecord | None]:
         if not task_ids:
             return []
-        raws = self._client.mget([keys.record(task_id) for task_id in task_ids])
+        stored = self._stored(task_ids)
         with self._lock:
             self._absorb_filed()
             pending = {t: held for t in task_ids if (held := self._unwritten(t)) is not None}
         records: list[JobRecord | None] = []
-        for task_id, raw in zip(task_ids, raws, strict=True):
+        for task_id, record in zip(task_ids, stored, strict=True):
             held = pending.get(task_id)
-            records.append(_as_record(held) if held is not None else decode_record(raw))
+            records.append(_as_record(held) if held is not None else record)
+        return records
+
+    def _stored(self, task_ids: list[str]) -> list[JobRecord | None]:
+        """The records in Redis; for a job without one, the PENDING record its publish
+        marker implies while it waits for a worker (a ``dispatch_many`` job's is written
+        by the take). Record and marker are read together for those: the take writes
+        one as it clears the other, so a reader sees one of them, never neither."""
+        records = [decode_record(raw)
+                   for raw in self._client.mget([keys.record(t) for t in task_ids])]
+        missing = [index for index, record in enumerate(records) if record is None]
+        if missing:
+            pairs = self._client.mget([key for index in missing for key in (
+                keys.record(task_ids[index]), keys.marker(f"{task_ids[index]}:1"))])
+            for n, index in enumerate(missing):
+                raw, marker = pairs[2 * n], pairs[2 * n + 1]
+                records[index] = decode_record(raw) if raw is not None else _implied(marker)
         return records
 
     def history(self, task_id: str) -> list[HistoryEntry]:

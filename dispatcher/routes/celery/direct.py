@@ -83,6 +83,7 @@ class DirectConsumer:
         shared = worker.records is not None and settings.results_url == settings.broker_url
         #: The run count's lifetime; 0: our records live apart, counted when the job runs.
         self.runs_ttl = settings.result_ttl if shared else 0
+        self.ttls = (self.runs_ttl, settings.result_ttl)  # the take's: runs, record
         self._stop = threading.Event()
         #: Held while a take is in flight or a message is held: the heartbeat lists
         #: what this consumer holds, and must never beat between a take and its reply.
@@ -214,7 +215,7 @@ class DirectConsumer:
         until Redis has answered it (sent again, it changes nothing)."""
         now = time.time()
         look = self.events.look(now)
-        self._owed.send(self.link, take_command(self.lists, self.hostname, self.runs_ttl, now,
+        self._owed.send(self.link, take_command(self.lists, self.hostname, self.ttls, now,
                                                 self._ahead.most(), idle=self.idle), *look)
         try:
             reply = self.link.read()
@@ -232,10 +233,9 @@ class DirectConsumer:
         now = time.time()
         look = self.events.look(now, idle=True)
         try:
-            take = take_command(self.lists, self.hostname, self.runs_ttl, now, 1,
-                                brought=(item, key), idle=self.idle)
-            reply, seen, ahead = write_down(self.link, take, now, key, item,
-                                            self.runs_ttl, *look)
+            take = take_command(self.lists, self.hostname, self.ttls, now, 1, (item, key),
+                                self.idle)
+            reply, seen, ahead = write_down(self.link, take, now, key, item, self.runs_ttl, *look)
         except NotWritten as failed:  # back to its queue from the put-back thread
             self.link.drop()
             settings = self.worker.settings

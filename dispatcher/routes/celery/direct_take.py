@@ -121,16 +121,19 @@ def record_status(client: redis.Redis, job_id: str) -> str | None:
     return None if record is None else record["status"]
 
 
-def take_command(lists: list[str], hostname: str, runs_ttl: int, now: float, most: int,
-                 brought: tuple[str, str] = ("", ""),
+def take_command(lists: list[str], hostname: str, ttls: tuple[int, int], now: float,
+                 most: int, brought: tuple[str, str] = ("", ""),
                  idle: tuple[Any, ...] = ()) -> tuple[Any, ...]:
     """The direct consumer's take (``lua/take.lua``) from ``lists`` in order, of up to
     ``most`` messages (``ahead``), or of the message ``BRPOP`` ``brought`` (it and its
-    list); ``idle``: the arguments that let the consumer be handed jobs (``handoff``)."""
+    list); ``ttls``: the run count's lifetime (0: not counted) and a record's; ``idle``:
+    the arguments that let the consumer be handed jobs (``handoff``)."""
     fixed = [keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED, keys.INFLIGHT]
+    runs_ttl, record_ttl = ttls
     return ("EVALSHA", TAKE.sha, len(fixed) + len(lists), *fixed, *lists, repr(now), runs_ttl,
-            keys.MARKER_PREFIX, keys.CANCEL_PREFIX, keys.RUNS_PREFIX, keys.TAKEN_PREFIX, "0",
-            keys.holding(hostname), HOLDING_TTL, most, *brought, *idle)
+            keys.MARKER_PREFIX, keys.CANCEL_PREFIX, keys.RUNS_PREFIX, keys.TAKEN_PREFIX,
+            keys.RECORD_PREFIX, record_ttl, "0", keys.holding(hostname), HOLDING_TTL, most,
+            *brought, *idle)
 
 
 def take_order(queues: list[str]) -> list[str]:

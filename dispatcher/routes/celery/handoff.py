@@ -62,7 +62,7 @@ IDLE_TTL = 3
 def idle_args(hostname: str, lists: list[str], runs_ttl: int,
               events_switch: str | None) -> tuple[Any, ...]:
     """The take's arguments that let a direct consumer of ``lists`` be handed jobs
-    (ARGV[13..18]); ``events_switch``: the key of its node's task-events switch, for
+    (ARGV[15..20]); ``events_switch``: the key of its node's task-events switch, for
     the hand-off to read (None: its events need none)."""
     idle_sets = list(dict.fromkeys(keys.idle_set(key) for key in lists))
     # What the publish reads of it (publish_one.lua), the keys a take writes among them.

@@ -78,9 +78,9 @@ class MessageTemplate:
     batch), serialised once: each job's message is the template with its id and body
     substituted, and its size is known before it is built."""
 
-    def __init__(self, first: Job) -> None:
+    def __init__(self, first: Job, record_at_take: bool = False) -> None:
         self._id_token, self._body_token = f"<{os.urandom(8).hex()}>", f"<{os.urandom(8).hex()}>"
-        envelope = task_message(dataclasses.replace(first, id=self._id_token))
+        envelope = task_message(dataclasses.replace(first, id=self._id_token), record_at_take)
         envelope["body"] = self._body_token
         self.text = json.dumps(envelope)
         self._ids = self.text.count(self._id_token)
@@ -129,14 +129,18 @@ def message_json(job: Job) -> str:
     return "".join([values.get(part, part) for part in parts])
 
 
-def task_message(job: Job) -> dict[str, Any]:
-    """The kombu envelope of a Celery protocol-2 message for ``job``.
+def task_message(job: Job, record_at_take: bool = False) -> dict[str, Any]:
+    """The kombu envelope of a Celery protocol-2 message for ``job``; ``record_at_take``:
+    its PENDING record is left to the worker's take (``core.record.implied_pending``).
 
     Never with an ``eta``: a delayed job waits in the dispatcher's delay store and is
     published when due (a Celery worker would hold an eta message unacknowledged in
     memory, and Redis would hand it to a second worker after the visibility timeout).
     """
     wire_priority = celery_priority(job.priority)
+    meta = job.meta()
+    if record_at_take:
+        meta.update(record_at="take", max_attempts=job.spec.retry.max_attempts)
     return {
         "body": encode_body(job.payload),
         "content-encoding": "utf-8",
@@ -161,7 +165,7 @@ def task_message(job: Job) -> dict[str, Any]:
             "replaced_task_nesting": 0,
             "stamped_headers": None,
             "stamps": {},
-            HEADER: job.meta(),
+            HEADER: meta,
         },
         "properties": {
             "correlation_id": job.id,

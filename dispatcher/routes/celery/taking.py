@@ -38,6 +38,12 @@ def runs_ttl(options: dict[str, Any]) -> int:
     return ttl if options.get(COUNT_RUNS_OPTION) else 0
 
 
+def record_ttl(options: dict[str, Any]) -> int:
+    """A job record's lifetime (``DISPATCH_RESULT_TTL``, as the run count's option
+    carries it), for a PENDING record the take writes."""
+    return int(options.get(RUNS_TTL_OPTION) or 86_400)
+
+
 class TakingChannel:
     """A mixin before kombu's Redis ``Channel`` (see the module docstring)."""
 
@@ -53,8 +59,10 @@ class TakingChannel:
     #: While a message is delivered: the list it was taken from (with every prefix) and
     #: the message exactly as taken, to put it back should writing it down fail.
     holding: tuple[str, str] | None = None
-    #: The run count's lifetime for the script (0: not counted on the broker).
+    #: The run count's lifetime for the script (0: not counted on the broker), and a
+    #: record's.
     _runs_ttl: int | None = None
+    _record_ttl = 86_400
 
     #: Queues consumed without acknowledgements (replies to ``inspect``): kombu keeps
     #: no record of what it takes from them, so neither may the script.
@@ -81,7 +89,8 @@ class TakingChannel:
         fixed = [prefix + channel.unacked_index_key, prefix + channel.unacked_key,
                  keys.INFLIGHT]
         if self._runs_ttl is None:  # read once: the options do not change
-            self._runs_ttl = runs_ttl(channel.connection.client.transport_options or {})
+            options = channel.connection.client.transport_options or {}
+            self._runs_ttl, self._record_ttl = runs_ttl(options), record_ttl(options)
         connection = channel.client.connection
         channel._in_poll = connection
         channel._brpop_sent_at = time.monotonic()
@@ -90,7 +99,7 @@ class TakingChannel:
         connection.send_packed_command(pack_commands([(
             "EVALSHA", TAKE.sha, len(fixed) + len(lists), *fixed, *lists, repr(time.time()),
             self._runs_ttl, keys.MARKER_PREFIX, keys.CANCEL_PREFIX, keys.RUNS_PREFIX,
-            keys.TAKEN_PREFIX)]))
+            keys.TAKEN_PREFIX, keys.RECORD_PREFIX, self._record_ttl)]))
 
     def _brpop_read(self, **options: Any) -> bool:
         """kombu's reading of ``BRPOP``'s reply, or the script's; either way the

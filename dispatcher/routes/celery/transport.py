@@ -36,13 +36,14 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as virtual
 from kombu.utils.json import dumps
 
+from ...core.record import encode_record, implied_pending
 from ...store import keys
 from ...store.client import REDIS_ERRORS, REDIS_UNREACHABLE, refuses_writes
 from ...store.link import Link
 from .delivery import DELIVERY_HEADER, delivery_commands, publication_of
 from .putback import hand_over, owe_acks
 from .spare import SpareQoS
-from .taking import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, TakingChannel, runs_ttl
+from .taking import COUNT_RUNS_OPTION, RUNS_TTL_OPTION, TakingChannel, record_ttl, runs_ttl
 
 __all__ = ["COUNT_RUNS_OPTION", "RUNS_TTL_OPTION", "SentinelTransport", "Transport",
            "transport_for"]
@@ -87,7 +88,7 @@ class DeliveryQoS(SpareQoS, kombu_redis.QoS):
         self._acks: collections.deque[Any] = collections.deque()
         channel: Any = self.channel
         options = channel.connection.client.transport_options or {}
-        self._runs_ttl = runs_ttl(options)
+        self._runs_ttl, self._record_ttl = runs_ttl(options), record_ttl(options)
         self._count_runs = self._runs_ttl > 0
         self.init_spare(options)
 
@@ -124,6 +125,9 @@ class DeliveryQoS(SpareQoS, kombu_redis.QoS):
         if publication is not None:
             commands += delivery_commands(publication, self._runs_ttl if self._count_runs else 0,
                                           held=True)
+            if (pending := implied_pending(headers)) is not None:  # as take.lua writes it
+                commands.append(("SET", keys.record(pending["task_id"]), encode_record(pending),
+                                 "NX", "EX", self._record_ttl))
         commands.append(("EXEC",))
         try:
             replies = self._transact(commands)

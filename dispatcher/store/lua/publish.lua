@@ -2,10 +2,11 @@
 -- KEYS[1] the in-flight index, KEYS[2] the jobs index, KEYS[3] the delay store.
 -- ARGV[1] marker ttl, ARGV[2] record ttl, ARGV[3] now, ARGV[4] the number of jobs,
 -- ARGV[5] five fields per job (helpers' fields()): publish id, queue key, message,
--- record ('' for none), due time ('' for now); ARGV[6] the marker key prefix, ARGV[7]
--- the record key prefix.
+-- record ('' for none, '=' left to the take: see take_one.lua), due time ('' for now);
+-- ARGV[6] the marker key prefix, ARGV[7] the record key prefix.
 -- The marker holds "<queue key>\n<message>" until a worker starts the job (then "1"),
--- so the sweeper can put back a message that Redis lost between queue and worker.
+-- so the sweeper can put back a message that Redis lost between queue and worker, and
+-- a reader can tell a job whose PENDING record is left to the take (store/records.py).
 -- A job due later is not pushed: it waits in the delay store, scored by its due time,
 -- until release_due.lua pushes its marker's message (its marker lives that much longer,
 -- and the in-flight index scores it by its due time, so the sweeper waits for it too).
@@ -38,7 +39,9 @@ for _ = 1, tonumber(ARGV[4]) do
     inflight[#inflight + 1] = pid
     if record ~= '' then
       local job = string.match(pid, '^(.*):%d+$')
-      redis.call('SET', record_prefix .. job, record, 'EX', record_ttl + (ttl - marker_ttl))
+      if record ~= '=' then
+        redis.call('SET', record_prefix .. job, record, 'EX', record_ttl + (ttl - marker_ttl))
+      end
       index[#index + 1] = now
       index[#index + 1] = job
     end

@@ -4,10 +4,36 @@
 -- message of ours the started mark, the cancel mark's answer and the run count (held:
 -- counted as taken ahead of its start, see count_delivery). w: the keys and values it
 -- needs (unacked_index, unacked, inflight, now, runs_ttl, and the marker, cancel, runs
--- and taken prefixes). Returns the reply for the message, {list, message} for one it
--- could not read (nothing written), else {list, message, 1, runs (-1: not counted),
--- cancelled (0/1), ours (0/1)}; its delivery tag (nil: unreadable); and its job id (nil:
--- not ours).
+-- and taken prefixes; record_prefix and record_ttl, absent for a hand-off). A job whose
+-- publish left its PENDING record to the take (a dispatch_many batch: its header says
+-- record_at = 'take') gets it here, unless it has one. Returns the reply for the
+-- message, {list, message} for one it could not read (nothing written), else {list,
+-- message, 1, runs (-1: not counted), cancelled (0/1), ours (0/1)}; its delivery tag
+-- (nil: unreadable); and its job id (nil: not ours).
+-- The PENDING record core/record.make_record writes, from the message's headers (the
+-- same as core/record.implied_pending reads from a publish marker); numbers in %.17g,
+-- which reads back as the same float.
+local function pending_record(id, name, meta)
+  local function text(value)
+    if type(value) == 'string' then
+      return cjson.encode(value)
+    end
+    return 'null'
+  end
+  local function number(value)
+    if type(value) == 'number' then
+      return string.format('%.17g', value)
+    end
+    return 'null'
+  end
+  return '{"task_id": ' .. cjson.encode(id) .. ', "status": "PENDING", "task_name": '
+    .. text(name) .. ', "route": "celery", "queue": ' .. text(meta['queue'])
+    .. ', "priority": ' .. number(meta['priority']) .. ', "attempt": '
+    .. number(meta['attempt']) .. ', "max_attempts": ' .. number(meta['max_attempts'])
+    .. ', "request_id": ' .. text(meta['request_id']) .. ', "dispatched_at": '
+    .. number(meta['dispatched_at']) .. ', "result": null, "error": null, '
+    .. '"traceback": null, "children": [], "date_done": null}'
+end
 local function take_one(item, from, held, w)
   local ok, message = pcall(cjson.decode, item)
   if not ok or type(message) ~= 'table' or type(message['properties']) ~= 'table' then
@@ -35,6 +61,10 @@ local function take_one(item, from, held, w)
   local publication = id .. ':' .. string.format('%d', attempt)
   redis.call('ZREM', w.inflight, publication)
   redis.call('SET', w.marker_prefix .. publication, '1', 'XX', 'KEEPTTL')
+  if w.record_prefix and headers['dispatch']['record_at'] == 'take' then
+    redis.call('SET', w.record_prefix .. id, pending_record(id, headers['task'],
+               headers['dispatch']), 'NX', 'EX', w.record_ttl)
+  end
   local cancelled = redis.call('EXISTS', w.cancel_prefix .. id)
   local runs = -1
   if tonumber(w.runs_ttl) > 0 then

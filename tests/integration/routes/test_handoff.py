@@ -50,7 +50,7 @@ def publish(queue: str) -> Job:
 
 def take(client: redis.Redis, queue: str, host: str) -> list[TakenMessage]:
     """The direct consumer's take, as it sends it (it may be handed jobs)."""
-    command = take_command(take_order([queue]), host, RUNS_TTL, time.time(), 1,
+    command = take_command(take_order([queue]), host, (RUNS_TTL, RUNS_TTL), time.time(), 1,
                            idle=idle_args(host, take_order([queue]), RUNS_TTL,
                                           keys.events_switch(host)))
     owed: list[str] = []
@@ -210,7 +210,7 @@ def test_a_handed_job_goes_back_when_the_consumers_brpop_brought_another_first(
     handed_job = publish(queue)  # the list is empty, the consumer still idles: handed
     [handed] = inbox(client, host)
 
-    command = take_command(take_order([queue]), host, RUNS_TTL, time.time(), 1,
+    command = take_command(take_order([queue]), host, (RUNS_TTL, RUNS_TTL), time.time(), 1,
                            brought=(item.decode(), key),
                            idle=idle_args(host, take_order([queue]), RUNS_TTL, None))
     owed: list[str] = []

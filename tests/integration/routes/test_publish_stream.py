@@ -182,19 +182,44 @@ def test_broker_found_down_while_a_batch_is_in_flight_loses_nothing(
     assert sorted(queued) == sorted(h.id for h in handles)
 
 
-def test_dispatch_many_writes_each_job_its_own_pending_record(
+def test_dispatch_many_leaves_each_jobs_pending_record_to_the_take(
     own_redis: EmbeddedRedis, tmp_path: Path
 ) -> None:
+    """A batch's publish writes no record (one write fewer per job, in Redis, which sets
+    the batch's pace): readers tell each job's PENDING record from its publish marker
+    until a worker's take writes it. Both are the record a publish would have written."""
+    from dispatcher.core.job import Job
+    from dispatcher.core.record import make_record
+    from dispatcher.routes.celery.direct_take import take_command, take_order
     from dispatcher.store.keys import RECORD_PREFIX as KEY_PREFIX
+    from dispatcher.store.scripts import TAKE
 
     configure(DispatcherSettings(  # type: ignore[call-arg]
         broker_url=own_redis.url, spool_path=str(tmp_path / "spool.db"), _env_file=None))
     handles = stream_job.dispatch_many([(n,) for n in range(celery_route.PUBLISH_BATCH + 3)])
-    client = redis.Redis.from_url(own_redis.url)
-    records = [json.loads(raw) for raw in client.mget([KEY_PREFIX + h.id for h in handles])]
-    assert [r["task_id"] for r in records] == [h.id for h in handles]
+    ids = [h.id for h in handles]
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    assert client.mget([KEY_PREFIX + i for i in ids]) == [None] * len(ids)
+    records = current().records.load_many(ids)
     first = records[0]
-    assert first == {**first, "status": "PENDING", "task_name": "it.stream.job",
-                     "route": "celery", "queue": "stream", "attempt": 1}
-    assert {json.dumps({**r, "task_id": None}, sort_keys=True) for r in records} \
+    assert first is not None
+    job = Job(ids[0], stream_job.spec, "celery", "stream", first["priority"], {"n": 0}, 1,
+              None, first["dispatched_at"])
+    assert first == make_record(job, "PENDING")
+    assert [r and r["task_id"] for r in records] == ids
+    assert {json.dumps({**r, "task_id": None}, sort_keys=True) for r in records if r} \
         == {json.dumps({**first, "task_id": None}, sort_keys=True)}  # differ by id alone
+    assert current().records.load(ids[-1]) == {**first, "task_id": ids[-1]}
+
+    # A worker's take writes each taken job's record, the same; the others still wait.
+    take = take_command(take_order(["stream"]), "it-take@host", (0, 600), time.time(), 8)
+    client.script_load(TAKE.source)
+    taken = client.execute_command(*take)
+    assert len(taken) == 8
+    stored = [json.loads(raw) for raw in client.mget([KEY_PREFIX + i for i in ids[:8]])]
+    assert stored == records[:8]
+    assert 0 < client.ttl(KEY_PREFIX + ids[0]) <= 600
+    assert client.get(KEY_PREFIX + ids[8]) is None
+    assert current().records.load_many(ids) == records
+
+

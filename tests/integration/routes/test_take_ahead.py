@@ -41,7 +41,7 @@ def queued_jobs(n: int) -> tuple[str, list[Job]]:
 
 
 def take(client: redis.Redis, queue: str, host: str, most: int) -> list[TakenMessage]:
-    command = take_command(take_order([queue]), host, RUNS_TTL, time.time(), most)
+    command = take_command(take_order([queue]), host, (RUNS_TTL, RUNS_TTL), time.time(), most)
     replies = client.execute_command(*command)
     owed: list[str] = []
     taken = read_taken(replies or [], owed.append)

@@ -56,6 +56,17 @@ def written_down(client: redis.Redis, queue: str) -> list[Any]:
     return [entry for entry in entries if entry[2] == queue]
 
 
+def waiting_on_brpop(client: redis.Redis, channel: Any) -> bool:
+    """Whether ``channel`` is blocked on kombu's ``BRPOP`` (made before another thread
+    asks: kombu's poller must not see a channel made meanwhile)."""
+    polling = getattr(channel.client.connection, "_sock", None)
+    if polling is None:
+        return False
+    host, port = polling.getsockname()[:2]
+    return any(e["addr"] == f"{host}:{port}" and e["cmd"] == "brpop"
+               for e in client.client_list())
+
+
 def publish(queue: str, job_id: str | None = None) -> Job:
     job = Job(job_id or new_job_id(), samples.echo.spec, "celery", queue, 5,
               {"value": {"n": 1}})
@@ -179,16 +190,8 @@ def test_a_message_that_comes_while_the_worker_waits_is_written_down_too(queue: 
     channel = connection.default_channel
     published: list[Job] = []
 
-    def waiting() -> bool:
-        polling = getattr(channel.client.connection, "_sock", None)  # kombu's BRPOP one
-        if polling is None:
-            return False
-        host, port = polling.getsockname()[:2]
-        return any(e["addr"] == f"{host}:{port}" and e["cmd"] == "brpop"
-                   for e in client.client_list())
-
     def publish_once_waiting() -> None:
-        wait_until(waiting, "the worker waiting on BRPOP")
+        wait_until(lambda: waiting_on_brpop(client, channel), "the worker waiting on BRPOP")
         published.append(publish(queue))
 
     sender = threading.Thread(target=publish_once_waiting)
@@ -344,4 +347,53 @@ def test_acknowledgements_still_refused_at_close_are_sent_by_the_put_back_thread
     wait_until(lambda: not PUT_BACKS.pending(), "the acknowledgement sent late")
     assert not client.hexists(keys.KOMBU_UNACKED, message.delivery_tag)
     assert client.zscore(keys.KOMBU_UNACKED_INDEX, message.delivery_tag) is None
+    app.close()
+
+
+def _batch(queue: str, count: int = 2) -> list[Job]:
+    """``count`` jobs published as ``dispatch_many`` publishes them: their PENDING
+    records left to the take (``lua/take_one.lua``, or kombu's write-down here)."""
+    jobs = [Job(new_job_id(), samples.echo.spec, "celery", queue, 5, {"value": {"n": n}},
+                dispatched_at=1_700_000_000.123456) for n in range(count)]
+    current().celery.dispatch_many(jobs, None)
+    return jobs
+
+
+@pytest.mark.parametrize("waiting", [False, True])
+def test_a_batch_jobs_pending_record_is_written_as_it_is_taken(queue: str,
+                                                               waiting: bool) -> None:
+    """Taken from a backlog (the take script) or while the worker waits (kombu's BRPOP,
+    then our write-down): the job's PENDING record is written in the same step, as
+    the publish would have written it; its batch neighbour still has none."""
+    from dispatcher.core.record import make_record
+
+    app = create_celery_app(current().settings)
+    client = redis.Redis.from_url(current().settings.broker_url or "")
+    connection = app.connection_for_read()
+    if waiting:
+        channel = connection.default_channel
+
+        def publish_once_waiting() -> None:
+            wait_until(lambda: waiting_on_brpop(client, channel), "the worker waiting on BRPOP")
+            published.extend(_batch(queue))
+
+        published: list[Job] = []
+        sender = threading.Thread(target=publish_once_waiting)
+        sender.start()
+        message, channel = take(app, queue, connection)
+        sender.join()
+        assert channel.qos._link is not None  # written down in kombu's second round trip
+    else:
+        published = _batch(queue)
+        assert client.get(keys.record(published[0].id)) is None
+        message, channel = take(app, queue, connection)
+    first, second = published
+    assert message.headers["id"] == first.id
+    record = client.get(keys.record(first.id))
+    assert record is not None
+    assert json.loads(record) == make_record(first, "PENDING")
+    assert client.ttl(keys.record(first.id)) > 0
+    assert client.get(keys.record(second.id)) is None
+    assert current().records.load(second.id) == make_record(second, "PENDING")
+    message.ack()
     app.close()

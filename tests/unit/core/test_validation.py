@@ -122,6 +122,23 @@ def test_nan_inside_untyped_arguments_is_refused_not_sent_as_null(
     assert f.dispatch([1.5, {"score": 2.0}], options={"n": None}).id  # finite: accepted
 
 
+def test_a_refused_batch_leaves_the_collector_on(calls: Calls) -> None:
+    """dispatch_many pauses the garbage collector while it works (core.collector), and
+    gives it back however the batch ends."""
+    import gc
+
+    @task(name="unit.validation.collector")
+    def f(x: int) -> None:
+        calls.add(x)
+
+    with capture_dispatches() as captured, pytest.raises(TaskValidationError):
+        f.dispatch_many([(1,), ("two",)])
+    assert gc.isenabled()
+    assert_nothing_scheduled(captured, calls)
+    assert len(f.dispatch_many(iter([(1,), (2,)]))) == 2  # a generator too
+    assert gc.isenabled()
+
+
 def test_missing_required_argument_names_it(calls: Calls) -> None:
     @task(name="unit.validation.missing")
     def f(user_id: int, note: str = "") -> None:
