@@ -24,8 +24,7 @@ from .taken import ReadAhead, Refused, TakenMessage, delivery_tag, read_message
 
 log = logging.getLogger("dispatcher.worker")
 
-#: Seconds a consumer's holding key outlives its last take (a consumer that never
-#: starts again leaves nothing behind for good).
+#: Seconds a consumer's holding key outlives its last take (none kept for good).
 HOLDING_TTL = 86_400
 
 
@@ -126,14 +125,13 @@ def take_command(lists: list[str], hostname: str, ttls: tuple[int, int], now: fl
                  idle: tuple[Any, ...] = ()) -> tuple[Any, ...]:
     """The direct consumer's take (``lua/take.lua``) from ``lists`` in order, of up to
     ``most`` messages (``ahead``), or of the message ``BRPOP`` ``brought`` (it and its
-    list); ``ttls``: the run count's lifetime (0: not counted) and a record's; ``idle``:
-    the arguments that let the consumer be handed jobs (``handoff``)."""
+    list); ``ttls``: the run count's (0: not counted) and a record's; ``idle``: the
+    arguments that let the consumer be handed jobs (``handoff``)."""
     fixed = [keys.KOMBU_UNACKED_INDEX, keys.KOMBU_UNACKED, keys.INFLIGHT]
-    runs_ttl, record_ttl = ttls
-    return ("EVALSHA", TAKE.sha, len(fixed) + len(lists), *fixed, *lists, repr(now), runs_ttl,
+    return ("EVALSHA", TAKE.sha, len(fixed) + len(lists), *fixed, *lists, repr(now), ttls[0],
             keys.MARKER_PREFIX, keys.CANCEL_PREFIX, keys.RUNS_PREFIX, keys.TAKEN_PREFIX,
-            keys.RECORD_PREFIX, record_ttl, "0", keys.holding(hostname), HOLDING_TTL, most,
-            *brought, *idle)
+            keys.RECORD_PREFIX, ttls[1], "0", keys.holding(hostname), HOLDING_TTL, most, *brought,
+            *idle)
 
 
 def take_order(queues: list[str]) -> list[str]:

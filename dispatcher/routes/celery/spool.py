@@ -26,6 +26,30 @@ class SpooledJob:
     due: float | None = None
 
 
+#: Seconds a connection waits for another one's lock.
+_BUSY_WAIT = 10.0
+
+
+def _write_ahead(db: sqlite3.Connection) -> None:
+    """Put the file in WAL mode (it stays so). The switch needs the file to itself:
+    while another connection reads it SQLite leaves the mode as it was, and while one
+    writes it refuses at once, without waiting (two threads opening a new spool
+    together: one of them spooled nothing). So it is tried again for up to
+    ``_BUSY_WAIT``; past that the spool works on in the mode it has (as durable, with
+    less concurrency)."""
+    deadline = time.monotonic() + _BUSY_WAIT
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc):
+                raise
+        if time.monotonic() > deadline:
+            return
+        time.sleep(0.005)
+
+
 class Spool:
     """A durable FIFO of prepared messages; safe across threads and processes."""
 
@@ -38,8 +62,8 @@ class Spool:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
         if db is None or getattr(self._local, "pid", 0) != os.getpid():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(self.path, timeout=_BUSY_WAIT, isolation_level=None)
+            _write_ahead(db)
             db.execute("PRAGMA synchronous=FULL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS spool ("

@@ -97,6 +97,29 @@ def test_spool_is_durable_and_ordered(tmp_path: Path) -> None:
     assert [j.message for j in spool.peek()] == ["m1"]
 
 
+def test_a_new_spool_opened_while_another_connection_reads_it_still_spools(
+    tmp_path: Path
+) -> None:
+    """Switching a file to WAL mode is refused at once, without the busy wait, while
+    another connection writes it (two threads spooling to a new spool together): the
+    switch is tried again, and the job is spooled once the writer is done."""
+    import threading
+
+    path = tmp_path / "spool.db"
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("CREATE TABLE other (x)")  # holds the write lock
+    done = threading.Timer(0.2, writer.execute, args=("COMMIT",))  # ends the write
+    done.start()
+    try:
+        Spool(path).put(SpooledJob("id:1", "q", "m", None))
+    finally:
+        done.join()
+    assert [job.job_id for job in Spool(path).peek()] == ["id:1"]
+    fresh = sqlite3.connect(path)
+    assert fresh.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
 def test_a_spool_from_before_delayed_jobs_keeps_its_rows_and_takes_due_times(
     tmp_path: Path,
 ) -> None:
