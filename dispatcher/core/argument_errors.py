@@ -48,7 +48,7 @@ def refuse_non_finite(task_name: str, payload: Mapping[str, Any]) -> None:
 
 
 def _non_finite(value: Any, path: str) -> str | None:
-    if type(value) is float:
+    if isinstance(value, float):  # numpy's float64 too
         return None if math.isfinite(value) else path
     if isinstance(value, dict):
         for key, item in value.items():

@@ -1,8 +1,10 @@
 """The bearer token of the endpoints that show arguments, results or tracebacks.
 
-Without ``DISPATCH_API_TOKEN`` those endpoints answer only this machine: a service
-deployed without the token shows no job's arguments to the network, while ``make
-run``, a developer's browser and tests keep working untouched.
+Without ``DISPATCH_API_TOKEN`` those endpoints answer only a client that connected
+from this machine's loopback address, directly (no proxy header): ``make run``, a
+developer's browser and tests keep working, while a service deployed without the
+token, or behind a reverse proxy (whose requests all come from loopback, or from a
+Unix socket), shows no job's arguments to the network.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ from fastapi import HTTPException, Request
 
 from ..core.settings import get_settings
 
-#: ASGI client hosts that are this machine: Starlette's ``TestClient`` names its
-#: client ``testclient`` (no socket: the app runs in the same process).
-_LOCAL_NAMES = frozenset({"localhost", "testclient"})
+#: Starlette's ``TestClient`` names its client so (no socket: the app runs in the
+#: same process as the test).
+_TEST_CLIENT = "testclient"
+#: Headers a proxy adds: a request that carries one was passed on for another client.
+_PROXY_HEADERS = ("forwarded", "x-forwarded-for", "x-real-ip")
 
 
 def require_api_token(request: Request) -> None:
@@ -28,8 +32,8 @@ def require_api_token(request: Request) -> None:
             raise HTTPException(
                 status_code=403,
                 detail="DISPATCH_API_TOKEN is not set, so this endpoint answers only "
-                "clients on this machine (127.0.0.1, ::1); set DISPATCH_API_TOKEN to "
-                "serve it to other hosts with Authorization: Bearer <token>",
+                "clients on this machine (127.0.0.1, ::1), not through a proxy; set "
+                "DISPATCH_API_TOKEN to serve it to others with Authorization: Bearer <token>",
             )
         return
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
@@ -43,12 +47,17 @@ def require_api_token(request: Request) -> None:
 
 
 def is_local(request: Request) -> bool:
-    """Whether the request's client is this machine: a loopback address, a Unix socket
-    (no client address), or an in-process test client."""
+    """Whether the request came straight from this machine: a loopback address or an
+    in-process test client, and no proxy header. A Unix socket (no client address) is
+    not: reverse proxies use them."""
     client = request.client
-    if client is None or client.host in _LOCAL_NAMES:
+    if client is None or any(name in request.headers for name in _PROXY_HEADERS):
+        return False
+    if client.host == _TEST_CLIENT:
         return True
     try:
-        return ipaddress.ip_address(client.host.split("%", 1)[0]).is_loopback
+        address = ipaddress.ip_address(client.host.split("%", 1)[0])
     except ValueError:  # not an address: a name some server passed through
         return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1 (a dual-stack server)
+    return (mapped or address).is_loopback

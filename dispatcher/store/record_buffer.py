@@ -92,8 +92,8 @@ class RecordBuffer:
         self._wake = threading.Event()
         self._write_lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        #: Jobs accepted but not yet published whose PENDING record the publish writes
-        #: (spill-over, see ``read_also``); never written from here.
+        #: Jobs accepted but not yet published whose PENDING record the publish writes,
+        #: or a batch's take (spill-over, see ``read_also``); never written from here.
         self._unpublished: Callable[[str], Job | None] = _nothing
         _stores.add(self)
 

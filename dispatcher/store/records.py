@@ -94,7 +94,7 @@ class RedisRecordStore(RecordBuffer):
                 keys.record(task_ids[index]), keys.marker(f"{task_ids[index]}:1"))])
             for n, index in enumerate(missing):
                 raw, marker = pairs[2 * n], pairs[2 * n + 1]
-                records[index] = decode_record(raw) if raw is not None else _implied(marker)
+                records[index] = decode_record(raw) or _implied(marker)
         return records
 
     def history(self, task_id: str) -> list[HistoryEntry]:

@@ -171,7 +171,9 @@
         $("token-form").hidden = false;
       } else if (response.status === 403) {  // no token set, and this is another host
         setLive("error", "HTTP 403");
-        showBanner((await response.json()).detail);
+        let detail = "Forbidden: set DISPATCH_API_TOKEN to view this from another host.";
+        try { detail = (await response.json()).detail || detail; } catch (e) { /* a proxy's page */ }
+        showBanner(detail);
       } else if (!response.ok) {
         setLive("error", "HTTP " + response.status);
       } else {

@@ -83,7 +83,7 @@ class DirectConsumer:
         shared = worker.records is not None and settings.results_url == settings.broker_url
         #: The run count's lifetime; 0: our records live apart, counted when the job runs.
         self.runs_ttl = settings.result_ttl if shared else 0
-        self.ttls = (self.runs_ttl, settings.result_ttl)  # the take's: runs, record
+        self.ttls = (self.runs_ttl, self.runs_ttl)  # the take's: runs, records (0: apart)
         self._stop = threading.Event()
         #: Held while a take is in flight or a message is held: the heartbeat lists
         #: what this consumer holds, and must never beat between a take and its reply.

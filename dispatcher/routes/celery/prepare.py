@@ -37,7 +37,8 @@ def preparer(settings: DispatcherSettings, jobs: Sequence[Job],
             first.dispatched_at, first.queued_at)
         for j in jobs
     )
-    if not (uniform and fresh and _records_with_broker(settings)) or first.delay():
+    if not (uniform and fresh and first.attempt == 1 and first.queued_at is None
+            and _records_with_broker(settings)):
         ready = [prepared(settings, job, fresh) for job in jobs]
         return lambda start, stop: ready[start:stop]
     template = MessageTemplate(first, record_at_take=True)

@@ -20,7 +20,7 @@ from ...core.events import Announcement, emit, emit_many
 from ...core.execution import Execution
 from ...core.job import Job
 from ...core.ports import Route
-from ...core.record import ErrorInfo
+from ...core.record import ErrorInfo, pending_json
 from ...core.settings import DispatcherSettings
 from ...core.spec import RouteName
 from ...policy.governor import never_busy
@@ -29,7 +29,7 @@ from ...store.client import client_for
 from ...store.record_buffer import RecordBuffer
 from .app import create_celery_app
 from .monitor import BROKER_ERRORS, BrokerMonitor
-from .prepare import Prepared, prepared, preparer
+from .prepare import RECORD_AT_TAKE, Prepared, prepared, preparer
 from .publisher import Publisher
 from .spill import SpillPublisher
 from .spool import Spool, SpooledJob
@@ -217,6 +217,7 @@ class CeleryRoute:
             job.route, job.queue = "inline", None
             return self.fallback.accept([job], countdown,
                                         reason=EVENT_REASON[Cause.OUTAGE])[0]
+        record = pending_json(job) if record == RECORD_AT_TAKE else record  # relayed by any release
         try:
             self.monitor.spool.put(SpooledJob(job.publish_id, key, message, record, due))
         except (sqlite3.Error, OSError) as exc:

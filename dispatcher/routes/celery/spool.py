@@ -26,26 +26,30 @@ class SpooledJob:
     due: float | None = None
 
 
-#: Seconds a connection waits for another one's lock.
-_BUSY_WAIT = 10.0
+#: Seconds a connection waits for another one's lock, and for the switch to WAL mode
+#: while another connection reads.
+_BUSY_WAIT, _MODE_WAIT = 10.0, 0.2
 
 
 def _write_ahead(db: sqlite3.Connection) -> None:
     """Put the file in WAL mode (it stays so). The switch needs the file to itself:
     while another connection reads it SQLite leaves the mode as it was, and while one
     writes it refuses at once, without waiting (two threads opening a new spool
-    together: one of them spooled nothing). So it is tried again for up to
-    ``_BUSY_WAIT``; past that the spool works on in the mode it has (as durable, with
-    less concurrency)."""
-    deadline = time.monotonic() + _BUSY_WAIT
+    together: one of them spooled nothing). So it is tried again: for up to
+    ``_BUSY_WAIT`` while refused, for a moment while left as it was (a file system
+    without WAL would leave it so for good). Past that the spool works on in the mode
+    it has (as durable, with less concurrency)."""
+    start = time.monotonic()
     while True:
         try:
             if db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
                 return
+            wait = _MODE_WAIT
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc):
                 raise
-        if time.monotonic() > deadline:
+            wait = _BUSY_WAIT
+        if time.monotonic() - start > wait:
             return
         time.sleep(0.005)
 

@@ -40,8 +40,9 @@ def runs_ttl(options: dict[str, Any]) -> int:
 
 def record_ttl(options: dict[str, Any]) -> int:
     """A job record's lifetime (``DISPATCH_RESULT_TTL``, as the run count's option
-    carries it), for a PENDING record the take writes."""
-    return int(options.get(RUNS_TTL_OPTION) or 86_400)
+    carries it), for a PENDING record the take writes; 0: the records live apart from
+    the broker (none written there)."""
+    return int(options.get(RUNS_TTL_OPTION) or 0) if options.get(COUNT_RUNS_OPTION) else 0
 
 
 class TakingChannel:
@@ -62,7 +63,7 @@ class TakingChannel:
     #: The run count's lifetime for the script (0: not counted on the broker), and a
     #: record's.
     _runs_ttl: int | None = None
-    _record_ttl = 86_400
+    _record_ttl = 0
 
     #: Queues consumed without acknowledgements (replies to ``inspect``): kombu keeps
     #: no record of what it takes from them, so neither may the script.

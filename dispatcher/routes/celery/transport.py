@@ -125,7 +125,8 @@ class DeliveryQoS(SpareQoS, kombu_redis.QoS):
         if publication is not None:
             commands += delivery_commands(publication, self._runs_ttl if self._count_runs else 0,
                                           held=True)
-            if (pending := implied_pending(headers)) is not None:  # as take.lua writes it
+            pending = implied_pending(headers) if self._record_ttl else None
+            if pending is not None:  # as take_one.lua writes it
                 commands.append(("SET", keys.record(pending["task_id"]), encode_record(pending),
                                  "NX", "EX", self._record_ttl))
         commands.append(("EXEC",))

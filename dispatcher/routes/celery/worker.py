@@ -20,6 +20,7 @@ from ...core.execution import Execution, Outcome
 from ...core.job import Job
 from ...core.limits import UNLIMITED, Admission, admit, is_limited, release_after
 from ...core.ports import RegisteredTask
+from ...core.record import pending_json
 from ...core.registry import all_tasks
 from ...core.settings import DispatcherSettings
 from ...store import keys
@@ -118,6 +119,9 @@ class CeleryWorker:
         records = self.records
         shared = records is not None and settings.results_url == settings.broker_url
         commands = delivery_commands(job.publish_id, ttl if shared else 0)
+        if shared:  # a batch job's PENDING record is left to the take: none took it here
+            commands.insert(-1, ("SET", keys.record(job.id), pending_json(job), "NX", "EX",
+                                 settings.result_ttl))
         link = self._count_link()
         try:
             link.send(commands)

@@ -4,15 +4,17 @@
 -- message of ours the started mark, the cancel mark's answer and the run count (held:
 -- counted as taken ahead of its start, see count_delivery). w: the keys and values it
 -- needs (unacked_index, unacked, inflight, now, runs_ttl, and the marker, cancel, runs
--- and taken prefixes; record_prefix and record_ttl, absent for a hand-off). A job whose
+-- and taken prefixes; record_prefix and record_ttl, absent for a hand-off and 0 where the
+-- records live apart from the broker). A job whose
 -- publish left its PENDING record to the take (a dispatch_many batch: its header says
 -- record_at = 'take') gets it here, unless it has one. Returns the reply for the
 -- message, {list, message} for one it could not read (nothing written), else {list,
 -- message, 1, runs (-1: not counted), cancelled (0/1), ours (0/1)}; its delivery tag
 -- (nil: unreadable); and its job id (nil: not ours).
 -- The PENDING record core/record.make_record writes, from the message's headers (the
--- same as core/record.implied_pending reads from a publish marker); numbers in %.17g,
--- which reads back as the same float.
+-- same as core/record.implied_pending reads from a publish marker), equal once decoded
+-- (cjson escapes differently): numbers in %.17g, which reads back as the same number,
+-- the dispatch time always with a fraction (a float in Python too).
 local function pending_record(id, name, meta)
   local function text(value)
     if type(value) == 'string' then
@@ -20,18 +22,22 @@ local function pending_record(id, name, meta)
     end
     return 'null'
   end
-  local function number(value)
-    if type(value) == 'number' then
-      return string.format('%.17g', value)
+  local function number(value, fraction)
+    if type(value) ~= 'number' then
+      return 'null'
     end
-    return 'null'
+    local text = string.format('%.17g', value)
+    if fraction and not string.find(text, '[.eE]') then
+      text = text .. '.0'
+    end
+    return text
   end
   return '{"task_id": ' .. cjson.encode(id) .. ', "status": "PENDING", "task_name": '
     .. text(name) .. ', "route": "celery", "queue": ' .. text(meta['queue'])
     .. ', "priority": ' .. number(meta['priority']) .. ', "attempt": '
     .. number(meta['attempt']) .. ', "max_attempts": ' .. number(meta['max_attempts'])
     .. ', "request_id": ' .. text(meta['request_id']) .. ', "dispatched_at": '
-    .. number(meta['dispatched_at']) .. ', "result": null, "error": null, '
+    .. number(meta['dispatched_at'], true) .. ', "result": null, "error": null, '
     .. '"traceback": null, "children": [], "date_done": null}'
 end
 local function take_one(item, from, held, w)
@@ -61,7 +67,7 @@ local function take_one(item, from, held, w)
   local publication = id .. ':' .. string.format('%d', attempt)
   redis.call('ZREM', w.inflight, publication)
   redis.call('SET', w.marker_prefix .. publication, '1', 'XX', 'KEEPTTL')
-  if w.record_prefix and headers['dispatch']['record_at'] == 'take' then
+  if tonumber(w.record_ttl or 0) > 0 and headers['dispatch']['record_at'] == 'take' then
     redis.call('SET', w.record_prefix .. id, pending_record(id, headers['task'],
                headers['dispatch']), 'NX', 'EX', w.record_ttl)
   end

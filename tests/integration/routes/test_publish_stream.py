@@ -124,9 +124,11 @@ def test_broker_stalling_mid_dispatch_many_spools_the_rest_exactly_once(
 
     monkeypatch.setattr(celery_route, "preparer", stall_after_first_batch)
     spooled: list[str] = []
+    records: set[str | None] = set()
     real_put = route.monitor.spool.put
-    monkeypatch.setattr(route.monitor.spool, "put",
-                        lambda job: (spooled.append(job.job_id), real_put(job))[1])
+    monkeypatch.setattr(route.monitor.spool, "put", lambda job: (
+        spooled.append(job.job_id), records.add(job.record and json.loads(job.record)["status"]),
+        real_put(job))[2])
     total = celery_route.PUBLISH_BATCH * 4
     started = time.monotonic()
     try:
@@ -138,6 +140,9 @@ def test_broker_stalling_mid_dispatch_many_spools_the_rest_exactly_once(
     assert stalled_for < 10  # bounded by the publish timeout, not by the outage
     # Batches 2 and 3 were sent to a stopped Redis; batch 1 may have landed just before.
     assert len(spooled) in (2 * celery_route.PUBLISH_BATCH, 3 * celery_route.PUBLISH_BATCH)
+    # Spooled with their PENDING records: a release that leaves none to the take may
+    # relay the spool.
+    assert records == {"PENDING"}
     monitor = route.monitor
     deadline = time.monotonic() + 30
     while monitor.spool.depth() or not monitor.healthy:

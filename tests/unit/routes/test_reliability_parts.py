@@ -210,20 +210,31 @@ def test_bearer_token_is_required_when_set() -> None:
         assert ok.status_code == 200
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.2.1", "::1", "localhost", "testclient"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.3.2.1", "::1", "::ffff:127.0.0.1",
+                                  "testclient"])
 def test_without_a_token_this_machine_is_answered(host: str) -> None:
     configure(unit_settings())
     with _guarded_app((host, 4000)) as client:
         assert client.post("/echo", json={"a": "b"}).json() == {"a": "b"}
 
 
-@pytest.mark.parametrize("host", ["203.0.113.5", "10.0.0.7", "2001:db8::1", "api.example"])
+@pytest.mark.parametrize("host", ["203.0.113.5", "10.0.0.7", "2001:db8::1",
+                                  "::ffff:203.0.113.5", "localhost", "api.example"])
 def test_without_a_token_other_hosts_are_refused_naming_the_setting(host: str) -> None:
     configure(unit_settings())
     with _guarded_app((host, 4000)) as client:
         refused = client.post("/echo", json={"a": "b"})
         assert refused.status_code == 403
         assert "DISPATCH_API_TOKEN" in refused.json()["detail"]
+
+
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
+def test_without_a_token_a_request_through_a_proxy_is_refused(header: str) -> None:
+    """A reverse proxy on this machine connects from loopback for every client."""
+    configure(unit_settings())
+    with _guarded_app(("127.0.0.1", 4000)) as client:
+        passed_on = client.post("/echo", json={"a": "b"}, headers={header: "127.0.0.1"})
+        assert passed_on.status_code == 403
 
 
 def test_with_a_token_other_hosts_are_answered_with_it() -> None:
@@ -234,10 +245,11 @@ def test_with_a_token_other_hosts_are_answered_with_it() -> None:
         assert ok.status_code == 200
 
 
-def test_a_unix_socket_client_is_this_machine() -> None:
+def test_a_unix_socket_client_is_not_taken_for_this_machine() -> None:
+    """Reverse proxies reach their app over Unix sockets: no client address."""
     from starlette.requests import Request
 
     from dispatcher.fastapi.auth import is_local
 
-    assert is_local(Request({"type": "http", "client": None, "headers": []}))
-    assert not is_local(Request({"type": "http", "client": ("198.51.100.2", 1), "headers": []}))
+    assert not is_local(Request({"type": "http", "client": None, "headers": []}))
+    assert is_local(Request({"type": "http", "client": ("127.0.0.1", 1), "headers": []}))
