@@ -31,19 +31,23 @@ def delivery_counts(source: Any) -> tuple[int | None, bool] | None:
     return (None if runs is None else int(runs)), bool(cancelled)
 
 
-def delivery_commands(publication: str, runs_ttl: int, *,
-                      held: bool = False) -> list[tuple[Any, ...]]:
+def delivery_commands(publication: str, runs_ttl: int, *, held: bool = False,
+                      pending: tuple[str, int] | None = None) -> list[tuple[Any, ...]]:
     """A delivery's bookkeeping (``publication``: ``<job id>:<attempt>``): marked
     started, its cancel mark read, and (``runs_ttl`` above 0) the delivery counted
     (``lua/count_delivery.lua``; ``held``: taken by the consumer, not started yet). The
     cancel mark's reply is the third, the count the fourth. ``lua/take.lua`` does the
     same in its script. The count is sent as the script's source, not its digest: in a
-    transaction an unknown digest would only fail at ``EXEC``."""
+    transaction an unknown digest would only fail at ``EXEC``. ``pending``: the job's
+    PENDING record and its lifetime, written last unless it has one (a batch job's is
+    left to the take, as in ``lua/take_one.lua``)."""
     job_id = publication.rpartition(":")[0]
     commands = [*started_commands(publication), ("EXISTS", keys.cancel(job_id))]
     if runs_ttl > 0:
         commands.append(("EVAL", COUNT_RUN.source, 2, keys.runs(job_id), keys.taken(job_id),
                          runs_ttl, "1" if held else "0"))
+    if pending is not None:
+        commands.append(("SET", keys.record(job_id), pending[0], "NX", "EX", pending[1]))
     return commands
 
 

@@ -123,12 +123,10 @@ class DeliveryQoS(SpareQoS, kombu_redis.QoS):
         ]
         publication = publication_of(headers)
         if publication is not None:
-            commands += delivery_commands(publication, self._runs_ttl if self._count_runs else 0,
-                                          held=True)
             pending = implied_pending(headers) if self._record_ttl else None
-            if pending is not None:  # as take_one.lua writes it
-                commands.append(("SET", keys.record(pending["task_id"]), encode_record(pending),
-                                 "NX", "EX", self._record_ttl))
+            commands += delivery_commands(
+                publication, self._runs_ttl if self._count_runs else 0, held=True,
+                pending=None if pending is None else (encode_record(pending), self._record_ttl))
         commands.append(("EXEC",))
         try:
             replies = self._transact(commands)

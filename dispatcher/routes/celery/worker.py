@@ -118,10 +118,9 @@ class CeleryWorker:
             return runs, cancelled
         records = self.records
         shared = records is not None and settings.results_url == settings.broker_url
-        commands = delivery_commands(job.publish_id, ttl if shared else 0)
-        if shared:  # a batch job's PENDING record is left to the take: none took it here
-            commands.insert(-1, ("SET", keys.record(job.id), pending_json(job), "NX", "EX",
-                                 settings.result_ttl))
+        # A batch job's PENDING record is left to the take: none took it here.
+        commands = delivery_commands(job.publish_id, ttl if shared else 0,
+                                     pending=(pending_json(job), ttl) if shared else None)
         link = self._count_link()
         try:
             link.send(commands)
@@ -131,7 +130,7 @@ class CeleryWorker:
             return None, False
         cancelled = bool(replies[2])
         if shared:
-            return int(replies[-1]), cancelled
+            return int(replies[3]), cancelled
         return _count_separately(records, job, ttl), cancelled
 
     def connect_early(self) -> None:
