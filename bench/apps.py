@@ -3,8 +3,14 @@ and with the dispatcher (ours), each served by its own uvicorn process."""
 
 from __future__ import annotations
 
+import json
+import os
+import threading
 import time
+import uuid
+from collections import deque
 
+import redis
 from fastapi import BackgroundTasks, FastAPI
 
 from bench import app_tasks
@@ -65,6 +71,69 @@ async def raw_sleep10(background: BackgroundTasks) -> dict[str, bool]:
 # the comparison endpoint pays one route more than /sleep10, never fewer.
 @raw.post("/nojob")
 async def raw_nojob() -> dict[str, bool]:
+    return {"ok": True}
+
+
+class HandOffFloor:
+    """What a durable hand-off of every job costs this app at the least, with nothing
+    of ours: the endpoint appends the job to a deque and a thread sends what gathered
+    every 0.1 s (``BUSY_LINGER``) to Redis, either as one message of a Celery
+    message's size per job (pipelined ``LPUSH``, the cheapest per-job publish) or as
+    one compact entry per job, all of a batch in one ``LPUSH``. Nobody runs these
+    jobs: the bench deletes the lists (``FLOOR_KEYS``)."""
+
+    def __init__(self, key: str, per_job: bool) -> None:
+        self.key = key
+        self.per_job = per_job
+        self.jobs: deque[str] = deque()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def put(self, ms: float) -> None:
+        job_id = str(uuid.uuid4())
+        if self.per_job:  # as large as our Celery message for this job (~1,080 bytes)
+            self.jobs.append(json.dumps({"id": job_id, "task": "bench.sleep",
+                                         "args": [ms], "pad": "x" * 980}))
+        else:
+            self.jobs.append(json.dumps([job_id, "bench.sleep", [ms]]))
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        client = redis.Redis.from_url(os.environ.get("DISPATCH_BROKER_URL")
+                                      or "redis://127.0.0.1:6379")
+        while True:
+            time.sleep(0.1)
+            batch = [self.jobs.popleft() for _ in range(len(self.jobs))]
+            if not batch:
+                continue
+            if not self.per_job:
+                client.lpush(self.key, "\n".join(batch))
+                continue
+            pipe = client.pipeline(transaction=False)
+            for message in batch:
+                pipe.lpush(self.key, message)
+            pipe.execute()
+
+
+FLOOR_KEYS = ("bench:floor:per-job", "bench:floor:compact")
+_per_job_floor = HandOffFloor(FLOOR_KEYS[0], per_job=True)
+_compact_floor = HandOffFloor(FLOOR_KEYS[1], per_job=False)
+
+
+# Registered after /nojob, so they pay one route more than it (see above).
+@raw.post("/floor-per-job")
+async def raw_floor_per_job() -> dict[str, bool]:
+    _per_job_floor.put(10)
+    return {"ok": True}
+
+
+@raw.post("/floor-compact")
+async def raw_floor_compact() -> dict[str, bool]:
+    _compact_floor.put(10)
     return {"ok": True}
 
 

@@ -195,6 +195,7 @@ def http_scenarios(stack: Stack) -> None:
         "info", " ms", higher_is_better=False)
     row("plain endpoint, 32 conn: ours (middleware) vs raw, req/s", rps["ours plain"],
         rps["plain"], "info")
+    hand_off_floors(stack, raw)
     sustained_overload(stack, ours)
 
     # The seeds' benchmark: 100 requests, concurrency 10, a 2 s job per request.
@@ -210,6 +211,32 @@ def http_scenarios(stack: Stack) -> None:
     row("seeds: mean response, raw BackgroundTasks / ours", means["raw"], means["ours"], "info",
         " ms")
     stack.stop(worker)
+
+
+def hand_off_floors(stack: Stack, raw: str) -> None:
+    """What handing every job of the 10 ms scenario to Redis costs the app at the least,
+    with none of our code (``bench.apps.HandOffFloor``): one ~1 KB message per job,
+    pipelined, or one compact entry per job in one ``LPUSH`` per batch. Info rows: they
+    tell the 10 ms rows' ratio that no design publishing each job can pass here."""
+    from bench.apps import FLOOR_KEYS
+
+    client = redis.Redis.from_url(stack.redis.url)
+    rps: dict[str, list[float]] = {"per-job": [], "compact": [], "plain": []}
+    p99: dict[str, list[float]] = {name: [] for name in rps}
+    for _ in range(ROUNDS):
+        for name, path in (("per-job", "/floor-per-job"), ("plain", "/nojob"),
+                           ("compact", "/floor-compact")):
+            result = load(f"{raw}{path}", 32)
+            rps[name].append(result["rps"])
+            p99[name].append(result["p99_ms"])
+            time.sleep(0.3)  # the last batch goes out (every 0.1 s)
+            client.delete(*FLOOR_KEYS)
+    for name, what in (("per-job", "a ~1 KB message per job, pipelined LPUSH"),
+                       ("compact", "compact entries, one LPUSH per 0.1 s")):
+        row(f"floor, 10 ms job handed to Redis as {what}: req/s vs same app without",
+            rps[name], rps["plain"], "info")
+        row(f"floor, {name}: p99 vs same app without the job", p99[name], p99["plain"],
+            "info", " ms", higher_is_better=False)
 
 
 def sustained_overload(stack: Stack, ours: str) -> None:
