@@ -19,13 +19,14 @@ _lock = threading.Lock()
 #: Jobs spilled over to Celery run in a worker process, which counts them in Redis.
 COUNTER = "bench:apps:done-on-worker"
 _IN_WORKER = os.environ.get("BENCH_APPS_IN_WORKER") == "1"
-_redis = redis.Redis.from_url(os.environ.get("DISPATCH_BROKER_URL") or "redis://127.0.0.1:6379")
+#: The bench's Redis (the broker), shared by the apps' threads.
+broker = redis.Redis.from_url(os.environ.get("DISPATCH_BROKER_URL") or "redis://127.0.0.1:6379")
 
 
 def done() -> None:
     global _count
     if _IN_WORKER:
-        _redis.incr(COUNTER)
+        broker.incr(COUNTER)
         return
     with _lock:
         _count += 1
@@ -64,4 +65,4 @@ def sleep_task(ms: float) -> None:
 
 def counts() -> tuple[int, int, int]:
     """(done in this process, done on workers, most sleeping jobs running at once here)."""
-    return _count, int(_redis.get(COUNTER) or 0), _max_running
+    return _count, int(broker.get(COUNTER) or 0), _max_running

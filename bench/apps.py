@@ -4,13 +4,11 @@ and with the dispatcher (ours), each served by its own uvicorn process."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import uuid
 from collections import deque
 
-import redis
 from fastapi import BackgroundTasks, FastAPI
 
 from bench import app_tasks
@@ -103,8 +101,7 @@ class HandOffFloor:
                     self._thread.start()
 
     def _run(self) -> None:
-        client = redis.Redis.from_url(os.environ.get("DISPATCH_BROKER_URL")
-                                      or "redis://127.0.0.1:6379")
+        client = app_tasks.broker
         while True:
             time.sleep(0.1)
             batch = [self.jobs.popleft() for _ in range(len(self.jobs))]
@@ -124,7 +121,7 @@ _per_job_floor = HandOffFloor(FLOOR_KEYS[0], per_job=True)
 _compact_floor = HandOffFloor(FLOOR_KEYS[1], per_job=False)
 
 
-# Registered after /nojob, so they pay one route more than it (see above).
+# Registered after /nojob, so each pays at least one route more than it (see above).
 @raw.post("/floor-per-job")
 async def raw_floor_per_job() -> dict[str, bool]:
     _per_job_floor.put(10)
